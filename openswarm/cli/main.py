@@ -1,0 +1,41 @@
+"""The `openswarm` console command."""
+
+from __future__ import annotations
+
+import typer
+
+from openswarm import __version__
+from openswarm.cli.ledger import ledger_app
+from openswarm.cli.pki import pki_app
+
+app = typer.Typer(
+    name="openswarm",
+    help="Open swarm learning: sites train one model together, coordinated by a ledger.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+app.add_typer(pki_app, name="pki")
+app.add_typer(ledger_app, name="ledger")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"openswarm {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(
+        False,
+        "--version",
+        callback=_print_version,
+        is_eager=True,
+        help="Print the version and exit.",
+    ),
+) -> None:
+    """Open swarm learning: sites train one model together, coordinated by a ledger."""
+
+
+if __name__ == "__main__":
+    app()
