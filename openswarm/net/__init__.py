@@ -1,0 +1,28 @@
+"""gRPC plumbing: mutual-TLS credentials, servers, channels and caller identities."""
+
+from __future__ import annotations
+
+from openswarm.net.auth import caller_identity, require_role
+from openswarm.net.errors import NetError
+from openswarm.net.jsonrpc import json_method_handlers, json_stub, json_unary
+from openswarm.net.server import make_server
+from openswarm.net.tls import (
+    MAX_MESSAGE_BYTES,
+    channel_credentials,
+    secure_channel,
+    server_credentials,
+)
+
+__all__ = [
+    "MAX_MESSAGE_BYTES",
+    "NetError",
+    "caller_identity",
+    "channel_credentials",
+    "json_method_handlers",
+    "json_stub",
+    "json_unary",
+    "make_server",
+    "require_role",
+    "secure_channel",
+    "server_credentials",
+]

@@ -1,0 +1,51 @@
+"""The swarm's PKI: a certificate authority, identities (`spiffe://SWARM/ROLE/NAME`), signatures.
+
+`init_ca` creates the CA, `issue_identity` issues an identity folder (identity.crt,
+identity.key, ca.crt), `Identity.load` reads one back, `verify_certificate` decides whether
+a certificate belongs to the swarm, `Identity.sign` / `verify_signature` sign and check data.
+"""
+
+from __future__ import annotations
+
+from openswarm.pki.ca import (
+    CA_CERT,
+    CA_KEY,
+    IDENTITY_CERT,
+    IDENTITY_KEY,
+    SWARM_FILE,
+    init_ca,
+    issue_identity,
+    load_ca_cert,
+)
+from openswarm.pki.certs import (
+    CertIdentity,
+    certificate_identity,
+    describe_certificate,
+    verify_certificate,
+)
+from openswarm.pki.errors import PkiError
+from openswarm.pki.identity import Identity, verify_signature
+from openswarm.pki.names import ROLES, check_name, check_role, parse_spiffe_id, spiffe_id
+
+__all__ = [
+    "CA_CERT",
+    "CA_KEY",
+    "IDENTITY_CERT",
+    "IDENTITY_KEY",
+    "ROLES",
+    "SWARM_FILE",
+    "CertIdentity",
+    "Identity",
+    "PkiError",
+    "certificate_identity",
+    "check_name",
+    "check_role",
+    "describe_certificate",
+    "init_ca",
+    "issue_identity",
+    "load_ca_cert",
+    "parse_spiffe_id",
+    "spiffe_id",
+    "verify_certificate",
+    "verify_signature",
+]
