@@ -1,7 +1,212 @@
-"""`openswarm ledger …`: run, inspect and verify ledger replicas."""
+"""`openswarm ledger …`: create, run, inspect and verify ledger replicas."""
 
 from __future__ import annotations
 
+import datetime as dt
+import json
+import os
+from pathlib import Path
+from typing import Any
+
 import typer
 
+from openswarm import DEFAULT_CONTRACT
+
 ledger_app = typer.Typer(help="Permissioned ledger replicas.", no_args_is_help=True)
+
+IDENTITY_HELP = "Identity folder for mTLS (default: $OPENSWARM_IDENTITY)."
+
+
+def _fail(message: str, code: int = 1) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+@ledger_app.command()
+def genesis(
+    pki_dir: Path = typer.Option(..., "--pki", help="The CA folder made by 'openswarm pki init'."),
+    out: Path = typer.Option(..., "--out", help="Where to write the genesis JSON."),
+    admit: list[str] = typer.Option(
+        [], "--admit", help="NAME:ROLE to admit (repeatable). Default: every issued identity."
+    ),
+    contract: list[str] = typer.Option(
+        [], "--contract", help=f"Training contract to create (default {DEFAULT_CONTRACT})."
+    ),
+    min_peers: int = typer.Option(2, help="min_peers of the contracts created here."),
+) -> None:
+    """Write the genesis file that starts a ledger network."""
+    from openswarm.ledger.genesis import GenesisError, admitted_from_pki, make_genesis
+
+    try:
+        swarm = json.loads((pki_dir / "swarm.json").read_text())["swarm"]
+        ca_pem = (pki_dir / "ca.crt").read_bytes()
+    except (OSError, ValueError, KeyError) as exc:
+        _fail(f"{pki_dir} is not a CA folder made by 'openswarm pki init' ({exc})")
+    pairs: list[tuple[str, str]] = []
+    for item in admit:
+        name, sep, role = item.partition(":")
+        if not sep:
+            _fail(f"--admit {item!r}: write NAME:ROLE, e.g. site-1:peer")
+        pairs.append((name, role))
+    try:
+        if not pairs:
+            pairs = admitted_from_pki(pki_dir)
+        contracts = {name: {"min_peers": min_peers} for name in (contract or [DEFAULT_CONTRACT])}
+        record = make_genesis(
+            swarm,
+            ca_pem,
+            pairs,
+            contracts=contracts,
+            created=dt.datetime.now(dt.UTC).timestamp(),
+        )
+    except GenesisError as exc:
+        _fail(str(exc))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    typer.echo(f"genesis for swarm {swarm!r} with {len(record['admitted'])} identities → {out}")
+
+
+@ledger_app.command()
+def start(config: Path = typer.Option(..., "--config", help="Replica YAML config.")) -> None:
+    """Run one ledger replica until interrupted."""
+    from openswarm.ledger.config import ConfigError, LedgerConfig
+    from openswarm.ledger.genesis import GenesisError
+    from openswarm.ledger.node import serve_forever
+    from openswarm.ledger.store import StoreError
+
+    try:
+        serve_forever(LedgerConfig.load(config))
+    except (ConfigError, GenesisError, StoreError, OSError) as exc:
+        _fail(str(exc))
+
+
+def _client(connect: str, identity: Path | None) -> Any:
+    from openswarm.ledger.client import LedgerClient
+    from openswarm.pki import Identity, PkiError
+
+    folder = identity or os.environ.get("OPENSWARM_IDENTITY")
+    if not folder:
+        _fail("give --identity FOLDER (or set OPENSWARM_IDENTITY) to talk to the ledger")
+    try:
+        return LedgerClient(connect, Identity.load(folder), timeout_s=10)
+    except PkiError as exc:
+        _fail(str(exc))
+
+
+@ledger_app.command()
+def status(
+    connect: str = typer.Option(..., "--connect", help="HOST:PORT[,HOST:PORT…] of replicas."),
+    identity: Path = typer.Option(None, "--identity", help=IDENTITY_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Replicas, Raft leader and chain height."""
+    from openswarm.ledger.client import LedgerError
+
+    try:
+        with _client(connect, identity) as client:
+            info = client.status()
+    except LedgerError as exc:
+        _fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps(info, indent=2, sort_keys=True))
+        return
+    typer.echo(f"swarm       {info['swarm']}")
+    typer.echo(f"replica     {info['self']} ({info['state']})")
+    typer.echo(f"raft leader {info['leader'] or 'none (no quorum)'}")
+    typer.echo(f"replicas    {', '.join(info['replicas'])}")
+    typer.echo(f"connected   {', '.join(info['connected']) or '-'}")
+    typer.echo(f"height      {info['height']}  head {info['last_hash'][:16]}…")
+
+
+@ledger_app.command()
+def show(
+    data_dir: Path = typer.Option(None, "--data-dir", help="A replica's data folder (offline)."),
+    connect: str = typer.Option(None, "--connect", help="Or read from a live replica."),
+    identity: Path = typer.Option(None, "--identity", help=IDENTITY_HELP),
+    start: int = typer.Option(0, "--from", help="First height to show."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON block per line."),
+) -> None:
+    """Blocks and their transactions."""
+    from openswarm.ledger.client import LedgerError
+    from openswarm.ledger.store import StoreError, read_chain
+
+    if (data_dir is None) == (connect is None):
+        _fail("give exactly one of --data-dir DIR or --connect HOST:PORT")
+    try:
+        if data_dir is not None:
+            if not data_dir.exists():
+                _fail(f"{data_dir} does not exist")
+            blocks = read_chain(data_dir)[start:]
+        else:
+            with _client(connect, identity) as client:
+                blocks = client.blocks(start)
+    except (LedgerError, StoreError) as exc:
+        _fail(str(exc))
+    for block in blocks:
+        typer.echo(json.dumps(block, sort_keys=True) if as_json else describe_block(block))
+
+
+def describe_block(block: dict[str, Any]) -> str:
+    """One human-readable line for a block."""
+    head = f"#{block['height']:<6} {block['hash'][:12]}"
+    if "genesis" in block:
+        g = block["genesis"]
+        return f"{head} genesis swarm={g['swarm']} admitted={len(g['admitted'])}"
+    tx, outcome = block.get("tx", {}), block.get("outcome", {})
+    if "raw" in tx:
+        return f"{head} malformed: {outcome.get('reason')}"
+    when = dt.datetime.fromtimestamp(tx["timestamp"], tz=dt.UTC).strftime("%H:%M:%S.%f")[:-3]
+    where = f" {tx['contract']} r{tx['round']}" if tx.get("contract") else ""
+    verdict = "ok" if outcome.get("status") == "applied" else f"REJECTED: {outcome.get('reason')}"
+    payload = json.dumps(tx["payload"], sort_keys=True)
+    if len(payload) > 80:
+        payload = payload[:77] + "..."
+    return f"{head} {when} {tx['type']:<14} {tx['sender']}{where} {payload} → {verdict}"
+
+
+@ledger_app.command()
+def verify(data_dir: Path = typer.Argument(..., help="A replica's data folder.")) -> None:
+    """Re-check every block hash, link, signature and outcome of a stored chain offline."""
+    from openswarm.ledger.verify import verify_chain_dir
+
+    if not data_dir.exists():
+        _fail(f"{data_dir} does not exist")
+    report = verify_chain_dir(data_dir)
+    if not report.ok:
+        where = f"block {report.bad_height}" if report.bad_height is not None else "chain"
+        _fail(f"{where} is bad: {report.problem}")
+    typer.echo(f"ok: {report.blocks} blocks verified, head {report.head_hash}")
+
+
+@ledger_app.command("add-replica")
+def add_replica(
+    raft: str = typer.Argument(..., help="The new replica's Raft host:port."),
+    connect: str = typer.Option(..., "--connect"),
+    identity: Path = typer.Option(None, "--identity", help="An admin identity folder."),
+) -> None:
+    """Add a replica (started with join: true) to a running network."""
+    from openswarm.ledger.client import LedgerError
+
+    try:
+        with _client(connect, identity) as client:
+            client.add_replica(raft)
+    except LedgerError as exc:
+        _fail(str(exc))
+    typer.echo(f"added {raft}")
+
+
+@ledger_app.command("remove-replica")
+def remove_replica(
+    raft: str = typer.Argument(..., help="The replica's Raft host:port."),
+    connect: str = typer.Option(..., "--connect"),
+    identity: Path = typer.Option(None, "--identity", help="An admin identity folder."),
+) -> None:
+    """Remove a replica from a running network."""
+    from openswarm.ledger.client import LedgerError
+
+    try:
+        with _client(connect, identity) as client:
+            client.remove_replica(raft)
+    except LedgerError as exc:
+        _fail(str(exc))
+    typer.echo(f"removed {raft}")

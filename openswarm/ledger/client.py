@@ -1,0 +1,195 @@
+"""Client of the ledger's gRPC service that knows several replicas and fails over."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from openswarm.ledger.service import NO_QUORUM, SERVICE
+from openswarm.ledger.tx import Transaction, make_transaction
+from openswarm.net import secure_channel
+from openswarm.pki import Identity
+
+# A replica that comes back should be used at once, not after gRPC's default backoff (up to
+# two minutes), or fail-over would keep skipping a healthy replica.
+_FAST_RECONNECT = (
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+)
+
+
+class LedgerError(RuntimeError):
+    """The ledger could not answer (all replicas unreachable, or a refused request)."""
+
+
+class NoQuorumError(LedgerError):
+    """Too few replicas are up to commit anything; nothing was lost, resubmit later."""
+
+
+class TxRejected(LedgerError):
+    """The ledger committed the transaction as rejected; `reason` says why."""
+
+    def __init__(self, outcome: Outcome) -> None:
+        super().__init__(f"{outcome.reason} (block {outcome.height})")
+        self.outcome = outcome
+        self.reason = outcome.reason
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The committed result of one transaction."""
+
+    tx_id: str
+    height: int
+    block_hash: str
+    status: str
+    reason: str | None
+    result: dict[str, Any] | None
+
+    @property
+    def applied(self) -> bool:
+        return self.status == "applied"
+
+    def raise_for_status(self) -> Outcome:
+        if not self.applied:
+            raise TxRejected(self)
+        return self
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Outcome:
+        return cls(
+            tx_id=data["tx_id"],
+            height=data["height"],
+            block_hash=data["block_hash"],
+            status=data["status"],
+            reason=data.get("reason"),
+            result=data.get("result"),
+        )
+
+
+def _encode(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode("utf-8")
+
+
+def _decode(data: bytes) -> Any:
+    return json.loads(data)
+
+
+class LedgerClient:
+    """Talks to any of several replicas over mTLS, moving on when one is down."""
+
+    def __init__(
+        self, endpoints: Sequence[str] | str, identity: Identity, *, timeout_s: float = 15.0
+    ) -> None:
+        if isinstance(endpoints, str):
+            endpoints = [e.strip() for e in endpoints.split(",") if e.strip()]
+        if not endpoints:
+            raise LedgerError("no ledger endpoints given (host:port, comma separated)")
+        self.endpoints = list(endpoints)
+        self.identity = identity
+        self.timeout_s = timeout_s
+        self._channels: dict[str, grpc.Channel] = {}
+        self._preferred = 0
+
+    # --- transport ------------------------------------------------------------------------
+    def _channel(self, endpoint: str) -> grpc.Channel:
+        if endpoint not in self._channels:
+            self._channels[endpoint] = secure_channel(
+                endpoint, self.identity, options=_FAST_RECONNECT
+            )
+        return self._channels[endpoint]
+
+    def _order(self) -> list[str]:
+        n = len(self.endpoints)
+        return [self.endpoints[(self._preferred + i) % n] for i in range(n)]
+
+    def call(self, method: str, request: Mapping[str, Any], timeout_s: float | None = None) -> Any:
+        """Unary call on the first replica that answers."""
+        failures: list[str] = []
+        no_quorum = False
+        for endpoint in self._order():
+            stub = self._channel(endpoint).unary_unary(
+                f"/{SERVICE}/{method}", request_serializer=_encode, response_deserializer=_decode
+            )
+            try:
+                answer = stub(dict(request), timeout=timeout_s or self.timeout_s)
+            except grpc.RpcError as exc:
+                code, details = exc.code(), exc.details() or ""
+                if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    no_quorum = no_quorum or details.startswith(NO_QUORUM)
+                    failures.append(f"{endpoint}: {details or code.name}")
+                    continue
+                raise LedgerError(f"{endpoint}: {code.name}: {details}") from exc
+            self._preferred = self.endpoints.index(endpoint)
+            return answer
+        summary = "; ".join(failures)
+        if no_quorum:
+            raise NoQuorumError(summary)
+        raise LedgerError(f"no ledger replica answered: {summary}")
+
+    def close(self) -> None:
+        for channel in self._channels.values():
+            channel.close()
+        self._channels.clear()
+
+    def __enter__(self) -> LedgerClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- API ------------------------------------------------------------------------------
+    def submit_tx(self, tx: Transaction) -> Outcome:
+        """Submit a signed transaction; returns its committed outcome (applied or rejected)."""
+        return Outcome.from_dict(self.call("Submit", {"tx": tx.to_dict()}))
+
+    def submit(
+        self,
+        tx_type: str,
+        *,
+        contract: str = "",
+        round: int = 0,
+        payload: Mapping[str, Any] | None = None,
+    ) -> Outcome:
+        """Sign a transaction as this client's identity and submit it."""
+        tx = make_transaction(
+            self.identity, tx_type, contract=contract, round=round, payload=payload
+        )
+        return self.submit_tx(tx)
+
+    def status(self) -> dict[str, Any]:
+        return self.call("Status", {})
+
+    def state(self, contract: str | None = None) -> dict[str, Any]:
+        return self.call("State", {} if contract is None else {"contract": contract})
+
+    def blocks(self, start: int = 0, stop: int | None = None) -> list[dict[str, Any]]:
+        request: dict[str, Any] = {"from": start}
+        if stop is not None:
+            request["to"] = stop
+        return self.call("Blocks", request)["blocks"]
+
+    def tx(self, tx_id: str) -> Outcome:
+        return Outcome.from_dict(self.call("Tx", {"tx_id": tx_id}))
+
+    def add_replica(self, raft_address: str) -> dict[str, Any]:
+        return self.call("AddReplica", {"raft": raft_address}, timeout_s=30)
+
+    def remove_replica(self, raft_address: str) -> dict[str, Any]:
+        return self.call("RemoveReplica", {"raft": raft_address}, timeout_s=30)
+
+    def stream(self, start: int = 0, contract: str | None = None) -> Iterator[dict[str, Any]]:
+        """Blocks from `start` on, live, from the first replica that answers (no failover)."""
+        request: dict[str, Any] = {"from": start}
+        if contract is not None:
+            request["contract"] = contract
+        endpoint = self._order()[0]
+        stub = self._channel(endpoint).unary_stream(
+            f"/{SERVICE}/Stream", request_serializer=_encode, response_deserializer=_decode
+        )
+        yield from stub(request)

@@ -1,0 +1,601 @@
+"""The training contract: a pure, deterministic state machine replicated on every ledger node.
+
+Every replica applies the same calls in the same order and must reach the same state, so this
+module does no I/O, reads no clock and draws no random numbers: the only time source is the
+timestamp carried by each call, the only entropy the hash of the previous block.
+
+A call the contract refuses raises :class:`ContractError` and leaves the state untouched: each
+handler validates everything first and mutates only after the last check.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from openswarm.ledger.contract_checks import (
+    ContractError,
+    check_digest,
+    check_endpoint,
+    check_fields,
+    check_int,
+    check_number,
+    check_str,
+    compare_key,
+    json_copy,
+    type_name,
+)
+
+__all__ = [
+    "CALL_TYPES",
+    "SETTINGS_KEYS",
+    "ContractCall",
+    "ContractError",
+    "ContractSettings",
+    "TrainingContract",
+    "leader_ranking",
+]
+
+CALL_TYPES = frozenset(
+    {
+        "register",
+        "ready",
+        "seal",
+        "merged",
+        "leader_timeout",
+        "loaded",
+        "finished",
+        "metrics",
+        "leave",
+    }
+)
+# Calls that name a round; the others ignore ContractCall.round.
+_ROUND_CALLS = frozenset({"ready", "seal", "merged", "leader_timeout", "loaded", "metrics"})
+SETTINGS_KEYS = ("leader_timeout_s", "merge_method", "merge_options", "min_peers")
+
+
+# --- public value types ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ContractCall:
+    """One contract call, as carried by a transaction in a block."""
+
+    type: str
+    round: int
+    sender: str
+    payload: Mapping[str, Any]
+    timestamp: float
+    prev_hash: str
+    height: int
+
+
+@dataclass(frozen=True)
+class ContractSettings:
+    """Per-contract settings, fixed when the contract is created."""
+
+    min_peers: int = 2
+    merge_method: str = "mean"
+    merge_options: Mapping[str, Any] = field(default_factory=dict)
+    leader_timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        check_int(self.min_peers, "min_peers", minimum=1)
+        check_str(self.merge_method, "merge_method")
+        timeout = check_number(self.leader_timeout_s, "leader_timeout_s")
+        if timeout <= 0:
+            raise ContractError(f"leader_timeout_s must be > 0, got {timeout!r}")
+        if not isinstance(self.merge_options, Mapping):
+            raise ContractError(
+                f"merge_options must be an object, got {type_name(self.merge_options)}"
+            )
+        options = json_copy(self.merge_options, "merge_options")
+        object.__setattr__(self, "leader_timeout_s", timeout)
+        object.__setattr__(self, "merge_options", MappingProxyType(options))
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any]) -> ContractSettings:
+        """Settings from the optional keys of ``payload`` (other keys are ignored)."""
+        if not isinstance(payload, Mapping):
+            raise ContractError(f"settings must be an object, got {type_name(payload)}")
+        return cls(**{key: payload[key] for key in SETTINGS_KEYS if key in payload})
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe copy, keys sorted."""
+        return {
+            "leader_timeout_s": self.leader_timeout_s,
+            "merge_method": self.merge_method,
+            "merge_options": json_copy(self.merge_options, "merge_options"),
+            "min_peers": self.min_peers,
+        }
+
+
+def leader_ranking(
+    prev_hash: str, contract: str, round: int, participants: Sequence[str]
+) -> list[str]:
+    """Participants ordered by sha256 of ``prev_hash|contract|round|name``, ties by name."""
+
+    def key(name: str) -> tuple[str, str]:
+        text = f"{prev_hash}|{contract}|{round}|{name}"
+        return hashlib.sha256(text.encode("utf-8")).hexdigest(), name
+
+    return sorted(participants, key=key)
+
+
+# --- the state machine -------------------------------------------------------------------------
+
+
+@dataclass
+class _Member:
+    endpoint: str
+    weight: float
+    registered_at: float
+    finished: bool = False
+    active: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "active": self.active,
+            "endpoint": self.endpoint,
+            "finished": self.finished,
+            "registered_at": self.registered_at,
+            "weight": self.weight,
+        }
+
+
+class TrainingContract:
+    """State machine of one training contract: members, sync rounds, leaders, merges.
+
+    Semantic choices beyond the call list:
+
+    - Every call but ``register`` needs a registered, active member; a member that left must
+      register again.
+    - ``ready`` may be repeated before the seal; the later digest replaces the earlier one.
+    - ``register`` again (a restarted peer) or ``leave`` withdraws the member's readiness for an
+      unsealed round and removes it from the holders of the latest merged model, since a new
+      or gone process serves neither.
+    - Repeating ``finished`` or ``loaded`` is refused (nothing would change).
+    - ``metrics`` may name any round from 1 to the current one; a later report replaces an
+      earlier one for the same round and member.
+    - ``all_finished`` needs at least one active member, and every active member finished.
+    - ``registered_at`` is the time of the member's latest ``register``.
+    - A leader that leaves keeps its place until a ``leader_timeout`` moves past it.
+    """
+
+    def __init__(self, name: str, settings: ContractSettings) -> None:
+        self._name = check_str(name, "contract name")
+        if not isinstance(settings, ContractSettings):
+            raise ContractError("settings must be ContractSettings")
+        self._settings = settings
+        self._members: dict[str, _Member] = {}
+        self._round = 1
+        self._latest_merged: dict[str, Any] | None = None
+        self._history: list[dict[str, Any]] = []
+        self._metrics: dict[int, dict[str, dict[str, Any]]] = {}
+        self._open_round()
+
+    def _open_round(self) -> None:
+        self._ready: dict[str, dict[str, Any]] = {}
+        self._sealed = False
+        self._sealed_at: float | None = None
+        self._participants: list[str] = []
+        self._ranking: list[str] = []
+        self._leader_index: int | None = None
+        self._leader_since: float | None = None
+        self._failed_leaders: list[str] = []
+
+    # --- read-only views ---
+
+    @property
+    def name(self) -> str:
+        """The contract's name."""
+        return self._name
+
+    @property
+    def settings(self) -> ContractSettings:
+        """The contract's settings."""
+        return self._settings
+
+    @property
+    def current_round(self) -> int:
+        """The round now open (or sealed and awaiting its merge)."""
+        return self._round
+
+    @property
+    def sealed(self) -> bool:
+        """Whether the current round is sealed."""
+        return self._sealed
+
+    @property
+    def participants(self) -> list[str]:
+        """Sorted participants of the sealed current round (empty before the seal)."""
+        return list(self._participants)
+
+    @property
+    def ranking(self) -> list[str]:
+        """Leader ranking of the sealed current round (empty before the seal)."""
+        return list(self._ranking)
+
+    @property
+    def leader(self) -> str | None:
+        """The current leader of the current round, if it is sealed."""
+        if self._leader_index is None:
+            return None
+        return self._ranking[self._leader_index]
+
+    @property
+    def latest_merged(self) -> dict[str, Any] | None:
+        """``{round, digest, size, leader, holders}`` of the last merge, or None."""
+        return json_copy(self._latest_merged, "latest_merged")
+
+    @property
+    def all_finished(self) -> bool:
+        """True when there is an active member and every active member has finished."""
+        active = [m for m in self._members.values() if m.active]
+        return bool(active) and all(m.finished for m in active)
+
+    def is_member(self, name: str) -> bool:
+        """Whether ``name`` has registered (active or not)."""
+        return name in self._members
+
+    def snapshot(self) -> dict[str, Any]:
+        """The full state as JSON-safe data with deterministic ordering."""
+        return {
+            "all_finished": self.all_finished,
+            "contract": self._name,
+            "current": {
+                "failed_leaders": list(self._failed_leaders),
+                "leader": self.leader,
+                "leader_index": self._leader_index,
+                "leader_since": self._leader_since,
+                "participants": list(self._participants),
+                "ranking": list(self._ranking),
+                "ready": {n: dict(sorted(self._ready[n].items())) for n in sorted(self._ready)},
+                "sealed": self._sealed,
+                "sealed_at": self._sealed_at,
+            },
+            "finished": sorted(n for n, m in self._members.items() if m.finished),
+            "history": json_copy(self._history, "history"),
+            "latest_merged": self.latest_merged,
+            "members": {n: self._members[n].to_dict() for n in sorted(self._members)},
+            "metrics": {
+                str(r): {n: dict(sorted(v.items())) for n, v in sorted(self._metrics[r].items())}
+                for r in sorted(self._metrics)
+            },
+            "round": self._round,
+            "settings": self._settings.to_dict(),
+        }
+
+    # --- applying calls ---
+
+    def apply(self, call: ContractCall) -> dict[str, Any]:
+        """Apply one call; returns ``{"events": [...], "round": ..., "leader": ...}``.
+
+        Raises ContractError, with the state unchanged, when the call is refused.
+        """
+        if not isinstance(call, ContractCall):
+            raise ContractError("call must be a ContractCall")
+        if not isinstance(call.type, str):
+            raise ContractError(f"call type must be a string, got {type_name(call.type)}")
+        if call.type not in CALL_TYPES:
+            raise ContractError(f"unknown call type {call.type!r}")
+        check_str(call.sender, "sender")
+        check_number(call.timestamp, "timestamp")
+        if not isinstance(call.prev_hash, str):
+            raise ContractError(f"prev_hash must be a string, got {type_name(call.prev_hash)}")
+        check_int(call.height, "height", minimum=0)
+        if not isinstance(call.payload, Mapping):
+            raise ContractError(f"payload must be an object, got {type_name(call.payload)}")
+        for key in call.payload:
+            if not isinstance(key, str):
+                raise ContractError(f"payload keys must be strings, got {type_name(key)}")
+        if call.type in _ROUND_CALLS:
+            check_int(call.round, "round", minimum=1)
+        if call.type != "register":
+            self._require_active(call.sender)
+
+        handler: Callable[[ContractCall], list[dict[str, Any]]] = getattr(self, f"_on_{call.type}")
+        events = handler(call)
+        return {"events": events, "round": self._round, "leader": self.leader}
+
+    def _event(self, kind: str, call: ContractCall, **fields: Any) -> dict[str, Any]:
+        return {"type": kind, "contract": self._name, "height": call.height, **fields}
+
+    def _require_active(self, sender: str) -> None:
+        member = self._members.get(sender)
+        if member is None:
+            raise ContractError(f"{sender} is not a member of {self._name}; register first")
+        if not member.active:
+            raise ContractError(f"{sender} has left {self._name}; register again")
+
+    def _require_current(self, round: int) -> None:
+        if round != self._round:
+            raise ContractError(f"round {round} is not open; current round is {self._round}")
+
+    def _require_sealed(self, round: int) -> None:
+        self._require_current(round)
+        if not self._sealed:
+            raise ContractError(f"round {round} is not sealed")
+
+    def _withdraw(self, name: str) -> None:
+        """Forget what a member's old process offered: unsealed readiness, merged copy."""
+        if not self._sealed:
+            self._ready.pop(name, None)
+        if self._latest_merged is not None and name in self._latest_merged["holders"]:
+            self._latest_merged["holders"].remove(name)
+
+    def _all_finished_events(
+        self, call: ContractCall, was_all_finished: bool
+    ) -> list[dict[str, Any]]:
+        if self.all_finished and not was_all_finished:
+            return [self._event("all_finished", call)]
+        return []
+
+    def _on_register(self, call: ContractCall) -> list[dict[str, Any]]:
+        payload = call.payload
+        check_fields(payload, "register", ("endpoint",), ("weight", *SETTINGS_KEYS))
+        endpoint = check_endpoint(payload["endpoint"], "payload.endpoint")
+        weight = check_number(payload.get("weight", 1), "payload.weight", minimum=0)
+        try:
+            offered = ContractSettings.from_payload(payload)
+        except ContractError as e:
+            raise ContractError(f"register: bad setting in payload: {e}") from None
+        for key in SETTINGS_KEYS:
+            if key in payload:
+                ours = json_copy(getattr(self._settings, key), key)
+                theirs = json_copy(getattr(offered, key), key)
+                if compare_key(ours) != compare_key(theirs):
+                    raise ContractError(
+                        f"setting {key} conflicts: contract {self._name} has "
+                        f"{json.dumps(ours, sort_keys=True)}, register offers "
+                        f"{json.dumps(theirs, sort_keys=True)}"
+                    )
+
+        was_all_finished = self.all_finished
+        rejoined = call.sender in self._members
+        if rejoined:
+            self._withdraw(call.sender)
+        self._members[call.sender] = _Member(endpoint, weight, call.timestamp)
+        event = self._event(
+            "registered",
+            call,
+            member=call.sender,
+            endpoint=endpoint,
+            weight=weight,
+            rejoined=rejoined,
+        )
+        return [event, *self._all_finished_events(call, was_all_finished)]
+
+    def _on_ready(self, call: ContractCall) -> list[dict[str, Any]]:
+        payload = call.payload
+        check_fields(payload, "ready", ("digest", "size"), ("weight",))
+        self._require_current(call.round)
+        if self._sealed:
+            raise ContractError(f"round {call.round} is already sealed")
+        digest = check_digest(payload["digest"], "payload.digest")
+        size = check_int(payload["size"], "payload.size", minimum=0)
+        default_weight = self._members[call.sender].weight
+        weight = check_number(payload.get("weight", default_weight), "payload.weight", minimum=0)
+
+        replaced = call.sender in self._ready
+        self._ready[call.sender] = {"digest": digest, "size": size, "weight": weight}
+        event = self._event(
+            "ready",
+            call,
+            round=call.round,
+            member=call.sender,
+            digest=digest,
+            size=size,
+            weight=weight,
+            ready_count=len(self._ready),
+            replaced=replaced,
+        )
+        return [event]
+
+    def _on_seal(self, call: ContractCall) -> list[dict[str, Any]]:
+        check_fields(call.payload, "seal", (), ())
+        self._require_current(call.round)
+        if self._sealed:
+            raise ContractError(f"round {call.round} is already sealed")
+        need = self._settings.min_peers
+        if len(self._ready) < need:
+            raise ContractError(
+                f"round {call.round} has {len(self._ready)} ready, needs min_peers={need}"
+            )
+
+        self._sealed = True
+        self._sealed_at = call.timestamp
+        self._participants = sorted(self._ready)
+        self._ranking = leader_ranking(call.prev_hash, self._name, call.round, self._participants)
+        self._leader_index = 0
+        self._leader_since = call.timestamp
+        event = self._event(
+            "sealed",
+            call,
+            round=call.round,
+            participants=list(self._participants),
+            ranking=list(self._ranking),
+            leader=self.leader,
+        )
+        return [event]
+
+    def _on_merged(self, call: ContractCall) -> list[dict[str, Any]]:
+        payload = call.payload
+        check_fields(payload, "merged", ("digest", "size"), ())
+        self._require_sealed(call.round)
+        leader = self.leader
+        if call.sender != leader:
+            raise ContractError(
+                f"{call.sender} is not the leader of round {call.round} (leader is {leader})"
+            )
+        digest = check_digest(payload["digest"], "payload.digest")
+        size = check_int(payload["size"], "payload.size", minimum=0)
+
+        self._latest_merged = {
+            "digest": digest,
+            "holders": [call.sender],
+            "leader": call.sender,
+            "round": call.round,
+            "size": size,
+        }
+        self._close_round(call, leader=call.sender, digest=digest, size=size)
+        event = self._event(
+            "merged",
+            call,
+            round=call.round,
+            leader=call.sender,
+            digest=digest,
+            size=size,
+            participants=list(self._history[-1]["participants"]),
+            next_round=self._round,
+        )
+        return [event]
+
+    def _on_leader_timeout(self, call: ContractCall) -> list[dict[str, Any]]:
+        payload = call.payload
+        check_fields(payload, "leader_timeout", ("leader",), ())
+        self._require_sealed(call.round)
+        if call.sender not in self._participants:
+            raise ContractError(f"{call.sender} is not a participant of round {call.round}")
+        named = check_str(payload["leader"], "payload.leader")
+        leader = self.leader
+        assert leader is not None and self._leader_since is not None
+        if named != leader:
+            raise ContractError(
+                f"leader already changed: leader of round {call.round} is {leader}, not {named}"
+            )
+        waited = call.timestamp - self._leader_since
+        limit = self._settings.leader_timeout_s
+        if waited < limit:
+            raise ContractError(
+                f"leader {leader} of round {call.round} cannot be timed out for another "
+                f"{limit - waited:.3f} s (leader_timeout_s={limit:g})"
+            )
+
+        assert self._leader_index is not None
+        self._failed_leaders.append(leader)
+        if self._leader_index + 1 < len(self._ranking):
+            self._leader_index += 1
+            self._leader_since = call.timestamp
+            event = self._event(
+                "leader_changed",
+                call,
+                round=call.round,
+                previous=leader,
+                leader=self.leader,
+                failed_leaders=list(self._failed_leaders),
+            )
+            return [event]
+        failed = list(self._failed_leaders)
+        self._close_round(call, leader=None, digest=None, size=None)
+        event = self._event(
+            "round_aborted",
+            call,
+            round=call.round,
+            failed_leaders=failed,
+            next_round=self._round,
+        )
+        return [event]
+
+    def _close_round(
+        self, call: ContractCall, leader: str | None, digest: str | None, size: int | None
+    ) -> None:
+        """Record the sealed current round in the history and open the next one."""
+        merged = digest is not None
+        self._history.append(
+            {
+                "aborted_at": None if merged else call.timestamp,
+                "digest": digest,
+                "failed_leaders": list(self._failed_leaders),
+                "inputs": {n: dict(sorted(self._ready[n].items())) for n in self._participants},
+                "leader": leader,
+                "merged_at": call.timestamp if merged else None,
+                "participants": list(self._participants),
+                "ranking": list(self._ranking),
+                "round": self._round,
+                "sealed_at": self._sealed_at,
+                "size": size,
+                "status": "merged" if merged else "aborted",
+            }
+        )
+        self._round += 1
+        self._open_round()
+
+    def _on_loaded(self, call: ContractCall) -> list[dict[str, Any]]:
+        payload = call.payload
+        check_fields(payload, "loaded", ("digest",), ())
+        digest = check_digest(payload["digest"], "payload.digest")
+        merged = self._latest_merged
+        if merged is None or merged["round"] != call.round:
+            latest = "none" if merged is None else f"round {merged['round']}"
+            raise ContractError(
+                f"round {call.round} has no latest merged model (latest merged is {latest})"
+            )
+        if digest != merged["digest"]:
+            raise ContractError(
+                f"payload.digest does not match the merged model of round {call.round}"
+            )
+        if call.sender in merged["holders"]:
+            raise ContractError(
+                f"{call.sender} already holds the merged model of round {call.round}"
+            )
+
+        merged["holders"] = sorted([*merged["holders"], call.sender])
+        event = self._event(
+            "loaded",
+            call,
+            round=call.round,
+            member=call.sender,
+            digest=digest,
+            holders=list(merged["holders"]),
+        )
+        return [event]
+
+    def _on_finished(self, call: ContractCall) -> list[dict[str, Any]]:
+        check_fields(call.payload, "finished", (), ())
+        member = self._members[call.sender]
+        if member.finished:
+            raise ContractError(f"{call.sender} has already finished")
+
+        was_all_finished = self.all_finished
+        member.finished = True
+        event = self._event("finished", call, member=call.sender)
+        return [event, *self._all_finished_events(call, was_all_finished)]
+
+    def _on_leave(self, call: ContractCall) -> list[dict[str, Any]]:
+        check_fields(call.payload, "leave", (), ())
+
+        was_all_finished = self.all_finished
+        self._withdraw(call.sender)
+        self._members[call.sender].active = False
+        event = self._event("left", call, member=call.sender)
+        return [event, *self._all_finished_events(call, was_all_finished)]
+
+    def _on_metrics(self, call: ContractCall) -> list[dict[str, Any]]:
+        payload = call.payload
+        check_fields(payload, "metrics", ("loss", "epoch"), ("metric", "total_epochs"))
+        if call.round > self._round:
+            raise ContractError(
+                f"round {call.round} has not started; current round is {self._round}"
+            )
+        loss = check_number(payload["loss"], "payload.loss")
+        raw_metric = payload.get("metric")
+        metric = None if raw_metric is None else check_number(raw_metric, "payload.metric")
+        epoch = check_int(payload["epoch"], "payload.epoch", minimum=0)
+        raw_total = payload.get("total_epochs")
+        total = (
+            None if raw_total is None else check_int(raw_total, "payload.total_epochs", minimum=0)
+        )
+        if total is not None and epoch > total:
+            raise ContractError(
+                f"payload.epoch ({epoch}) must not exceed payload.total_epochs ({total})"
+            )
+
+        record = {"epoch": epoch, "loss": loss, "metric": metric, "total_epochs": total}
+        self._metrics.setdefault(call.round, {})[call.sender] = record
+        event = self._event("metrics", call, round=call.round, member=call.sender, **record)
+        return [event]

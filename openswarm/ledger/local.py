@@ -1,0 +1,239 @@
+"""A ledger network on this machine: CA, identities, genesis, configs and replica processes.
+
+Used by the local launcher, the benchmarks and the tests; each replica is a real
+`openswarm ledger start` process talking Raft and gRPC over loopback.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from openswarm.ledger.client import LedgerClient, LedgerError
+from openswarm.pki import Identity, init_ca, issue_identity
+
+LOOPBACK = "127.0.0.1"
+
+
+def free_port() -> int:
+    """A port that was free a moment ago on loopback."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class ReplicaProcess:
+    name: str
+    config_path: Path
+    data_dir: Path
+    grpc_address: str
+    raft_address: str
+    process: subprocess.Popen[str] | None = None
+    log_path: Path | None = None
+    log_offset: int = 0
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
+@dataclass
+class LocalLedger:
+    """Folders and processes of a loopback ledger network rooted at `root`."""
+
+    root: Path
+    swarm: str
+    replicas: list[ReplicaProcess] = field(default_factory=list)
+    raft_secret: str = ""
+
+    @property
+    def pki_dir(self) -> Path:
+        return self.root / "pki"
+
+    @property
+    def genesis_path(self) -> Path:
+        return self.root / "genesis.json"
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [r.grpc_address for r in self.replicas]
+
+    def identity(self, name: str) -> Identity:
+        return Identity.load(self.pki_dir / "identities" / name)
+
+    def client(self, name: str, *, timeout_s: float = 15.0) -> LedgerClient:
+        return LedgerClient(self.endpoints, self.identity(name), timeout_s=timeout_s)
+
+    # --- set-up ---------------------------------------------------------------------------
+    @classmethod
+    def create(
+        cls,
+        root: Path,
+        *,
+        replicas: int = 1,
+        peers: Sequence[str] = (),
+        admins: Sequence[str] = ("admin",),
+        swarm: str = "local",
+        min_peers: int = 2,
+        extra_identities: Sequence[tuple[str, str]] = (),
+    ) -> LocalLedger:
+        """Issue identities, write the genesis and one config per replica (nothing runs yet)."""
+        from openswarm import DEFAULT_CONTRACT
+        from openswarm.ledger.genesis import make_genesis
+
+        root.mkdir(parents=True, exist_ok=True)
+        net = cls(root=root, swarm=swarm, raft_secret=secrets.token_hex(24))
+        init_ca(net.pki_dir, swarm)
+        hosts = ["localhost", LOOPBACK]
+        admitted = []
+        for name, role in [
+            *((f"ledger-{i}", "ledger") for i in range(1, replicas + 1)),
+            *((p, "peer") for p in peers),
+            *((a, "admin") for a in admins),
+            *extra_identities,
+        ]:
+            issue_identity(net.pki_dir, name, role, hosts=hosts)
+            admitted.append((name, role))
+        ca_pem = (net.pki_dir / "ca.crt").read_bytes()
+        genesis = make_genesis(
+            swarm, ca_pem, admitted, contracts={DEFAULT_CONTRACT: {"min_peers": min_peers}}
+        )
+        import json
+
+        net.genesis_path.write_text(json.dumps(genesis, indent=2, sort_keys=True))
+        raft_addresses = [f"{LOOPBACK}:{free_port()}" for _ in range(replicas)]
+        for index in range(replicas):
+            net.add_replica_config(index + 1, raft_addresses, join=False)
+        return net
+
+    def add_replica_config(
+        self, number: int, raft_addresses: Sequence[str], *, join: bool
+    ) -> ReplicaProcess:
+        """Write the config of replica `number`; `raft_addresses` are all replicas' Raft ends."""
+        name = f"ledger-{number}"
+        raft = raft_addresses[number - 1]
+        data_dir = self.root / name
+        grpc_address = f"{LOOPBACK}:{free_port()}"
+        config = {
+            "data_dir": str(data_dir),
+            "listen": grpc_address,
+            "raft": raft,
+            "partners": [a for a in raft_addresses if a != raft],
+            "identity": str(self.pki_dir / "identities" / name),
+            "genesis": str(self.genesis_path),
+            "raft_secret": self.raft_secret,
+            "join": join,
+        }
+        path = self.root / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(config, sort_keys=True))
+        os.chmod(path, 0o600)  # it holds the Raft secret
+        replica = ReplicaProcess(name, path, data_dir, grpc_address, raft)
+        self.replicas.append(replica)
+        return replica
+
+    def new_replica(self) -> ReplicaProcess:
+        """Issue an identity and write a config for one more replica joining the network."""
+        number = len(self.replicas) + 1
+        issue_identity(self.pki_dir, f"ledger-{number}", "ledger", hosts=["localhost", LOOPBACK])
+        addresses = [r.raft_address for r in self.replicas] + [f"{LOOPBACK}:{free_port()}"]
+        return self.add_replica_config(number, addresses, join=True)
+
+    # --- processes ------------------------------------------------------------------------
+    def start(self, *which: int, wait: bool = True) -> None:
+        """Start replicas by index (default: all not running) and wait until they serve."""
+        targets = [self.replicas[i] for i in which] if which else self.replicas
+        for replica in targets:
+            if not replica.running:
+                self._spawn(replica)
+        if wait:
+            for replica in targets:
+                self._wait_serving(replica)
+
+    def _spawn(self, replica: ReplicaProcess) -> None:
+        replica.log_path = self.root / f"{replica.name}.log"
+        replica.log_offset = replica.log_path.stat().st_size if replica.log_path.exists() else 0
+        log = open(replica.log_path, "a")  # noqa: SIM115 - owned by the child process
+        replica.process = subprocess.Popen(
+            [sys.executable, "-m", "openswarm.cli.main", "ledger", "start",
+             "--config", str(replica.config_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )  # fmt: skip
+        log.close()
+
+    def _wait_serving(self, replica: ReplicaProcess, timeout_s: float = 30.0) -> None:
+        assert replica.log_path is not None
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with open(replica.log_path, errors="replace") as log:
+                log.seek(replica.log_offset)
+                if "serving on" in log.read():
+                    return
+            if replica.process is not None and replica.process.poll() is not None:
+                raise LedgerError(
+                    f"{replica.name} exited with {replica.process.returncode}: "
+                    f"{replica.log_path.read_text(errors='replace')[-2000:]}"
+                )
+            time.sleep(0.05)
+        raise LedgerError(f"{replica.name} did not start within {timeout_s:.0f} s")
+
+    def wait_for_leader(self, client_name: str = "admin", timeout_s: float = 30.0) -> str:
+        """Block until some running replica reports a Raft leader with quorum."""
+        deadline = time.monotonic() + timeout_s
+        last = ""
+        while time.monotonic() < deadline:
+            for replica in self.replicas:
+                if not replica.running:
+                    continue
+                try:
+                    with LedgerClient([replica.grpc_address], self.identity(client_name),
+                                      timeout_s=2) as client:  # fmt: skip
+                        status = client.status()
+                except LedgerError as exc:
+                    last = str(exc)
+                    continue
+                if status["leader"] and status["has_quorum"]:
+                    return str(status["leader"])
+            time.sleep(0.1)
+        raise LedgerError(f"no Raft leader within {timeout_s:.0f} s ({last})")
+
+    def kill(self, index: int) -> None:
+        """SIGKILL one replica (a crash, not a clean stop)."""
+        replica = self.replicas[index]
+        if replica.process is not None and replica.process.poll() is None:
+            os.killpg(replica.process.pid, signal.SIGKILL)
+            replica.process.wait()
+
+    def stop(self, index: int | None = None, timeout_s: float = 10.0) -> None:
+        """Stop one replica (or all) with SIGTERM, then SIGKILL if it lingers."""
+        targets = self.replicas if index is None else [self.replicas[index]]
+        for replica in targets:
+            if replica.running and replica.process is not None:
+                os.killpg(replica.process.pid, signal.SIGTERM)
+        for replica in targets:
+            if replica.process is None:
+                continue
+            try:
+                replica.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(replica.process.pid, signal.SIGKILL)
+                replica.process.wait()
+
+    def __enter__(self) -> LocalLedger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,263 @@
+"""The ledger's gRPC service (JSON messages over mutual TLS), served by every replica."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+from pysyncobj import FAIL_REASON
+
+from openswarm.ledger.replica import FAIL_TEXT, LedgerReplica
+from openswarm.ledger.tx import Transaction, TxFormatError
+from openswarm.net import caller_identity, require_role
+
+SERVICE = "openswarm.ledger.Ledger"
+MAX_TX_BYTES = 256 * 1024
+MAX_CLOCK_SKEW_S = 300.0
+STREAM_POLL_S = 0.5
+NO_QUORUM = "no quorum"
+
+Handler = Callable[[dict[str, Any], grpc.ServicerContext], Any]
+
+
+def _encode(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+
+def _decode(data: bytes) -> Any:
+    return data
+
+
+def outcome_of(block: dict[str, Any]) -> dict[str, Any]:
+    """What a submitter learns about its committed transaction."""
+    outcome = block["outcome"]
+    return {
+        "tx_id": block.get("tx_id", ""),
+        "height": block["height"],
+        "block_hash": block["hash"],
+        "status": outcome["status"],
+        "reason": outcome.get("reason"),
+        "result": outcome.get("result"),
+    }
+
+
+class LedgerService:
+    """Request handlers over one replica."""
+
+    def __init__(self, replica: LedgerReplica, *, submit_timeout_s: float = 5.0) -> None:
+        self.replica = replica
+        self.submit_timeout_s = submit_timeout_s
+
+    # --- writes ---------------------------------------------------------------------------
+    def submit(self, request: dict[str, Any], context: grpc.ServicerContext) -> dict[str, Any]:
+        caller_identity(context)
+        raw = request.get("tx")
+        try:
+            tx = Transaction.from_dict(raw)
+        except TxFormatError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed transaction: {exc}")
+        text = tx.to_json()
+        if len(text) > MAX_TX_BYTES:
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"transaction of {len(text)} bytes exceeds {MAX_TX_BYTES}; models never go "
+                "on the ledger, only their digests",
+            )
+        known = self.replica.height_of_tx(tx.tx_id)
+        if known is not None:
+            return outcome_of(self.replica.block(known) or {})
+        skew = tx.timestamp - time.time()
+        if abs(skew) > MAX_CLOCK_SKEW_S:
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"transaction timestamp is {skew:+.0f} s off this replica's clock (limit "
+                f"{MAX_CLOCK_SKEW_S:.0f} s); fix the sender's clock",
+            )
+        if not self.replica.hasQuorum:
+            context.abort(grpc.StatusCode.UNAVAILABLE, self._no_quorum("replicas unreachable"))
+        done = threading.Event()
+        answer: dict[str, Any] = {}
+
+        def on_commit(block: dict[str, Any] | None, fail: int) -> None:
+            answer["block"], answer["fail"] = block, fail
+            done.set()
+
+        self.replica.submit(text, on_commit)
+        if not done.wait(self.submit_timeout_s):
+            context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                self._no_quorum(f"not committed within {self.submit_timeout_s:g} s"),
+            )
+        if answer["fail"] != FAIL_REASON.SUCCESS:
+            text_fail = FAIL_TEXT.get(answer["fail"], f"Raft failure {answer['fail']}")
+            context.abort(grpc.StatusCode.UNAVAILABLE, text_fail)
+        block = answer["block"]
+        first = self.replica.height_of_tx(tx.tx_id)
+        if first is not None and first != block["height"]:
+            block = self.replica.block(first) or block  # a resubmission: report the original
+        return outcome_of(block)
+
+    def _no_quorum(self, why: str) -> str:
+        status = self.replica.raft_status()
+        reachable = len(status["connected"]) + 1
+        return (
+            f"{NO_QUORUM}: {why}; {reachable} of {len(status['replicas'])} ledger replicas "
+            "reachable from this one — start the missing replicas, then resubmit (the same "
+            "transaction is applied at most once)"
+        )
+
+    def add_replica(self, request: dict[str, Any], context: grpc.ServicerContext) -> dict:
+        require_role(context, "admin")
+        return self._membership(request, context, adding=True)
+
+    def remove_replica(self, request: dict[str, Any], context: grpc.ServicerContext) -> dict:
+        require_role(context, "admin")
+        return self._membership(request, context, adding=False)
+
+    def _membership(
+        self, request: dict[str, Any], context: grpc.ServicerContext, *, adding: bool
+    ) -> dict[str, Any]:
+        """Change the Raft membership, until the change shows in this replica's view.
+
+        A joining replica that is not yet a member starts elections of its own and can
+        depose the leader once, so a change cut short by a leader change is issued again.
+        """
+        address = request.get("raft")
+        if not isinstance(address, str) or ":" not in address:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "give the replica's Raft host:port")
+        change = self.replica.addNodeToCluster if adding else self.replica.removeNodeFromCluster
+        verb = "added" if adding else "removed"
+        deadline = time.monotonic() + self.submit_timeout_s * 2
+        last = "timed out"
+        while time.monotonic() < deadline:
+            status = self.replica.raft_status()
+            if (address in status["replicas"]) == adding:
+                return {verb: address, "status": status}
+            if not adding and status["leader"] == address:
+                # Raft cannot remove its own leader: hand leadership over first.
+                if status["self"] != address:
+                    context.abort(
+                        grpc.StatusCode.UNAVAILABLE,
+                        "the replica to remove is the Raft leader; ask that replica",
+                    )
+                self.replica.transferLeadership()
+                self.replica.wait_for_height(self.replica.height + 1, 0.5)
+                continue
+            done = threading.Event()
+            answer: dict[str, Any] = {}
+
+            def on_done(result: Any, fail: int, answer: dict = answer, done=done) -> None:
+                answer["fail"] = fail
+                done.set()
+
+            change(address, callback=on_done)
+            done.wait(self.submit_timeout_s)
+            fail = answer.get("fail", -1)
+            last = FAIL_TEXT.get(fail, "timed out")
+            if fail == FAIL_REASON.SUCCESS:
+                continue
+            self.replica.wait_for_height(self.replica.height + 1, 0.3)
+        context.abort(grpc.StatusCode.UNAVAILABLE, f"membership change failed: {last}")
+
+    # --- reads ----------------------------------------------------------------------------
+    def status(self, request: dict[str, Any], context: grpc.ServicerContext) -> dict[str, Any]:
+        caller_identity(context)
+        snapshot = self.replica.snapshot()
+        return {
+            **self.replica.raft_status(),
+            "swarm": snapshot["swarm"],
+            "genesis_hash": snapshot["genesis_hash"],
+            "last_hash": snapshot["last_hash"],
+        }
+
+    def state(self, request: dict[str, Any], context: grpc.ServicerContext) -> dict[str, Any]:
+        caller_identity(context)
+        contract = request.get("contract")
+        if contract is not None and not isinstance(contract, str):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "'contract' must be a string")
+        return self.replica.snapshot(contract)
+
+    def blocks(self, request: dict[str, Any], context: grpc.ServicerContext) -> dict[str, Any]:
+        caller_identity(context)
+        start, stop = _int(request, "from", 0, context), request.get("to")
+        if stop is not None:
+            stop = _int(request, "to", 0, context) + 1
+        return {"height": self.replica.height, "blocks": self.replica.blocks(start, stop)}
+
+    def tx(self, request: dict[str, Any], context: grpc.ServicerContext) -> dict[str, Any]:
+        caller_identity(context)
+        height = self.replica.height_of_tx(str(request.get("tx_id", "")))
+        if height is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, "no such transaction on this replica")
+        return outcome_of(self.replica.block(height) or {})
+
+    def stream(
+        self, request: dict[str, Any], context: grpc.ServicerContext
+    ) -> Iterator[dict[str, Any]]:
+        """Every block from `from` on, then new ones as they commit, until cancelled."""
+        caller_identity(context)
+        next_height = _int(request, "from", 0, context)
+        contract = request.get("contract")
+        while context.is_active():
+            for block in self.replica.blocks(next_height):
+                next_height = block["height"] + 1
+                if contract is None or block.get("tx", {}).get("contract") == contract:
+                    yield block
+            self.replica.wait_for_height(next_height, STREAM_POLL_S)
+
+    # --- wiring ---------------------------------------------------------------------------
+    def handler(self) -> grpc.GenericRpcHandler:
+        unary = {
+            "Submit": self.submit,
+            "Status": self.status,
+            "State": self.state,
+            "Blocks": self.blocks,
+            "Tx": self.tx,
+            "AddReplica": self.add_replica,
+            "RemoveReplica": self.remove_replica,
+        }
+        methods = {
+            name: grpc.unary_unary_rpc_method_handler(
+                _json_unary(fn), request_deserializer=_decode, response_serializer=_encode
+            )
+            for name, fn in unary.items()
+        }
+        methods["Stream"] = grpc.unary_stream_rpc_method_handler(
+            _json_stream(self.stream), request_deserializer=_decode, response_serializer=_encode
+        )
+        return grpc.method_handlers_generic_handler(SERVICE, methods)
+
+
+def _parse(data: bytes, context: grpc.ServicerContext) -> dict[str, Any]:
+    try:
+        request = json.loads(data or b"{}")
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request is not JSON: {exc}")
+    if not isinstance(request, dict):
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, "request must be a JSON object")
+    return request
+
+
+def _json_unary(fn: Handler) -> Callable[[bytes, grpc.ServicerContext], Any]:
+    def call(data: bytes, context: grpc.ServicerContext) -> Any:
+        return fn(_parse(data, context), context)
+
+    return call
+
+
+def _json_stream(fn: Handler) -> Callable[[bytes, grpc.ServicerContext], Any]:
+    def call(data: bytes, context: grpc.ServicerContext) -> Any:
+        yield from fn(_parse(data, context), context)
+
+    return call
+
+
+def _int(request: dict[str, Any], key: str, default: int, context: grpc.ServicerContext) -> int:
+    value = request.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{key!r} must be a non-negative integer")
+    return value

@@ -1,0 +1,222 @@
+"""The replicated state machine: checks each transaction and applies it, deterministically.
+
+Every replica feeds the same transactions in the same order through `LedgerState.commit`,
+which returns the block that records the transaction and its outcome. Nothing here reads a
+clock, a file or the network, so all replicas reach the same state and the same chain.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from openswarm.ledger.block import block_hash, genesis_block, tx_block
+from openswarm.ledger.contract import (
+    ContractCall,
+    ContractError,
+    ContractSettings,
+    TrainingContract,
+)
+from openswarm.ledger.genesis import check_genesis
+from openswarm.ledger.tx import CONTRACT_TYPES, Transaction, TxFormatError, required_role
+from openswarm.pki import ROLES, CertIdentity, PkiError, certificate_identity, verify_certificate
+from openswarm.pki import verify_signature as verify_sig
+
+
+class Rejected(Exception):
+    """A transaction refused by the ledger; str() is the recorded reason."""
+
+
+class LedgerState:
+    """Admitted identities, used nonces and training contracts, plus the chain head."""
+
+    def __init__(self, genesis: dict[str, Any]) -> None:
+        check_genesis(genesis)
+        self.genesis = genesis
+        self.swarm: str = genesis["swarm"]
+        self.ca_cert_pem: bytes = genesis["ca_cert"].encode("ascii")
+        self.admitted: dict[str, str] = {e["name"]: e["role"] for e in genesis["admitted"]}
+        self.contracts: dict[str, TrainingContract] = {}
+        for name, settings in sorted(genesis["contracts"].items()):
+            self.contracts[name] = TrainingContract(name, ContractSettings.from_payload(settings))
+        self.nonces: dict[str, set[str]] = {}
+        self.tx_heights: dict[str, int] = {}
+        head = genesis_block(genesis)
+        self.genesis_hash: str = head["hash"]
+        self.height: int = 0
+        self.last_hash: str = head["hash"]
+        self._cert_cache: dict[str, CertIdentity | str] = {}
+
+    # --- the one entry point -------------------------------------------------------------
+    def commit(self, tx_json: str) -> dict[str, Any]:
+        """Check and apply one transaction; return the new block (applied or rejected)."""
+        height = self.height + 1
+        try:
+            tx = Transaction.from_json(tx_json)
+        except TxFormatError as exc:
+            outcome = {"status": "rejected", "reason": f"malformed transaction: {exc}"}
+            block = tx_block(height, self.last_hash, {"raw": tx_json}, "", outcome)
+            return self._advance(block)
+        try:
+            result = self._check_and_apply(tx, height)
+            outcome = {"status": "applied", "reason": None, "result": result}
+        except Rejected as exc:
+            outcome = {"status": "rejected", "reason": str(exc)}
+        block = tx_block(height, self.last_hash, tx.to_dict(), tx.tx_id, outcome)
+        self.tx_heights.setdefault(tx.tx_id, height)
+        return self._advance(block)
+
+    def _advance(self, block: dict[str, Any]) -> dict[str, Any]:
+        self.height = block["height"]
+        self.last_hash = block["hash"]
+        return block
+
+    # --- checks ---------------------------------------------------------------------------
+    def _check_and_apply(self, tx: Transaction, height: int) -> dict[str, Any]:
+        if tx.tx_id in self.tx_heights:
+            raise Rejected(f"replayed transaction: already in block {self.tx_heights[tx.tx_id]}")
+        who = self._certificate(tx.cert)
+        when = dt.datetime.fromtimestamp(tx.timestamp, tz=dt.UTC)
+        if not who.not_before <= when <= who.not_after:
+            raise Rejected(
+                f"certificate of {who.name!r} is not valid at the transaction time "
+                f"{when.isoformat()} (valid {who.not_before.isoformat()} to "
+                f"{who.not_after.isoformat()})"
+            )
+        if who.name != tx.sender:
+            raise Rejected(f"sender {tx.sender!r} does not match the certificate ({who.name!r})")
+        admitted_role = self.admitted.get(who.name)
+        if admitted_role is None:
+            raise Rejected(f"identity {who.name!r} is not admitted to swarm {self.swarm!r}")
+        if admitted_role != who.role:
+            raise Rejected(
+                f"identity {who.name!r} is admitted as {admitted_role!r} but its certificate "
+                f"says {who.role!r}"
+            )
+        needed = required_role(tx.type)
+        if who.role != needed:
+            raise Rejected(f"{tx.type!r} needs role {needed!r}; {who.name!r} is {who.role!r}")
+        try:
+            signature = tx.signature_bytes()
+            verify_sig(tx.cert.encode("ascii"), tx.signed_bytes(), signature)
+        except (PkiError, TxFormatError) as exc:
+            raise Rejected(f"bad signature from {who.name!r}: {exc}") from exc
+        used = self.nonces.setdefault(who.name, set())
+        if tx.nonce in used:
+            raise Rejected(f"replayed nonce {tx.nonce!r} from {who.name!r}")
+        used.add(tx.nonce)  # burnt even if the call below is refused, so it can't be replayed
+        if tx.type in CONTRACT_TYPES:
+            return self._apply_contract(tx, height)
+        return self._apply_admin(tx)
+
+    def _certificate(self, cert_pem: str) -> CertIdentity:
+        cached = self._cert_cache.get(cert_pem)
+        if cached is None:
+            try:
+                info = certificate_identity(cert_pem.encode("ascii"))
+                # Chain check only: validity is judged at the transaction's own time.
+                cached = verify_certificate(
+                    cert_pem.encode("ascii"), self.ca_cert_pem, at=info.not_before
+                )
+            except (PkiError, UnicodeEncodeError, ValueError) as exc:
+                cached = f"certificate refused: {exc}"
+            self._cert_cache[cert_pem] = cached
+        if isinstance(cached, str):
+            raise Rejected(cached)
+        return cached
+
+    # --- application ----------------------------------------------------------------------
+    def _apply_contract(self, tx: Transaction, height: int) -> dict[str, Any]:
+        if not tx.contract:
+            raise Rejected(f"{tx.type!r} needs a training contract name")
+        contract = self.contracts.get(tx.contract)
+        created = False
+        if contract is None:
+            if tx.type != "register":
+                raise Rejected(f"training contract {tx.contract!r} does not exist; register first")
+            try:
+                settings = ContractSettings.from_payload(tx.payload)
+            except ContractError as exc:
+                raise Rejected(str(exc)) from exc
+            contract = TrainingContract(tx.contract, settings)
+            created = True
+        call = ContractCall(
+            type=tx.type,
+            round=tx.round,
+            sender=tx.sender,
+            payload=tx.payload,
+            timestamp=float(tx.timestamp),
+            prev_hash=self.last_hash,
+            height=height,
+        )
+        try:
+            result = contract.apply(call)
+        except ContractError as exc:
+            raise Rejected(str(exc)) from exc
+        if created:
+            self.contracts[tx.contract] = contract
+        return result
+
+    def _apply_admin(self, tx: Transaction) -> dict[str, Any]:
+        payload = tx.payload
+        if tx.type == "admit":
+            name, role = payload.get("name"), payload.get("role")
+            if not isinstance(name, str) or not name or role not in ROLES:
+                raise Rejected(f"'admit' needs payload name (string) and role in {ROLES}")
+            self.admitted[name] = role
+            return {"events": [{"kind": "admitted", "name": name, "role": role}]}
+        if tx.type == "revoke":
+            name = payload.get("name")
+            if name not in self.admitted:
+                raise Rejected(f"cannot revoke {name!r}: not admitted")
+            del self.admitted[name]
+            return {"events": [{"kind": "revoked", "name": name}]}
+        # contract_create
+        if not tx.contract:
+            raise Rejected("'contract_create' needs a contract name")
+        if tx.contract in self.contracts:
+            raise Rejected(f"training contract {tx.contract!r} already exists")
+        try:
+            settings = ContractSettings.from_payload(payload)
+        except ContractError as exc:
+            raise Rejected(str(exc)) from exc
+        self.contracts[tx.contract] = TrainingContract(tx.contract, settings)
+        return {"events": [{"kind": "contract_created", "contract": tx.contract}]}
+
+    # --- queries --------------------------------------------------------------------------
+    def snapshot(self, contract: str | None = None) -> dict[str, Any]:
+        """JSON-safe view of the state (one contract, or all)."""
+        if contract is not None:
+            found = self.contracts.get(contract)
+            return {
+                "height": self.height,
+                "last_hash": self.last_hash,
+                "contract": contract,
+                "state": None if found is None else found.snapshot(),
+            }
+        return {
+            "height": self.height,
+            "last_hash": self.last_hash,
+            "swarm": self.swarm,
+            "genesis_hash": self.genesis_hash,
+            "admitted": dict(sorted(self.admitted.items())),
+            "contracts": {name: c.snapshot() for name, c in sorted(self.contracts.items())},
+        }
+
+
+def replay(genesis: dict[str, Any], blocks: list[dict[str, Any]]) -> LedgerState:
+    """Rebuild the state from a stored chain (without re-checking stored outcomes)."""
+    state = LedgerState(genesis)
+    for block in blocks:
+        state.commit(_tx_text(block))
+    return state
+
+
+def _tx_text(block: dict[str, Any]) -> str:
+    tx = block["tx"]
+    if "raw" in tx and len(tx) == 1:
+        return tx["raw"]
+    return Transaction.from_dict(tx).to_json()
+
+
+__all__ = ["LedgerState", "Rejected", "block_hash", "replay"]

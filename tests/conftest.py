@@ -1,0 +1,34 @@
+"""Shared fixtures: real ledger networks of replica processes on loopback."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from openswarm.ledger.local import LocalLedger
+
+PEERS = ("p1", "p2", "p3")
+
+
+def _network(root: Path, replicas: int) -> Iterator[LocalLedger]:
+    net = LocalLedger.create(root, replicas=replicas, peers=PEERS, min_peers=2)
+    try:
+        net.start()
+        net.wait_for_leader()
+        yield net
+    finally:
+        net.stop()
+
+
+@pytest.fixture
+def ledger1(tmp_path: Path) -> Iterator[LocalLedger]:
+    """A single-replica ledger process with peers p1..p3 and an admin."""
+    yield from _network(tmp_path / "net", 1)
+
+
+@pytest.fixture
+def ledger3(tmp_path: Path) -> Iterator[LocalLedger]:
+    """Three ledger replica processes (Raft) with peers p1..p3 and an admin."""
+    yield from _network(tmp_path / "net", 3)

@@ -1,0 +1,117 @@
+"""Every refusal is committed as a rejected block with its reason, and changes no state."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from openswarm import DEFAULT_CONTRACT
+from openswarm.ledger.client import LedgerClient
+from openswarm.ledger.local import LocalLedger
+from openswarm.ledger.tx import Transaction, make_transaction
+from openswarm.pki import Identity, init_ca, issue_identity
+
+C = DEFAULT_CONTRACT
+DIGEST = "ab" * 32
+
+
+def _register(client: LedgerClient, endpoint: str) -> None:
+    client.submit(
+        "register", contract=C, payload={"endpoint": endpoint, "weight": 1}
+    ).raise_for_status()
+
+
+def _contract_state(client: LedgerClient) -> dict:
+    return client.state(C)["state"]
+
+
+def _expect_rejected(client: LedgerClient, tx: Transaction, reason_part: str) -> None:
+    before = client.state()
+    outcome = client.submit_tx(tx)
+    assert outcome.status == "rejected", outcome
+    assert reason_part in (outcome.reason or ""), outcome.reason
+    after = client.state()
+    # Only the chain head moved; admitted identities and every contract are untouched.
+    for key in ("admitted", "contracts", "swarm", "genesis_hash"):
+        assert after[key] == before[key]
+    assert after["height"] == before["height"] + 1
+    block = client.blocks(outcome.height, outcome.height)[0]
+    assert block["outcome"] == {"status": "rejected", "reason": outcome.reason}
+
+
+def test_refusals(ledger1: LocalLedger, tmp_path) -> None:
+    p1, p2, p3 = (ledger1.identity(n) for n in ("p1", "p2", "p3"))
+    admin = ledger1.identity("admin")
+    c1 = ledger1.client("p1")
+    for name, port in (("p1", 1001), ("p2", 1002), ("p3", 1003)):
+        _register(ledger1.client(name), f"127.0.0.1:{port}")
+
+    # bad signature: the payload was changed after signing
+    good = make_transaction(p1, "ready", contract=C, round=1, payload={"digest": DIGEST, "size": 1})
+    forged = Transaction.from_dict({**good.to_dict(), "payload": {"digest": DIGEST, "size": 2}})
+    _expect_rejected(c1, forged, "bad signature")
+
+    # signed by an identity of another swarm's CA
+    other = tmp_path / "other-ca"
+    init_ca(other, "other")
+    stranger = Identity.load(issue_identity(other, "p1", "peer"))
+    _expect_rejected(c1, make_transaction(stranger, "finished", contract=C), "certificate refused")
+
+    # right CA, but never admitted
+    intruder = Identity.load(issue_identity(ledger1.pki_dir, "intruder", "peer"))
+    _expect_rejected(c1, make_transaction(intruder, "finished", contract=C), "not admitted")
+
+    # wrong role both ways
+    _expect_rejected(
+        c1, make_transaction(admin, "ready", contract=C, round=1, payload={}), "needs role 'peer'"
+    )
+    _expect_rejected(
+        c1, make_transaction(p1, "admit", payload={"name": "x", "role": "peer"}), "needs role"
+    )
+
+    # replayed nonce: same nonce, other content
+    first = make_transaction(p2, "metrics", contract=C, round=1, nonce="n" * 16,
+                             payload={"loss": 1.0, "metric": None, "epoch": 1,
+                                      "total_epochs": 2})  # fmt: skip
+    assert c1.submit_tx(first).applied
+    again = make_transaction(p2, "metrics", contract=C, round=1, nonce="n" * 16,
+                             payload={"loss": 0.5, "metric": None, "epoch": 1,
+                                      "total_epochs": 2})  # fmt: skip
+    _expect_rejected(c1, again, "replayed nonce")
+    # resubmitting the very same transaction is idempotent: the original outcome comes back
+    assert c1.submit_tx(first).height == c1.submit_tx(first).height
+
+    # seal below min_peers (2): only p1 is ready
+    ready1 = make_transaction(p1, "ready", contract=C, round=1,
+                              payload={"digest": DIGEST, "size": 10})  # fmt: skip
+    assert c1.submit_tx(ready1).applied
+    _expect_rejected(c1, make_transaction(p1, "seal", contract=C, round=1), "min_peers")
+
+    # merged from a peer that is not the leader
+    ready2 = make_transaction(
+        p2, "ready", contract=C, round=1, payload={"digest": DIGEST, "size": 10}
+    )
+    assert c1.submit_tx(ready2).applied
+    seal = c1.submit_tx(make_transaction(p3, "seal", contract=C, round=1)).raise_for_status()
+    leader = seal.result["leader"]
+    non_leader = p2 if leader == "p1" else p1
+    merged = make_transaction(non_leader, "merged", contract=C, round=1,
+                              payload={"digest": "cd" * 32, "size": 10})  # fmt: skip
+    _expect_rejected(c1, merged, "not the leader")
+    assert _contract_state(c1)["latest_merged"] is None
+
+
+def test_malformed_requests_get_clear_errors(ledger1: LocalLedger) -> None:
+    from openswarm.ledger.client import LedgerError
+
+    c1 = ledger1.client("p1")
+    tx = make_transaction(ledger1.identity("p1"), "finished", contract=C)
+    bad = dataclasses.replace(tx, type="explode")
+    with pytest.raises(LedgerError, match="unknown transaction type"):
+        c1.call("Submit", {"tx": bad.to_dict()})
+    with pytest.raises(LedgerError, match="lacks field"):
+        c1.call("Submit", {"tx": {"type": "ready"}})
+    stale = make_transaction(ledger1.identity("p1"), "finished", contract=C, timestamp=1.0)
+    with pytest.raises(LedgerError, match="off this replica's clock"):
+        c1.submit_tx(stale)
