@@ -184,7 +184,7 @@ def add_replica(
     connect: str = typer.Option(..., "--connect"),
     identity: Path = typer.Option(None, "--identity", help="An admin identity folder."),
 ) -> None:
-    """Add a replica (started with join: true) to a running network."""
+    """Add a replica to a running network; start it afterwards, with all others as partners."""
     from openswarm.ledger.client import LedgerError
 
     try:

@@ -25,7 +25,6 @@ class LedgerConfig:
     genesis: Path
     raft_secret: str
     ca: Path | None = None
-    join: bool = False
     submit_timeout_s: float = 5.0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -46,7 +45,7 @@ class LedgerConfig:
             raise ConfigError(f"{source}: expected a mapping of settings")
         known = {
             "data_dir", "listen", "raft", "partners", "identity", "genesis", "raft_secret",
-            "raft_secret_file", "ca", "join", "submit_timeout_s",
+            "raft_secret_file", "ca", "submit_timeout_s",
         }  # fmt: skip
         unknown = sorted(set(raw) - known)
         if unknown:
@@ -93,7 +92,6 @@ class LedgerConfig:
             genesis=path_of("genesis"),
             raft_secret=secret,
             ca=path_of("ca") if raw.get("ca") else None,
-            join=bool(raw.get("join", False)),
             submit_timeout_s=float(timeout),
         )
 

@@ -114,12 +114,10 @@ class LocalLedger:
         net.genesis_path.write_text(json.dumps(genesis, indent=2, sort_keys=True))
         raft_addresses = [f"{LOOPBACK}:{free_port()}" for _ in range(replicas)]
         for index in range(replicas):
-            net.add_replica_config(index + 1, raft_addresses, join=False)
+            net.add_replica_config(index + 1, raft_addresses)
         return net
 
-    def add_replica_config(
-        self, number: int, raft_addresses: Sequence[str], *, join: bool
-    ) -> ReplicaProcess:
+    def add_replica_config(self, number: int, raft_addresses: Sequence[str]) -> ReplicaProcess:
         """Write the config of replica `number`; `raft_addresses` are all replicas' Raft ends."""
         name = f"ledger-{number}"
         raft = raft_addresses[number - 1]
@@ -133,7 +131,6 @@ class LocalLedger:
             "identity": str(self.pki_dir / "identities" / name),
             "genesis": str(self.genesis_path),
             "raft_secret": self.raft_secret,
-            "join": join,
         }
         path = self.root / f"{name}.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=True))
@@ -143,11 +140,15 @@ class LocalLedger:
         return replica
 
     def new_replica(self) -> ReplicaProcess:
-        """Issue an identity and write a config for one more replica joining the network."""
+        """Issue an identity and write a config for one more replica.
+
+        Add it to the network (`LedgerClient.add_replica`) before starting it, so that it
+        never runs elections as a stranger.
+        """
         number = len(self.replicas) + 1
         issue_identity(self.pki_dir, f"ledger-{number}", "ledger", hosts=["localhost", LOOPBACK])
         addresses = [r.raft_address for r in self.replicas] + [f"{LOOPBACK}:{free_port()}"]
-        return self.add_replica_config(number, addresses, join=True)
+        return self.add_replica_config(number, addresses)
 
     # --- processes ------------------------------------------------------------------------
     def start(self, *which: int, wait: bool = True) -> None:
