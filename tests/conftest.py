@@ -13,7 +13,7 @@ PEERS = ("p1", "p2", "p3")
 
 
 def _network(root: Path, replicas: int) -> Iterator[LocalLedger]:
-    net = LocalLedger.create(root, replicas=replicas, peers=PEERS, min_peers=2)
+    net = LocalLedger.create(root, replicas=replicas, peers=PEERS)
     try:
         net.start()
         net.wait_for_leader()

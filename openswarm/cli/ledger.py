@@ -32,7 +32,9 @@ def genesis(
     contract: list[str] = typer.Option(
         [], "--contract", help=f"Training contract to create (default {DEFAULT_CONTRACT})."
     ),
-    min_peers: int = typer.Option(2, help="min_peers of the contracts created here."),
+    min_peers: int = typer.Option(
+        None, help="Fix min_peers of these contracts (default: the first member's setting)."
+    ),
 ) -> None:
     """Write the genesis file that starts a ledger network."""
     from openswarm.ledger.genesis import GenesisError, admitted_from_pki, make_genesis
@@ -51,7 +53,8 @@ def genesis(
     try:
         if not pairs:
             pairs = admitted_from_pki(pki_dir)
-        contracts = {name: {"min_peers": min_peers} for name in (contract or [DEFAULT_CONTRACT])}
+        settings = {} if min_peers is None else {"min_peers": min_peers}
+        contracts = {name: dict(settings) for name in (contract or [DEFAULT_CONTRACT])}
         record = make_genesis(
             swarm,
             ca_pem,

@@ -85,7 +85,8 @@ class LocalLedger:
         peers: Sequence[str] = (),
         admins: Sequence[str] = ("admin",),
         swarm: str = "local",
-        min_peers: int = 2,
+        min_peers: int | None = None,
+        contract_settings: dict | None = None,
         extra_identities: Sequence[tuple[str, str]] = (),
     ) -> LocalLedger:
         """Issue identities, write the genesis and one config per replica (nothing runs yet)."""
@@ -106,8 +107,12 @@ class LocalLedger:
             issue_identity(net.pki_dir, name, role, hosts=hosts)
             admitted.append((name, role))
         ca_pem = (net.pki_dir / "ca.crt").read_bytes()
+        # Without explicit settings the default contract takes its first member's.
+        settings = dict(contract_settings or {})
+        if min_peers is not None:
+            settings["min_peers"] = min_peers
         genesis = make_genesis(
-            swarm, ca_pem, admitted, contracts={DEFAULT_CONTRACT: {"min_peers": min_peers}}
+            swarm, ca_pem, admitted, contracts={DEFAULT_CONTRACT: settings}
         )
         import json
 

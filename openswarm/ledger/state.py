@@ -37,8 +37,15 @@ class LedgerState:
         self.ca_cert_pem: bytes = genesis["ca_cert"].encode("ascii")
         self.admitted: dict[str, str] = {e["name"]: e["role"] for e in genesis["admitted"]}
         self.contracts: dict[str, TrainingContract] = {}
+        # A contract named in the genesis without settings takes those of its first member.
+        self.declared: set[str] = set()
         for name, settings in sorted(genesis["contracts"].items()):
-            self.contracts[name] = TrainingContract(name, ContractSettings.from_payload(settings))
+            if settings:
+                self.contracts[name] = TrainingContract(
+                    name, ContractSettings.from_payload(settings)
+                )
+            else:
+                self.declared.add(name)
         self.nonces: dict[str, set[str]] = {}
         self.tx_heights: dict[str, int] = {}
         head = genesis_block(genesis)
@@ -133,6 +140,8 @@ class LedgerState:
         created = False
         if contract is None:
             if tx.type != "register":
+                if tx.contract in self.declared:
+                    raise Rejected(f"no peer has registered with {tx.contract!r} yet")
                 raise Rejected(f"training contract {tx.contract!r} does not exist; register first")
             try:
                 settings = ContractSettings.from_payload(tx.payload)
@@ -176,6 +185,7 @@ class LedgerState:
             raise Rejected("'contract_create' needs a contract name")
         if tx.contract in self.contracts:
             raise Rejected(f"training contract {tx.contract!r} already exists")
+        self.declared.discard(tx.contract)
         try:
             settings = ContractSettings.from_payload(payload)
         except ContractError as exc:
@@ -200,7 +210,10 @@ class LedgerState:
             "swarm": self.swarm,
             "genesis_hash": self.genesis_hash,
             "admitted": dict(sorted(self.admitted.items())),
-            "contracts": {name: c.snapshot() for name, c in sorted(self.contracts.items())},
+            "contracts": {
+                **{name: None for name in sorted(self.declared - set(self.contracts))},
+                **{name: c.snapshot() for name, c in sorted(self.contracts.items())},
+            },
         }
 
 
