@@ -1,0 +1,27 @@
+"""Parameter codec: safetensors encoding, decoding and canonical digests of parameter sets.
+
+A parameter set is an ordered mapping of name -> numpy array or torch tensor. Torch is
+optional and imported only when torch tensors are given or ``as_torch=True`` is asked.
+Pickle is never used.
+"""
+
+from openswarm.codec.decode import decode, decode_file
+from openswarm.codec.digest import digest, digest_encoded, digest_file
+from openswarm.codec.dtypes import SUPPORTED_NAMES as SUPPORTED_DTYPES
+from openswarm.codec.encode import encode, encode_to_file, iter_encoded_chunks
+from openswarm.codec.errors import CodecError
+from openswarm.codec.finite import check_finite
+
+__all__ = [
+    "SUPPORTED_DTYPES",
+    "CodecError",
+    "check_finite",
+    "decode",
+    "decode_file",
+    "digest",
+    "digest_encoded",
+    "digest_file",
+    "encode",
+    "encode_to_file",
+    "iter_encoded_chunks",
+]

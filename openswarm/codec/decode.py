@@ -1,0 +1,82 @@
+"""Decoding safetensors bytes or files into numpy arrays or torch tensors."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import numpy as np
+
+from openswarm.codec.arrays import from_storage, import_torch, numpy_bfloat16
+from openswarm.codec.errors import CodecError
+from openswarm.codec.header import Entry, Layout
+from openswarm.codec.layout import as_byte_view, check_bool_bytes, read_layout, read_layout_file
+
+
+def decode(data: bytes | bytearray | memoryview, *, as_torch: bool = False) -> dict[str, Any]:
+    """Tensors from safetensors bytes, in their original order (one copy of the data).
+
+    bfloat16 rule: with ``as_torch`` it decodes exactly to ``torch.bfloat16``; as numpy it
+    needs the ``ml_dtypes`` package and otherwise raises CodecError.
+    """
+    view = as_byte_view(data)
+    layout = read_layout(view)
+    _check_backend(layout, as_torch)
+    out: dict[str, Any] = {}
+    for entry in layout.entries:
+        start = layout.data_start + entry.begin
+        raw = view[start : layout.data_start + entry.end]
+        check_bool_bytes(entry, raw)
+        flat = np.frombuffer(raw, dtype=entry.dtype.storage.newbyteorder("<"))
+        out[entry.name] = _wrap(flat.astype(entry.dtype.storage), entry, as_torch)
+    return out
+
+
+def decode_file(path: str | os.PathLike[str], *, as_torch: bool = False) -> dict[str, Any]:
+    """Tensors from a file written by ``encode_to_file``, read straight into their arrays."""
+    with open(path, "rb") as handle:
+        layout = read_layout_file(handle)
+        _check_backend(layout, as_torch)
+        out: dict[str, Any] = {}
+        for entry in layout.entries:
+            flat = np.empty((entry.end - entry.begin) // entry.dtype.itemsize, entry.dtype.storage)
+            handle.seek(layout.data_start + entry.begin)
+            _read_exactly(handle, memoryview(flat.view(np.uint8)), entry)
+            check_bool_bytes(entry, flat.view(np.uint8))
+            if sys.byteorder == "big":  # pragma: no cover - little-endian hosts only in CI
+                flat.byteswap(inplace=True)
+            out[entry.name] = _wrap(flat, entry, as_torch)
+    return out
+
+
+def _check_backend(layout: Layout, as_torch: bool) -> None:
+    if as_torch:
+        try:
+            import_torch()
+        except ImportError as exc:
+            raise CodecError(f"as_torch=True needs torch: {exc}") from None
+        return
+    for entry in layout.entries:
+        if entry.dtype.name == "bfloat16":
+            try:
+                numpy_bfloat16()
+            except ImportError:
+                raise CodecError(
+                    f"tensor {entry.name!r} is bfloat16, which numpy cannot hold without "
+                    "the ml_dtypes package: install ml_dtypes or decode with as_torch=True"
+                ) from None
+            return
+
+
+def _read_exactly(handle: Any, target: memoryview, entry: Entry) -> None:
+    done = 0
+    while done < len(target):
+        got = handle.readinto(target[done:])
+        if not got:
+            raise CodecError(f"tensor {entry.name!r}: file ended early (truncated)")
+        done += got
+
+
+def _wrap(flat: np.ndarray, entry: Entry, as_torch: bool) -> Any:
+    return from_storage(flat, entry.shape, entry.dtype, as_torch=as_torch)

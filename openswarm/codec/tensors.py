@@ -1,0 +1,70 @@
+"""Checking a parameter set and viewing its tensors as flat buffers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from openswarm.codec.arrays import (
+    UnsupportedValueError,
+    describe,
+    flat_storage,
+    little_endian_bytes,
+)
+from openswarm.codec.dtypes import DType
+from openswarm.codec.errors import CodecError
+
+RESERVED_NAME = "__metadata__"
+
+
+@dataclass(frozen=True)
+class TensorView:
+    """One named tensor of a parameter set; ``flat()`` gives its raw values."""
+
+    name: str
+    dtype: DType
+    shape: tuple[int, ...]
+    value: Any
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of raw data."""
+        count = 1
+        for dim in self.shape:
+            count *= dim
+        return count * self.dtype.itemsize
+
+    def flat(self) -> np.ndarray:
+        """Flat, C-ordered, native-endian raw values (a view when the layout allows)."""
+        return flat_storage(self.value, self.dtype)
+
+
+def tensor_views(params: Mapping[str, Any]) -> list[TensorView]:
+    """Validate a parameter set and describe its tensors in order (no data is copied)."""
+    if not isinstance(params, Mapping):
+        raise CodecError(f"parameters must be a mapping of name -> array, got {type(params)}")
+    views = []
+    for name, value in params.items():
+        if not isinstance(name, str):
+            raise CodecError(f"tensor names must be strings, got {name!r} ({type(name).__name__})")
+        if name == RESERVED_NAME:
+            raise CodecError(f"tensor name {RESERVED_NAME!r} is reserved by safetensors")
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise CodecError(f"tensor name {name!r} is not valid UTF-8") from exc
+        try:
+            dtype, shape = describe(value)
+        except UnsupportedValueError as exc:
+            raise CodecError(f"tensor {name!r}: {exc}") from None
+        views.append(TensorView(name, dtype, shape, value))
+    return views
+
+
+def iter_raw(views: list[TensorView]) -> Iterator[tuple[TensorView, memoryview]]:
+    """Each tensor with its little-endian raw bytes, materialised one tensor at a time."""
+    for view in views:
+        yield view, little_endian_bytes(view.flat())

@@ -1,0 +1,69 @@
+"""Weighted coordinate-wise trimmed mean."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from openswarm.merge.coordinatewise import coordinatewise
+from openswarm.merge.errors import MergeInputError
+from openswarm.merge.inputs import prepare
+from openswarm.merge.network import sorted_lanes
+
+
+def trimmed_mean(
+    param_sets: Sequence[Mapping[str, Any]],
+    weights: Sequence[float] | None = None,
+    beta: float = 0.1,
+) -> dict[str, Any]:
+    """Coordinate-wise trimmed mean.
+
+    With K peers of positive weight, ``floor(beta * K)`` values are dropped from each end of
+    every coordinate (``0 <= beta <= 0.5``; an error if nothing would remain, which only
+    beta = 0.5 with an even K can cause; beta = 0.5 with odd K is the median); the result is
+    the weighted mean of the rest, each value with its peer's weight. Equal values are
+    ordered by ascending weight, which keeps the result independent of peer order.
+    """
+    if not isinstance(beta, int | float) or not 0 <= beta <= 0.5:
+        raise MergeInputError(f"beta must be a number in [0, 0.5], got {beta!r}")
+    prep = prepare(param_sets, weights)
+    cut = math.floor(beta * prep.count)
+    if prep.count - 2 * cut < 1:
+        raise MergeInputError(
+            f"trimmed_mean: beta={beta} drops {cut} of {prep.count} values from each end, "
+            "leaving none"
+        )
+    if prep.equal_weights():
+        return prep.build(coordinatewise(prep, lambda rows: trimmed_rows(rows, cut)))
+    prep = prep.select(np.argsort(prep.weights, kind="stable").tolist())
+    w = prep.weights
+    return prep.build(coordinatewise(prep, lambda rows: weighted_trimmed_rows(rows, w, cut)))
+
+
+def trimmed_rows(rows: np.ndarray, cut: int) -> np.ndarray:
+    """Unweighted mean of each column without its ``cut`` lowest and highest values.
+
+    ``rows`` is used as scratch.
+    """
+    count = rows.shape[0]
+    kept = range(cut, count - cut)
+    lanes = sorted_lanes(rows, tuple(kept)) if cut else list(rows)
+    total = lanes[cut].copy()
+    for i in kept[1:]:
+        total += lanes[i]
+    total *= 1.0 / len(kept)
+    return total
+
+
+def weighted_trimmed_rows(rows: np.ndarray, weights: np.ndarray, cut: int) -> np.ndarray:
+    """Weighted mean of each column without its ``cut`` lowest and highest values.
+
+    Rows must be ordered by ascending weight (ties between equal values go by row).
+    """
+    order = np.argsort(rows, axis=0, kind="stable")[cut : rows.shape[0] - cut]
+    kept = np.take_along_axis(rows, order, axis=0)
+    kept_weights = weights[order]
+    return (kept * kept_weights).sum(axis=0) / kept_weights.sum(axis=0)
