@@ -129,6 +129,11 @@ def leader_ranking(
 # --- the state machine -------------------------------------------------------------------------
 
 
+#: What a finished member gives to later rounds: nothing, its last local model, or the
+#: latest merged one.
+CONTRIBUTIONS = ("inactive", "snapshot", "active")
+
+
 @dataclass
 class _Member:
     endpoint: str
@@ -136,10 +141,12 @@ class _Member:
     registered_at: float
     finished: bool = False
     active: bool = True
+    contribution: str | None = None  # what it gives to rounds after finishing
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "active": self.active,
+            "contribution": self.contribution,
             "endpoint": self.endpoint,
             "finished": self.finished,
             "registered_at": self.registered_at,
@@ -425,7 +432,7 @@ class TrainingContract:
 
     def _on_merged(self, call: ContractCall) -> list[dict[str, Any]]:
         payload = call.payload
-        check_fields(payload, "merged", ("digest", "size"), ())
+        check_fields(payload, "merged", ("digest", "size"), ("excluded",))
         self._require_sealed(call.round)
         leader = self.leader
         if call.sender != leader:
@@ -434,6 +441,7 @@ class TrainingContract:
             )
         digest = check_digest(payload["digest"], "payload.digest")
         size = check_int(payload["size"], "payload.size", minimum=0)
+        excluded = _check_excluded(payload.get("excluded", []), self._participants)
 
         self._latest_merged = {
             "digest": digest,
@@ -442,7 +450,7 @@ class TrainingContract:
             "round": call.round,
             "size": size,
         }
-        self._close_round(call, leader=call.sender, digest=digest, size=size)
+        self._close_round(call, leader=call.sender, digest=digest, size=size, excluded=excluded)
         event = self._event(
             "merged",
             call,
@@ -502,7 +510,12 @@ class TrainingContract:
         return [event]
 
     def _close_round(
-        self, call: ContractCall, leader: str | None, digest: str | None, size: int | None
+        self,
+        call: ContractCall,
+        leader: str | None,
+        digest: str | None,
+        size: int | None,
+        excluded: list[dict[str, str]] | None = None,
     ) -> None:
         """Record the sealed current round in the history and open the next one."""
         merged = digest is not None
@@ -510,6 +523,7 @@ class TrainingContract:
             {
                 "aborted_at": None if merged else call.timestamp,
                 "digest": digest,
+                "excluded": list(excluded or []),
                 "failed_leaders": list(self._failed_leaders),
                 "inputs": {n: dict(sorted(self._ready[n].items())) for n in self._participants},
                 "leader": leader,
@@ -556,10 +570,17 @@ class TrainingContract:
         return [event]
 
     def _on_finished(self, call: ContractCall) -> list[dict[str, Any]]:
-        check_fields(call.payload, "finished", (), ())
+        check_fields(call.payload, "finished", (), ("contribution",))
         member = self._members[call.sender]
         if member.finished:
             raise ContractError(f"{call.sender} has already finished")
+        contribution = call.payload.get("contribution", "inactive")
+        if contribution not in CONTRIBUTIONS:
+            raise ContractError(
+                f"payload.contribution must be one of {', '.join(CONTRIBUTIONS)}, "
+                f"got {contribution!r}"
+            )
+        member.contribution = contribution
 
         was_all_finished = self.all_finished
         member.finished = True
@@ -599,3 +620,23 @@ class TrainingContract:
         self._metrics.setdefault(call.round, {})[call.sender] = record
         event = self._event("metrics", call, round=call.round, member=call.sender, **record)
         return [event]
+
+
+def _check_excluded(value: Any, participants: Sequence[str]) -> list[dict[str, str]]:
+    """The leader's list of participants it left out of the merge, each with its reason."""
+    if not isinstance(value, list):
+        raise ContractError("payload.excluded must be a list of {name, reason}")
+    checked = []
+    for entry in value:
+        if not isinstance(entry, Mapping) or set(entry) != {"name", "reason"}:
+            raise ContractError("each payload.excluded entry must be {name, reason}")
+        name = check_str(entry["name"], "payload.excluded.name")
+        reason = check_str(entry["reason"], "payload.excluded.reason")
+        if name not in participants:
+            raise ContractError(f"payload.excluded names {name}, not a participant")
+        checked.append({"name": name, "reason": reason[:500]})
+    if len({e["name"] for e in checked}) != len(checked):
+        raise ContractError("payload.excluded names a participant twice")
+    if len(checked) >= len(participants):
+        raise ContractError("payload.excluded leaves no participant in the merge")
+    return checked
