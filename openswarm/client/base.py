@@ -1,0 +1,163 @@
+"""The platform-neutral SwarmCallback: everything but reading, loading and evaluating a model.
+
+A platform binding subclasses `SwarmCallbackBase` and supplies three methods:
+
+- `get_params()` — the model's parameters as an ordered `{name: array or tensor}`;
+- `set_params(params)` — load such a dict (numpy arrays) back into the model in place;
+- `evaluate()` — `(loss, metric)` on the validation data, either may be None;
+
+and calls `on_train_begin()`, `on_batch_end()`, `on_epoch_end(epoch)` and `on_train_end()`
+from the platform's own hooks. The base class does the rest through the peer runtime.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from openswarm.codec import decode, digest, encode
+from openswarm.node.peer import RoundResult, SwarmError, SwarmPeer
+from openswarm.node.settings import NetworkConfig, SwarmSettings
+
+
+class SwarmCallbackBase:
+    """Swarm learning for a training loop: initial sync, periodic merges, a shared end."""
+
+    def __init__(
+        self,
+        *,
+        sync_frequency: int,
+        min_peers: int,
+        merge_method: str = "mean",
+        merge_options: Mapping[str, Any] | None = None,
+        node_weight: float = 1,
+        training_contract: str | None = None,
+        total_epochs: int | None = None,
+        contribution: str = "snapshot",
+        leader_timeout_s: float = 20.0,
+        extra_window_s: float = 2.0,
+        network: NetworkConfig | None = None,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        if not isinstance(sync_frequency, int) or sync_frequency < 1:
+            raise SwarmError(f"sync_frequency must be an integer ≥ 1, got {sync_frequency!r}")
+        self.network = network or NetworkConfig.load()
+        self.settings = SwarmSettings(
+            contract=training_contract or self.network.contract or SwarmSettings.contract,
+            min_peers=min_peers,
+            merge_method=merge_method,
+            merge_options=dict(merge_options or {}),
+            weight=float(node_weight),
+            leader_timeout_s=leader_timeout_s,
+            extra_window_s=extra_window_s,
+            contribution=contribution,
+        )
+        self.sync_frequency = sync_frequency
+        self.total_epochs = total_epochs
+        self.logger = logger or logging.getLogger("openswarm")
+        self.peer: SwarmPeer | None = None
+        self.epoch = 0
+        self.rounds = 0
+        self.final_digest: str | None = None
+        self._batches_since_sync = 0
+        self._last_local: dict[str, Any] | None = None
+
+    # --- what a platform supplies ---------------------------------------------------------
+    def get_params(self) -> Mapping[str, Any]:
+        raise NotImplementedError
+
+    def set_params(self, params: Mapping[str, Any]) -> None:
+        raise NotImplementedError
+
+    def evaluate(self) -> tuple[float | None, float | None]:
+        return None, None
+
+    # --- the steps ------------------------------------------------------------------------
+    def on_train_begin(self) -> None:
+        """Join the swarm and start from the swarm's model (the latest merged one, if any)."""
+        self.peer = SwarmPeer(self.settings, self.network)
+        self.peer.register()
+        latest = self.peer.latest_merged()
+        if latest is not None:
+            self.logger.info("%s: loading the latest merged model (round %d)",
+                             self.peer.name, latest.round)  # fmt: skip
+            self._load(latest)
+        else:
+            self._load(self.peer.sync(self.get_params()))
+
+    def on_batch_end(self) -> None:
+        """Count a batch; every `sync_frequency` batches, merge with the swarm."""
+        self._batches_since_sync += 1
+        if self._batches_since_sync >= self.sync_frequency:
+            self._sync()
+
+    def on_epoch_end(self, epoch: int | None = None) -> None:
+        self.epoch = self.epoch + 1 if epoch is None else epoch + 1
+
+    def on_train_end(self) -> None:
+        """Final sync, then stay in the swarm until every site is done; the model then holds
+        the final merged parameters, identical on every peer (see `final_digest`)."""
+        peer = self._require_peer()
+        try:
+            # "snapshot" contributes the site's own last local weights: copy them before the
+            # final merge overwrites the model in place.
+            self._last_local = decode(encode(self.get_params()))
+            if self._batches_since_sync or self.rounds == 0:
+                self._sync()
+            result = peer.finish(self._contribution)
+            if result is not None and result.params is not None:
+                self.set_params(result.params)
+            self.final_digest = digest(self.get_params())
+            if result is not None and result.digest != self.final_digest:
+                raise SwarmError(
+                    f"loaded final model has digest {self.final_digest[:12]}… but the swarm's "
+                    f"is {str(result.digest)[:12]}…: set_params does not load exactly"
+                )
+            self.logger.info("%s: final model %s", peer.name, self.final_digest)
+        finally:
+            peer.close()
+
+    # --- internals ------------------------------------------------------------------------
+    def _require_peer(self) -> SwarmPeer:
+        if self.peer is None:
+            raise SwarmError("call on_train_begin() before the other SwarmCallback steps")
+        return self.peer
+
+    def _sync(self) -> None:
+        peer = self._require_peer()
+        self._batches_since_sync = 0
+        result = peer.sync(self.get_params())
+        self._load(result)
+        if result.params is not None:
+            self._report(result.round)
+
+    def _load(self, result: RoundResult) -> None:
+        if result.params is not None:
+            self.set_params(result.params)
+            self.rounds += 1
+
+    def _report(self, round: int) -> None:
+        loss, metric = self.evaluate()
+        if loss is None or not math.isfinite(loss):
+            return
+        payload = {
+            "loss": float(loss),
+            "metric": None if metric is None or not math.isfinite(metric) else float(metric),
+            "epoch": min(self.epoch, self.total_epochs or self.epoch),
+            "total_epochs": self.total_epochs,
+        }
+        try:
+            self._require_peer()._submit("metrics", round, payload)
+        except SwarmError as exc:
+            self.logger.warning("could not report metrics: %s", exc)
+
+    def _contribution(self) -> Mapping[str, Any] | None:
+        mode = self.settings.contribution
+        if mode == "inactive":
+            return None
+        if mode == "active":
+            latest = self._require_peer().latest_merged()
+            return self.get_params() if latest is None else latest.params
+        return self._last_local

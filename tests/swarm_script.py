@@ -1,0 +1,95 @@
+"""A real training script for the swarm tests: scikit-learn's digits, one shard per rank.
+
+Behaviour comes from the environment, as a site's configuration would:
+EPOCHS, SYNC_FREQUENCY, MIN_PEERS, CONTRIBUTION, LEADER_TIMEOUT, BATCH_DELAY_S (simulated
+compute per batch), BALLAST (extra float32 buffer values: a larger model), and BAD_PARAMS
+(`nan` or `shape`: from the second round on this site offers broken parameters).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+import numpy as np
+import torch
+from sklearn.datasets import load_digits
+
+from openswarm.torch import SwarmCallback
+
+
+class BrokenSite(SwarmCallback):
+    """A site whose snapshots are malformed after the initial sync."""
+
+    def __init__(self, *args, mode: str, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.mode = mode
+
+    def get_params(self):
+        params = super().get_params()
+        if self.rounds >= 1 and not (self.peer and self.peer.finished):
+            name = next(iter(params))
+            if self.mode == "nan":
+                params[name] = params[name].clone()
+                params[name].view(-1)[0] = float("nan")
+            else:
+                params[name] = params[name][:-1].clone()
+        return params
+
+
+def main() -> None:
+    logging.basicConfig(level="INFO", format="%(asctime)s %(name)s %(message)s")
+    torch.set_num_threads(1)
+    env = os.environ
+    rank, peers = int(env["OPENSWARM_RANK"]), int(env["OPENSWARM_PEERS"])
+    epochs = int(env.get("EPOCHS", "2"))
+    delay = float(env.get("BATCH_DELAY_S", "0"))
+    x, y = load_digits(return_X_y=True)
+    x = torch.tensor(x / 16.0, dtype=torch.float32)
+    y = torch.tensor(y)
+    order = np.random.default_rng(0).permutation(len(x))
+    test, train = order[:300], order[300:]
+    mine = train[rank::peers]
+    torch.manual_seed(rank)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+    if int(env.get("BALLAST", "0")):
+        model.register_buffer("ballast", torch.zeros(int(env["BALLAST"])))
+    opt = torch.optim.SGD(model.parameters(), lr=0.2)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    options = dict(
+        sync_frequency=int(env.get("SYNC_FREQUENCY", "5")),
+        min_peers=int(env.get("MIN_PEERS", "2")),
+        val_data=[(x[test], y[test])],
+        loss_fn=loss_fn,
+        metric_fn=lambda out, t: float((out.argmax(1) == t).float().mean()),
+        total_epochs=epochs,
+        contribution=env.get("CONTRIBUTION", "snapshot"),
+        leader_timeout_s=float(env.get("LEADER_TIMEOUT", "20")),
+    )
+    bad = env.get("BAD_PARAMS")
+    cb = BrokenSite(model, mode=bad, **options) if bad else SwarmCallback(model, **options)
+    cb.on_train_begin()
+    print(f"joined at round {cb.rounds} digest-ready", flush=True)
+    for epoch in range(epochs):
+        for start in range(0, len(mine), 32):
+            batch = mine[start : start + 32]
+            opt.zero_grad()
+            loss_fn(model(x[batch]), y[batch]).backward()
+            opt.step()
+            if delay:
+                time.sleep(delay)
+            cb.on_batch_end()
+        cb.on_epoch_end(epoch)
+    cb.on_train_end()
+    with torch.no_grad():
+        accuracy = float((model(x[test]).argmax(1) == y[test]).float().mean())
+    result = {"name": env["OPENSWARM_PEER_NAME"], "final_digest": cb.final_digest,
+              "rounds": cb.rounds, "accuracy": accuracy}  # fmt: skip
+    with open(env["OPENSWARM_RESULT"], "w") as handle:
+        json.dump(result, handle)
+
+
+if __name__ == "__main__":
+    main()

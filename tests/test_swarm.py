@@ -1,0 +1,268 @@
+"""Swarms of real peer processes on loopback, training on real data through a real ledger."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from openswarm import DEFAULT_CONTRACT
+from openswarm.ledger.local import LocalLedger
+from openswarm.ledger.verify import verify_chain_dir
+
+SCRIPT = Path(__file__).with_name("swarm_script.py")
+pytestmark = pytest.mark.slow
+
+
+class Swarm:
+    """A one-replica ledger and N site processes running tests/swarm_script.py."""
+
+    def __init__(self, root: Path, sites: int, **env: str) -> None:
+        self.root = root
+        self.names = [f"site-{i + 1}" for i in range(sites)]
+        self.ledger = LocalLedger.create(root / "ledger", replicas=1, peers=self.names)
+        self.ledger.start()
+        self.ledger.wait_for_leader()
+        self.env = env
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.admin = self.ledger.client("admin")
+
+    def start(self, name: str, **env: str) -> None:
+        rank = self.names.index(name)
+        full = {
+            **os.environ,
+            "OPENSWARM_LEDGER": ",".join(self.ledger.endpoints),
+            "OPENSWARM_IDENTITY": str(self.ledger.pki_dir / "identities" / name),
+            "OPENSWARM_PEER_NAME": name,
+            "OPENSWARM_RANK": str(rank),
+            "OPENSWARM_PEERS": str(len(self.names)),
+            "OPENSWARM_RESULT": str(self.root / f"{name}.json"),
+            **self.env,
+            **env,
+        }
+        log = open(self.root / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
+        self.procs[name] = subprocess.Popen(
+            [sys.executable, str(SCRIPT)], env=full, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        log.close()
+
+    def start_all(self, **env: str) -> None:
+        for name in self.names:
+            self.start(name, **env)
+
+    def kill(self, name: str) -> None:
+        proc = self.procs[name]
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    def wait(self, names: list[str] | None = None, timeout_s: float = 240) -> None:
+        for name in names or self.names:
+            try:
+                code = self.procs[name].wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"{name} did not finish:\n{self.log(name)[-3000:]}")
+            assert code == 0, f"{name} exited {code}:\n{self.log(name)[-3000:]}"
+
+    def log(self, name: str) -> str:
+        return (self.root / f"{name}.log").read_text(errors="replace")
+
+    def result(self, name: str) -> dict:
+        return json.loads((self.root / f"{name}.json").read_text())
+
+    def state(self) -> dict | None:
+        return self.admin.state(DEFAULT_CONTRACT)["state"]
+
+    def blocks(self) -> list[dict]:
+        return self.admin.blocks(0)
+
+    def wait_for(self, predicate, timeout_s: float = 120, what: str = "condition") -> dict:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            state = self.state()
+            if state is not None and predicate(state):
+                return state
+            time.sleep(0.05)
+        pytest.fail(f"timed out waiting for {what}")
+
+    def close(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        self.admin.close()
+        self.ledger.stop()
+
+
+@pytest.fixture
+def swarm_factory(tmp_path: Path) -> Iterator:
+    made: list[Swarm] = []
+
+    def make(sites: int, **env: str) -> Swarm:
+        swarm = Swarm(tmp_path / f"swarm{len(made)}", sites, **env)
+        made.append(swarm)
+        return swarm
+
+    yield make
+    for swarm in made:
+        swarm.close()
+
+
+def _history(state: dict) -> list[dict]:
+    return state["history"]
+
+
+def test_three_sites_end_with_identical_models_and_a_verified_ledger(swarm_factory) -> None:
+    swarm = swarm_factory(3, EPOCHS="2", MIN_PEERS="3")
+    swarm.start_all()
+    swarm.wait()
+    results = [swarm.result(n) for n in swarm.names]
+    digests = {r["final_digest"] for r in results}
+    assert len(digests) == 1 and None not in digests
+    state = swarm.state()
+    assert state["latest_merged"]["digest"] in digests
+    history = _history(state)
+    assert len(history) >= 5  # the initial sync and the periodic merges
+    for record in history:
+        assert record["status"] == "merged"
+        assert record["participants"] == ["site-1", "site-2", "site-3"]
+        assert record["leader"] in record["participants"]
+        assert len(record["digest"]) == 64
+    assert all(r["accuracy"] > 0.5 for r in results), results  # trained (chance is 0.1)
+    assert verify_chain_dir(swarm.ledger.replicas[0].data_dir).ok
+    merged_blocks = [
+        b for b in swarm.blocks()[1:]
+        if b["tx"]["type"] == "merged" and b["outcome"]["status"] == "applied"
+    ]  # fmt: skip
+    assert [b["tx"]["payload"]["digest"] for b in merged_blocks] == [h["digest"] for h in history]
+
+
+def test_a_round_waits_for_min_peers(swarm_factory) -> None:
+    swarm = swarm_factory(3, EPOCHS="1", MIN_PEERS="3")
+    swarm.start("site-1")
+    swarm.start("site-2")
+    swarm.wait_for(lambda s: len(s["current"]["ready"]) == 2, what="two sites ready")
+    time.sleep(3)  # a while with two of the three required sites: nothing may happen
+    state = swarm.state()
+    assert not state["current"]["sealed"] and state["latest_merged"] is None
+    deadline = time.monotonic() + 30
+    while "waits for min_peers=3" not in swarm.log("site-1"):
+        assert time.monotonic() < deadline, swarm.log("site-1")
+        time.sleep(0.1)
+    assert "ready: site-1, site-2" in swarm.log("site-1") + swarm.log("site-2")
+    swarm.start("site-3")
+    swarm.wait()
+    assert _history(swarm.state())[0]["participants"] == ["site-1", "site-2", "site-3"]
+
+
+def test_leader_killed_during_merge_is_replaced(swarm_factory) -> None:
+    # A larger model (8M values) makes the leader's fetch-and-merge take a while.
+    swarm = swarm_factory(3, EPOCHS="2", MIN_PEERS="2", LEADER_TIMEOUT="8",
+                          BALLAST="8000000", BATCH_DELAY_S="0.02")  # fmt: skip
+    killed: list[str] = []
+
+    def kill_second_round_leader() -> None:
+        for block in swarm.ledger.client("admin").stream(start=0, contract=DEFAULT_CONTRACT):
+            events = (block.get("outcome", {}).get("result") or {}).get("events", [])
+            for event in events:
+                if event.get("type") == "sealed" and event["round"] >= 2:
+                    swarm.kill(event["leader"])
+                    killed.append(event["leader"])
+                    return
+
+    watcher = threading.Thread(target=kill_second_round_leader, daemon=True)
+    watcher.start()
+    swarm.start_all()
+    watcher.join(180)
+    assert killed, "no second round was sealed"
+    survivors = [n for n in swarm.names if n not in killed]
+    swarm.wait(survivors)
+    state = swarm.state()
+    handed_over = [h for h in _history(state) if killed[0] in h["failed_leaders"]]
+    assert handed_over, _history(state)
+    record = handed_over[0]
+    assert record["status"] == "merged" and record["leader"] in survivors
+    assert {swarm.result(n)["final_digest"] for n in survivors} == {
+        state["latest_merged"]["digest"]
+    }
+
+
+def test_site_killed_and_restarted_rejoins_from_the_latest_model(swarm_factory) -> None:
+    swarm = swarm_factory(3, EPOCHS="3", MIN_PEERS="2", BATCH_DELAY_S="0.03")
+    swarm.start_all()
+    state = swarm.wait_for(lambda s: len(s["history"]) >= 2, what="two merged rounds")
+    victim = next(n for n in swarm.names if n != state["current"]["leader"])
+    swarm.kill(victim)
+    before = len(swarm.state()["history"])
+    # the others go on without it
+    swarm.wait_for(
+        lambda s: (
+            len(s["history"]) >= before + 2 and victim not in s["history"][-1]["participants"]
+        ),
+        what="rounds without the killed site",
+    )
+    swarm.start(victim)
+    swarm.wait()
+    assert "loading the latest merged model" in swarm.log(victim)
+    history = _history(swarm.state())
+    assert any(victim in h["participants"] for h in history[before + 2 :]), "did not rejoin"
+    assert len({swarm.result(n)["final_digest"] for n in swarm.names}) == 1
+
+
+def test_malformed_parameters_are_refused_and_named(swarm_factory) -> None:
+    swarm = swarm_factory(4, EPOCHS="1", MIN_PEERS="4")
+    swarm.start("site-1")
+    swarm.start("site-2")
+    swarm.start("site-3", BAD_PARAMS="nan")
+    swarm.start("site-4", BAD_PARAMS="shape")
+    swarm.wait()
+    history = _history(swarm.state())
+    later = history[1:]
+    assert later, history
+    for record in later:
+        excluded = {e["name"]: e["reason"] for e in record["excluded"]}
+        assert set(excluded) == {"site-3", "site-4"}, record
+        assert "non-finite" in excluded["site-3"] or "NaN" in excluded["site-3"]
+        assert "shape" in excluded["site-4"]
+    digests = {swarm.result(n)["final_digest"] for n in swarm.names}
+    assert len(digests) == 1
+
+
+def test_contribution_modes_after_finishing(swarm_factory) -> None:
+    swarm = swarm_factory(4, MIN_PEERS="2", BATCH_DELAY_S="0.01")
+    swarm.start("site-1", EPOCHS="3")
+    swarm.wait_for(lambda s: "site-1" in s["members"], what="site-1 to register")
+    swarm.start("site-2", EPOCHS="1", CONTRIBUTION="inactive")
+    swarm.start("site-3", EPOCHS="1", CONTRIBUTION="snapshot")
+    swarm.start("site-4", EPOCHS="1", CONTRIBUTION="active")
+    swarm.wait()
+    blocks = [b for b in swarm.blocks()[1:] if b["outcome"]["status"] == "applied"]
+    finished_at = {b["tx"]["sender"]: b["height"] for b in blocks if b["tx"]["type"] == "finished"}
+    merged_digests = [b["tx"]["payload"]["digest"] for b in blocks if b["tx"]["type"] == "merged"]
+
+    def readies_after_finish(name: str) -> list[tuple[int, str]]:
+        return [
+            (b["height"], b["tx"]["payload"]["digest"])
+            for b in blocks
+            if b["tx"]["type"] == "ready" and b["tx"]["sender"] == name
+            and b["height"] > finished_at[name]
+        ]  # fmt: skip
+
+    assert readies_after_finish("site-2") == []  # inactive: gives nothing
+    snapshot = readies_after_finish("site-3")  # snapshot: its own last local model, always
+    assert snapshot and len({d for _, d in snapshot}) == 1
+    assert snapshot[0][1] not in merged_digests
+    active = readies_after_finish("site-4")  # active: the latest merged model each time
+    assert active
+    for height, digest in active:
+        previous = [b for b in blocks if b["tx"]["type"] == "merged" and b["height"] < height]
+        assert digest == previous[-1]["tx"]["payload"]["digest"]
+    assert len({swarm.result(n)["final_digest"] for n in swarm.names}) == 1
