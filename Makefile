@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test lint bench clean
+.PHONY: setup test lint demo bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ lint: $(STAMP)
 test: $(STAMP)
 	$(MAKE) lint
 	$(BIN)/pytest -q
+
+# The main job: three sites train one model on skewed MNIST shares through a local swarm.
+demo: $(STAMP)
+	$(BIN)/openswarm demo
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/merge_bench.py

@@ -7,6 +7,7 @@ import typer
 from openswarm import __version__
 from openswarm.cli.ledger import ledger_app
 from openswarm.cli.pki import pki_app
+from openswarm.cli.run import register as register_run
 
 app = typer.Typer(
     name="openswarm",
@@ -16,6 +17,7 @@ app = typer.Typer(
 )
 app.add_typer(pki_app, name="pki")
 app.add_typer(ledger_app, name="ledger")
+register_run(app)
 
 
 def _print_version(value: bool) -> None:

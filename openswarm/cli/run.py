@@ -1,0 +1,97 @@
+"""`openswarm run` (a local swarm of N processes) and `openswarm demo`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from openswarm import DEFAULT_CONTRACT
+
+INTERRUPTED = 130
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+def run(
+    ctx: typer.Context,
+    script: str = typer.Argument(..., help="Training script (or module, with --module)."),
+    peers: int = typer.Option(..., "--peers", "-n", help="Number of peers to start."),
+    data_dir: list[Path] = typer.Option(
+        [], "--data-dir", help="Data folder: once (shared by all) or once per peer, in order."
+    ),
+    workdir: Path | None = typer.Option(
+        None, "--workdir", help="Run folder (default ./runs/run-YYYYmmdd-HHMMSS)."
+    ),
+    min_peers: int | None = typer.Option(None, "--min-peers", help="Default: --peers."),
+    contract: str = typer.Option(DEFAULT_CONTRACT, "--contract", help="Training contract."),
+    epochs: int | None = typer.Option(None, "--epochs", help="Sets MAX_EPOCHS for the peers."),
+    module: bool = typer.Option(False, "--module", "-m", help="SCRIPT is a module (-m)."),
+) -> None:
+    """Run N copies of SCRIPT as a local swarm; arguments after `--` go to the script."""
+    from openswarm.launch import LaunchError, ProgressPrinter, format_summary, run_swarm
+
+    try:
+        result = run_swarm(
+            script,
+            peers,
+            data_dirs=data_dir,
+            script_args=list(ctx.args),
+            workdir=workdir,
+            min_peers=min_peers,
+            contract=contract,
+            epochs=epochs,
+            module=module,
+            on_progress=ProgressPrinter(),
+        )
+    except LaunchError as exc:
+        _fail(str(exc))
+        return
+    typer.echo(format_summary(result))
+    if result.interrupted:
+        typer.echo(f"interrupted: peers and ledger stopped; logs in {result.run_dir}", err=True)
+        raise typer.Exit(INTERRUPTED)
+    if not result.ok:
+        failed = [p for p in result.peers if p.exit_code != 0]
+        for p in failed:
+            typer.echo(f"{p.name} exited with {p.exit_code}: see {p.log_path}", err=True)
+        raise typer.Exit(1)
+
+
+def demo(
+    peers: int = typer.Option(3, "--peers", "-n", help="Number of sites (1 to 5)."),
+    epochs: int = typer.Option(10, "--epochs", help="Training epochs, the same for all."),
+    json_path: Path | None = typer.Option(None, "--json", help="Also write the results here."),
+    workdir: Path | None = typer.Option(
+        None, "--workdir", help="Run folder (default ./runs/demo-YYYYmmdd-HHMMSS)."
+    ),
+) -> None:
+    """Skewed MNIST shards on N sites: local-only vs swarm vs centralized accuracy."""
+    from openswarm.demo.data import DataError
+    from openswarm.demo.run_demo import DemoFailed, failure_text, run_demo
+    from openswarm.launch import LaunchError
+
+    if epochs < 1:
+        _fail(f"--epochs must be at least 1, got {epochs}")
+    try:
+        run_demo(peers=peers, epochs=epochs, workdir=workdir, json_path=json_path,
+                 echo=typer.echo)  # fmt: skip
+    except (DataError, LaunchError) as exc:
+        _fail(str(exc))
+    except DemoFailed as exc:
+        typer.echo(failure_text(exc), err=True)
+        raise typer.Exit(INTERRUPTED if exc.run.interrupted else 1) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        raise typer.Exit(INTERRUPTED) from None
+
+
+def register(app: typer.Typer) -> None:
+    """Add `run` and `demo` to the top-level `openswarm` app."""
+    app.command("run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(
+        run
+    )
+    app.command("demo")(demo)

@@ -1,0 +1,173 @@
+"""`openswarm demo`: three sites with skewed MNIST shards, alone, as a swarm, and pooled."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from openswarm.demo.train import DEFAULT_EPOCHS, DEFAULT_SYNC_FREQUENCY
+from openswarm.launch.launcher import LaunchError, SwarmRunResult, run_swarm
+from openswarm.launch.progress import ProgressPrinter, format_summary
+
+Echo = Callable[[str], None]
+
+
+class DemoFailed(RuntimeError):
+    """The swarm part of the demo did not complete; `run` holds what the launcher saw."""
+
+    def __init__(self, message: str, run: SwarmRunResult) -> None:
+        super().__init__(message)
+        self.run = run
+
+
+@dataclass(frozen=True)
+class PeerReport:
+    name: str
+    local_accuracy: float
+    swarm_accuracy: float | None
+    final_digest: str | None
+
+
+@dataclass(frozen=True)
+class DemoReport:
+    """Everything the demo prints, in the shape of its JSON."""
+
+    peers: list[PeerReport]
+    centralized_accuracy: float
+    rounds: int
+    seconds: float
+    ledger_dir: Path
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "peers": [
+                {
+                    "name": p.name,
+                    "local_accuracy": _round(p.local_accuracy),
+                    "swarm_accuracy": _round(p.swarm_accuracy),
+                    "final_digest": p.final_digest,
+                }
+                for p in self.peers
+            ],
+            "centralized_accuracy": _round(self.centralized_accuracy),
+            "rounds": self.rounds,
+            "seconds": round(self.seconds, 1),
+            "ledger_dir": str(self.ledger_dir),
+        }
+
+
+def default_demo_dir(base: Path = Path("runs")) -> Path:
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    path, n = base / f"demo-{stamp}", 1
+    while path.exists():
+        n += 1
+        path = base / f"demo-{stamp}-{n}"
+    return path
+
+
+def run_demo(
+    *,
+    peers: int = 3,
+    epochs: int = DEFAULT_EPOCHS,
+    sync_frequency: int = DEFAULT_SYNC_FREQUENCY,
+    workdir: Path | None = None,
+    json_path: Path | None = None,
+    echo: Echo = print,
+    show_progress: bool = True,
+) -> DemoReport:
+    """Prepare the data, train the baselines, run the swarm, print the table.
+
+    Raises DemoFailed when the swarm run does not end with every peer exiting 0.
+    """
+    from openswarm.demo.baselines import centralized_accuracy, local_accuracies
+    from openswarm.demo.data import Split, check_sites, prepare
+
+    check_sites(peers)
+    started = time.monotonic()
+    root = (workdir or default_demo_dir()).expanduser().resolve()
+    if (root / "swarm").exists():
+        raise LaunchError(f"{root} already holds a demo run; choose another --workdir")
+    echo(f"preparing {peers} non-IID shards of the MNIST subset in {root / 'data'}")
+    data = prepare(root / "data", peers)
+    shards = [Split.load(d / "shard.npz") for d in data.shard_dirs]
+    test = Split.load(data.test_path)
+    echo(f"training the baselines ({epochs} epochs): each site alone, and all data pooled")
+    local = local_accuracies(shards, test, epochs)
+    central = centralized_accuracy(shards, test, epochs)
+    echo(f"training the swarm: {peers} peers, a merge every {sync_frequency} batches")
+    run = run_swarm(
+        "openswarm.demo.train",
+        peers,
+        module=True,
+        data_dirs=data.shard_dirs,
+        script_args=["--test", str(data.test_path), "--sync-frequency", str(sync_frequency)],
+        workdir=root / "swarm",
+        epochs=epochs,
+        on_progress=ProgressPrinter() if show_progress else None,
+    )
+    if not run.ok:
+        reason = "interrupted" if run.interrupted else run.error or "a peer failed"
+        raise DemoFailed(f"the swarm run did not complete ({reason})", run)
+    report = DemoReport(
+        peers=[
+            PeerReport(
+                name=p.name,
+                local_accuracy=local[p.rank],
+                swarm_accuracy=(p.result or {}).get("swarm_accuracy"),
+                final_digest=p.final_digest,
+            )
+            for p in run.peers
+        ],
+        centralized_accuracy=central,
+        rounds=run.rounds,
+        seconds=run.seconds,
+        ledger_dir=run.ledger_dir,
+    )
+    echo(format_report(report))
+    echo(f"demo took {time.monotonic() - started:.0f} s; files in {root}")
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(report.to_json(), indent=2) + "\n", encoding="utf-8")
+        echo(f"wrote {json_path}")
+    return report
+
+
+def format_report(report: DemoReport) -> str:
+    """The demo's table: local-only vs swarm accuracy per site, then centralized."""
+    rows = [
+        "test accuracy on the same 1,000 held-out images:",
+        f"{'site':<10} {'local only':>10} {'swarm':>8}  final model digest",
+    ]
+    for p in report.peers:
+        rows.append(
+            f"{p.name:<10} {_pct(p.local_accuracy):>10} {_pct(p.swarm_accuracy):>8}  "
+            f"{(p.final_digest or '-')[:16]}"
+        )
+    rows.append(f"centralized, all data pooled: {_pct(report.centralized_accuracy)}")
+    digests = {p.final_digest for p in report.peers}
+    if len(digests) == 1 and None not in digests:
+        rows.append(f"final digest (same on every peer): {digests.pop()}")
+    else:
+        rows.append("final digests differ between peers!")
+    rows.append(
+        f"rounds: {report.rounds}, swarm time: {report.seconds:.1f} s, ledger: {report.ledger_dir}"
+    )
+    return "\n".join(rows)
+
+
+def failure_text(error: DemoFailed) -> str:
+    logs = ", ".join(str(p.log_path) for p in error.run.peers)
+    return f"{error}\n{format_summary(error.run)}\nlogs: {logs}"
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f} %"
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 4)

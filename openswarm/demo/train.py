@@ -1,0 +1,98 @@
+"""One demo peer: train the MLP on this site's shard with the swarm, then test it.
+
+Run under the launcher (`openswarm run -m openswarm.demo.train --peers 3 --data-dir ...`),
+which sets OPENSWARM_DATA_DIR (holding `shard.npz`), the swarm's network settings and
+OPENSWARM_RESULT, where this writes `{"name", "swarm_accuracy", "final_digest", "rounds"}`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+DEFAULT_EPOCHS = 10
+DEFAULT_SYNC_FREQUENCY = 10
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data-dir", type=Path, default=os.environ.get("OPENSWARM_DATA_DIR"))
+    parser.add_argument("--test", type=Path, help="test set (default: DATA_DIR/../test.npz)")
+    parser.add_argument(
+        "--epochs", type=int, default=int(os.environ.get("MAX_EPOCHS", DEFAULT_EPOCHS))
+    )
+    parser.add_argument("--sync-frequency", type=int, default=DEFAULT_SYNC_FREQUENCY)
+    parser.add_argument(
+        "--min-peers", type=int, default=int(os.environ.get("OPENSWARM_MIN_PEERS", "2"))
+    )
+    parser.add_argument("--result", type=Path, default=os.environ.get("OPENSWARM_RESULT"))
+    args = parser.parse_args(argv)
+    if args.data_dir is None:
+        parser.error("no data: pass --data-dir or set OPENSWARM_DATA_DIR (openswarm run does)")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    import torch
+
+    from openswarm.demo.data import Split
+    from openswarm.demo.model import (
+        accuracy_of,
+        evaluate,
+        loader,
+        make_model,
+        make_optimizer,
+        train_epoch,
+    )
+    from openswarm.torch import SwarmCallback
+
+    torch.set_num_threads(1)  # several peers share the machine's cores
+    name = os.environ.get("OPENSWARM_PEER_NAME", "site")
+    rank = int(os.environ.get("OPENSWARM_RANK", "0"))
+    shard = Split.load(args.data_dir / "shard.npz")
+    test = Split.load(args.test or args.data_dir.parent / "test.npz")
+
+    model = make_model()
+    optimizer = make_optimizer(model)
+    callback = SwarmCallback(
+        model,
+        sync_frequency=args.sync_frequency,
+        min_peers=args.min_peers,
+        merge_method="mean",
+        node_weight=len(shard),
+        # the test set is only watched (loss/metric on the ledger), never trained on
+        val_data=loader(test, shuffle=False, batch_size=500),
+        loss_fn=torch.nn.CrossEntropyLoss(),
+        metric_fn=accuracy_of,
+        total_epochs=args.epochs,
+    )
+    callback.on_train_begin()
+    for epoch in range(args.epochs):
+        batches = loader(shard, shuffle=True, seed=rank * 1000 + epoch)
+        loss = train_epoch(model, optimizer, batches, after_batch=callback.on_batch_end)
+        callback.on_epoch_end(epoch)
+        print(f"{name}: epoch {epoch + 1}/{args.epochs} training loss {loss:.4f}", flush=True)
+    callback.on_train_end()
+
+    accuracy = evaluate(model, test)
+    result = {
+        "name": name,
+        "swarm_accuracy": accuracy,
+        "final_digest": callback.final_digest,
+        "rounds": callback.rounds,
+    }
+    print(json.dumps(result), flush=True)
+    if args.result is not None:
+        args.result.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
