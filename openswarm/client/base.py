@@ -38,6 +38,7 @@ class SwarmCallbackBase:
         contribution: str = "snapshot",
         leader_timeout_s: float = 20.0,
         extra_window_s: float = 2.0,
+        use_adaptive_sync: bool = False,
         network: NetworkConfig | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
@@ -55,6 +56,7 @@ class SwarmCallbackBase:
             contribution=contribution,
         )
         self.sync_frequency = sync_frequency
+        self.use_adaptive_sync = use_adaptive_sync
         self.total_epochs = total_epochs
         self.logger = logger or logging.getLogger("openswarm")
         self.peer: SwarmPeer | None = None

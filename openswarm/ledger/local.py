@@ -111,9 +111,7 @@ class LocalLedger:
         settings = dict(contract_settings or {})
         if min_peers is not None:
             settings["min_peers"] = min_peers
-        genesis = make_genesis(
-            swarm, ca_pem, admitted, contracts={DEFAULT_CONTRACT: settings}
-        )
+        genesis = make_genesis(swarm, ca_pem, admitted, contracts={DEFAULT_CONTRACT: settings})
         import json
 
         net.genesis_path.write_text(json.dumps(genesis, indent=2, sort_keys=True))
