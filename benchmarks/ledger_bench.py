@@ -15,8 +15,8 @@ in one process (`--processes 0`) gave the same figures within noise and used und
 core, so the client is not the bottleneck either way. CPU use of each replica and of the
 clients over the measured window, and the load average, are printed to show which side is
 saturated and whether other work on the machine skewed the run. `--prefer-leader` (a
-diagnostic) lists the Raft leader's endpoint first; `LedgerClient` itself always tries the
-first configured replica, leader or not.
+diagnostic) lists the Raft leader's endpoint first; `LedgerClient` itself moves to the
+leader once a follower has answered for it.
 
 Target: with 3 replicas, >= 200 committed tx/s and p99 < 100 ms.
 

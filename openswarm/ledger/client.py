@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,9 @@ _FAST_RECONNECT = (
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
 )
+
+
+_LEADER_RECHECK_S = 1.0
 
 
 class LedgerError(RuntimeError):
@@ -95,6 +99,7 @@ class LedgerClient:
         self.timeout_s = timeout_s
         self._channels: dict[str, grpc.Channel] = {}
         self._preferred = 0
+        self._leader_checked = -_LEADER_RECHECK_S
 
     # --- transport ------------------------------------------------------------------------
     def _channel(self, endpoint: str) -> grpc.Channel:
@@ -146,7 +151,27 @@ class LedgerClient:
     # --- API ------------------------------------------------------------------------------
     def submit_tx(self, tx: Transaction) -> Outcome:
         """Submit a signed transaction; returns its committed outcome (applied or rejected)."""
-        return Outcome.from_dict(self.call("Submit", {"tx": tx.to_dict()}))
+        answer = self.call("Submit", {"tx": tx.to_dict()})
+        if answer.get("via_leader") is False and len(self.endpoints) > 1:
+            self._prefer_leader()
+        return Outcome.from_dict(answer)
+
+    def _prefer_leader(self) -> None:
+        """Send later calls to the Raft leader first (followers only forward to it)."""
+        now = time.monotonic()
+        if now - self._leader_checked < _LEADER_RECHECK_S:
+            return
+        self._leader_checked = now
+        for index, endpoint in enumerate(self.endpoints):
+            stub = self._channel(endpoint).unary_unary(
+                f"/{SERVICE}/Status", request_serializer=_encode, response_deserializer=_decode
+            )
+            try:
+                if stub({}, timeout=2.0).get("state") == "leader":
+                    self._preferred = index
+                    return
+            except grpc.RpcError:
+                continue
 
     def submit(
         self,

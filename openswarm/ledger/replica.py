@@ -52,7 +52,8 @@ class LedgerReplica(SyncObj):
             connectionTimeout=2.0,
             raftMinTimeout=0.3,
             raftMaxTimeout=0.9,
-            appendEntriesPeriod=0.05,
+            # Followers learn of new entries once per period, so it bounds commit latency.
+            appendEntriesPeriod=0.01,
             autoTickPeriod=0.01,
         )
         super().__init__(raft_address, list(partners), conf)
@@ -72,6 +73,10 @@ class LedgerReplica(SyncObj):
         self.commit_tx(tx_json, callback=done)
 
     # --- reads ----------------------------------------------------------------------------
+    @property
+    def is_leader(self) -> bool:
+        return bool(self._isLeader())
+
     @property
     def height(self) -> int:
         with self._changed:

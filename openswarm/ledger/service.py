@@ -99,7 +99,8 @@ class LedgerService:
         first = self.replica.height_of_tx(tx.tx_id)
         if first is not None and first != block["height"]:
             block = self.replica.block(first) or block  # a resubmission: report the original
-        return outcome_of(block)
+        # Tells clients to look for the leader: a follower forwards, at about twice the latency.
+        return {**outcome_of(block), "via_leader": self.replica.is_leader}
 
     def _no_quorum(self, why: str) -> str:
         status = self.replica.raft_status()
