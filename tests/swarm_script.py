@@ -1,7 +1,8 @@
 """A real training script for the swarm tests: scikit-learn's digits, one shard per rank.
 
 Behaviour comes from the environment, as a site's configuration would:
-EPOCHS, SYNC_FREQUENCY, MIN_PEERS, CONTRIBUTION, LEADER_TIMEOUT, BATCH_DELAY_S (simulated
+EPOCHS, SYNC_FREQUENCY, MIN_PEERS, CONTRIBUTION, LEADER_TIMEOUT, LR, ADAPTIVE (1: adaptive
+sync), BATCH_DELAY_S (simulated
 compute per batch), BALLAST (extra float32 buffer values: a larger model), and BAD_PARAMS
 (`nan` or `shape`: from the second round on this site offers broken parameters).
 """
@@ -56,7 +57,7 @@ def main() -> None:
     model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
     if int(env.get("BALLAST", "0")):
         model.register_buffer("ballast", torch.zeros(int(env["BALLAST"])))
-    opt = torch.optim.SGD(model.parameters(), lr=0.2)
+    opt = torch.optim.SGD(model.parameters(), lr=float(env.get("LR", "0.2")))
     loss_fn = torch.nn.CrossEntropyLoss()
     options = dict(
         sync_frequency=int(env.get("SYNC_FREQUENCY", "5")),
@@ -67,6 +68,7 @@ def main() -> None:
         total_epochs=epochs,
         contribution=env.get("CONTRIBUTION", "snapshot"),
         leader_timeout_s=float(env.get("LEADER_TIMEOUT", "20")),
+        use_adaptive_sync=env.get("ADAPTIVE") == "1",
     )
     bad = env.get("BAD_PARAMS")
     cb = BrokenSite(model, mode=bad, **options) if bad else SwarmCallback(model, **options)
@@ -86,7 +88,7 @@ def main() -> None:
     with torch.no_grad():
         accuracy = float((model(x[test]).argmax(1) == y[test]).float().mean())
     result = {"name": env["OPENSWARM_PEER_NAME"], "final_digest": cb.final_digest,
-              "rounds": cb.rounds, "accuracy": accuracy}  # fmt: skip
+              "rounds": cb.rounds, "accuracy": accuracy, "intervals": cb.intervals}  # fmt: skip
     with open(env["OPENSWARM_RESULT"], "w") as handle:
         json.dump(result, handle)
 

@@ -401,6 +401,7 @@ def test_non_member_and_left_member_are_refused() -> None:
     member = d.contract.snapshot()["members"]["alice"]
     assert member == {
         "active": True,
+        "contribution": None,
         "endpoint": "10.9.9.9:7001",
         "finished": False,
         "registered_at": d.now,
@@ -523,6 +524,7 @@ def test_metrics_validation(payload: dict[str, Any], reason: str) -> None:
 def test_settings_defaults_and_round_trip() -> None:
     s = ContractSettings()
     assert s.to_dict() == {
+        "adaptive_sync": None,
         "leader_timeout_s": 30.0,
         "merge_method": "mean",
         "merge_options": {},
@@ -901,3 +903,48 @@ def test_replica_in_another_process_with_other_hash_seed_agrees() -> None:
             env={**os.environ, "PYTHONHASHSEED": hash_seed},
         )
         assert out.stdout.strip() == dump(replica)
+
+
+# --- adaptive sync and contributions ------------------------------------------------------------
+
+
+def _merged_round(d: Driver, loss: float | None) -> dict[str, Any]:
+    """One full round; every peer then reports `loss` for it (as after loading it)."""
+    ranking = d.sealed_round()
+    r = d.contract.current_round
+    d.ok("merged", ranking[0], r, {"digest": digest(("m", r)), "size": 1})
+    if loss is not None:
+        for name in PEERS:
+            d.ok("metrics", name, r, {"loss": loss, "epoch": 0})
+    return d.contract.snapshot()
+
+
+def test_adaptive_interval_lengthens_while_loss_falls_and_halves_when_it_stalls() -> None:
+    d = Driver(adaptive_sync={"start": 8, "min": 2, "max": 20})
+    intervals = [_merged_round(d, loss)["sync_interval"] for loss in (1.0, 0.8, 0.6, 0.5)]
+    # round 1 and 2: not two losses yet; then falling: 8 -> 12 -> 18
+    assert intervals == [8, 8, 12, 18]
+    assert _merged_round(d, 0.45)["sync_interval"] == 20  # capped at max
+    stalled = [_merged_round(d, 0.45)["sync_interval"] for _ in range(4)]
+    assert stalled == [20, 10, 5, 2]  # the fall from 0.5 to 0.45 still counted once
+    assert _merged_round(d, 0.45)["sync_interval"] == 2  # floored at min
+    assert d.contract.snapshot()["history"][-1]["sync_interval"] == 2
+
+
+def test_adaptive_settings_are_checked() -> None:
+    with pytest.raises(ContractError, match="min <= start <= max"):
+        ContractSettings(adaptive_sync={"start": 1, "min": 2, "max": 3})
+    with pytest.raises(ContractError, match="start, min, max"):
+        ContractSettings(adaptive_sync={"start": 1})
+    assert Driver().contract.snapshot()["sync_interval"] is None
+
+
+def test_finished_records_the_contribution() -> None:
+    d = Driver()
+    d.register("alice", "bob")
+    d.refused("finished", "alice", payload={"contribution": "all"}, match="must be one of")
+    d.ok("finished", "alice", payload={"contribution": "snapshot"})
+    d.ok("finished", "bob")
+    members = d.contract.snapshot()["members"]
+    assert members["alice"]["contribution"] == "snapshot"
+    assert members["bob"]["contribution"] == "inactive"

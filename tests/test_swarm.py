@@ -266,3 +266,31 @@ def test_contribution_modes_after_finishing(swarm_factory) -> None:
         previous = [b for b in blocks if b["tx"]["type"] == "merged" and b["height"] < height]
         assert digest == previous[-1]["tx"]["payload"]["digest"]
     assert len({swarm.result(n)["final_digest"] for n in swarm.names}) == 1
+
+
+def _intervals_agree(swarm: Swarm) -> list[int]:
+    """Every site used, after each round, exactly the interval the ledger recorded."""
+    recorded = {h["round"]: h["sync_interval"] for h in _history(swarm.state())}
+    for name in swarm.names:
+        for round, interval in swarm.result(name)["intervals"]:
+            assert recorded[round] == interval, (name, round, interval, recorded)
+    return [recorded[r] for r in sorted(recorded)]
+
+
+def test_adaptive_sync_lengthens_while_loss_falls(swarm_factory) -> None:
+    swarm = swarm_factory(3, EPOCHS="4", MIN_PEERS="3", ADAPTIVE="1", SYNC_FREQUENCY="2")
+    swarm.start_all()
+    swarm.wait()
+    intervals = _intervals_agree(swarm)
+    assert intervals[0] == 2 and max(intervals) > 2, intervals
+    assert len({swarm.result(n)["final_digest"] for n in swarm.names}) == 1
+
+
+def test_adaptive_sync_shortens_when_loss_stalls(swarm_factory) -> None:
+    # Learning rate 0: the validation loss cannot move, so every interval halves down to min.
+    swarm = swarm_factory(3, EPOCHS="2", MIN_PEERS="3", ADAPTIVE="1", SYNC_FREQUENCY="8",
+                          LR="0")  # fmt: skip
+    swarm.start_all()
+    swarm.wait()
+    intervals = _intervals_agree(swarm)
+    assert intervals[:2] == [8, 8] and intervals[2:5] == [4, 2, 2], intervals

@@ -22,6 +22,11 @@ from openswarm.node.peer import RoundResult, SwarmError, SwarmPeer
 from openswarm.node.settings import NetworkConfig, SwarmSettings
 
 
+def adaptive_bounds(start: int) -> dict[str, int]:
+    """Adaptive sync's range: from a quarter to four times the starting interval."""
+    return {"start": start, "min": max(1, start // 4), "max": start * 4}
+
+
 class SwarmCallbackBase:
     """Swarm learning for a training loop: initial sync, periodic merges, a shared end."""
 
@@ -54,6 +59,7 @@ class SwarmCallbackBase:
             leader_timeout_s=leader_timeout_s,
             extra_window_s=extra_window_s,
             contribution=contribution,
+            adaptive_sync=adaptive_bounds(sync_frequency) if use_adaptive_sync else None,
         )
         self.sync_frequency = sync_frequency
         self.use_adaptive_sync = use_adaptive_sync
@@ -63,6 +69,7 @@ class SwarmCallbackBase:
         self.epoch = 0
         self.rounds = 0
         self.final_digest: str | None = None
+        self.intervals: list[tuple[int, int]] = []  # (round, batches until the next one)
         self._batches_since_sync = 0
         self._last_local: dict[str, Any] | None = None
 
@@ -79,6 +86,11 @@ class SwarmCallbackBase:
     # --- the steps ------------------------------------------------------------------------
     def on_train_begin(self) -> None:
         """Join the swarm and start from the swarm's model (the latest merged one, if any)."""
+        if self.use_adaptive_sync and self.evaluate()[0] is None:
+            raise SwarmError(
+                "adaptive sync decides from validation loss: give validation data "
+                "(val_data, or adsValData in the HPE API)"
+            )
         self.peer = SwarmPeer(self.settings, self.network)
         self.peer.register()
         latest = self.peer.latest_merged()
@@ -87,7 +99,10 @@ class SwarmCallbackBase:
                              self.peer.name, latest.round)  # fmt: skip
             self._load(latest)
         else:
-            self._load(self.peer.sync(self.get_params()))
+            result = self.peer.sync(self.get_params())
+            self._load(result)
+            if result.params is not None:
+                self._report(result.round)
 
     def on_batch_end(self) -> None:
         """Count a batch; every `sync_frequency` batches, merge with the swarm."""
@@ -139,6 +154,12 @@ class SwarmCallbackBase:
         if result.params is not None:
             self.set_params(result.params)
             self.rounds += 1
+        if self.use_adaptive_sync and result.sync_interval:
+            if result.sync_interval != self.sync_frequency:
+                self.logger.info("adaptive sync: next round after %d batches (was %d)",
+                                 result.sync_interval, self.sync_frequency)  # fmt: skip
+            self.sync_frequency = result.sync_interval
+        self.intervals.append((result.round, self.sync_frequency))
 
     def _report(self, round: int) -> None:
         loss, metric = self.evaluate()

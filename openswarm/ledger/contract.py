@@ -55,7 +55,11 @@ CALL_TYPES = frozenset(
 )
 # Calls that name a round; the others ignore ContractCall.round.
 _ROUND_CALLS = frozenset({"ready", "seal", "merged", "leader_timeout", "loaded", "metrics"})
-SETTINGS_KEYS = ("leader_timeout_s", "merge_method", "merge_options", "min_peers")
+SETTINGS_KEYS = ("adaptive_sync", "leader_timeout_s", "merge_method", "merge_options", "min_peers")
+
+#: Adaptive sync: a round's mean validation loss must fall by this fraction of the one
+#: before for the sync interval to lengthen (x1.5, rounded up); otherwise it halves.
+ADAPTIVE_TOLERANCE = 0.01
 
 
 # --- public value types ------------------------------------------------------------------------
@@ -82,8 +86,11 @@ class ContractSettings:
     merge_method: str = "mean"
     merge_options: Mapping[str, Any] = field(default_factory=dict)
     leader_timeout_s: float = 30.0
+    adaptive_sync: Mapping[str, int] | None = None  # {"start", "min", "max"} batches
 
     def __post_init__(self) -> None:
+        if self.adaptive_sync is not None:
+            object.__setattr__(self, "adaptive_sync", _check_adaptive(self.adaptive_sync))
         check_int(self.min_peers, "min_peers", minimum=1)
         check_str(self.merge_method, "merge_method")
         timeout = check_number(self.leader_timeout_s, "leader_timeout_s")
@@ -107,6 +114,7 @@ class ContractSettings:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe copy, keys sorted."""
         return {
+            "adaptive_sync": None if self.adaptive_sync is None else dict(self.adaptive_sync),
             "leader_timeout_s": self.leader_timeout_s,
             "merge_method": self.merge_method,
             "merge_options": json_copy(self.merge_options, "merge_options"),
@@ -183,6 +191,8 @@ class TrainingContract:
         self._latest_merged: dict[str, Any] | None = None
         self._history: list[dict[str, Any]] = []
         self._metrics: dict[int, dict[str, dict[str, Any]]] = {}
+        adaptive = settings.adaptive_sync
+        self._sync_interval: int | None = None if adaptive is None else adaptive["start"]
         self._open_round()
 
     def _open_round(self) -> None:
@@ -275,6 +285,7 @@ class TrainingContract:
             },
             "round": self._round,
             "settings": self._settings.to_dict(),
+            "sync_interval": self._sync_interval,
         }
 
     # --- applying calls ---
@@ -450,6 +461,7 @@ class TrainingContract:
             "round": call.round,
             "size": size,
         }
+        self._sync_interval = self._adapted_interval(call.round)
         self._close_round(call, leader=call.sender, digest=digest, size=size, excluded=excluded)
         event = self._event(
             "merged",
@@ -534,10 +546,31 @@ class TrainingContract:
                 "sealed_at": self._sealed_at,
                 "size": size,
                 "status": "merged" if merged else "aborted",
+                "sync_interval": self._sync_interval,
             }
         )
         self._round += 1
         self._open_round()
+
+    def _adapted_interval(self, round: int) -> int | None:
+        """The sync interval after round `round`, from the mean validation losses that the
+        sites reported for the two rounds before it (the ledger holds both by now)."""
+        adaptive = self._settings.adaptive_sync
+        if adaptive is None or self._sync_interval is None:
+            return self._sync_interval
+        recent, earlier = self._mean_loss(round - 1), self._mean_loss(round - 2)
+        if recent is None or earlier is None:
+            return self._sync_interval
+        if recent < earlier - ADAPTIVE_TOLERANCE * abs(earlier):
+            return min(adaptive["max"], -(-self._sync_interval * 3 // 2))
+        return max(adaptive["min"], self._sync_interval // 2)
+
+    def _mean_loss(self, round: int) -> float | None:
+        reports = self._metrics.get(round)
+        if not reports:
+            return None
+        losses = [reports[name]["loss"] for name in sorted(reports)]
+        return sum(losses) / len(losses)
 
     def _on_loaded(self, call: ContractCall) -> list[dict[str, Any]]:
         payload = call.payload
@@ -640,3 +673,13 @@ def _check_excluded(value: Any, participants: Sequence[str]) -> list[dict[str, s
     if len(checked) >= len(participants):
         raise ContractError("payload.excluded leaves no participant in the merge")
     return checked
+
+
+def _check_adaptive(value: Any) -> dict[str, int]:
+    if not isinstance(value, Mapping) or set(value) != {"start", "min", "max"}:
+        raise ContractError("adaptive_sync must be {start, min, max} (batches between syncs)")
+    start, low, high = (check_int(value[k], f"adaptive_sync.{k}", minimum=1)
+                        for k in ("start", "min", "max"))  # fmt: skip
+    if not low <= start <= high:
+        raise ContractError(f"adaptive_sync needs min <= start <= max, got {dict(value)}")
+    return {"start": start, "min": low, "max": high}

@@ -48,6 +48,7 @@ class RoundResult:
     digest: str | None
     leader: str | None
     participants: tuple[str, ...]
+    sync_interval: int | None = None  # adaptive sync: batches until the next round
 
 
 @dataclass
@@ -279,7 +280,10 @@ class SwarmPeer:
         self._reference = _structure(params)
         self.rounds_joined += 1
         self.current_digest = digest
-        return RoundResult(r, params, digest, record["leader"], tuple(record["participants"]))
+        return RoundResult(
+            r, params, digest, record["leader"], tuple(record["participants"]),
+            record.get("sync_interval"),
+        )  # fmt: skip
 
     def _fetch_merged(self, r: int, digest: str, sources: list[str]) -> Params:
         """Fetch the merged model of round r from whichever source has it."""

@@ -32,6 +32,7 @@ class SwarmSettings:
     extra_window_s: float = 2.0
     contribution: str = "snapshot"
     poll_s: float = 0.05
+    adaptive_sync: Mapping[str, int] | None = None  # {"start", "min", "max"} batches
 
     def __post_init__(self) -> None:
         if not isinstance(self.min_peers, int) or self.min_peers < 1:
@@ -60,6 +61,7 @@ class SwarmSettings:
             "merge_method": self.merge_method,
             "merge_options": dict(self.merge_options),
             "leader_timeout_s": self.leader_timeout_s,
+            "adaptive_sync": None if self.adaptive_sync is None else dict(self.adaptive_sync),
         }
 
 
