@@ -121,7 +121,7 @@ def _history(state: dict) -> list[dict]:
 
 
 def test_three_sites_end_with_identical_models_and_a_verified_ledger(swarm_factory) -> None:
-    swarm = swarm_factory(3, EPOCHS="2", MIN_PEERS="3")
+    swarm = swarm_factory(3, EPOCHS="3", MIN_PEERS="3")
     swarm.start_all()
     swarm.wait()
     results = [swarm.result(n) for n in swarm.names]
@@ -143,6 +143,18 @@ def test_three_sites_end_with_identical_models_and_a_verified_ledger(swarm_facto
         if b["tx"]["type"] == "merged" and b["outcome"]["status"] == "applied"
     ]  # fmt: skip
     assert [b["tx"]["payload"]["digest"] for b in merged_blocks] == [h["digest"] for h in history]
+    # monitoring: every site reported loss/metric/epochs, and `openswarm status` shows them
+    admin = str(swarm.ledger.pki_dir / "identities" / "admin")
+    shown = subprocess.run(
+        [sys.executable, "-m", "openswarm.cli.main", "status", "--connect",
+         swarm.ledger.endpoints[0], "--identity", admin],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    for name in swarm.names:
+        line = next(x for x in shown.stdout.splitlines() if x.startswith(name))
+        assert "finished" in line and "epoch     3/3" in line and "eta 0s" in line, line
+    assert "all sites finished" in shown.stdout
 
 
 def test_a_round_waits_for_min_peers(swarm_factory) -> None:

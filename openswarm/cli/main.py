@@ -8,6 +8,7 @@ from openswarm import __version__
 from openswarm.cli.ledger import ledger_app
 from openswarm.cli.pki import pki_app
 from openswarm.cli.run import register as register_run
+from openswarm.cli.status import register as register_status
 
 app = typer.Typer(
     name="openswarm",
@@ -18,6 +19,7 @@ app = typer.Typer(
 app.add_typer(pki_app, name="pki")
 app.add_typer(ledger_app, name="ledger")
 register_run(app)
+register_status(app)
 
 
 def _print_version(value: bool) -> None:

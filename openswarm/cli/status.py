@@ -1,0 +1,120 @@
+"""`openswarm status`: per-site progress of a training contract, read from the ledger."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from openswarm import DEFAULT_CONTRACT
+
+
+def eta_seconds(state: Mapping[str, Any]) -> dict[str, float | None]:
+    """Each unfinished site's remaining time, from its reported epochs and the ledger's clock.
+
+    Elapsed time runs from the first round's seal to the latest merge (transaction
+    timestamps); a site that has done fraction p of its epochs needs elapsed·(1-p)/p more.
+    """
+    history = state.get("history") or []
+    if not history:
+        return {}
+    start = history[0].get("sealed_at")
+    stamps = [h.get("merged_at") or h.get("aborted_at") for h in history]
+    latest = max((t for t in stamps if t is not None), default=None)
+    if start is None or latest is None or latest <= start:
+        return {}
+    elapsed = latest - start
+    reports: dict[str, dict[str, Any]] = {}
+    for round in sorted(state.get("metrics") or {}, key=int):
+        reports.update(state["metrics"][round])
+    etas: dict[str, float | None] = {}
+    for name, member in (state.get("members") or {}).items():
+        report = reports.get(name) or {}
+        epoch, total = report.get("epoch"), report.get("total_epochs")
+        if member.get("finished"):
+            etas[name] = 0.0
+        elif epoch and total:
+            done = min(epoch / total, 1.0)
+            etas[name] = elapsed * (1 - done) / done
+        else:
+            etas[name] = None
+    return etas
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def render(state: Mapping[str, Any], contract: str) -> str:
+    """The status text: a header, one line per site with its ETA, and the overall ETA."""
+    from openswarm.launch.progress import build_progress
+
+    members = state.get("members") or {}
+    progress = build_progress(state, {name: None for name in sorted(members)}, 0.0)
+    etas = eta_seconds(state)
+    interval = state.get("sync_interval")
+    lines = [
+        f"contract {contract}: round {state.get('round')}, {progress.merged} merged"
+        + (f", sync every {interval} batches (adaptive)" if interval else "")
+    ]
+    for peer in progress.peers:
+        lines.append(f"{peer.line()}  eta {_duration(etas.get(peer.name))}")
+    known = [e for e in etas.values() if e is not None]
+    if state.get("all_finished"):
+        lines.append("all sites finished")
+    elif known:
+        lines.append(f"eta {_duration(max(known))} (slowest site)")
+    return "\n".join(lines)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `openswarm status` to the top-level app."""
+
+    @app.command("status")
+    def status(
+        connect: str = typer.Option(..., "--connect", help="HOST:PORT[,…] of ledger replicas."),
+        identity: Path = typer.Option(
+            None, "--identity", help="Identity folder (default: $OPENSWARM_IDENTITY)."
+        ),
+        contract: str = typer.Option(DEFAULT_CONTRACT, "--contract"),
+        watch: float = typer.Option(0.0, "--watch", help="Refresh every N seconds."),
+        as_json: bool = typer.Option(False, "--json", help="Print the contract state as JSON."),
+    ) -> None:
+        """Per-site progress (round, epoch, loss, metric) and an ETA for a training contract."""
+        from openswarm.ledger.client import LedgerClient, LedgerError
+        from openswarm.pki import Identity, PkiError
+
+        folder = identity or os.environ.get("OPENSWARM_IDENTITY")
+        if not folder:
+            typer.secho("error: give --identity FOLDER or set OPENSWARM_IDENTITY", err=True)
+            raise typer.Exit(1)
+        try:
+            client = LedgerClient(connect, Identity.load(folder), timeout_s=10)
+        except (PkiError, LedgerError) as exc:
+            typer.secho(f"error: {exc}", err=True)
+            raise typer.Exit(1) from exc
+        with client:
+            while True:
+                try:
+                    state = client.state(contract)["state"]
+                except LedgerError as exc:
+                    typer.secho(f"error: {exc}", err=True)
+                    raise typer.Exit(1) from exc
+                if state is None:
+                    typer.echo(f"contract {contract}: no site has registered yet")
+                elif as_json:
+                    typer.echo(json.dumps(state, indent=2, sort_keys=True))
+                else:
+                    typer.echo(render(state, contract))
+                if watch <= 0:
+                    return
+                time.sleep(watch)
+                typer.echo("")
