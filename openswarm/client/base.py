@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -70,6 +71,8 @@ class SwarmCallbackBase:
         self.rounds = 0
         self.final_digest: str | None = None
         self.intervals: list[tuple[int, int]] = []  # (round, batches until the next one)
+        # per round: seconds spent encoding, in the ledger, transferring, merging, loading
+        self.round_timings: list[dict[str, float]] = []
         self._batches_since_sync = 0
         self._last_local: dict[str, Any] | None = None
 
@@ -152,8 +155,11 @@ class SwarmCallbackBase:
 
     def _load(self, result: RoundResult) -> None:
         if result.params is not None:
+            started = time.perf_counter()
             self.set_params(result.params)
+            result.timings["load"] = time.perf_counter() - started
             self.rounds += 1
+            self.round_timings.append(dict(result.timings))
         if self.use_adaptive_sync and result.sync_interval:
             if result.sync_interval != self.sync_frequency:
                 self.logger.info("adaptive sync: next round after %d batches (was %d)",

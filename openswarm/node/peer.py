@@ -13,9 +13,9 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -49,6 +49,7 @@ class RoundResult:
     leader: str | None
     participants: tuple[str, ...]
     sync_interval: int | None = None  # adaptive sync: batches until the next round
+    timings: dict[str, float] = field(default_factory=dict)  # seconds by phase, see sync()
 
 
 @dataclass
@@ -86,6 +87,7 @@ class SwarmPeer:
         self._reference: Params | None = None  # structure of the swarm's current model
         self._own_structure: Params | None = None  # what this site's model can load
         self._latest: RoundResult | None = None
+        self._timings: dict[str, float] = {}
         self._failed_pings: dict[str, int] = {}
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -145,8 +147,11 @@ class SwarmPeer:
         In the contract's first round the leader hands out its own parameters instead of
         merging, so that every site starts from the same model.
         """
-        data = encode(params)
-        digest = digest_encoded(data)
+        started = time.perf_counter()
+        self._timings = {}
+        with self._timed("encode"):
+            data = encode(params)
+            digest = digest_encoded(data)
         payload = {"digest": digest, "size": len(data),
                    "weight": self.settings.weight if weight is None else weight}  # fmt: skip
         while True:
@@ -163,10 +168,23 @@ class SwarmPeer:
             self._wait_round_closed(round)
             if not retry:
                 return RoundResult(round, None, None, None, ())
-        result = self._follow(local)
-        if result is not None:
-            return result
-        return RoundResult(local.round, None, None, None, ())
+        result = self._follow(local) or RoundResult(local.round, None, None, None, ())
+        timings = dict(self._timings)
+        timings["total"] = time.perf_counter() - started
+        timings["ledger"] = timings["total"] - sum(
+            v for k, v in self._timings.items() if k != "total"
+        )
+        result.timings.update(timings)
+        return result
+
+    @contextlib.contextmanager
+    def _timed(self, phase: str) -> Iterator[None]:
+        """Add the block's duration to this round's `phase` (encode, transfer, merge)."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._timings[phase] = self._timings.get(phase, 0.0) + time.perf_counter() - start
 
     def _wait_round_closed(self, round: int) -> None:
         while self.view()["round"] <= round:
@@ -264,7 +282,8 @@ class SwarmPeer:
             latest = view.get("latest_merged") or {}
             if latest.get("round") == r:
                 holders += [h for h in latest.get("holders", []) if h != record["leader"]]
-            params = self._fetch_merged(r, digest, holders)
+            with self._timed("transfer"):
+                params = self._fetch_merged(r, digest, holders)
             with contextlib.suppress(SwarmError):  # only a convenience for late joiners
                 self._submit("loaded", r, {"digest": digest})
         problem = _mismatch(self._own_structure or params, params)
@@ -321,15 +340,18 @@ class SwarmPeer:
         if view["latest_merged"] is None:  # the initial sync: everyone adopts the leader's
             merged_params, excluded, used = own, [], [self.name]
         else:
-            sets, weights, used, excluded = self._gather(view, local, own)
+            with self._timed("transfer"):
+                sets, weights, used, excluded = self._gather(view, local, own)
             try:
-                merged_params = merge(sets, weights, method=self.settings.merge_method,
-                                      **dict(self.settings.merge_options))  # fmt: skip
+                with self._timed("merge"):
+                    merged_params = merge(sets, weights, method=self.settings.merge_method,
+                                          **dict(self.settings.merge_options))  # fmt: skip
             except MergeInputError as exc:
                 log.error("%s: merge of round %d failed: %s", self.name, r, exc)
                 return
-        data = encode(merged_params)
-        digest = digest_encoded(data)
+        with self._timed("encode"):
+            data = encode(merged_params)
+            digest = digest_encoded(data)
         self.server.store.publish("merged", r, digest, data)
         payload: dict[str, Any] = {"digest": digest, "size": len(data)}
         if excluded:
