@@ -209,7 +209,7 @@ class LedgerClient:
         return self.call("RemoveReplica", {"raft": raft_address}, timeout_s=30)
 
     def stream(self, start: int = 0, contract: str | None = None) -> Iterator[dict[str, Any]]:
-        """Blocks from `start` on, live, from the first replica that answers (no failover)."""
+        """Blocks from `start` on, live, from the preferred replica; `.cancel()` ends it."""
         request: dict[str, Any] = {"from": start}
         if contract is not None:
             request["contract"] = contract
@@ -217,4 +217,4 @@ class LedgerClient:
         stub = self._channel(endpoint).unary_stream(
             f"/{SERVICE}/Stream", request_serializer=_encode, response_deserializer=_decode
         )
-        yield from stub(request)
+        return stub(request)  # type: ignore[no-any-return]

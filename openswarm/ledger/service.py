@@ -77,8 +77,13 @@ class LedgerService:
                 f"transaction timestamp is {skew:+.0f} s off this replica's clock (limit "
                 f"{MAX_CLOCK_SKEW_S:.0f} s); fix the sender's clock",
             )
-        if not self.replica.hasQuorum:
-            context.abort(grpc.StatusCode.UNAVAILABLE, self._no_quorum("replicas unreachable"))
+        # A replica may lose its connections for a moment (a partner restarted, a reconnect
+        # under way): wait a bounded time for a quorum before saying there is none.
+        deadline = time.monotonic() + self.submit_timeout_s
+        while not self.replica.hasQuorum:
+            if time.monotonic() >= deadline:
+                context.abort(grpc.StatusCode.UNAVAILABLE, self._no_quorum("replicas unreachable"))
+            self.replica.wait_for_height(self.replica.height + 1, 0.05)
         done = threading.Event()
         answer: dict[str, Any] = {}
 
@@ -87,7 +92,7 @@ class LedgerService:
             done.set()
 
         self.replica.submit(text, on_commit)
-        if not done.wait(self.submit_timeout_s):
+        if not done.wait(max(deadline - time.monotonic(), self.submit_timeout_s / 2)):
             context.abort(
                 grpc.StatusCode.UNAVAILABLE,
                 self._no_quorum(f"not committed within {self.submit_timeout_s:g} s"),
