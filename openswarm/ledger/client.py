@@ -12,17 +12,8 @@ import grpc
 
 from openswarm.ledger.service import NO_QUORUM, SERVICE
 from openswarm.ledger.tx import Transaction, make_transaction
-from openswarm.net import secure_channel
+from openswarm.net import FAST_RECONNECT, secure_channel
 from openswarm.pki import Identity
-
-# A replica that comes back should be used at once, not after gRPC's default backoff (up to
-# two minutes), or fail-over would keep skipping a healthy replica.
-_FAST_RECONNECT = (
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-)
-
 
 _LEADER_RECHECK_S = 1.0
 
@@ -105,7 +96,7 @@ class LedgerClient:
     def _channel(self, endpoint: str) -> grpc.Channel:
         if endpoint not in self._channels:
             self._channels[endpoint] = secure_channel(
-                endpoint, self.identity, options=_FAST_RECONNECT
+                endpoint, self.identity, options=FAST_RECONNECT
             )
         return self._channels[endpoint]
 

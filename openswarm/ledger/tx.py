@@ -13,23 +13,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from openswarm.ledger.canonical import canonical_bytes, sha256_hex
+from openswarm.ledger.contract import CALL_TYPES
 from openswarm.pki import Identity
 
 #: Transaction types and the role a sender must hold for each.
 ADMIN_TYPES = frozenset({"admit", "revoke", "contract_create"})
-CONTRACT_TYPES = frozenset(
-    {
-        "register",
-        "ready",
-        "seal",
-        "merged",
-        "leader_timeout",
-        "loaded",
-        "finished",
-        "metrics",
-        "leave",
-    }
-)
+CONTRACT_TYPES = CALL_TYPES
 TX_TYPES = ADMIN_TYPES | CONTRACT_TYPES
 _FIELDS = ("type", "contract", "round", "sender", "nonce", "payload", "timestamp", "cert")
 

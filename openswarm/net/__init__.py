@@ -7,6 +7,7 @@ from openswarm.net.errors import NetError
 from openswarm.net.jsonrpc import json_method_handlers, json_stub, json_unary
 from openswarm.net.server import make_server
 from openswarm.net.tls import (
+    FAST_RECONNECT,
     MAX_MESSAGE_BYTES,
     channel_credentials,
     secure_channel,
@@ -14,6 +15,7 @@ from openswarm.net.tls import (
 )
 
 __all__ = [
+    "FAST_RECONNECT",
     "MAX_MESSAGE_BYTES",
     "NetError",
     "caller_identity",

@@ -60,3 +60,12 @@ def secure_channel(
     return grpc.secure_channel(
         target, channel_credentials(identity), options=merge_options(CHANNEL_OPTIONS, options)
     )
+
+
+#: Channel options for peers that come and go: retry a reconnect within a second, not after
+#: gRPC's default backoff of up to two minutes, so a replica or peer that is back is used.
+FAST_RECONNECT = (
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+)

@@ -15,19 +15,13 @@ from dataclasses import dataclass
 import grpc
 
 from openswarm.codec import CodecError, digest_encoded
-from openswarm.net import make_server, require_role, secure_channel
+from openswarm.net import FAST_RECONNECT, make_server, require_role, secure_channel
 from openswarm.pki import Identity
 
 SERVICE = "openswarm.node.Exchange"
 CHUNK_BYTES = 1 << 20
 KINDS = ("local", "merged")
 _KEEP_ROUNDS = 3
-
-_FAST_RECONNECT = (
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-)
 
 
 class ExchangeError(RuntimeError):
@@ -123,7 +117,7 @@ class ExchangeClient:
         with self._lock:
             channel = self._channels.get(endpoint)
             if channel is None:
-                channel = secure_channel(endpoint, self.identity, options=_FAST_RECONNECT)
+                channel = secure_channel(endpoint, self.identity, options=FAST_RECONNECT)
                 self._channels[endpoint] = channel
         call = channel.unary_stream(
             f"/{SERVICE}/Fetch", request_serializer=None, response_deserializer=None
