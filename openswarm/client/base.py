@@ -129,6 +129,7 @@ class SwarmCallbackBase:
             result = peer.finish(self._contribution)
             if result is not None and result.params is not None:
                 self.set_params(result.params)
+                self._report(result.round)  # the final model, after the last epoch
             self.final_digest = digest(self.get_params())
             if result is not None and result.digest != self.final_digest:
                 raise SwarmError(

@@ -181,8 +181,13 @@ class LedgerClient:
     def status(self) -> dict[str, Any]:
         return self.call("Status", {})
 
-    def state(self, contract: str | None = None) -> dict[str, Any]:
-        return self.call("State", {} if contract is None else {"contract": contract})
+    def state(self, contract: str | None = None, *, recent: int | None = None) -> dict[str, Any]:
+        """The ledger's state, or one contract's; `recent` keeps only that many last rounds
+        of its history and metrics (cheaper to poll)."""
+        request: dict[str, Any] = {} if contract is None else {"contract": contract}
+        if recent is not None:
+            request["recent"] = recent
+        return self.call("State", request)
 
     def blocks(self, start: int = 0, stop: int | None = None) -> list[dict[str, Any]]:
         request: dict[str, Any] = {"from": start}

@@ -185,7 +185,12 @@ class LedgerService:
         contract = request.get("contract")
         if contract is not None and not isinstance(contract, str):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "'contract' must be a string")
-        return self.replica.snapshot(contract)
+        answer = self.replica.snapshot(contract)
+        recent = request.get("recent")
+        if recent is not None and isinstance(answer.get("state"), dict):
+            keep = _int(request, "recent", 0, context)
+            answer["state"] = _recent(answer["state"], keep)
+        return answer
 
     def blocks(self, request: dict[str, Any], context: grpc.ServicerContext) -> dict[str, Any]:
         caller_identity(context)
@@ -260,6 +265,17 @@ def _json_stream(fn: Handler) -> Callable[[bytes, grpc.ServicerContext], Any]:
         yield from fn(_parse(data, context), context)
 
     return call
+
+
+def _recent(state: dict[str, Any], keep: int) -> dict[str, Any]:
+    """A contract state with only the last `keep` rounds of history and metrics."""
+    metrics = state.get("metrics") or {}
+    last = sorted(metrics, key=int)[-keep:] if keep else []
+    return {
+        **state,
+        "history": state.get("history", [])[-keep:] if keep else [],
+        "metrics": {r: metrics[r] for r in last},
+    }
 
 
 def _int(request: dict[str, Any], key: str, default: int, context: grpc.ServicerContext) -> int:

@@ -33,6 +33,7 @@ log = logging.getLogger("openswarm.peer")
 _WAIT_LOG_EVERY_S = 10.0
 _GONE_AFTER_FAILED_PINGS = 3
 _FINAL_HANDOVER_S = 120.0
+_RECENT_ROUNDS = 8  # rounds of history a peer polls (a round it waits on is always recent)
 
 
 class SwarmError(RuntimeError):
@@ -118,7 +119,7 @@ class SwarmPeer:
     def view(self) -> dict[str, Any]:
         """The contract's state as the ledger holds it now."""
         try:
-            state = self.ledger.state(self.contract)["state"]
+            state = self.ledger.state(self.contract, recent=_RECENT_ROUNDS)["state"]
         except LedgerError as exc:
             raise SwarmError(f"ledger unavailable: {exc}") from exc
         if state is None:
@@ -268,6 +269,9 @@ class SwarmPeer:
     def _closed(self, view: dict[str, Any], r: int, local: _Local) -> RoundResult | None:
         del local
         record = next((h for h in view["history"] if h["round"] == r), None)
+        if record is None:  # long ago (this process was stalled): read the full history
+            full = self.ledger.state(self.contract)["state"] or {}
+            record = next((h for h in full.get("history", []) if h["round"] == r), None)
         if record is None or record["status"] != "merged":
             log.warning("%s: round %d ended without a merged model", self.name, r)
             return None
