@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ import grpc
 from openswarm.ledger.service import NO_QUORUM, SERVICE
 from openswarm.ledger.tx import Transaction, make_transaction
 from openswarm.net import FAST_RECONNECT, secure_channel
+from openswarm.net.jsonrpc import decode_json, encode_json, json_stub
 from openswarm.pki import Identity
 
 _LEADER_RECHECK_S = 1.0
@@ -67,14 +67,6 @@ class Outcome:
         )
 
 
-def _encode(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":")).encode("utf-8")
-
-
-def _decode(data: bytes) -> Any:
-    return json.loads(data)
-
-
 class LedgerClient:
     """Talks to any of several replicas over mTLS, moving on when one is down."""
 
@@ -109,9 +101,7 @@ class LedgerClient:
         failures: list[str] = []
         no_quorum = False
         for endpoint in self._order():
-            stub = self._channel(endpoint).unary_unary(
-                f"/{SERVICE}/{method}", request_serializer=_encode, response_deserializer=_decode
-            )
+            stub = json_stub(self._channel(endpoint), SERVICE, method)
             try:
                 answer = stub(dict(request), timeout=timeout_s or self.timeout_s)
             except grpc.RpcError as exc:
@@ -154,9 +144,7 @@ class LedgerClient:
             return
         self._leader_checked = now
         for index, endpoint in enumerate(self.endpoints):
-            stub = self._channel(endpoint).unary_unary(
-                f"/{SERVICE}/Status", request_serializer=_encode, response_deserializer=_decode
-            )
+            stub = json_stub(self._channel(endpoint), SERVICE, "Status")
             try:
                 if stub({}, timeout=2.0).get("state") == "leader":
                     self._preferred = index
@@ -211,6 +199,6 @@ class LedgerClient:
             request["contract"] = contract
         endpoint = self._order()[0]
         stub = self._channel(endpoint).unary_stream(
-            f"/{SERVICE}/Stream", request_serializer=_encode, response_deserializer=_decode
+            f"/{SERVICE}/Stream", request_serializer=encode_json, response_deserializer=decode_json
         )
         return stub(request)  # type: ignore[no-any-return]

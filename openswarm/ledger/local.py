@@ -6,6 +6,7 @@ Used by the local launcher, the benchmarks and the tests; each replica is a real
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -112,8 +113,6 @@ class LocalLedger:
         if min_peers is not None:
             settings["min_peers"] = min_peers
         genesis = make_genesis(swarm, ca_pem, admitted, contracts={DEFAULT_CONTRACT: settings})
-        import json
-
         net.genesis_path.write_text(json.dumps(genesis, indent=2, sort_keys=True))
         raft_addresses = [f"{LOOPBACK}:{free_port()}" for _ in range(replicas)]
         for index in range(replicas):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -14,6 +13,7 @@ from pysyncobj import FAIL_REASON
 from openswarm.ledger.replica import FAIL_TEXT, LedgerReplica
 from openswarm.ledger.tx import Transaction, TxFormatError
 from openswarm.net import caller_identity, require_role
+from openswarm.net.jsonrpc import decode_json, encode_json, json_unary
 
 SERVICE = "openswarm.ledger.Ledger"
 MAX_TX_BYTES = 256 * 1024
@@ -22,14 +22,6 @@ STREAM_POLL_S = 0.5
 NO_QUORUM = "no quorum"
 
 Handler = Callable[[dict[str, Any], grpc.ServicerContext], Any]
-
-
-def _encode(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), allow_nan=False).encode("utf-8")
-
-
-def _decode(data: bytes) -> Any:
-    return data
 
 
 def outcome_of(block: dict[str, Any]) -> dict[str, Any]:
@@ -231,38 +223,33 @@ class LedgerService:
             "AddReplica": self.add_replica,
             "RemoveReplica": self.remove_replica,
         }
-        methods = {
-            name: grpc.unary_unary_rpc_method_handler(
-                _json_unary(fn), request_deserializer=_decode, response_serializer=_encode
-            )
-            for name, fn in unary.items()
-        }
+        methods = {name: json_unary(_object_request(fn)) for name, fn in unary.items()}
         methods["Stream"] = grpc.unary_stream_rpc_method_handler(
-            _json_stream(self.stream), request_deserializer=_decode, response_serializer=_encode
+            _json_stream(self.stream), response_serializer=encode_json
         )
         return grpc.method_handlers_generic_handler(SERVICE, methods)
 
 
-def _parse(data: bytes, context: grpc.ServicerContext) -> dict[str, Any]:
-    try:
-        request = json.loads(data or b"{}")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request is not JSON: {exc}")
-    if not isinstance(request, dict):
-        context.abort(grpc.StatusCode.INVALID_ARGUMENT, "request must be a JSON object")
-    return request
+def _object_request(fn: Handler) -> Callable[[Any, grpc.ServicerContext], Any]:
+    """Requests are JSON objects; an empty request is an empty object."""
 
-
-def _json_unary(fn: Handler) -> Callable[[bytes, grpc.ServicerContext], Any]:
-    def call(data: bytes, context: grpc.ServicerContext) -> Any:
-        return fn(_parse(data, context), context)
+    def call(request: Any, context: grpc.ServicerContext) -> Any:
+        if request is None:
+            request = {}
+        if not isinstance(request, dict):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "request must be a JSON object")
+        return fn(request, context)
 
     return call
 
 
 def _json_stream(fn: Handler) -> Callable[[bytes, grpc.ServicerContext], Any]:
     def call(data: bytes, context: grpc.ServicerContext) -> Any:
-        yield from fn(_parse(data, context), context)
+        try:
+            request = decode_json(data) if data else {}
+        except ValueError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request is not valid JSON: {exc}")
+        yield from _object_request(fn)(request, context)
 
     return call
 
