@@ -583,3 +583,22 @@ def test_extra_memory_is_about_one_parameter_set_for_any_peer_count(method: str)
     finally:
         tracemalloc.stop()
     assert peak < 1.3 * size * 4, f"{method}: peak {peak / 2**20:.1f} MiB"
+
+
+def test_mean_into_kept_outputs_matches_and_checks_them() -> None:
+    rng = np.random.default_rng(7)
+    sets = [
+        {"w": rng.standard_normal((3, 4)).astype(np.float32), "n": np.array(i, np.int64)}
+        for i in range(3)
+    ]
+    weights = [1.0, 2.0, 3.0]
+    out = {"w": np.full((3, 4), np.nan, np.float32), "n": np.empty((), np.int64)}
+    merged = mean(sets, weights, out=out)
+    expected = mean(sets, weights)
+    for name in expected:
+        np.testing.assert_array_equal(merged[name], expected[name])
+        assert np.shares_memory(merged[name], out[name])
+    with pytest.raises(MergeInputError, match=r"out\['w'\] must be"):
+        mean(sets, weights, out={"w": np.empty((3, 4), np.float64), "n": out["n"]})
+    with pytest.raises(MergeInputError, match=r"out\['n'\] must be"):
+        mean(sets, weights, out={"w": out["w"]})

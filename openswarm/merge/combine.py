@@ -19,7 +19,9 @@ from openswarm.merge.numeric import acc_dtype, as_float, store
 CHUNK = 1 << 16
 
 
-def combine(prep: Prepared, coeffs: np.ndarray) -> list[np.ndarray]:
+def combine(
+    prep: Prepared, coeffs: np.ndarray, outputs: Sequence[np.ndarray] | None = None
+) -> list[np.ndarray]:
     """``sum_i coeffs[i] * peer_i`` for every tensor, as flat raw outputs.
 
     Each float output chunk is checked while in cache (one cheap pass). A non-finite one
@@ -27,14 +29,21 @@ def combine(prep: Prepared, coeffs: np.ndarray) -> list[np.ndarray]:
     if no input is at fault, an intermediate sum overflowed and the chunk is redone in
     float64. So callers that skip an upfront finiteness check stay safe.
     """
-    return [combine_tensor(prep, t, coeffs) for t in range(len(prep.specs))]
+    return [
+        combine_tensor(prep, t, coeffs, None if outputs is None else outputs[t])
+        for t in range(len(prep.specs))
+    ]
 
 
-def combine_tensor(prep: Prepared, t: int, coeffs: np.ndarray) -> np.ndarray:
-    """The weighted sum of tensor ``t`` over all peers of ``prep`` (see :func:`combine`)."""
+def combine_tensor(
+    prep: Prepared, t: int, coeffs: np.ndarray, out: np.ndarray | None = None
+) -> np.ndarray:
+    """The weighted sum of tensor ``t`` over all peers of ``prep`` (see :func:`combine`),
+    written into the flat raw array ``out`` when given."""
     spec = prep.specs[t]
     acc = acc_dtype(spec.dtype)
-    out = np.empty(spec.size, spec.dtype.storage)
+    if out is None:
+        out = np.empty(spec.size, spec.dtype.storage)
     direct = out.dtype == acc
     scratch = np.empty(min(CHUNK, spec.size), acc)
     tmp = np.empty_like(scratch)

@@ -5,12 +5,18 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
 from openswarm.merge.combine import combine
-from openswarm.merge.inputs import prepare
+from openswarm.merge.errors import MergeInputError
+from openswarm.merge.inputs import Prepared, prepare
 
 
 def mean(
-    param_sets: Sequence[Mapping[str, Any]], weights: Sequence[float] | None = None
+    param_sets: Sequence[Mapping[str, Any]],
+    weights: Sequence[float] | None = None,
+    *,
+    out: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Weighted mean, streamed: extra memory is about one parameter set for any peer count.
 
@@ -18,6 +24,32 @@ def mean(
     half to even; bools are True on a strict weighted majority. The finiteness of the
     peers taking part is checked within the same pass over the data (zero-weight peers
     beforehand); a NaN or infinity raises MergeInputError naming the peer and tensor.
+
+    `out` (numpy inputs only): C-contiguous arrays of the inputs' names, shapes and dtypes
+    to write the result into, e.g. kept from one round to the next so that no fresh memory
+    is touched; the returned arrays are views of them.
     """
     prep = prepare(param_sets, weights, check_finite="dropped")
-    return prep.build(combine(prep, prep.weights))
+    outputs = None if out is None else _flat_outputs(prep, out)
+    return prep.build(combine(prep, prep.weights, outputs))
+
+
+def _flat_outputs(prep: Prepared, out: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    if prep.as_torch:
+        raise MergeInputError("out= takes numpy arrays; merge torch tensors without it")
+    flats = []
+    for spec in prep.specs:
+        target = out.get(spec.name)
+        if (
+            not isinstance(target, np.ndarray)
+            or target.dtype != spec.dtype.storage
+            or target.size != spec.size
+            or not target.flags.c_contiguous
+            or not target.flags.writeable
+        ):
+            raise MergeInputError(
+                f"out[{spec.name!r}] must be a writable C-contiguous {spec.dtype.name} array "
+                f"of {spec.size} values"
+            )
+        flats.append(target.reshape(-1))
+    return flats
