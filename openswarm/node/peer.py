@@ -22,7 +22,7 @@ import numpy as np
 
 from openswarm.codec import CodecError, check_finite, decode, digest_encoded, encode
 from openswarm.ledger.client import LedgerClient, LedgerError
-from openswarm.merge import MergeInputError, merge
+from openswarm.merge import MergeInputError, mean, merge
 from openswarm.node.exchange import ExchangeClient, ExchangeError, ExchangeServer
 from openswarm.node.settings import NetworkConfig, SwarmSettings
 from openswarm.pki import Identity, PkiError
@@ -89,6 +89,8 @@ class SwarmPeer:
         self._own_structure: Params | None = None  # what this site's model can load
         self._latest: RoundResult | None = None
         self._timings: dict[str, float] = {}
+        self._merge_out: Params = {}
+        self._merge_shape: list[Any] = []
         self._failed_pings: dict[str, int] = {}
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -348,8 +350,7 @@ class SwarmPeer:
                 sets, weights, used, excluded = self._gather(view, local, own)
             try:
                 with self._timed("merge"):
-                    merged_params = merge(sets, weights, method=self.settings.merge_method,
-                                          **dict(self.settings.merge_options))  # fmt: skip
+                    merged_params = self._merge(sets, weights)
             except MergeInputError as exc:
                 log.error("%s: merge of round %d failed: %s", self.name, r, exc)
                 return
@@ -366,6 +367,18 @@ class SwarmPeer:
                      f"; left out {excluded}" if excluded else "")  # fmt: skip
         else:
             log.warning("%s: merged of round %d refused: %s", self.name, r, outcome.reason)
+
+    def _merge(self, sets: list[Params], weights: list[float]) -> Params:
+        """Merge with the contract's method; `mean` reuses its output arrays across rounds
+        (they are encoded and published right after, so nothing else holds them)."""
+        if self.settings.merge_method == "mean" and not self.settings.merge_options:
+            shape = [(n, v.shape, v.dtype) for n, v in sets[0].items()]
+            if self._merge_shape != shape:
+                self._merge_out = {n: np.empty(v.shape, v.dtype) for n, v in sets[0].items()}
+                self._merge_shape = shape
+            return mean(sets, weights, out=self._merge_out)
+        return merge(sets, weights, method=self.settings.merge_method,
+                     **dict(self.settings.merge_options))  # fmt: skip
 
     def _gather(
         self, view: dict[str, Any], local: _Local, own: Params
