@@ -64,8 +64,9 @@ def secure_channel(
 
 #: Channel options for peers that come and go: retry a reconnect within a second, not after
 #: gRPC's default backoff of up to two minutes, so a replica or peer that is back is used.
+#: (Not grpc.min_reconnect_backoff_ms: gRPC also takes it as the connect timeout, and 100 ms
+#: drops slow but healthy peers on a busy machine.)
 FAST_RECONNECT = (
     ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
 )
