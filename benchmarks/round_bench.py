@@ -1,0 +1,532 @@
+"""Sync-round benchmark: seconds per round for K peers and P float32 parameters on loopback.
+
+Each cell (P, K) starts a real ledger replica (`LocalLedger`, one `openswarm ledger start`
+process) and K peer processes (spawned workers of this file, identities b1..bK) that all
+sync the default contract with `SwarmPeer.sync` over mutual-TLS gRPC on 127.0.0.1. Each
+peer holds a dict of four float32 arrays summing to P values (random, different per peer)
+and a preallocated torch copy of them. After `sync` it loads the merged model into the torch
+tensors (`tensor.copy_(torch.from_numpy(arr))`, the "load" phase). Before the rounds every
+peer opens its exchange channel to every other (as earlier rounds of a training run would
+have), then one warm-up round (the contract's initial sync: the leader hands out its own
+model, no merge) is followed by `--rounds` measured rounds (default 3); a barrier starts
+every round on all peers at once. A measured round in which the ledger records a peer left
+out of the merge (or a leader timeout) is listed and not counted; column n says how many
+rounds were.
+
+Reported per cell, medians over the measured rounds:
+
+- round: the max over peers of sync total + load (the round as the slowest peer sees it);
+- floor: `np.copyto` of the K parameter sets (K * P * 4 bytes) into preallocated buffers,
+  measured in the parent just before the cell's peers start; x floor = round / floor;
+- the leader's view (the leader changes from round to round): encode (its snapshot plus the
+  merged model), xfer (pulling the K-1 other snapshots, digest checks and decode included),
+  merge (weighted mean), load, and ledger;
+- the followers' view (median over followers): encode, xfer (fetching the merged model,
+  digest check and decode included), load, and ledger;
+- ledger = sync total minus the timed phases, as `SwarmPeer.sync` reports it: ledger
+  transactions and polls, waiting on the other peers (for a follower: on the leader's whole
+  gather/merge), and the untimed checks (decodes, finiteness); in brackets the part spent
+  inside ledger RPCs (`submit` and `state`, timed by wrapping the peer's LedgerClient);
+- rssGB: the peak of the K peer processes' summed RSS (sampled every 0.1 s), and load1:
+  the 1-minute load average when the cell started (other work on the machine shows here).
+
+Memory: at P=50M a snapshot is 200 MB. The peers' snapshot stores keep 3 rounds of history
+by default (`openswarm.node.exchange._KEEP_ROUNDS`), about 8 snapshots per peer over the
+4 rounds, which at K=8 would need over 20 GB; the workers therefore keep only the current round
+(`--keep-rounds 0`, safe here because the barrier means nobody fetches an older round).
+That does not touch the timed path. Before each cell the expected peak is estimated and
+compared with MemAvailable; cells that do not fit are skipped and listed with the reason,
+and a cell is aborted if MemAvailable falls under 1.5 GB while it runs.
+
+On a 2-core machine every phase is CPU-bound (TLS, sha256 digests, copies) and the K peer
+processes share the cores, so the figures scale with the load average, printed per cell.
+
+Run:
+    .venv/bin/python benchmarks/round_bench.py --quick       # P in 1M,10M; K in 2,4
+    .venv/bin/python benchmarks/round_bench.py               # P in 1M,10M,50M; K in 2,4,8
+                                                             # (~6 min on 2 busy cores)
+    .venv/bin/python benchmarks/round_bench.py --sizes 50M --peers 8 --rounds 3 \\
+        [--keep-rounds N] [--mem-fraction 0.8] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from multiprocessing.process import BaseProcess
+from multiprocessing.queues import Queue as MpQueue
+from multiprocessing.synchronize import Barrier as MpBarrier
+from pathlib import Path
+from queue import Empty
+from typing import Any
+
+import numpy as np
+
+from openswarm import DEFAULT_CONTRACT
+from openswarm.ledger.local import LocalLedger
+
+GB = 1e9
+PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+MIN_AVAILABLE_BYTES = 1_500_000_000  # abort a cell below this much free memory
+PROCESS_BYTES = 300_000_000  # a peer process's own footprint (Python, torch, gRPC)
+ROUND_TIMEOUT_S = 600.0
+START_TIMEOUT_S = 180.0
+Message = dict[str, Any]
+
+
+def parse_count(text: str) -> int:
+    """'10M' -> 10_000_000; also K and G suffixes."""
+    scale = {"K": 10**3, "M": 10**6, "G": 10**9}.get(text[-1:].upper(), 1)
+    return int(float(text[:-1] if scale > 1 else text) * scale)
+
+
+def label(count: int) -> str:
+    for suffix, scale in (("G", 10**9), ("M", 10**6), ("K", 10**3)):
+        if count >= scale and count % scale == 0:
+            return f"{count // scale}{suffix}"
+    return str(count)
+
+
+def tensor_sizes(count: int) -> list[int]:
+    """Four tensors of P/2, P/4, P/8 and the rest: a few layers, like a small network."""
+    sizes = [count // 2, count // 4, count // 8]
+    return [*sizes, count - sum(sizes)]
+
+
+def mem_available() -> int:
+    """MemAvailable of /proc/meminfo, in bytes."""
+    with open("/proc/meminfo") as handle:
+        for line in handle:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no MemAvailable in /proc/meminfo")
+
+
+def estimate_bytes(count: int, peers: int, keep_rounds: int) -> int:
+    """Expected peak memory of one cell's peers (worst case, all peaks at once).
+
+    Every peer: its process (Python, torch, gRPC). A follower: params + torch copy + the
+    store's (local + merged) snapshots per kept round + a fetch's bytearray and decoded
+    copy. The leader as well: its own decoded snapshot, the K-1 decoded others, up to
+    min(K-1, 8) fetch buffers (bytearray + bytes) in flight, the merged model, its encoding
+    and its decoded copy.
+    """
+    size = count * 4
+    kept = keep_rounds + 1
+    follower = (2 + 2 * kept + 2.2) * size
+    leader = (2 + 2 * kept + 1 + (peers - 1) + 2.2 * min(peers - 1, 8) + 3) * size
+    return int(leader + (peers - 1) * follower + peers * PROCESS_BYTES)
+
+
+# --- the in-memory floor ---------------------------------------------------------------------
+
+
+def copy_floor(count: int, peers: int, repeats: int = 5) -> float:
+    """Median seconds to np.copyto K parameter sets into preallocated buffers (pages touched)."""
+    sizes = tensor_sizes(count)
+    sources = [[np.full(n, i + 1, dtype=np.float32) for n in sizes] for i in range(peers)]
+    targets = [[np.empty(n, dtype=np.float32) for n in sizes] for _ in range(peers)]
+    times = []
+    for rep in range(repeats + 1):
+        start = time.perf_counter()
+        for source, target in zip(sources, targets, strict=True):
+            for src, dst in zip(source, target, strict=True):
+                np.copyto(dst, src)
+        if rep:  # the first pass touches the targets' pages
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+# --- the peer worker (a spawned process) -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    index: int
+    peers: int
+    count: int
+    rounds: int
+    endpoints: tuple[str, ...]
+    identity: str
+    keep_rounds: int
+
+
+class RpcTimer:
+    """Seconds spent inside wrapped calls."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.calls = 0
+
+    def wrap(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return func(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - start
+                self.calls += 1
+
+        return timed
+
+
+def connect_all(peer: Any, timeout_s: float = 120.0) -> None:
+    """Open this peer's exchange channel to every other member, as rounds before would have.
+
+    Asks each for a snapshot that does not exist; a NOT_FOUND answer means the mutual-TLS
+    channel is up, so the measured rounds do not pay (or fail on) first connections.
+    """
+    from openswarm.node.exchange import ExchangeError
+
+    for other, member in sorted(peer.view()["members"].items()):
+        if other == peer.name:
+            continue
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                peer.fetcher.fetch(member["endpoint"], "local", 1 << 40, "0" * 64)
+            except ExchangeError as exc:
+                if "NOT_FOUND" in str(exc):
+                    break
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+
+def peer_worker(cfg: WorkerConfig, queue: MpQueue[Message], barrier: MpBarrier) -> None:
+    """One peer: register, then sync `1 + rounds` times, loading each merged model."""
+    name = f"b{cfg.index + 1}"
+    try:
+        import torch
+
+        import openswarm.node.exchange as exchange
+        from openswarm.node.peer import SwarmPeer
+        from openswarm.node.settings import NetworkConfig, SwarmSettings
+
+        torch.set_num_threads(1)
+        exchange._KEEP_ROUNDS = cfg.keep_rounds  # memory only; see the module docstring
+        rng = np.random.default_rng(1000 + cfg.index)
+        params = {
+            f"layer{i}.weight": rng.random(n, dtype=np.float32) - np.float32(0.5)
+            for i, n in enumerate(tensor_sizes(cfg.count))
+        }
+        model = {key: torch.from_numpy(value.copy()) for key, value in params.items()}
+        settings = SwarmSettings(min_peers=cfg.peers, extra_window_s=0.0, leader_timeout_s=600.0)
+        network = NetworkConfig(ledger=cfg.endpoints, identity=Path(cfg.identity))
+        peer = SwarmPeer(settings, network)
+        rpc = RpcTimer()
+        for method in ("submit", "state"):
+            setattr(peer.ledger, method, rpc.wrap(getattr(peer.ledger, method)))
+        peer.register()
+        queue.put({"kind": "registered", "peer": name})
+        barrier.wait(ROUND_TIMEOUT_S)  # all registered: every endpoint is on the ledger
+        connect_all(peer)
+        queue.put({"kind": "connected", "peer": name})
+        for round_index in range(cfg.rounds + 1):
+            barrier.wait(ROUND_TIMEOUT_S)
+            rpc.seconds = 0.0
+            result = peer.sync(params)
+            if result.params is None:
+                raise RuntimeError(f"round {result.round} ended without a merged model")
+            start = time.perf_counter()
+            for key, value in result.params.items():
+                model[key].copy_(torch.from_numpy(value))
+            load = time.perf_counter() - start
+            queue.put({
+                "kind": "round", "peer": name, "index": round_index, "round": result.round,
+                "leader": result.leader, "timings": {**result.timings, "load": load},
+                "rpc": rpc.seconds,
+            })  # fmt: skip
+            del result
+        barrier.wait(ROUND_TIMEOUT_S)  # everyone has the last merged model: stop serving
+        peer.close()
+        queue.put({"kind": "done", "peer": name})
+    except BaseException:
+        queue.put({"kind": "error", "peer": name, "error": traceback.format_exc()})
+        barrier.abort()
+
+
+# --- the parent ------------------------------------------------------------------------------
+
+
+class CellError(RuntimeError):
+    pass
+
+
+@dataclass
+class Cell:
+    count: int
+    peers: int
+    floor_s: float = 0.0
+    round_s: float = 0.0
+    wall_s: float = 0.0
+    leader: dict[str, float] = field(default_factory=dict)
+    follower: dict[str, float] = field(default_factory=dict)
+    leaders: list[str] = field(default_factory=list)
+    rounds_used: int = 0
+    left_out: list[str] = field(default_factory=list)
+    rss_peak_gb: float = 0.0
+    estimate_gb: float = 0.0
+    load1: float = 0.0
+    load1_end: float = 0.0
+    seconds: float = 0.0
+    skipped: str | None = None
+
+
+def rss_bytes(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/statm") as handle:
+            return int(handle.read().split()[1]) * PAGE_BYTES
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+class Collector:
+    """Reads the workers' messages; meanwhile samples the peers' summed RSS and aborts the
+    cell if the machine runs low on memory (other people's processes live there too)."""
+
+    def __init__(self, queue: MpQueue[Message], procs: list[BaseProcess]) -> None:
+        self.queue = queue
+        self.procs = procs
+        self.peak_rss = 0
+
+    def sample(self) -> None:
+        self.peak_rss = max(self.peak_rss, sum(rss_bytes(p.pid or 0) for p in self.procs))
+        available = mem_available()
+        if available < MIN_AVAILABLE_BYTES:
+            raise CellError(
+                f"aborted: MemAvailable fell to {available / GB:.1f} GB with the peers holding "
+                f"{self.peak_rss / GB:.1f} GB"
+            )
+
+    def take(self, kind: str, count: int, timeout_s: float) -> list[Message]:
+        got: list[Message] = []
+        deadline = time.monotonic() + timeout_s
+        while len(got) < count:
+            self.sample()
+            if time.monotonic() > deadline:
+                raise CellError(f"timed out waiting for {kind!r} ({len(got)}/{count})")
+            try:
+                message = self.queue.get(timeout=0.1)
+            except Empty:
+                dead = [p for p in self.procs if p.exitcode not in (None, 0)]
+                if dead:
+                    raise CellError(f"peer process exited with {dead[0].exitcode}") from None
+                continue
+            if message["kind"] == "error":
+                raise CellError(f"{message['peer']} failed:\n{message['error']}")
+            if message["kind"] != kind:
+                raise CellError(f"expected {kind!r}, got {message['kind']!r}")
+            got.append(message)
+        return got
+
+
+def summarize(cell: Cell, rounds: list[list[Message]]) -> None:
+    """Medians over rounds of the leader's phases and the followers' median phases."""
+    leader_rows: dict[str, list[float]] = {}
+    follower_rows: dict[str, list[float]] = {}
+    totals = []
+    for messages in rounds:
+        leader_name = messages[0]["leader"]
+        cell.leaders.append(str(leader_name))
+        totals.append(max(m["timings"]["total"] + m["timings"]["load"] for m in messages))
+        followers: dict[str, list[float]] = {}
+        for message in messages:
+            phases = {**message["timings"], "rpc": message["rpc"]}
+            if message["peer"] == leader_name:
+                for key, value in phases.items():
+                    leader_rows.setdefault(key, []).append(value)
+            else:
+                for key, value in phases.items():
+                    followers.setdefault(key, []).append(value)
+        for key, values in followers.items():
+            follower_rows.setdefault(key, []).append(statistics.median(values))
+    cell.round_s = statistics.median(totals)
+    cell.leader = {k: statistics.median(v) for k, v in leader_rows.items()}
+    cell.follower = {k: statistics.median(v) for k, v in follower_rows.items()}
+
+
+def run_cell(count: int, peers: int, rounds: int, keep_rounds: int) -> Cell:
+    cell = Cell(count, peers, load1=os.getloadavg()[0])
+    started = time.perf_counter()
+    cell.floor_s = copy_floor(count, peers)
+    names = [f"b{i}" for i in range(1, peers + 1)]
+    with tempfile.TemporaryDirectory(prefix="round_bench_") as tmp:
+        net = LocalLedger.create(Path(tmp) / "ledger", replicas=1, peers=names)
+        ctx = mp.get_context("spawn")
+        queue: MpQueue[Message] = ctx.Queue()
+        barrier = ctx.Barrier(peers + 1)
+        procs: list[BaseProcess] = []
+        try:
+            net.start()
+            net.wait_for_leader()
+            for index in range(peers):
+                cfg = WorkerConfig(
+                    index, peers, count, rounds, tuple(net.endpoints),
+                    str(net.pki_dir / "identities" / names[index]), keep_rounds,
+                )  # fmt: skip
+                proc = ctx.Process(target=peer_worker, args=(cfg, queue, barrier), daemon=True)
+                proc.start()
+                procs.append(proc)
+            collector = Collector(queue, procs)
+            collector.take("registered", peers, START_TIMEOUT_S)
+            barrier.wait(ROUND_TIMEOUT_S)
+            collector.take("connected", peers, START_TIMEOUT_S)
+            measured: list[list[Message]] = []
+            walls = []
+            for index in range(rounds + 1):
+                barrier.wait(ROUND_TIMEOUT_S)
+                start = time.perf_counter()
+                messages = collector.take("round", peers, ROUND_TIMEOUT_S)
+                if index:  # round 0 is the initial sync (warm-up)
+                    measured.append(messages)
+                    walls.append(time.perf_counter() - start)
+            barrier.wait(ROUND_TIMEOUT_S)
+            collector.take("done", peers, START_TIMEOUT_S)
+            for proc in procs:
+                proc.join(30)
+            with net.client("admin") as client:
+                history = client.state(DEFAULT_CONTRACT)["state"]["history"]
+            clean = []
+            for messages, wall in zip(measured, walls, strict=True):
+                record = next((h for h in history if h["round"] == messages[0]["round"]), None)
+                if record is None:
+                    raise CellError(f"round {messages[0]['round']} is not in the ledger's history")
+                gaps = [f"{e['name']} ({e['reason'][:160]})" for e in record["excluded"]]
+                gaps += [f"leader {name} timed out" for name in record["failed_leaders"]]
+                if len(record["participants"]) < peers:
+                    gaps.append(f"only {len(record['participants'])} participants")
+                if gaps:
+                    cell.left_out.append(f"round {record['round']}: {'; '.join(gaps)}")
+                else:
+                    clean.append((messages, wall))
+            if not clean:
+                raise CellError("every measured round left peers out: " + " | ".join(cell.left_out))
+            summarize(cell, [m for m, _ in clean])
+            cell.rounds_used = len(clean)
+            cell.wall_s = statistics.median(w for _, w in clean)
+            cell.rss_peak_gb = collector.peak_rss / GB
+        finally:
+            barrier.abort()
+            for proc in procs:
+                if proc.is_alive():
+                    proc.terminate()
+                proc.join(10)
+            net.stop()
+    cell.seconds = time.perf_counter() - started
+    cell.load1_end = os.getloadavg()[0]
+    return cell
+
+
+def fmt_phase(view: dict[str, float], key: str) -> str:
+    return f"{view[key]:7.3f}" if key in view else f"{'-':>7}"
+
+
+def print_table(cells: list[Cell]) -> None:
+    head = (
+        f"{'P':>4} {'K':>2} {'round':>7} {'floor':>7} {'xfloor':>6} |"
+        f"{'L.enc':>7} {'L.xfer':>7} {'L.merge':>7} {'L.load':>7} {'L.ledger(rpc)':>14} |"
+        f"{'F.enc':>7} {'F.xfer':>7} {'F.load':>7} {'F.ledger(rpc)':>14} |"
+        f"{'n':>2} {'rssGB':>6} {'load1':>5}"
+    )
+    print(head)
+    print("-" * len(head))
+    for c in cells:
+        if c.skipped:
+            continue
+        lead, fol = c.leader, c.follower
+        print(
+            f"{label(c.count):>4} {c.peers:>2} {c.round_s:7.3f} {c.floor_s:7.4f} "
+            f"{c.round_s / c.floor_s:6.0f} |"
+            f"{fmt_phase(lead, 'encode')} {fmt_phase(lead, 'transfer')} "
+            f"{fmt_phase(lead, 'merge')} {fmt_phase(lead, 'load')} "
+            f"{lead['ledger']:7.3f}({lead['rpc']:5.3f}) |"
+            f"{fmt_phase(fol, 'encode')} {fmt_phase(fol, 'transfer')} {fmt_phase(fol, 'load')} "
+            f"{fol['ledger']:7.3f}({fol['rpc']:5.3f}) |"
+            f"{c.rounds_used:>2} {c.rss_peak_gb:6.1f} {c.load1:5.2f}"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="1M,10M,50M", help="parameter counts, e.g. 1M,10M")
+    parser.add_argument("--peers", default="2,4,8", help="peer counts K, e.g. 2,4,8")
+    parser.add_argument("--rounds", type=int, default=3, help="measured rounds per cell")
+    parser.add_argument("--quick", action="store_true", help="P in 1M,10M and K in 2,4")
+    parser.add_argument(
+        "--keep-rounds", type=int, default=0, help="old rounds a peer's store keeps (openswarm: 3)"
+    )
+    parser.add_argument(
+        "--mem-fraction", type=float, default=0.8, help="skip cells over this share of MemAvailable"
+    )
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.sizes, args.peers = "1M,10M", "2,4"
+    sizes = [parse_count(s) for s in args.sizes.split(",") if s]
+    peer_counts = [int(k) for k in args.peers.split(",") if k]
+    if args.rounds < 1 or any(k < 2 for k in peer_counts):
+        parser.error("--rounds must be >= 1 and every K >= 2")
+
+    print(
+        f"round_bench: {os.cpu_count()} CPUs, {mem_available() / GB:.1f} GB available, "
+        f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
+        f"{args.rounds} measured rounds after 1 warm-up; store keeps {args.keep_rounds} "
+        "old rounds",
+        flush=True,
+    )
+    cells: list[Cell] = []
+    for count in sizes:
+        for peers in peer_counts:
+            estimate = max(estimate_bytes(count, peers, args.keep_rounds), 2 * peers * count * 4)
+            budget = args.mem_fraction * mem_available()
+            cell = Cell(count, peers, estimate_gb=estimate / GB)
+            if estimate > budget:
+                cell.skipped = (
+                    f"needs ~{estimate / GB:.1f} GB, over {args.mem_fraction:.0%} of "
+                    f"{budget / args.mem_fraction / GB:.1f} GB available"
+                )
+            else:
+                try:
+                    cell = run_cell(count, peers, args.rounds, args.keep_rounds)
+                    cell.estimate_gb = estimate / GB
+                except (CellError, RuntimeError, OSError, TimeoutError) as exc:
+                    cell.skipped = f"failed: {str(exc)[-2000:]}"
+            cells.append(cell)
+            if cell.skipped:
+                print(f"  P={label(count)} K={peers}: skipped ({cell.skipped})", flush=True)
+            else:
+                print(
+                    f"  P={label(count)} K={peers}: round {cell.round_s:.3f} s, "
+                    f"floor {cell.floor_s:.4f} s, cell took {cell.seconds:.0f} s, peers' peak "
+                    f"RSS {cell.rss_peak_gb:.1f} GB (est. {cell.estimate_gb:.1f}), leaders "
+                    f"{','.join(cell.leaders)}, load1 {cell.load1:.2f} -> {cell.load1_end:.2f}",
+                    flush=True,
+                )
+                for note in cell.left_out:
+                    print(f"    not counted, {note}", flush=True)
+    print()
+    print("seconds per round, medians over measured rounds (L = leader, F = followers)")
+    print_table(cells)
+    skipped = [c for c in cells if c.skipped]
+    if skipped:
+        print("\nskipped cells:")
+        for c in skipped:
+            print(f"  P={label(c.count)} K={c.peers}: {c.skipped}")
+    print(f"\nload average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    if args.json:
+        args.json.write_text(json.dumps([asdict(c) for c in cells], indent=2))
+    return 1 if any(c.skipped and c.skipped.startswith("failed") for c in cells) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
