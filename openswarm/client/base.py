@@ -8,6 +8,14 @@ A platform binding subclasses `SwarmCallbackBase` and supplies three methods:
 
 and calls `on_train_begin()`, `on_batch_end()`, `on_epoch_end(epoch)` and `on_train_end()`
 from the platform's own hooks. The base class does the rest through the peer runtime.
+
+For an implementer: parameter values are numpy arrays or torch tensors of a codec dtype
+(`openswarm.codec.SUPPORTED_DTYPES`), with the same names, order, shapes and dtypes on every
+site and in every round. `set_params` gets numpy arrays that may share one buffer: copy them
+into the model, exactly — after the final sync the digest of `get_params()` must equal the
+swarm's. `evaluate()` runs after each merge to report progress; its loss drives adaptive
+sync. A step raises `SwarmError` (`openswarm.node.peer`) when the swarm cannot go on.
+`openswarm/client/sklearn.py` is a complete binding built on this class alone.
 """
 
 from __future__ import annotations

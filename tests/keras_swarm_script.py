@@ -1,0 +1,71 @@
+"""A Keras 3 (torch backend) swarm site for the tests: skewed digits shard by rank.
+
+Trains with `openswarm.keras.SwarmCallback` in `model.fit`, then the same model alone on the
+same shard for comparison; writes both test accuracies and the final digest to
+OPENSWARM_RESULT. Settings: MAX_EPOCHS, MIN_PEERS, SYNC_FREQUENCY.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "torch")
+
+import keras
+import numpy as np
+import skewed_digits
+import torch
+
+from openswarm.keras import SwarmCallback
+
+
+def build(seed: int) -> keras.Model:
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential(
+        [keras.Input((64,)), keras.layers.Dense(32, activation="relu"), keras.layers.Dense(10)]
+    )
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.1),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def accuracy(model: keras.Model, x: np.ndarray, y: np.ndarray) -> float:
+    return float(np.mean(np.argmax(model.predict(x, verbose=0), axis=1) == y))
+
+
+def main() -> None:
+    logging.basicConfig(level="INFO", format="%(asctime)s %(name)s %(message)s")
+    torch.set_num_threads(1)
+    env = os.environ
+    rank, peers = int(env["OPENSWARM_RANK"]), int(env["OPENSWARM_PEERS"])
+    epochs = int(env.get("MAX_EPOCHS", "4"))
+    x, y = skewed_digits.shard(rank, peers)
+    x_test, y_test = skewed_digits.held_out()
+    model = build(rank)  # different initial weights: the initial sync aligns them
+    cb = SwarmCallback(
+        sync_frequency=int(env.get("SYNC_FREQUENCY", "4")),
+        min_peers=int(env.get("MIN_PEERS", "2")),
+        val_data=(x_test, y_test),
+    )
+    model.fit(x, y, batch_size=32, epochs=epochs, verbose=0, callbacks=[cb])
+    alone = build(rank)
+    alone.fit(x, y, batch_size=32, epochs=epochs, verbose=0)
+    result = {
+        "final_digest": cb.final_digest,
+        "rounds": cb.rounds,
+        "swarm_accuracy": accuracy(model, x_test, y_test),
+        "local_accuracy": accuracy(alone, x_test, y_test),
+        "total_epochs": cb.swarm.total_epochs,
+    }
+    print(json.dumps(result), flush=True)
+    with open(env["OPENSWARM_RESULT"], "w") as handle:
+        json.dump(result, handle)
+
+
+if __name__ == "__main__":
+    main()

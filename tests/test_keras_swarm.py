@@ -1,0 +1,133 @@
+"""The Keras 3 binding (torch backend): real peer processes, a real ledger, real data."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("KERAS_BACKEND", "torch")
+keras = pytest.importorskip("keras")
+
+import skewed_digits  # noqa: E402
+
+from openswarm.codec import digest  # noqa: E402
+from openswarm.keras import SwarmCallback  # noqa: E402
+from openswarm.launch import run_swarm  # noqa: E402
+from openswarm.ledger.local import LocalLedger  # noqa: E402
+from openswarm.node.peer import SwarmError  # noqa: E402
+from openswarm.node.settings import NetworkConfig  # noqa: E402
+
+SCRIPT = Path(__file__).with_name("keras_swarm_script.py")
+
+
+def _model(seed: int = 0) -> keras.Model:
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential(
+        [
+            keras.Input((64,)),
+            keras.layers.Dense(16, activation="relu"),
+            keras.layers.BatchNormalization(),
+            keras.layers.Dense(10),
+        ]
+    )
+    model.compile(
+        optimizer="sgd",
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    return model
+
+
+@pytest.mark.slow
+def test_three_keras_sites_agree_and_beat_training_alone(tmp_path: Path) -> None:
+    run = run_swarm(SCRIPT, 3, workdir=tmp_path / "run", epochs=4, min_peers=3)
+    assert run.ok, [p.log_path.read_text()[-2000:] for p in run.peers]
+    results = [p.result for p in run.peers]
+    assert all(r is not None for r in results)
+    assert len({r["final_digest"] for r in results}) == 1  # the same final model everywhere
+    assert {r["final_digest"] for r in results} == set(run.final_digests.values())
+    assert all(r["rounds"] >= 5 and r["total_epochs"] == 4 for r in results), results
+    swarm = results[0]["swarm_accuracy"]
+    best_alone = max(r["local_accuracy"] for r in results)
+    assert swarm > best_alone + 0.2, results  # each site alone barely knows 7 of 10 digits
+
+
+def test_weights_are_named_in_order_and_load_exactly(tmp_path: Path) -> None:
+    from openswarm.client.keras import _KerasSite, named_weights
+
+    model, other = _model(0), _model(1)
+    params = named_weights(model)
+    assert list(params)[:3] == ["000/kernel", "001/bias", "002/gamma"]
+    assert any(k.endswith("/moving_mean") for k in params)  # non-trainable weights too
+    network = NetworkConfig(ledger=("127.0.0.1:1",), identity=tmp_path)
+    cb = SwarmCallback(4, 1, model=other, network=network)
+    assert isinstance(cb, keras.callbacks.Callback) and isinstance(cb.swarm, _KerasSite)
+    cb.swarm.set_params(params)
+    assert digest(cb.swarm.get_params()) == digest(params)
+    bad = dict(params)
+    bad["001/bias"] = np.zeros(3, np.float32)
+    with pytest.raises(SwarmError, match="shape"):
+        cb.swarm.set_params(bad)
+    with pytest.raises(SwarmError, match="val_data"):
+        SwarmCallback(4, 1, val_data=(1, 2, 3, 4), network=network)
+
+
+def test_evaluate_reports_loss_and_first_metric_and_keeps_fit_metrics(tmp_path: Path) -> None:
+    model = _model()
+    x, y = skewed_digits.held_out()
+    network = NetworkConfig(ledger=("127.0.0.1:1",), identity=tmp_path)
+    cb = SwarmCallback(4, 1, model=model, val_data=(x, y), val_batch_size=64, network=network)
+    model.fit(x[:64], y[:64], epochs=1, verbose=0)
+    loss, metric = cb.swarm.evaluate()
+    assert loss is not None and loss > 0 and metric is not None and 0 <= metric <= 1
+    expected = model.evaluate(x, y, verbose=0, return_dict=True)
+    assert loss == pytest.approx(expected["loss"], rel=1e-5)
+    assert metric == pytest.approx(expected["accuracy"])
+    model.evaluate(x[:32], y[:32], verbose=0)  # metrics now hold some running values
+    before = [np.array(v.numpy()) for v in model.metrics_variables]
+    cb.swarm.evaluate()
+    after = [np.array(v.numpy()) for v in model.metrics_variables]
+    assert all(np.array_equal(a, b) for a, b in zip(before, after, strict=True))
+
+
+class _StopLedgerAt(keras.callbacks.Callback):
+    """Stops the ledger after `batch` training batches; counts the batches."""
+
+    def __init__(self, ledger: LocalLedger, batch: int) -> None:
+        super().__init__()
+        self.ledger, self.at, self.batches = ledger, batch, 0
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self.batches += 1
+        if self.batches == self.at:
+            self.ledger.stop()
+
+
+@pytest.mark.slow
+def test_fit_stops_cleanly_when_the_swarm_cannot_go_on(tmp_path: Path, caplog) -> None:
+    ledger = LocalLedger.create(tmp_path / "ledger", replicas=1, peers=["site-1"])
+    ledger.start()
+    try:
+        ledger.wait_for_leader()
+        network = NetworkConfig(
+            ledger=tuple(ledger.endpoints), identity=ledger.pki_dir / "identities" / "site-1"
+        )
+        model = _model()
+        x, y = skewed_digits.shard(0, 1)
+        cb = SwarmCallback(3, 1, network=network)
+        stopper = _StopLedgerAt(ledger, batch=4)
+        with (
+            caplog.at_level(logging.ERROR, logger="openswarm"),
+            pytest.raises(SwarmError, match="ledger"),
+        ):
+            model.fit(x, y, batch_size=32, epochs=3, verbose=0, callbacks=[stopper, cb])
+        assert cb.rounds == 2  # the initial sync and the sync after batch 3
+        assert stopper.batches == 6  # stopped at the failed sync, not after 3 epochs
+        assert "the swarm cannot go on" in caplog.text and "stopping training" in caplog.text
+        assert cb.final_digest is None
+    finally:
+        ledger.stop()
