@@ -19,8 +19,8 @@ $(STAMP): $(BIN)/python pyproject.toml
 setup: $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check openswarm tests benchmarks
-	$(BIN)/ruff format --check openswarm tests benchmarks
+	$(BIN)/ruff check openswarm swarmlearning tests benchmarks examples
+	$(BIN)/ruff format --check openswarm swarmlearning tests benchmarks examples
 
 test: $(STAMP)
 	$(MAKE) lint

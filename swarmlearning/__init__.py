@@ -1,0 +1,13 @@
+"""HPE Swarm Learning compatibility: programs written for HPE's client run unmodified.
+
+Import `SwarmCallback` from the module of your platform, as with HPE:
+
+- `swarmlearning.pyt` — PyTorch (maps onto `openswarm.torch.SwarmCallback`);
+- `swarmlearning.tf` — Keras 3, as `tf.keras` of TensorFlow ≥ 2.16 or plain `keras`
+  (maps onto `openswarm.keras.SwarmCallback`);
+- `swarmlearning.hf_transformers` — Hugging Face `Trainer` (maps onto `openswarm.hf`).
+
+Each takes HPE's `SwarmCallback(syncFrequency, minPeers, trainingContract, **kwargs)`;
+unknown keywords are an error that names them. The platforms are imported only with their
+module.
+"""
