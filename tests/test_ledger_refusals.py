@@ -74,13 +74,17 @@ def test_refusals(ledger1: LocalLedger, tmp_path) -> None:
     first = make_transaction(p2, "metrics", contract=C, round=1, nonce="n" * 16,
                              payload={"loss": 1.0, "metric": None, "epoch": 1,
                                       "total_epochs": 2})  # fmt: skip
-    assert c1.submit_tx(first).applied
+    original = c1.submit_tx(first)
+    assert original.applied
     again = make_transaction(p2, "metrics", contract=C, round=1, nonce="n" * 16,
                              payload={"loss": 0.5, "metric": None, "epoch": 1,
                                       "total_epochs": 2})  # fmt: skip
     _expect_rejected(c1, again, "replayed nonce")
     # resubmitting the very same transaction is idempotent: the original outcome comes back
-    assert c1.submit_tx(first).height == c1.submit_tx(first).height
+    height = c1.status()["height"]
+    again_outcome = c1.submit_tx(first)
+    assert (again_outcome.height, again_outcome.status) == (original.height, "applied")
+    assert c1.status()["height"] == height  # nothing new was committed
 
     # seal below min_peers (2): only p1 is ready
     ready1 = make_transaction(p1, "ready", contract=C, round=1,
