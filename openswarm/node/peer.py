@@ -78,6 +78,9 @@ class SwarmPeer:
         self.contract = settings.contract
         self.ledger = LedgerClient(list(network.ledger), self.identity)
         self.server = ExchangeServer(self.identity, network.listen)
+        # What other sites dial: the advertised host (its certificate must name it, see
+        # `openswarm pki issue --host`), else the listening one.
+        self.endpoint = f"{network.advertise or self.server.host}:{self.server.port}"
         self.fetcher = ExchangeClient(self.identity)
         self.finished = False
         self.rounds_joined = 0
@@ -96,14 +99,14 @@ class SwarmPeer:
     # --- lifecycle ------------------------------------------------------------------------
     def register(self) -> None:
         payload = {
-            "endpoint": self.server.endpoint,
+            "endpoint": self.endpoint,
             "weight": self.settings.weight,
             **self.settings.contract_settings(),
         }
         outcome = self._submit("register", 0, payload)
         if not outcome.applied:
             raise SwarmError(f"the ledger refused to register {self.name}: {outcome.reason}")
-        log.info("%s registered with %s at %s", self.name, self.contract, self.server.endpoint)
+        log.info("%s registered with %s at %s", self.name, self.contract, self.endpoint)
 
     def close(self) -> None:
         self.server.stop()

@@ -73,6 +73,7 @@ class NetworkConfig:
     identity: Path
     listen: str = "127.0.0.1:0"
     contract: str | None = None
+    advertise: str | None = None  # host other sites reach this one at (listen on 0.0.0.0)
 
     @classmethod
     def load(cls, path: Path | str | None = None) -> NetworkConfig:
@@ -87,7 +88,7 @@ class NetworkConfig:
             if not isinstance(loaded, dict):
                 raise SwarmConfigError(f"swarm config {source} must be a mapping")
             values.update(loaded)
-        for key in ("ledger", "identity", "listen", "contract"):
+        for key in ("ledger", "identity", "listen", "contract", "advertise"):
             env = os.environ.get(f"OPENSWARM_{key.upper()}")
             if env:
                 values[key] = env
@@ -108,5 +109,6 @@ class NetworkConfig:
             ledger=tuple(ledger),
             identity=Path(values["identity"]),
             listen=str(values.get("listen") or "127.0.0.1:0"),
+            advertise=values.get("advertise"),
             contract=values.get("contract"),
         )
