@@ -208,10 +208,12 @@ def test_leader_killed_during_merge_is_replaced(swarm_factory) -> None:
 
 
 def test_site_killed_and_restarted_rejoins_from_the_latest_model(swarm_factory) -> None:
-    swarm = swarm_factory(3, EPOCHS="3", MIN_PEERS="2", BATCH_DELAY_S="0.03")
+    swarm = swarm_factory(3, EPOCHS="4", MIN_PEERS="2", BATCH_DELAY_S="0.05")
     swarm.start_all()
     state = swarm.wait_for(lambda s: len(s["history"]) >= 2, what="two merged rounds")
-    victim = next(n for n in swarm.names if n != state["current"]["leader"])
+    # a site that neither leads the open round nor is the only holder of the last merge
+    busy = {state["current"]["leader"], state["latest_merged"]["leader"]}
+    victim = next(n for n in swarm.names if n not in busy)
     swarm.kill(victim)
     before = len(swarm.state()["history"])
     # the others go on without it

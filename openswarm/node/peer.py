@@ -40,6 +40,10 @@ class SwarmError(RuntimeError):
     """The swarm cannot go on for this peer; the message says why and what to do."""
 
 
+class MergedModelLost(SwarmError):
+    """Every site holding a merged model is gone, so it cannot be fetched."""
+
+
 @dataclass(frozen=True)
 class RoundResult:
     """What one round gave this peer: the merged parameters, or None if aborted."""
@@ -139,7 +143,11 @@ class SwarmPeer:
             return None
         if self._latest is not None and self._latest.digest == latest["digest"]:
             return self._latest
-        params = self._fetch_merged(latest["round"], latest["digest"], [latest["leader"]])
+        try:
+            params = self._fetch_merged(latest["round"], latest["digest"], [latest["leader"]])
+        except MergedModelLost as exc:
+            log.warning("%s: %s; starting from this site's own parameters", self.name, exc)
+            return None
         self._latest = RoundResult(latest["round"], params, latest["digest"], latest["leader"], ())
         return self._latest
 
@@ -291,8 +299,13 @@ class SwarmPeer:
             latest = view.get("latest_merged") or {}
             if latest.get("round") == r:
                 holders += [h for h in latest.get("holders", []) if h != record["leader"]]
-            with self._timed("transfer"):
-                params = self._fetch_merged(r, digest, holders)
+            try:
+                with self._timed("transfer"):
+                    params = self._fetch_merged(r, digest, holders)
+            except MergedModelLost as exc:
+                # Its leader died before anyone fetched it: train on; the next round merges.
+                log.warning("%s: %s; keeping this site's parameters", self.name, exc)
+                return None
             with contextlib.suppress(SwarmError):  # only a convenience for late joiners
                 self._submit("loaded", r, {"digest": digest})
         problem = _mismatch(self._own_structure or params, params)
@@ -314,8 +327,9 @@ class SwarmPeer:
         )  # fmt: skip
 
     def _fetch_merged(self, r: int, digest: str, sources: list[str]) -> Params:
-        """Fetch the merged model of round r from whichever source has it."""
-        deadline = time.monotonic() + 60.0
+        """Fetch the merged model of round r from whichever source has it; MergedModelLost
+        if none could hand it over within `leader_timeout_s`."""
+        deadline = time.monotonic() + self.settings.leader_timeout_s
         problems: list[str] = []
         while time.monotonic() < deadline:
             view = self.view()
@@ -338,7 +352,7 @@ class SwarmPeer:
                 self.server.store.publish("merged", r, digest, data)
                 return decode(data)
             time.sleep(0.5)
-        raise SwarmError(
+        raise MergedModelLost(
             f"no peer could hand over the merged model of round {r}: {'; '.join(problems[-3:])}"
         )
 
