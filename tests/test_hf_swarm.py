@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,10 +17,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 import torch
 from safetensors.numpy import load_file
 
-from openswarm import DEFAULT_CONTRACT
 from openswarm.hf import SwarmCallback
 from openswarm.launch import run_swarm
-from openswarm.ledger.local import LocalLedger
 from openswarm.node.peer import SwarmError
 from openswarm.node.settings import NetworkConfig
 
@@ -36,59 +32,12 @@ HPE_EXAMPLE = ROOT / "examples" / "hpe" / "hf_digits.py"
 NAMES = ["site-1", "site-2", "site-3"]
 sys.path.insert(0, str(TESTS))  # the site script, imported for its in-process baselines
 import hf_swarm_script as site  # noqa: E402
-
-
-class Sites:
-    """A one-replica ledger and site processes running tests/hf_swarm_script.py."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.ledger = LocalLedger.create(root / "ledger", replicas=1, peers=NAMES)
-        self.ledger.start()
-        self.ledger.wait_for_leader()
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-
-    def start(self, tag: str, name: str, **env: str) -> None:
-        full = {
-            **os.environ,
-            "OPENSWARM_LEDGER": ",".join(self.ledger.endpoints),
-            "OPENSWARM_IDENTITY": str(self.ledger.pki_dir / "identities" / name),
-            "OPENSWARM_PEER_NAME": name,
-            "OPENSWARM_RANK": str(NAMES.index(name)),
-            "OPENSWARM_PEERS": str(len(NAMES)),
-            "OPENSWARM_RESULT": str(self.root / f"{tag}-{name}.json"),
-            **env,
-        }
-        with open(self.root / f"{tag}-{name}.log", "wb") as log:
-            self.procs[f"{tag}-{name}"] = subprocess.Popen(
-                [sys.executable, str(SCRIPT)], env=full, stdout=log, stderr=subprocess.STDOUT
-            )
-
-    def results(self, tag: str, timeout_s: float = 240) -> list[dict]:
-        out = []
-        for name in NAMES:
-            key = f"{tag}-{name}"
-            code = self.procs[key].wait(timeout_s)
-            log = (self.root / f"{key}.log").read_text(errors="replace")
-            assert code == 0, f"{key} exited {code}:\n{log[-3000:]}"
-            out.append(json.loads((self.root / f"{key}.json").read_text()))
-        return out
-
-    def state(self) -> dict:
-        with self.ledger.client("admin") as admin:
-            return admin.state(DEFAULT_CONTRACT)["state"]
-
-    def close(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        self.ledger.stop()
+from harness import Swarm  # noqa: E402
 
 
 @pytest.fixture
-def sites(tmp_path: Path) -> Iterator[Sites]:
-    made = Sites(tmp_path)
+def sites(tmp_path: Path) -> Iterator[Swarm]:
+    made = Swarm(tmp_path / "swarm", len(NAMES), script=SCRIPT)
     yield made
     made.close()
 
@@ -99,12 +48,12 @@ def _offline_network(tmp_path: Path) -> NetworkConfig:
 
 
 @pytest.mark.slow
-def test_trainer_swarm_ends_identical_and_beats_local_only(sites: Sites) -> None:
-    for name in NAMES:
-        sites.start("swarm", name, EPOCHS="6", SYNC_FREQUENCY="10", MIN_PEERS="3")
+def test_trainer_swarm_ends_identical_and_beats_local_only(sites: Swarm) -> None:
+    sites.start_all(EPOCHS="6", SYNC_FREQUENCY="10", MIN_PEERS="3")
     torch.set_num_threads(1)
     local_acc = [site.local_only_accuracy(rank, len(NAMES), epochs=6) for rank in range(3)]
-    swarm = sites.results("swarm")
+    sites.wait()
+    swarm = [sites.result(name) for name in NAMES]
     final = {r["final_digest"] for r in swarm}
     assert len(final) == 1 and None not in final
     assert {r["model_digest"] for r in swarm} == final  # full mode: the whole state_dict
@@ -118,11 +67,10 @@ def test_trainer_swarm_ends_identical_and_beats_local_only(sites: Sites) -> None
 
 
 @pytest.mark.slow
-def test_peft_mode_syncs_only_the_adapters(sites: Sites) -> None:
-    for name in NAMES:
-        sites.start("peft", name, HF_MODE="peft", EPOCHS="3", SYNC_FREQUENCY="10",
-                    MIN_PEERS="3")  # fmt: skip
-    results = sites.results("peft")
+def test_peft_mode_syncs_only_the_adapters(sites: Swarm) -> None:
+    sites.start_all(HF_MODE="peft", EPOCHS="3", SYNC_FREQUENCY="10", MIN_PEERS="3")
+    sites.wait()
+    results = [sites.result(name) for name in NAMES]
     final = {r["final_digest"] for r in results}
     assert len(final) == 1 and None not in final
     assert sites.state()["latest_merged"]["digest"] in final  # the merged set is the adapters

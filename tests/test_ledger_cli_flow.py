@@ -11,21 +11,13 @@ import time
 from pathlib import Path
 
 import yaml
+from harness import run_cli
 
 from openswarm.ledger.local import free_port
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "openswarm.cli.main", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
 def _ok(*args: str) -> str:
-    done = _cli(*args)
+    done = run_cli(*args)
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -73,7 +65,7 @@ def test_manual_single_replica_flow(tmp_path: Path) -> None:
         admin = str(pki / "identities" / "ops")
         deadline = time.monotonic() + 30
         while True:
-            status = _cli("ledger", "status", "--connect", listen, "--identity", admin, "--json")
+            status = run_cli("ledger", "status", "--connect", listen, "--identity", admin, "--json")
             if status.returncode == 0 and json.loads(status.stdout)["leader"]:
                 break
             assert time.monotonic() < deadline, status.stderr
@@ -90,10 +82,10 @@ def test_manual_single_replica_flow(tmp_path: Path) -> None:
 def test_bad_config_gets_a_clear_error(tmp_path: Path) -> None:
     config = tmp_path / "bad.yaml"
     config.write_text(yaml.safe_dump({"data_dir": "d", "listen": "nowhere", "raft": "x:1"}))
-    done = _cli("ledger", "start", "--config", str(config))
+    done = run_cli("ledger", "start", "--config", str(config))
     assert done.returncode == 1
     assert "listen" in done.stderr and "host:port" in done.stderr
     assert "Traceback" not in done.stderr
     config.write_text("listen: [unclosed")
-    done = _cli("ledger", "start", "--config", str(config))
+    done = run_cli("ledger", "start", "--config", str(config))
     assert done.returncode == 1 and "cannot read ledger config" in done.stderr

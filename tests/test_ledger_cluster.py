@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import pytest
+from harness import run_cli
 
 from openswarm import DEFAULT_CONTRACT
 from openswarm.ledger.client import LedgerClient, NoQuorumError
@@ -166,15 +165,6 @@ def test_stream_delivers_new_blocks(ledger1: LocalLedger) -> None:
     assert seen == [0, 1, 2, 3]
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "openswarm.cli.main", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
 def test_cli_status_show_and_verify_detects_tampering(ledger1: LocalLedger, tmp_path: Path):
     client = ledger1.client("p1")
     client.submit("register", contract=C, payload={"endpoint": "127.0.0.1:9"}).raise_for_status()
@@ -183,21 +173,21 @@ def test_cli_status_show_and_verify_detects_tampering(ledger1: LocalLedger, tmp_
     admin = str(ledger1.pki_dir / "identities" / "admin")
     endpoint = ledger1.endpoints[0]
 
-    status = _cli("ledger", "status", "--connect", endpoint, "--identity", admin)
+    status = run_cli("ledger", "status", "--connect", endpoint, "--identity", admin)
     assert status.returncode == 0, status.stderr
     assert "height      4" in status.stdout and "raft leader 127.0.0.1" in status.stdout
-    shown = _cli("ledger", "show", "--connect", endpoint, "--identity", admin)
+    shown = run_cli("ledger", "show", "--connect", endpoint, "--identity", admin)
     assert shown.returncode == 0 and "register" in shown.stdout and "metrics" in shown.stdout
 
     copy = tmp_path / "copy"
     shutil.copytree(ledger1.replicas[0].data_dir, copy)
-    ok = _cli("ledger", "verify", str(copy))
+    ok = run_cli("ledger", "verify", str(copy))
     assert ok.returncode == 0 and "5 blocks verified" in ok.stdout, ok.stderr
 
     chain = copy / "chain.jsonl"
     lines = chain.read_bytes().split(b"\n")
     lines[3] = lines[3].replace(b'"epoch":1', b'"epoch":7')  # one byte of block 3
     chain.write_bytes(b"\n".join(lines))
-    bad = _cli("ledger", "verify", str(copy))
+    bad = run_cli("ledger", "verify", str(copy))
     assert bad.returncode != 0
     assert "block 3" in bad.stderr and "Traceback" not in bad.stderr

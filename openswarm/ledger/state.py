@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from openswarm.ledger.block import block_hash, genesis_block, tx_block
+from openswarm.ledger.block import genesis_block, tx_block
 from openswarm.ledger.contract import (
     ContractCall,
     ContractError,
@@ -217,19 +217,4 @@ class LedgerState:
         }
 
 
-def replay(genesis: dict[str, Any], blocks: list[dict[str, Any]]) -> LedgerState:
-    """Rebuild the state from a stored chain (without re-checking stored outcomes)."""
-    state = LedgerState(genesis)
-    for block in blocks:
-        state.commit(_tx_text(block))
-    return state
-
-
-def _tx_text(block: dict[str, Any]) -> str:
-    tx = block["tx"]
-    if "raw" in tx and len(tx) == 1:
-        return tx["raw"]
-    return Transaction.from_dict(tx).to_json()
-
-
-__all__ = ["LedgerState", "Rejected", "block_hash", "replay"]
+__all__ = ["LedgerState", "Rejected"]
