@@ -403,6 +403,7 @@ def test_non_member_and_left_member_are_refused() -> None:
         "active": True,
         "contribution": None,
         "endpoint": "10.9.9.9:7001",
+        "last_seen": d.now,
         "finished": False,
         "registered_at": d.now,
         "weight": 1.0,

@@ -23,6 +23,7 @@ from openswarm.ledger.contract_checks import (
     check_endpoint,
     check_fields,
     check_int,
+    check_name,
     check_number,
     check_str,
     compare_key,
@@ -51,10 +52,17 @@ CALL_TYPES = frozenset(
         "finished",
         "metrics",
         "leave",
+        "heartbeat",
+        "merge_unavailable",
+        "merge_refused",
     }
 )
 # Calls that name a round; the others ignore ContractCall.round.
-_ROUND_CALLS = frozenset({"ready", "seal", "merged", "leader_timeout", "loaded", "metrics"})
+_ROUND_CALLS = frozenset(
+    {"ready", "seal", "merged", "leader_timeout", "loaded", "metrics", "merge_unavailable",
+     "merge_refused"}
+)  # fmt: skip
+_KEPT_MERGES = 8  # earlier merged models a voided merge can fall back to
 SETTINGS_KEYS = ("adaptive_sync", "leader_timeout_s", "merge_method", "merge_options", "min_peers")
 
 #: Adaptive sync: a round's mean validation loss must fall by this fraction of the one
@@ -150,6 +158,7 @@ class _Member:
     finished: bool = False
     active: bool = True
     contribution: str | None = None  # what it gives to rounds after finishing
+    last_seen: float = 0.0  # timestamp of its latest accepted call (heartbeats included)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -157,6 +166,7 @@ class _Member:
             "contribution": self.contribution,
             "endpoint": self.endpoint,
             "finished": self.finished,
+            "last_seen": self.last_seen,
             "registered_at": self.registered_at,
             "weight": self.weight,
         }
@@ -179,10 +189,17 @@ class TrainingContract:
     - ``all_finished`` needs at least one active member, and every active member finished.
     - ``registered_at`` is the time of the member's latest ``register``.
     - A leader that leaves keeps its place until a ``leader_timeout`` moves past it.
+    - Every accepted call of a member (``heartbeat`` too) sets its ``last_seen``: presence is
+      judged from signed calls on the ledger, never from a network probe.
+    - A merged model can be voided after the fact, falling back to the one before it:
+      ``merge_unavailable`` (one participant suffices) once ``leader_timeout_s`` has passed
+      since the merge and nobody but its leader holds it (the leader died before handing it
+      over); ``merge_refused`` once a majority of the round's other participants refused it
+      as malformed, which also moves that leader to the end of later rankings.
     """
 
     def __init__(self, name: str, settings: ContractSettings) -> None:
-        self._name = check_str(name, "contract name")
+        self._name = check_name(name, "contract name")
         if not isinstance(settings, ContractSettings):
             raise ContractError("settings must be ContractSettings")
         self._settings = settings
@@ -190,6 +207,9 @@ class TrainingContract:
         self._round = 1
         self._latest_merged: dict[str, Any] | None = None
         self._history: list[dict[str, Any]] = []
+        self._earlier_merges: list[dict[str, Any]] = []  # latest_merged records it replaced
+        self._refusals: dict[str, str] = {}  # who refused the latest merged model, and why
+        self._demoted: list[str] = []  # leaders whose merges a majority refused
         self._metrics: dict[int, dict[str, dict[str, Any]]] = {}
         adaptive = settings.adaptive_sync
         self._sync_interval: int | None = None if adaptive is None else adaptive["start"]
@@ -255,6 +275,13 @@ class TrainingContract:
         active = [m for m in self._members.values() if m.active]
         return bool(active) and all(m.finished for m in active)
 
+    def expel(self, name: str) -> None:
+        """Deactivate a revoked identity: it offers nothing to rounds and holds nothing."""
+        member = self._members.get(name)
+        if member is not None and member.active:
+            self._withdraw(name)
+            member.active = False
+
     def is_member(self, name: str) -> bool:
         """Whether ``name`` has registered (active or not)."""
         return name in self._members
@@ -264,6 +291,7 @@ class TrainingContract:
         return {
             "all_finished": self.all_finished,
             "contract": self._name,
+            "demoted": list(self._demoted),
             "current": {
                 "failed_leaders": list(self._failed_leaders),
                 "leader": self.leader,
@@ -318,6 +346,9 @@ class TrainingContract:
 
         handler: Callable[[ContractCall], list[dict[str, Any]]] = getattr(self, f"_on_{call.type}")
         events = handler(call)
+        member = self._members.get(call.sender)
+        if member is not None:
+            member.last_seen = max(member.last_seen, call.timestamp)
         return {"events": events, "round": self._round, "leader": self.leader}
 
     def _event(self, kind: str, call: ContractCall, **fields: Any) -> dict[str, Any]:
@@ -377,7 +408,9 @@ class TrainingContract:
         rejoined = call.sender in self._members
         if rejoined:
             self._withdraw(call.sender)
-        self._members[call.sender] = _Member(endpoint, weight, call.timestamp)
+        self._members[call.sender] = _Member(
+            endpoint, weight, call.timestamp, last_seen=call.timestamp
+        )
         event = self._event(
             "registered",
             call,
@@ -428,7 +461,11 @@ class TrainingContract:
         self._sealed = True
         self._sealed_at = call.timestamp
         self._participants = sorted(self._ready)
-        self._ranking = leader_ranking(call.prev_hash, self._name, call.round, self._participants)
+        ranking = leader_ranking(call.prev_hash, self._name, call.round, self._participants)
+        # Leaders whose merges were refused by a majority lead only when nobody else can.
+        self._ranking = [n for n in ranking if n not in self._demoted] + [
+            n for n in ranking if n in self._demoted
+        ]
         self._leader_index = 0
         self._leader_since = call.timestamp
         event = self._event(
@@ -454,6 +491,9 @@ class TrainingContract:
         size = check_int(payload["size"], "payload.size", minimum=0)
         excluded = _check_excluded(payload.get("excluded", []), self._participants)
 
+        if self._latest_merged is not None:
+            self._earlier_merges = [*self._earlier_merges, self._latest_merged][-_KEPT_MERGES:]
+        self._refusals = {}
         self._latest_merged = {
             "digest": digest,
             "holders": [call.sender],
@@ -547,6 +587,7 @@ class TrainingContract:
                 "size": size,
                 "status": "merged" if merged else "aborted",
                 "sync_interval": self._sync_interval,
+                "voided_at": None,
             }
         )
         self._round += 1
@@ -653,6 +694,76 @@ class TrainingContract:
         self._metrics.setdefault(call.round, {})[call.sender] = record
         event = self._event("metrics", call, round=call.round, member=call.sender, **record)
         return [event]
+
+    # --- presence and voided merges ---
+
+    def _on_heartbeat(self, call: ContractCall) -> list[dict[str, Any]]:
+        check_fields(call.payload, "heartbeat", (), ())
+        return []  # apply() records last_seen
+
+    def _voidable(self, call: ContractCall) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The latest merged model and its history record, if ``call`` may report on it."""
+        digest = check_digest(call.payload["digest"], "payload.digest")
+        merged = self._latest_merged
+        if merged is None or merged["round"] != call.round or merged["digest"] != digest:
+            raise ContractError(
+                f"the merged model of round {call.round} with that digest is not the latest one"
+            )
+        record = self._history[call.round - 1]
+        if call.sender not in record["participants"] or call.sender == merged["leader"]:
+            raise ContractError(
+                f"{call.sender} is not a participant of round {call.round} other than its leader"
+            )
+        if call.sender in merged["holders"]:
+            raise ContractError(
+                f"{call.sender} holds the merged model of round {call.round} (it sent 'loaded')"
+            )
+        return merged, record
+
+    def _on_merge_unavailable(self, call: ContractCall) -> list[dict[str, Any]]:
+        check_fields(call.payload, "merge_unavailable", ("digest",), ())
+        merged, record = self._voidable(call)
+        if merged["holders"] != [merged["leader"]]:
+            raise ContractError(
+                f"the merged model of round {call.round} is held by "
+                f"{', '.join(merged['holders'])}: fetch it from them"
+            )
+        waited = call.timestamp - record["merged_at"]
+        limit = self._settings.leader_timeout_s
+        if waited < limit:
+            raise ContractError(
+                f"the merged model of round {call.round} cannot be declared unavailable for "
+                f"another {limit - waited:.3f} s (leader_timeout_s={limit:g})"
+            )
+        return [self._void(call, record, "unavailable")]
+
+    def _on_merge_refused(self, call: ContractCall) -> list[dict[str, Any]]:
+        check_fields(call.payload, "merge_refused", ("digest", "reason"), ())
+        reason = check_str(call.payload["reason"], "payload.reason")[:500]
+        merged, record = self._voidable(call)
+        if call.sender in self._refusals:
+            raise ContractError(f"{call.sender} already refused the merge of round {call.round}")
+        refusals = {**self._refusals, call.sender: reason}
+        others = len(record["participants"]) - 1
+        needed = others // 2 + 1
+        event = self._event("merge_refused", call, round=call.round, member=call.sender,
+                            reason=reason, refusals=len(refusals), needed=needed)  # fmt: skip
+        self._refusals = refusals
+        if len(refusals) < needed:
+            return [event]
+        if merged["leader"] not in self._demoted:
+            self._demoted = sorted([*self._demoted, merged["leader"]])
+        return [event, self._void(call, record, "refused")]
+
+    def _void(self, call: ContractCall, record: dict[str, Any], why: str) -> dict[str, Any]:
+        """Fall back to the merged model before the latest one (None: no merge yet)."""
+        record["status"] = f"voided:{why}"
+        record["voided_at"] = call.timestamp
+        self._latest_merged = self._earlier_merges[-1] if self._earlier_merges else None
+        self._earlier_merges = self._earlier_merges[:-1]
+        self._refusals = {}
+        fallback = None if self._latest_merged is None else self._latest_merged["round"]
+        return self._event("merge_voided", call, round=call.round, why=why, fallback=fallback)
 
 
 def _check_excluded(value: Any, participants: Sequence[str]) -> list[dict[str, str]]:

@@ -9,6 +9,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 DIGEST_RE = re.compile(r"[0-9a-f]{64}")
+#: Contract names: short, printable, safe in paths, logs and URLs.
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+MAX_ENDPOINT_CHARS = 261  # a 255-character host, ':' and a 5-digit port
 MAX_JSON_DEPTH = 32
 # Integers stay within 64 bits so every replica (and every JSON codec) reads them alike.
 INT_MIN, INT_MAX = -(2**63), 2**63 - 1
@@ -65,9 +68,23 @@ def check_digest(value: Any, name: str) -> str:
     return value
 
 
+def check_name(value: Any, name: str) -> str:
+    """``value`` as a contract name: 1 to 64 of letters, digits, '.', '_' and '-'."""
+    text = check_str(value, name)
+    if NAME_RE.fullmatch(text) is None:
+        shown = text if len(text) <= 80 else text[:80] + "…"
+        raise ContractError(
+            f"{name} {shown!r} is not a valid name: use 1 to 64 letters, digits, '.', '_' "
+            "or '-', starting with a letter or digit"
+        )
+    return text
+
+
 def check_endpoint(value: Any, name: str) -> str:
     """``value`` as ``host:port`` with a port in 1..65535."""
     endpoint = check_str(value, name)
+    if len(endpoint) > MAX_ENDPOINT_CHARS:
+        raise ContractError(f"{name} is longer than {MAX_ENDPOINT_CHARS} characters")
     host, sep, port = endpoint.rpartition(":")
     if not sep or not host or not port.isascii() or not port.isdigit():
         raise ContractError(f"{name} must be host:port, got {endpoint!r}")
