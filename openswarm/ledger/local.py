@@ -10,7 +10,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,16 +20,16 @@ from pathlib import Path
 import yaml
 
 from openswarm.ledger.client import LedgerClient, LedgerError
+from openswarm.net.ports import release_port, reserve_port
 from openswarm.pki import Identity, init_ca, issue_identity
 
 LOOPBACK = "127.0.0.1"
 
 
 def free_port() -> int:
-    """A port that was free a moment ago on loopback."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
+    """A loopback port reserved for this process (see `openswarm.net.ports`), so that no
+    other run takes it before the replica that is configured with it binds it."""
+    return reserve_port(LOOPBACK)
 
 
 @dataclass
@@ -57,6 +56,7 @@ class LocalLedger:
     swarm: str
     replicas: list[ReplicaProcess] = field(default_factory=list)
     raft_secret: str = ""
+    ports: list[int] = field(default_factory=list)  # reserved by this process, see close()
 
     @property
     def pki_dir(self) -> Path:
@@ -114,7 +114,7 @@ class LocalLedger:
             settings["min_peers"] = min_peers
         genesis = make_genesis(swarm, ca_pem, admitted, contracts={DEFAULT_CONTRACT: settings})
         net.genesis_path.write_text(json.dumps(genesis, indent=2, sort_keys=True))
-        raft_addresses = [f"{LOOPBACK}:{free_port()}" for _ in range(replicas)]
+        raft_addresses = [f"{LOOPBACK}:{net._port()}" for _ in range(replicas)]
         for index in range(replicas):
             net.add_replica_config(index + 1, raft_addresses)
         return net
@@ -124,7 +124,7 @@ class LocalLedger:
         name = f"ledger-{number}"
         raft = raft_addresses[number - 1]
         data_dir = self.root / name
-        grpc_address = f"{LOOPBACK}:{free_port()}"
+        grpc_address = f"{LOOPBACK}:{self._port()}"
         config = {
             "data_dir": str(data_dir),
             "listen": grpc_address,
@@ -149,8 +149,13 @@ class LocalLedger:
         """
         number = len(self.replicas) + 1
         issue_identity(self.pki_dir, f"ledger-{number}", "ledger", hosts=["localhost", LOOPBACK])
-        addresses = [r.raft_address for r in self.replicas] + [f"{LOOPBACK}:{free_port()}"]
+        addresses = [r.raft_address for r in self.replicas] + [f"{LOOPBACK}:{self._port()}"]
         return self.add_replica_config(number, addresses)
+
+    def _port(self) -> int:
+        port = free_port()
+        self.ports.append(port)
+        return port
 
     # --- processes ------------------------------------------------------------------------
     def start(self, *which: int, wait: bool = True) -> None:
@@ -235,8 +240,16 @@ class LocalLedger:
                 os.killpg(replica.process.pid, signal.SIGKILL)
                 replica.process.wait()
 
+    def close(self) -> None:
+        """Stop every replica and release the network's port reservations (for good: a
+        later start would run on ports that another run may have taken)."""
+        self.stop()
+        for port in self.ports:
+            release_port(port)
+        self.ports.clear()
+
     def __enter__(self) -> LocalLedger:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.stop()
+        self.close()
