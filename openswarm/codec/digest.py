@@ -23,6 +23,7 @@ import struct
 from collections.abc import Mapping
 from typing import Any
 
+from openswarm.codec.errors import CodecError
 from openswarm.codec.layout import as_byte_view, check_bool_bytes, read_layout, read_layout_file
 from openswarm.codec.tensors import iter_raw, tensor_views
 
@@ -72,6 +73,8 @@ def digest_file(path: str | os.PathLike[str]) -> str:
             handle.seek(layout.data_start + entry.begin)
             while size:
                 block = handle.read(min(size, _FILE_CHUNK))
+                if not block:  # the file shrank after its size was read
+                    raise CodecError(f"tensor {entry.name!r}: file ended early (truncated)")
                 check_bool_bytes(entry, block)
                 h.update(block)
                 size -= len(block)

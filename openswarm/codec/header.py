@@ -16,6 +16,13 @@ from typing import Any
 
 from openswarm.codec.dtypes import BY_CODE, DType
 from openswarm.codec.errors import CodecError
+from openswarm.codec.limits import (
+    check_data_offset,
+    check_name,
+    check_shape,
+    check_tensor_count,
+    shown,
+)
 from openswarm.codec.tensors import RESERVED_NAME, TensorView
 
 ORDER_KEY = "openswarm.order"
@@ -78,48 +85,55 @@ def parse_header(raw: bytes, total_size: int) -> Layout:
         raise CodecError(
             f"truncated data: header needs {len(raw)} bytes, {total_size - 8} are present"
         )
-    try:
-        obj = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise CodecError(f"corrupt header: not UTF-8 JSON ({exc})") from None
+    obj = _load_json(raw)
     if not isinstance(obj, dict):
         raise CodecError("corrupt header: the JSON header is not an object")
     metadata = obj.pop(RESERVED_NAME, None)
+    check_tensor_count(len(obj))
     entries = [_entry(name, spec) for name, spec in obj.items()]
     _check_offsets(entries, total_size - data_start)
     return Layout(tuple(_ordered(entries, metadata)), data_start)
+
+
+def _load_json(raw: bytes) -> Any:
+    # ValueError also covers integers too long for Python's int-from-text limit.
+    try:
+        return json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise CodecError(f"corrupt header: not UTF-8 JSON ({shown(str(exc))})") from None
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in pairs:
         if key in out:
-            raise CodecError(f"corrupt header: duplicate key {key!r}")
+            raise CodecError(f"corrupt header: duplicate key {shown(key)}")
         out[key] = value
     return out
 
 
 def _entry(name: str, spec: Any) -> Entry:
+    check_name(name)
     if not isinstance(spec, dict) or set(spec) != {"dtype", "shape", "data_offsets"}:
         raise CodecError(
-            f"corrupt header: tensor {name!r} needs exactly dtype, shape and data_offsets"
+            f"corrupt header: tensor {shown(name)} needs exactly dtype, shape and data_offsets"
         )
     dtype = BY_CODE.get(spec["dtype"]) if isinstance(spec["dtype"], str) else None
     if dtype is None:
-        raise CodecError(f"tensor {name!r}: unsupported dtype {spec['dtype']!r}")
+        raise CodecError(f"tensor {shown(name)}: unsupported dtype {shown(spec['dtype'])}")
     shape, offsets = spec["shape"], spec["data_offsets"]
     if not isinstance(shape, list) or not all(_is_count(n) for n in shape):
-        raise CodecError(f"tensor {name!r}: shape {shape!r} is not a list of counts")
+        raise CodecError(f"tensor {shown(name)}: shape {shown(shape)} is not a list of counts")
     if not (isinstance(offsets, list) and len(offsets) == 2 and all(map(_is_count, offsets))):
-        raise CodecError(f"tensor {name!r}: data_offsets {offsets!r} is not [begin, end]")
+        raise CodecError(f"tensor {shown(name)}: data_offsets {shown(offsets)} is not [begin, end]")
+    count = check_shape(name, tuple(shape))
     begin, end = offsets
-    count = 1
-    for dim in shape:
-        count *= dim
+    check_data_offset(name, begin)
+    check_data_offset(name, end)
     if end - begin != count * dtype.itemsize:
         raise CodecError(
-            f"tensor {name!r}: data_offsets span {end - begin} bytes but shape {shape} "
-            f"of {dtype.name} needs {count * dtype.itemsize}"
+            f"tensor {shown(name)}: data_offsets span {end - begin} bytes but shape "
+            f"{shown(shape)} of {dtype.name} needs {count * dtype.itemsize}"
         )
     return Entry(name, dtype, tuple(shape), begin, end)
 
@@ -133,7 +147,7 @@ def _check_offsets(entries: list[Entry], data_size: int) -> None:
     for entry in sorted(entries, key=lambda e: (e.begin, e.end)):
         if entry.begin != position:
             raise CodecError(
-                f"tensor {entry.name!r}: data starts at {entry.begin}, expected {position} "
+                f"tensor {shown(entry.name)}: data starts at {entry.begin}, expected {position} "
                 "(tensors must be stored back to back)"
             )
         position = entry.end
@@ -152,7 +166,7 @@ def _ordered(entries: list[Entry], metadata: Any) -> list[Entry]:
         return by_offset
     try:
         order = json.loads(metadata[ORDER_KEY])
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):
         order = None
     by_name = {e.name: e for e in entries}
     if (

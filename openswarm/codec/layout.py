@@ -17,9 +17,14 @@ def as_byte_view(data: Any) -> memoryview:
         view = memoryview(data)
     except TypeError:
         raise CodecError(f"expected bytes, got {type(data).__name__}") from None
-    if view.ndim != 1 or view.itemsize != 1:
-        view = view.cast("B")
-    return view
+    if not view.c_contiguous:
+        raise CodecError("expected contiguous bytes, got a strided buffer")
+    if view.ndim == 1 and view.itemsize == 1:
+        return view
+    try:
+        return view.cast("B")
+    except (TypeError, ValueError) as exc:
+        raise CodecError(f"expected bytes, got a buffer of format {view.format!r}: {exc}") from None
 
 
 def read_layout(view: memoryview) -> Layout:

@@ -16,6 +16,7 @@ from openswarm.codec.arrays import (
 )
 from openswarm.codec.dtypes import DType
 from openswarm.codec.errors import CodecError
+from openswarm.codec.limits import check_name, check_shape, check_tensor_count, shown
 
 RESERVED_NAME = "__metadata__"
 
@@ -46,20 +47,17 @@ def tensor_views(params: Mapping[str, Any]) -> list[TensorView]:
     """Validate a parameter set and describe its tensors in order (no data is copied)."""
     if not isinstance(params, Mapping):
         raise CodecError(f"parameters must be a mapping of name -> array, got {type(params)}")
+    check_tensor_count(len(params))
     views = []
     for name, value in params.items():
-        if not isinstance(name, str):
-            raise CodecError(f"tensor names must be strings, got {name!r} ({type(name).__name__})")
+        check_name(name)
         if name == RESERVED_NAME:
             raise CodecError(f"tensor name {RESERVED_NAME!r} is reserved by safetensors")
         try:
-            name.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise CodecError(f"tensor name {name!r} is not valid UTF-8") from exc
-        try:
             dtype, shape = describe(value)
         except UnsupportedValueError as exc:
-            raise CodecError(f"tensor {name!r}: {exc}") from None
+            raise CodecError(f"tensor {shown(name)}: {exc}") from None
+        check_shape(name, shape)
         views.append(TensorView(name, dtype, shape, value))
     return views
 
