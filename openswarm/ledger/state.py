@@ -8,6 +8,7 @@ clock, a file or the network, so all replicas reach the same state and the same 
 from __future__ import annotations
 
 import datetime as dt
+import heapq
 from typing import Any
 
 from openswarm.ledger.block import genesis_block, tx_block
@@ -22,9 +23,17 @@ from openswarm.ledger.tx import CONTRACT_TYPES, Transaction, TxFormatError, requ
 from openswarm.pki import ROLES, CertIdentity, PkiError, certificate_identity, verify_certificate
 from openswarm.pki import verify_signature as verify_sig
 
+#: Seconds of ledger time for which a sender's nonces are kept; older transactions are stale.
+NONCE_WINDOW_S = 900.0
+_CERT_CACHE_SIZE = 4096
+
 
 class Rejected(Exception):
     """A transaction refused by the ledger; str() is the recorded reason."""
+
+
+class NotPermitted(Rejected):
+    """Refused because of who sent it: not admitted, or the wrong role."""
 
 
 class LedgerState:
@@ -46,7 +55,10 @@ class LedgerState:
                 )
             else:
                 self.declared.add(name)
-        self.nonces: dict[str, set[str]] = {}
+        # sender -> nonce -> tx timestamp, for transactions within NONCE_WINDOW_S of ledger time
+        self.nonces: dict[str, dict[str, float]] = {}
+        self._nonce_expiry: list[tuple[float, str, str]] = []  # min-heap (timestamp, sender, nonce)
+        self.ledger_time: float = 0.0
         self.tx_heights: dict[str, int] = {}
         head = genesis_block(genesis)
         self.genesis_hash: str = head["hash"]
@@ -82,6 +94,17 @@ class LedgerState:
     def _check_and_apply(self, tx: Transaction, height: int) -> dict[str, Any]:
         if tx.tx_id in self.tx_heights:
             raise Rejected(f"replayed transaction: already in block {self.tx_heights[tx.tx_id]}")
+        self.precheck(tx)
+        self._use_nonce(tx)  # burnt even if the call below is refused, so it can't be replayed
+        if tx.type in CONTRACT_TYPES:
+            return self._apply_contract(tx, height)
+        return self._apply_admin(tx)
+
+    def precheck(self, tx: Transaction) -> CertIdentity:
+        """Every check of who sent `tx` and whether it is fresh; changes no state.
+
+        Raises NotPermitted (not admitted, wrong role) or Rejected (anything else).
+        """
         who = self._certificate(tx.cert)
         when = dt.datetime.fromtimestamp(tx.timestamp, tz=dt.UTC)
         if not who.not_before <= when <= who.not_after:
@@ -92,33 +115,65 @@ class LedgerState:
             )
         if who.name != tx.sender:
             raise Rejected(f"sender {tx.sender!r} does not match the certificate ({who.name!r})")
-        admitted_role = self.admitted.get(who.name)
-        if admitted_role is None:
-            raise Rejected(f"identity {who.name!r} is not admitted to swarm {self.swarm!r}")
-        if admitted_role != who.role:
-            raise Rejected(
-                f"identity {who.name!r} is admitted as {admitted_role!r} but its certificate "
-                f"says {who.role!r}"
-            )
-        needed = required_role(tx.type)
-        if who.role != needed:
-            raise Rejected(f"{tx.type!r} needs role {needed!r}; {who.name!r} is {who.role!r}")
+        self._check_role(who.name, who.role, required_role(tx.type), tx.type)
         try:
-            signature = tx.signature_bytes()
-            verify_sig(tx.cert.encode("ascii"), tx.signed_bytes(), signature)
+            verify_sig(tx.cert.encode("ascii"), tx.signed_bytes(), tx.signature_bytes())
         except (PkiError, TxFormatError) as exc:
             raise Rejected(f"bad signature from {who.name!r}: {exc}") from exc
-        used = self.nonces.setdefault(who.name, set())
-        if tx.nonce in used:
-            raise Rejected(f"replayed nonce {tx.nonce!r} from {who.name!r}")
-        used.add(tx.nonce)  # burnt even if the call below is refused, so it can't be replayed
-        if tx.type in CONTRACT_TYPES:
-            return self._apply_contract(tx, height)
-        return self._apply_admin(tx)
+        self._check_fresh(tx)
+        return who
+
+    def _check_role(self, name: str, role: str, needed: str, tx_type: str) -> None:
+        admitted_role = self.admitted.get(name)
+        if admitted_role is None:
+            raise NotPermitted(f"identity {name!r} is not admitted to swarm {self.swarm!r}")
+        if admitted_role != role:
+            raise NotPermitted(
+                f"identity {name!r} is admitted as {admitted_role!r} but its certificate "
+                f"says {role!r}"
+            )
+        if role != needed:
+            raise NotPermitted(f"{tx_type!r} needs role {needed!r}; {name!r} is {role!r}")
+
+    def admits(self, name: str, role: str) -> bool:
+        """True if `name` is admitted now, with `role`."""
+        return self.admitted.get(name) == role
+
+    # --- nonces and ledger time -----------------------------------------------------------
+    def _check_fresh(self, tx: Transaction) -> None:
+        oldest = self.ledger_time - NONCE_WINDOW_S
+        if tx.timestamp < oldest:
+            raise Rejected(
+                f"stale transaction: its timestamp is {self.ledger_time - tx.timestamp:.0f} s "
+                f"before ledger time (limit {NONCE_WINDOW_S:.0f} s); sign it again"
+            )
+        if tx.nonce in self.nonces.get(tx.sender, {}):
+            raise Rejected(f"replayed nonce {tx.nonce!r} from {tx.sender!r}")
+
+    def _use_nonce(self, tx: Transaction) -> None:
+        """Record the nonce, advance ledger time, forget nonces that fell out of the window."""
+        timestamp = float(tx.timestamp)
+        self.nonces.setdefault(tx.sender, {})[tx.nonce] = timestamp
+        heapq.heappush(self._nonce_expiry, (timestamp, tx.sender, tx.nonce))
+        self.ledger_time = max(self.ledger_time, timestamp)
+        oldest = self.ledger_time - NONCE_WINDOW_S
+        while self._nonce_expiry and self._nonce_expiry[0][0] < oldest:
+            _, sender, nonce = heapq.heappop(self._nonce_expiry)
+            used = self.nonces[sender]
+            del used[nonce]
+            if not used:
+                del self.nonces[sender]
+
+    def nonce_count(self) -> int:
+        """How many nonces are remembered (bounded by the window)."""
+        return len(self._nonce_expiry)
 
     def _certificate(self, cert_pem: str) -> CertIdentity:
         cached = self._cert_cache.get(cert_pem)
         if cached is None:
+            if len(self._cert_cache) >= _CERT_CACHE_SIZE:
+                # Drop the oldest entry: callers may send any number of distinct certificates.
+                del self._cert_cache[next(iter(self._cert_cache))]
             try:
                 info = certificate_identity(cert_pem.encode("ascii"))
                 # Chain check only: validity is judged at the transaction's own time.
@@ -217,4 +272,4 @@ class LedgerState:
         }
 
 
-__all__ = ["LedgerState", "Rejected"]
+__all__ = ["NONCE_WINDOW_S", "LedgerState", "NotPermitted", "Rejected"]
