@@ -1,4 +1,5 @@
-"""Every refusal is committed as a rejected block with its reason, and changes no state."""
+"""Refusals: who-sent-it checks answer before ordering and leave no block; contract-level
+refusals are committed as rejected blocks with their reason. Neither changes any state."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import dataclasses
 import pytest
 
 from openswarm import DEFAULT_CONTRACT
-from openswarm.ledger.client import LedgerClient
+from openswarm.ledger.client import LedgerClient, LedgerError
 from openswarm.ledger.local import LocalLedger
 from openswarm.ledger.tx import Transaction, make_transaction
 from openswarm.pki import Identity, init_ca, issue_identity
@@ -40,6 +41,15 @@ def _expect_rejected(client: LedgerClient, tx: Transaction, reason_part: str) ->
     assert block["outcome"] == {"status": "rejected", "reason": outcome.reason}
 
 
+def _expect_refused(client: LedgerClient, tx: Transaction, code: str, reason_part: str) -> None:
+    """Refused before ordering: an error naming the reason, and nothing committed."""
+    before = client.state()
+    with pytest.raises(LedgerError, match=code) as caught:
+        client.submit_tx(tx)
+    assert reason_part in str(caught.value), caught.value
+    assert client.state() == before
+
+
 def test_refusals(ledger1: LocalLedger, tmp_path) -> None:
     p1, p2, p3 = (ledger1.identity(n) for n in ("p1", "p2", "p3"))
     admin = ledger1.identity("admin")
@@ -50,25 +60,25 @@ def test_refusals(ledger1: LocalLedger, tmp_path) -> None:
     # bad signature: the payload was changed after signing
     good = make_transaction(p1, "ready", contract=C, round=1, payload={"digest": DIGEST, "size": 1})
     forged = Transaction.from_dict({**good.to_dict(), "payload": {"digest": DIGEST, "size": 2}})
-    _expect_rejected(c1, forged, "bad signature")
+    _expect_refused(c1, forged, "INVALID_ARGUMENT", "bad signature")
 
     # signed by an identity of another swarm's CA
     other = tmp_path / "other-ca"
     init_ca(other, "other")
     stranger = Identity.load(issue_identity(other, "p1", "peer"))
-    _expect_rejected(c1, make_transaction(stranger, "finished", contract=C), "certificate refused")
+    stray = make_transaction(stranger, "finished", contract=C)
+    _expect_refused(c1, stray, "INVALID_ARGUMENT", "certificate refused")
 
     # right CA, but never admitted
     intruder = Identity.load(issue_identity(ledger1.pki_dir, "intruder", "peer"))
-    _expect_rejected(c1, make_transaction(intruder, "finished", contract=C), "not admitted")
+    unknown = make_transaction(intruder, "finished", contract=C)
+    _expect_refused(c1, unknown, "PERMISSION_DENIED", "not admitted")
 
     # wrong role both ways
-    _expect_rejected(
-        c1, make_transaction(admin, "ready", contract=C, round=1, payload={}), "needs role 'peer'"
-    )
-    _expect_rejected(
-        c1, make_transaction(p1, "admit", payload={"name": "x", "role": "peer"}), "needs role"
-    )
+    as_admin = make_transaction(admin, "ready", contract=C, round=1, payload={})
+    _expect_refused(c1, as_admin, "PERMISSION_DENIED", "needs role 'peer'")
+    as_peer = make_transaction(p1, "admit", payload={"name": "x", "role": "peer"})
+    _expect_refused(c1, as_peer, "PERMISSION_DENIED", "needs role")
 
     # replayed nonce: same nonce, other content
     first = make_transaction(p2, "metrics", contract=C, round=1, nonce="n" * 16,
@@ -79,7 +89,7 @@ def test_refusals(ledger1: LocalLedger, tmp_path) -> None:
     again = make_transaction(p2, "metrics", contract=C, round=1, nonce="n" * 16,
                              payload={"loss": 0.5, "metric": None, "epoch": 1,
                                       "total_epochs": 2})  # fmt: skip
-    _expect_rejected(c1, again, "replayed nonce")
+    _expect_refused(c1, again, "INVALID_ARGUMENT", "replayed nonce")
     # resubmitting the very same transaction is idempotent: the original outcome comes back
     height = c1.status()["height"]
     again_outcome = c1.submit_tx(first)

@@ -168,17 +168,36 @@ def describe_block(block: dict[str, Any]) -> str:
 
 
 @ledger_app.command()
-def verify(data_dir: Path = typer.Argument(..., help="A replica's data folder.")) -> None:
-    """Re-check every block hash, link, signature and outcome of a stored chain offline."""
-    from openswarm.ledger.verify import verify_chain_dir
+def verify(
+    data_dir: Path = typer.Argument(
+        ..., help="A replica's data folder, or a ledger folder whose replica folders hold chains."
+    ),
+    no_head: bool = typer.Option(
+        False, "--no-head", help="Do not require the replica's signed head (head.json)."
+    ),
+) -> None:
+    """Re-check every block hash, link, signature and outcome of stored chains offline,
+    and that each chain reaches its replica's signed head (so it was not truncated)."""
+    from openswarm.ledger.verify import chain_dirs, verify_chain_dir
 
     if not data_dir.exists():
         _fail(f"{data_dir} does not exist")
-    report = verify_chain_dir(data_dir)
-    if not report.ok:
+    folders = chain_dirs(data_dir)
+    if not folders:
+        _fail(f"no chain in {data_dir}: give a replica's data folder (holding chain.jsonl) or a "
+              "ledger folder whose replica folders hold one")  # fmt: skip
+    failed = 0
+    for folder in folders:
+        report = verify_chain_dir(folder, require_head=not no_head)
+        label = f"{folder}: " if len(folders) > 1 or folder != data_dir else ""
+        if report.ok:
+            typer.echo(f"{label}ok: {report.blocks} blocks verified, head {report.head_hash}")
+            continue
+        failed += 1
         where = f"block {report.bad_height}" if report.bad_height is not None else "chain"
-        _fail(f"{where} is bad: {report.problem}")
-    typer.echo(f"ok: {report.blocks} blocks verified, head {report.head_hash}")
+        typer.secho(f"{label}error: {where} is bad: {report.problem}", fg="red", err=True)
+    if failed:
+        raise typer.Exit(1)
 
 
 @ledger_app.command("add-replica")

@@ -11,7 +11,7 @@ import grpc
 from openswarm.ledger.config import ConfigError, LedgerConfig
 from openswarm.ledger.genesis import load_genesis
 from openswarm.ledger.replica import LedgerReplica
-from openswarm.ledger.service import LedgerService
+from openswarm.ledger.service import MAX_WORKERS, SERVER_OPTIONS, LedgerService
 from openswarm.net import make_server
 from openswarm.pki import Identity, PkiError
 
@@ -58,11 +58,17 @@ def start_node(config: LedgerConfig) -> LedgerNode:
         )
     config.data_dir.mkdir(parents=True, exist_ok=True)
     replica = LedgerReplica(
-        genesis, config.data_dir, config.raft, config.partners, config.raft_secret
+        genesis, config.data_dir, config.raft, config.partners, config.raft_secret, signer=identity
     )
     service = LedgerService(replica, submit_timeout_s=config.submit_timeout_s)
     try:
-        server, port = make_server(identity, config.listen, [service.handler()])
+        server, port = make_server(
+            identity,
+            config.listen,
+            [service.handler()],
+            max_workers=MAX_WORKERS,
+            options=SERVER_OPTIONS,
+        )
     except Exception:
         replica.close()
         raise

@@ -16,8 +16,11 @@ from typing import Any
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
 
 from openswarm.ledger.block import genesis_block
+from openswarm.ledger.head import sign_head, write_head
 from openswarm.ledger.state import LedgerState
 from openswarm.ledger.store import ChainStore
+from openswarm.ledger.tx import Transaction
+from openswarm.pki import CertIdentity, Identity
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +37,16 @@ class LedgerReplica(SyncObj):
         raft_address: str,
         partners: list[str] | tuple[str, ...],
         raft_secret: str,
+        *,
+        signer: Identity | None = None,
     ) -> None:
         self._state = LedgerState(genesis)
+        self._data_dir = Path(data_dir)
+        self._signer = signer
+        self._head: dict[str, Any] | None = None
         self._store = ChainStore(data_dir)
-        self._store.append(genesis_block(genesis))
-        self._blocks: list[dict[str, Any]] = [genesis_block(genesis)]
+        self._blocks: list[dict[str, Any]] = []
+        self._record(genesis_block(genesis))
         self._changed = threading.Condition()
         conf = SyncObjConf(
             password=raft_secret,
@@ -63,16 +71,42 @@ class LedgerReplica(SyncObj):
     def commit_tx(self, tx_json: str) -> dict[str, Any]:
         with self._changed:
             block = self._state.commit(tx_json)
-            self._store.append(block)
-            self._blocks.append(block)
+            self._record(block)
             self._changed.notify_all()
         return block
+
+    def _record(self, block: dict[str, Any]) -> None:
+        """Store a block, then sign the new head (after the block, so never ahead of it)."""
+        new = self._store.append(block)
+        self._blocks.append(block)
+        if self._signer is not None and (new or block["height"] == self._store.stored_height):
+            self._head = sign_head(self._signer, self._state.swarm, block)
+            write_head(self._data_dir, self._head)
 
     def submit(self, tx_json: str, done: Callable[[dict[str, Any] | None, int], None]) -> None:
         """Queue a transaction for Raft; `done(block, fail_reason)` runs once it commits."""
         self.commit_tx(tx_json, callback=done)
 
+    # --- checks before ordering -----------------------------------------------------------
+    def precheck(self, tx: Transaction) -> CertIdentity:
+        """`LedgerState.precheck` against the current state (raises Rejected)."""
+        with self._changed:
+            return self._state.precheck(tx)
+
+    def admits(self, name: str, role: str) -> bool:
+        with self._changed:
+            return self._state.admits(name, role)
+
     # --- reads ----------------------------------------------------------------------------
+    def signed_head(self) -> dict[str, Any] | None:
+        """The last head this replica signed (None without a signer)."""
+        with self._changed:
+            return self._head
+
+    def nonce_info(self) -> dict[str, float | int]:
+        with self._changed:
+            return {"ledger_time": self._state.ledger_time, "nonces": self._state.nonce_count()}
+
     @property
     def is_leader(self) -> bool:
         return bool(self._isLeader())

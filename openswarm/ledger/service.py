@@ -11,15 +11,29 @@ import grpc
 from pysyncobj import FAIL_REASON
 
 from openswarm.ledger.replica import FAIL_TEXT, LedgerReplica
+from openswarm.ledger.state import NotPermitted, Rejected
 from openswarm.ledger.tx import Transaction, TxFormatError
 from openswarm.net import caller_identity, require_role
-from openswarm.net.jsonrpc import decode_json, encode_json, json_unary
+from openswarm.net.jsonrpc import decode_json, encode_json
+from openswarm.net.limits import CallLimiter, CallLimits, LimitExceeded, Slot
+from openswarm.pki import CertIdentity, PkiError
 
 SERVICE = "openswarm.ledger.Ledger"
 MAX_TX_BYTES = 256 * 1024
+#: Largest request the server reads. A transaction of MAX_TX_BYTES (UTF-8) can take up to
+#: three times that on the wire once clients escape non-ASCII text; gRPC refuses anything
+#: larger before it is parsed.
+MAX_REQUEST_BYTES = 3 * MAX_TX_BYTES + 64 * 1024
 MAX_CLOCK_SKEW_S = 300.0
 STREAM_POLL_S = 0.5
 NO_QUORUM = "no quorum"
+#: Server worker threads: CallLimits.shared_slots of them for peers, the rest kept for
+#: admins and for refusing calls over a limit.
+MAX_WORKERS = 32
+SERVER_OPTIONS: tuple[tuple[str, Any], ...] = (
+    ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
+)
+"""`make_server` options of a ledger replica."""
 
 Handler = Callable[[dict[str, Any], grpc.ServicerContext], Any]
 
@@ -40,25 +54,38 @@ def outcome_of(block: dict[str, Any]) -> dict[str, Any]:
 class LedgerService:
     """Request handlers over one replica."""
 
-    def __init__(self, replica: LedgerReplica, *, submit_timeout_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        replica: LedgerReplica,
+        *,
+        submit_timeout_s: float = 5.0,
+        limits: CallLimits | None = None,
+    ) -> None:
         self.replica = replica
         self.submit_timeout_s = submit_timeout_s
+        self.limiter = CallLimiter(limits)
+
+    # --- every call -----------------------------------------------------------------------
+    def _admit(self, context: grpc.ServicerContext, *, stream: bool) -> tuple[CertIdentity, Slot]:
+        """The caller, if admitted now with its certificate's role and within its limits."""
+        try:
+            caller = caller_identity(context)
+        except PkiError as exc:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+        if not self.replica.admits(caller.name, caller.role):
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, _not_admitted(caller))
+        try:
+            slot = self.limiter.acquire(
+                caller.name, stream=stream, privileged=caller.role == "admin"
+            )
+        except LimitExceeded as exc:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        context.add_callback(slot.release)  # also when the caller goes away mid-call
+        return caller, slot
 
     # --- writes ---------------------------------------------------------------------------
     def submit(self, request: dict[str, Any], context: grpc.ServicerContext) -> dict[str, Any]:
-        caller_identity(context)
-        raw = request.get("tx")
-        try:
-            tx = Transaction.from_dict(raw)
-        except TxFormatError as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed transaction: {exc}")
-        text = tx.to_json()
-        if len(text) > MAX_TX_BYTES:
-            context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"transaction of {len(text)} bytes exceeds {MAX_TX_BYTES}; models never go "
-                "on the ledger, only their digests",
-            )
+        tx = self._checked_tx(request, context)
         known = self.replica.height_of_tx(tx.tx_id)
         if known is not None:
             return outcome_of(self.replica.block(known) or {})
@@ -69,6 +96,32 @@ class LedgerService:
                 f"transaction timestamp is {skew:+.0f} s off this replica's clock (limit "
                 f"{MAX_CLOCK_SKEW_S:.0f} s); fix the sender's clock",
             )
+        # Refused here, a forged or unauthorised transaction never reaches Raft or the chain.
+        try:
+            self.replica.precheck(tx)
+        except NotPermitted as exc:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, f"transaction refused: {exc}")
+        except Rejected as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"transaction refused: {exc}")
+        return self._order(tx, context)
+
+    def _checked_tx(self, request: dict[str, Any], context: grpc.ServicerContext) -> Transaction:
+        try:
+            tx = Transaction.from_dict(request.get("tx"))
+        except TxFormatError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed transaction: {exc}")
+        size = len(tx.to_json().encode("utf-8"))
+        if size > MAX_TX_BYTES:
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"transaction of {size} bytes exceeds {MAX_TX_BYTES}; models never go "
+                "on the ledger, only their digests",
+            )
+        return tx
+
+    def _order(self, tx: Transaction, context: grpc.ServicerContext) -> dict[str, Any]:
+        """Hand a checked transaction to Raft and wait for its block."""
+        text = tx.to_json()
         # A replica may lose its connections for a moment (a partner restarted, a reconnect
         # under way): wait a bounded time for a quorum before saying there is none.
         deadline = time.monotonic() + self.submit_timeout_s
@@ -163,17 +216,17 @@ class LedgerService:
 
     # --- reads ----------------------------------------------------------------------------
     def status(self, request: dict[str, Any], context: grpc.ServicerContext) -> dict[str, Any]:
-        caller_identity(context)
         snapshot = self.replica.snapshot()
         return {
             **self.replica.raft_status(),
             "swarm": snapshot["swarm"],
             "genesis_hash": snapshot["genesis_hash"],
             "last_hash": snapshot["last_hash"],
+            "head": self.replica.signed_head(),
+            **self.replica.nonce_info(),
         }
 
     def state(self, request: dict[str, Any], context: grpc.ServicerContext) -> dict[str, Any]:
-        caller_identity(context)
         contract = request.get("contract")
         if contract is not None and not isinstance(contract, str):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "'contract' must be a string")
@@ -185,27 +238,29 @@ class LedgerService:
         return answer
 
     def blocks(self, request: dict[str, Any], context: grpc.ServicerContext) -> dict[str, Any]:
-        caller_identity(context)
         start, stop = _int(request, "from", 0, context), request.get("to")
         if stop is not None:
             stop = _int(request, "to", 0, context) + 1
         return {"height": self.replica.height, "blocks": self.replica.blocks(start, stop)}
 
     def tx(self, request: dict[str, Any], context: grpc.ServicerContext) -> dict[str, Any]:
-        caller_identity(context)
         height = self.replica.height_of_tx(str(request.get("tx_id", "")))
         if height is None:
             context.abort(grpc.StatusCode.NOT_FOUND, "no such transaction on this replica")
         return outcome_of(self.replica.block(height) or {})
 
     def stream(
-        self, request: dict[str, Any], context: grpc.ServicerContext
+        self, request: dict[str, Any], context: grpc.ServicerContext, caller: CertIdentity
     ) -> Iterator[dict[str, Any]]:
-        """Every block from `from` on, then new ones as they commit, until cancelled."""
-        caller_identity(context)
+        """Every block from `from` on, then new ones as they commit, until cancelled.
+
+        Ends with PERMISSION_DENIED once the caller is revoked.
+        """
         next_height = _int(request, "from", 0, context)
         contract = request.get("contract")
         while context.is_active():
+            if not self.replica.admits(caller.name, caller.role):
+                context.abort(grpc.StatusCode.PERMISSION_DENIED, _not_admitted(caller))
             for block in self.replica.blocks(next_height):
                 next_height = block["height"] + 1
                 if contract is None or block.get("tx", {}).get("contract") == contract:
@@ -223,35 +278,51 @@ class LedgerService:
             "AddReplica": self.add_replica,
             "RemoveReplica": self.remove_replica,
         }
-        methods = {name: json_unary(_object_request(fn)) for name, fn in unary.items()}
+        methods = {
+            name: grpc.unary_unary_rpc_method_handler(
+                self._guarded(fn), response_serializer=encode_json
+            )
+            for name, fn in unary.items()
+        }
         methods["Stream"] = grpc.unary_stream_rpc_method_handler(
-            _json_stream(self.stream), response_serializer=encode_json
+            self._guarded_stream, response_serializer=encode_json
         )
         return grpc.method_handlers_generic_handler(SERVICE, methods)
 
+    def _guarded(self, fn: Handler) -> Callable[[bytes, grpc.ServicerContext], Any]:
+        """Admission and limits first, then the JSON request is parsed and handled."""
 
-def _object_request(fn: Handler) -> Callable[[Any, grpc.ServicerContext], Any]:
-    """Requests are JSON objects; an empty request is an empty object."""
+        def call(data: bytes, context: grpc.ServicerContext) -> Any:
+            _, slot = self._admit(context, stream=False)
+            with slot:
+                return fn(_request(data, context), context)
 
-    def call(request: Any, context: grpc.ServicerContext) -> Any:
-        if request is None:
-            request = {}
-        if not isinstance(request, dict):
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "request must be a JSON object")
-        return fn(request, context)
+        return call
 
-    return call
+    def _guarded_stream(self, data: bytes, context: grpc.ServicerContext) -> Iterator[Any]:
+        caller, slot = self._admit(context, stream=True)
+        with slot:
+            yield from self.stream(_request(data, context), context, caller)
 
 
-def _json_stream(fn: Handler) -> Callable[[bytes, grpc.ServicerContext], Any]:
-    def call(data: bytes, context: grpc.ServicerContext) -> Any:
-        try:
-            request = decode_json(data) if data else {}
-        except ValueError as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request is not valid JSON: {exc}")
-        yield from _object_request(fn)(request, context)
+def _request(data: bytes, context: grpc.ServicerContext) -> dict[str, Any]:
+    """The request as a JSON object (empty: an empty object); INVALID_ARGUMENT otherwise."""
+    try:
+        request = decode_json(data) if data else {}
+    except ValueError as exc:
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request is not valid JSON: {exc}")
+    if request is None:
+        request = {}
+    if not isinstance(request, dict):
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, "request must be a JSON object")
+    return request
 
-    return call
+
+def _not_admitted(caller: CertIdentity) -> str:
+    return (
+        f"{caller.spiffe_id} is not admitted to this ledger with role {caller.role!r} "
+        "(never admitted, or revoked)"
+    )
 
 
 def _recent(state: dict[str, Any], keep: int) -> dict[str, Any]:

@@ -35,7 +35,8 @@ class ChainStore:
     def stored_height(self) -> int:
         return len(self._stored_hashes) - 1
 
-    def append(self, block: dict[str, Any]) -> None:
+    def append(self, block: dict[str, Any]) -> bool:
+        """Store `block`; False if it was stored already (a replay after restart)."""
         with self._lock:
             height = block["height"]
             if height < len(self._stored_hashes):
@@ -45,12 +46,13 @@ class ChainStore:
                         "the file was altered or belongs to another ledger — run "
                         "'openswarm ledger verify' on it and move it away to resync"
                     )
-                return
+                return False
             if height != len(self._stored_hashes):
                 raise StoreError(f"{self.path}: block {height} arrived before its predecessor")
             self._file.write(canonical_bytes(block) + b"\n")
             self._file.flush()
             self._stored_hashes.append(block["hash"])
+            return True
 
     def sync(self) -> None:
         with self._lock:
