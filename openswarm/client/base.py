@@ -53,6 +53,8 @@ class SwarmCallbackBase:
         leader_timeout_s: float = 20.0,
         extra_window_s: float = 2.0,
         use_adaptive_sync: bool = False,
+        presence_timeout_s: float = SwarmSettings.presence_timeout_s,
+        ledger_retry_s: float = SwarmSettings.ledger_retry_s,
         network: NetworkConfig | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
@@ -69,6 +71,9 @@ class SwarmCallbackBase:
             extra_window_s=extra_window_s,
             contribution=contribution,
             adaptive_sync=adaptive_bounds(sync_frequency) if use_adaptive_sync else None,
+            presence_timeout_s=presence_timeout_s,
+            heartbeat_s=min(SwarmSettings.heartbeat_s, presence_timeout_s / 3),
+            ledger_retry_s=ledger_retry_s,
         )
         self.sync_frequency = sync_frequency
         self.use_adaptive_sync = use_adaptive_sync

@@ -13,17 +13,28 @@ from openswarm.ledger.service import NO_QUORUM, SERVICE
 from openswarm.ledger.tx import Transaction, make_transaction
 from openswarm.net import FAST_RECONNECT, secure_channel
 from openswarm.net.jsonrpc import decode_json, encode_json, json_stub
-from openswarm.pki import Identity
+from openswarm.pki import Identity, role_host
 
 _LEADER_RECHECK_S = 1.0
 
 
 class LedgerError(RuntimeError):
-    """The ledger could not answer (all replicas unreachable, or a refused request)."""
+    """The ledger could not answer (all replicas unreachable, or a refused request).
+
+    `transient` says whether the same request may succeed later (no quorum, replicas
+    unreachable or restarting, a rate limit) rather than being refused for good.
+    """
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 class NoQuorumError(LedgerError):
     """Too few replicas are up to commit anything; nothing was lost, resubmit later."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, transient=True)
 
 
 class TxRejected(LedgerError):
@@ -87,9 +98,9 @@ class LedgerClient:
     # --- transport ------------------------------------------------------------------------
     def _channel(self, endpoint: str) -> grpc.Channel:
         if endpoint not in self._channels:
-            self._channels[endpoint] = secure_channel(
-                endpoint, self.identity, options=FAST_RECONNECT
-            )
+            # The server must hold a ledger identity of this swarm's CA, whatever its address.
+            options = (*FAST_RECONNECT, ("grpc.ssl_target_name_override", role_host("ledger")))
+            self._channels[endpoint] = secure_channel(endpoint, self.identity, options=options)
         return self._channels[endpoint]
 
     def _order(self) -> list[str]:
@@ -110,13 +121,16 @@ class LedgerClient:
                     no_quorum = no_quorum or details.startswith(NO_QUORUM)
                     failures.append(f"{endpoint}: {details or code.name}")
                     continue
-                raise LedgerError(f"{endpoint}: {code.name}: {details}") from exc
+                raise LedgerError(
+                    f"{endpoint}: {code.name}: {details}",
+                    transient=code == grpc.StatusCode.RESOURCE_EXHAUSTED,
+                ) from exc
             self._preferred = self.endpoints.index(endpoint)
             return answer
         summary = "; ".join(failures)
         if no_quorum:
             raise NoQuorumError(summary)
-        raise LedgerError(f"no ledger replica answered: {summary}")
+        raise LedgerError(f"no ledger replica answered: {summary}", transient=True)
 
     def close(self) -> None:
         for channel in self._channels.values():

@@ -33,6 +33,9 @@ class SwarmSettings:
     contribution: str = "snapshot"
     poll_s: float = 0.05
     adaptive_sync: Mapping[str, int] | None = None  # {"start", "min", "max"} batches
+    ledger_retry_s: float = 60.0  # how long to ride out an unreachable ledger before failing
+    heartbeat_s: float = 5.0  # a signed presence call at least this often while running
+    presence_timeout_s: float = 30.0  # a member silent on the ledger this long is gone
 
     def __post_init__(self) -> None:
         if not isinstance(self.min_peers, int) or self.min_peers < 1:
@@ -46,6 +49,13 @@ class SwarmSettings:
             )
         if self.leader_timeout_s <= 0 or self.extra_window_s < 0:
             raise SwarmConfigError("leader_timeout_s must be > 0 and extra_window_s ≥ 0")
+        if self.ledger_retry_s < 0 or self.heartbeat_s <= 0:
+            raise SwarmConfigError("ledger_retry_s must be ≥ 0 and heartbeat_s > 0")
+        if self.presence_timeout_s < 3 * self.heartbeat_s:
+            raise SwarmConfigError(
+                f"presence_timeout_s ({self.presence_timeout_s:g}) must be at least three "
+                f"heartbeats ({3 * self.heartbeat_s:g} s), or live sites look gone"
+            )
         from openswarm.merge import MERGE_METHODS
 
         if self.merge_method not in MERGE_METHODS:
@@ -74,6 +84,9 @@ class NetworkConfig:
     listen: str = "127.0.0.1:0"
     contract: str | None = None
     advertise: str | None = None  # host other sites reach this one at (listen on 0.0.0.0)
+    # An admin identity this site may use to create its contract if the ledger lacks it
+    # (local runs, where one operator holds every identity); elsewhere admins create them.
+    admin_identity: Path | None = None
 
     @classmethod
     def load(cls, path: Path | str | None = None) -> NetworkConfig:
@@ -88,13 +101,33 @@ class NetworkConfig:
             if not isinstance(loaded, dict):
                 raise SwarmConfigError(f"swarm config {source} must be a mapping")
             values.update(loaded)
-        for key in ("ledger", "identity", "listen", "contract", "advertise"):
+        source = source or "the environment"
+        for key in _KEYS:
             env = os.environ.get(f"OPENSWARM_{key.upper()}")
             if env:
                 values[key] = env
+        unknown = sorted(str(k) for k in values if k not in _KEYS)
+        if unknown:
+            raise SwarmConfigError(
+                f"swarm config {source}: unknown key(s) {', '.join(unknown)}; known: "
+                f"{', '.join(_KEYS)}"
+            )
+        for key in _KEYS:
+            if key != "ledger" and values.get(key) is not None and not isinstance(values[key], str):
+                raise SwarmConfigError(
+                    f"swarm config {source}: '{key}' must be a single string, got "
+                    f"{type(values[key]).__name__} {values[key]!r}"
+                )
         ledger = values.get("ledger")
         if isinstance(ledger, str):
             ledger = [e.strip() for e in ledger.split(",") if e.strip()]
+        if ledger is not None and (
+            not isinstance(ledger, list) or not all(isinstance(e, str) and e for e in ledger)
+        ):
+            raise SwarmConfigError(
+                f"swarm config {source}: 'ledger' must be host:port strings (a list, or one "
+                f"comma-separated string), got {ledger!r}"
+            )
         if not ledger:
             raise SwarmConfigError(
                 "no ledger to talk to: set OPENSWARM_LEDGER=host:port[,host:port…] or 'ledger' "
@@ -111,4 +144,8 @@ class NetworkConfig:
             listen=str(values.get("listen") or "127.0.0.1:0"),
             advertise=values.get("advertise"),
             contract=values.get("contract"),
+            admin_identity=Path(values["admin_identity"]) if values.get("admin_identity") else None,
         )
+
+
+_KEYS = ("ledger", "identity", "listen", "contract", "advertise", "admin_identity")

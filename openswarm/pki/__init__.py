@@ -25,7 +25,14 @@ from openswarm.pki.certs import (
 )
 from openswarm.pki.errors import PkiError
 from openswarm.pki.identity import Identity, verify_signature
-from openswarm.pki.names import ROLES, check_name, check_role, parse_spiffe_id, spiffe_id
+from openswarm.pki.names import (
+    ROLES,
+    check_name,
+    check_role,
+    parse_spiffe_id,
+    role_host,
+    spiffe_id,
+)
 
 __all__ = [
     "CA_CERT",
@@ -45,6 +52,7 @@ __all__ = [
     "issue_identity",
     "load_ca_cert",
     "parse_spiffe_id",
+    "role_host",
     "spiffe_id",
     "verify_certificate",
     "verify_signature",

@@ -12,6 +12,17 @@ ROLES = ("peer", "ledger", "admin")
 
 SPIFFE_SCHEME = "spiffe"
 
+ROLE_HOST_SUFFIX = ".role.openswarm.invalid"
+"""Every identity's certificate also names the DNS host ROLE + this suffix (the `.invalid`
+top-level domain never resolves), so a client can demand a role of the server it reaches
+(gRPC's `ssl_target_name_override`); no one may ask for such a host by hand."""
+
+
+def role_host(role: str) -> str:
+    """The DNS name in every certificate of `role`, e.g. `ledger.role.openswarm.invalid`."""
+    return check_role(role) + ROLE_HOST_SUFFIX
+
+
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
