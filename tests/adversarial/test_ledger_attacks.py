@@ -1,0 +1,235 @@
+"""Attacks on the ledger service by certificate holders, against real replica processes.
+
+Forged transactions, oversized requests, stream and request floods, revoked callers, stale
+transactions and truncated chains: each is refused or detected, and the ledger stays healthy.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from harness import run_cli
+
+from openswarm import DEFAULT_CONTRACT
+from openswarm.ledger.client import LedgerClient, LedgerError
+from openswarm.ledger.head import check_head
+from openswarm.ledger.local import LocalLedger
+from openswarm.ledger.service import SERVICE
+from openswarm.ledger.state import NONCE_WINDOW_S, LedgerState
+from openswarm.ledger.tx import Transaction, make_transaction
+from openswarm.net import secure_channel
+from openswarm.net.jsonrpc import decode_json, encode_json
+from openswarm.pki import Identity, issue_identity
+
+C = DEFAULT_CONTRACT
+DIGEST = "ab" * 32
+
+
+def _chain_size(net: LocalLedger) -> int:
+    return (net.replicas[0].data_dir / "chain.jsonl").stat().st_size
+
+
+def _open_stream(net: LocalLedger, name: str) -> Any:
+    """A raw Stream call from `name`, started; returns (call, first block or RpcError)."""
+    channel = secure_channel(net.endpoints[0], net.identity(name))
+    call = channel.unary_stream(
+        f"/{SERVICE}/Stream", request_serializer=encode_json, response_deserializer=decode_json
+    )({"from": 0})
+    try:
+        return call, next(call)
+    except grpc.RpcError as exc:
+        return call, exc
+
+
+def _timed_status(net: LocalLedger, name: str = "admin") -> float:
+    started = time.monotonic()
+    with LedgerClient(net.endpoints, net.identity(name), timeout_s=5) as client:
+        assert client.status()["height"] >= 0
+    return time.monotonic() - started
+
+
+def test_forged_transactions_never_reach_the_chain(ledger1: LocalLedger) -> None:
+    client = ledger1.client("p1")
+    p1, admin = ledger1.identity("p1"), ledger1.identity("admin")
+    good = make_transaction(p1, "ready", contract=C, round=1, payload={"digest": DIGEST})
+    intruder = Identity.load(issue_identity(ledger1.pki_dir, "intruder", "peer"))
+    attacks = [
+        ("INVALID_ARGUMENT", "certificate refused", {**good.to_dict(), "cert": "x" * 200_000}),
+        ("INVALID_ARGUMENT", "bad signature", {**good.to_dict(), "payload": {"digest": "cd"}}),
+        ("PERMISSION_DENIED", "not admitted",
+         make_transaction(intruder, "finished", contract=C).to_dict()),
+        ("PERMISSION_DENIED", "needs role 'admin'",
+         make_transaction(p1, "admit", payload={"name": "x", "role": "peer"}).to_dict()),
+        ("PERMISSION_DENIED", "needs role 'peer'",
+         make_transaction(admin, "finished", contract=C).to_dict()),
+    ]  # fmt: skip
+    height, size = client.status()["height"], _chain_size(ledger1)
+    for code, reason, tx in attacks:
+        with pytest.raises(LedgerError, match=code) as caught:
+            client.submit_tx(Transaction.from_dict(tx))
+        assert reason in str(caught.value)
+    assert client.status()["height"] == height
+    assert _chain_size(ledger1) == size
+
+
+def test_an_oversized_request_is_refused_before_parsing(ledger1: LocalLedger) -> None:
+    channel = secure_channel(ledger1.endpoints[0], ledger1.identity("p1"))
+    submit = channel.unary_unary(f"/{SERVICE}/Submit")
+    body = b'{"tx":"' + b"a" * (8 * 1024 * 1024) + b'"}'
+    with pytest.raises(grpc.RpcError) as caught:
+        submit(body, timeout=10)
+    assert caught.value.code() in (
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    channel.close()
+    assert ledger1.replicas[0].running
+    assert _timed_status(ledger1, "p1") < 2.0
+
+
+def test_a_stream_flood_leaves_room_for_admins(ledger1: LocalLedger) -> None:
+    calls = [_open_stream(ledger1, "p1") for _ in range(16)]
+    try:
+        opened = [first for _, first in calls if isinstance(first, dict)]
+        refused = [first for _, first in calls if isinstance(first, grpc.RpcError)]
+        assert len(opened) == 2 and len(refused) == 14
+        assert all(e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED for e in refused)
+        assert "open streams" in (refused[0].details() or "")
+        assert _timed_status(ledger1) < 1.0
+    finally:
+        for call, _ in calls:
+            call.cancel()
+
+
+@pytest.fixture
+def ledger_many(tmp_path: Path) -> Iterator[LocalLedger]:
+    """One replica with 14 peers: together they can try to take every worker thread."""
+    net = LocalLedger.create(tmp_path / "net", peers=[f"p{i}" for i in range(1, 15)])
+    try:
+        net.start()
+        net.wait_for_leader()
+        yield net
+    finally:
+        net.stop()
+
+
+def test_many_peers_cannot_take_the_admins_workers(ledger_many: LocalLedger) -> None:
+    calls = [_open_stream(ledger_many, f"p{i}") for i in range(1, 15) for _ in range(2)]
+    try:
+        refused = [first for _, first in calls if isinstance(first, grpc.RpcError)]
+        assert len(refused) == 28 - 24  # the peers' shared slots are full
+        assert all(e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED for e in refused)
+        assert all(_timed_status(ledger_many) < 1.0 for _ in range(5))
+    finally:
+        for call, _ in calls:
+            call.cancel()
+
+
+def test_a_revoked_identity_is_refused_and_its_stream_ends(ledger1: LocalLedger) -> None:
+    call, first = _open_stream(ledger1, "p1")
+    assert isinstance(first, dict)
+    ended: list[grpc.RpcError] = []
+
+    def drain() -> None:
+        try:
+            for _ in call:
+                pass
+        except grpc.RpcError as exc:
+            ended.append(exc)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    with ledger1.client("admin") as admin:
+        admin.submit("revoke", payload={"name": "p1"}).raise_for_status()
+    reader.join(10)
+    assert ended and ended[0].code() == grpc.StatusCode.PERMISSION_DENIED
+    with pytest.raises(LedgerError, match=r"PERMISSION_DENIED.*revoked"):
+        ledger1.client("p1").status()
+    assert ledger1.client("p2").status()["height"] >= 1
+
+
+def test_a_flooding_identity_is_rate_limited_alone(ledger1: LocalLedger) -> None:
+    channel = secure_channel(ledger1.endpoints[0], ledger1.identity("p1"))
+    status = channel.unary_unary(
+        f"/{SERVICE}/Status", request_serializer=encode_json, response_deserializer=decode_json
+    )
+    tripped: grpc.RpcError | None = None
+    deadline = time.monotonic() + 30
+    while tripped is None and time.monotonic() < deadline:
+        try:
+            status({}, timeout=5)
+        except grpc.RpcError as exc:
+            tripped = exc
+    channel.close()
+    assert tripped is not None and tripped.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "requests/s" in (tripped.details() or "")
+    assert _timed_status(ledger1, "p2") < 1.0
+
+
+def _nonce_tx(peer: Identity, timestamp: float) -> str:
+    payload = {"loss": 1.0, "metric": None, "epoch": 1, "total_epochs": 2}
+    tx = make_transaction(peer, "metrics", contract=C, round=1, payload=payload,
+                          timestamp=timestamp)  # fmt: skip
+    return tx.to_json()
+
+
+def test_nonces_live_only_within_the_window(ledger1: LocalLedger) -> None:
+    # The state machine every replica runs, fed as Raft feeds it: ledger time is the largest
+    # timestamp seen, so the window can be crossed without waiting 15 minutes.
+    genesis = json.loads(ledger1.genesis_path.read_text())
+    state, p1 = LedgerState(genesis), ledger1.identity("p1")
+    start = time.time()
+    first = _nonce_tx(p1, start)
+    state.commit(first)
+    for step in range(1, 301):
+        state.commit(_nonce_tx(p1, start + 10 * step))
+    assert state.nonce_count() <= NONCE_WINDOW_S / 10 + 1  # bounded, not 301
+    stale = state.commit(_nonce_tx(p1, start))
+    assert stale["outcome"]["status"] == "rejected"
+    assert "stale transaction" in stale["outcome"]["reason"]
+    # On the real replica: honest clocks up to the skew limit apart both commit.
+    with ledger1.client("p1") as client:
+        for offset in (250.0, -250.0):
+            tx = Transaction.from_json(_nonce_tx(p1, time.time() + offset))
+            assert client.submit_tx(tx).status in ("applied", "rejected")
+        info = client.status()
+    assert info["nonces"] == 2 and info["ledger_time"] > time.time() + 200
+
+
+def test_verify_detects_truncation_and_reads_a_ledger_folder(
+    ledger1: LocalLedger, tmp_path: Path
+) -> None:
+    with ledger1.client("p1") as client:
+        for epoch in range(3):
+            payload = {"loss": 1.0, "metric": None, "epoch": epoch, "total_epochs": 9}
+            client.submit("metrics", contract=C, round=1, payload=payload)
+        head = client.status()["head"]
+    genesis = json.loads(ledger1.genesis_path.read_text())
+    assert check_head(head, genesis["swarm"], genesis["ca_cert"].encode()).name == "ledger-1"
+    ledger1.stop()
+    ledger_dir = tmp_path / "ledger"
+    shutil.copytree(ledger1.replicas[0].data_dir, ledger_dir / "ledger-1")
+    whole = run_cli("ledger", "verify", str(ledger_dir))
+    assert whole.returncode == 0 and "ledger-1: ok: 4 blocks verified" in whole.stdout, whole
+
+    chain = ledger_dir / "ledger-1" / "chain.jsonl"
+    chain.write_bytes(b"".join(chain.read_bytes().splitlines(keepends=True)[:-2]))
+    cut = run_cli("ledger", "verify", str(ledger_dir))
+    assert cut.returncode == 1 and "Traceback" not in cut.stderr
+    assert "chain ends at block 1 but the signed head of ledger-1 is at 3" in cut.stderr
+
+    (ledger_dir / "ledger-1" / "head.json").unlink()
+    headless = run_cli("ledger", "verify", str(ledger_dir / "ledger-1"))
+    assert headless.returncode == 1 and "truncation cannot be ruled out" in headless.stderr
+    assert "--no-head" in headless.stderr
+    assert run_cli("ledger", "verify", "--no-head", str(ledger_dir)).returncode == 0
+    empty = run_cli("ledger", "verify", str(tmp_path / "ledger" / "ledger-1" / "nothing"))
+    assert empty.returncode == 1 and "Traceback" not in empty.stderr
