@@ -40,6 +40,16 @@ class BrokenSite(SwarmCallback):
         return params
 
 
+def await_members(cb: SwarmCallback, count: int, timeout_s: float = 120.0) -> None:
+    """Train only once `count` sites are members (env AWAIT_MEMBERS): on a loaded machine a
+    site that starts slowly could otherwise register after the others finished the run."""
+    deadline = time.monotonic() + timeout_s
+    while count and cb.peer is not None and len(cb.peer.view()["members"]) < count:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"fewer than {count} members after {timeout_s:.0f} s")
+        time.sleep(0.05)
+
+
 def main() -> None:
     logging.basicConfig(level="INFO", format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(1)
@@ -74,6 +84,7 @@ def main() -> None:
     cb = BrokenSite(model, mode=bad, **options) if bad else SwarmCallback(model, **options)
     cb.on_train_begin()
     print(f"joined at round {cb.rounds} digest-ready", flush=True)
+    await_members(cb, int(env.get("AWAIT_MEMBERS", "0")))
     for epoch in range(epochs):
         for start in range(0, len(mine), 32):
             batch = mine[start : start + 32]

@@ -161,7 +161,9 @@ def test_malformed_parameters_are_refused_and_named(swarm_factory) -> None:
 
 
 def test_contribution_modes_after_finishing(swarm_factory) -> None:
-    swarm = swarm_factory(4, MIN_PEERS="2", BATCH_DELAY_S="0.01")
+    # All four must be members before anyone trains: else the first two to start can
+    # finish everything before a slow-starting site registers (a swarm of its own).
+    swarm = swarm_factory(4, MIN_PEERS="2", BATCH_DELAY_S="0.01", AWAIT_MEMBERS="4")
     swarm.start("site-1", EPOCHS="3")
     swarm.wait_for(lambda s: "site-1" in s["members"], what="site-1 to register")
     swarm.start("site-2", EPOCHS="1", CONTRIBUTION="inactive")
