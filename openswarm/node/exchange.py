@@ -3,25 +3,39 @@
 Each peer serves the snapshots it has published (its local parameters for a round, and the
 merged parameters when it led one). Fetchers name the digest they expect and check it on
 arrival, so a peer can never be handed other parameters than the ledger recorded.
+
+Neither side trusts the other with its resources: a fetch stops at the size the ledger
+recorded, when the server goes silent and at a deadline; a server asks an `authorize` hook
+about every fetch and serves each caller at most MAX_FETCHES_PER_CALLER at a time.
 """
 
 from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
 from openswarm.codec import CodecError, digest_encoded
 from openswarm.net import FAST_RECONNECT, make_server, require_role, secure_channel
-from openswarm.pki import Identity
+from openswarm.pki import CertIdentity, Identity
 
 SERVICE = "openswarm.node.Exchange"
 CHUNK_BYTES = 1 << 20
 KINDS = ("local", "merged")
+MAX_FETCHES_PER_CALLER = 2
+"""Fetches one caller (by SPIFFE id) may have in flight at one server; more are refused."""
+MAX_CHUNK_BYTES = 4 * CHUNK_BYTES
+"""Largest single message a fetcher accepts: how far one chunk can overshoot max_bytes."""
 _KEEP_ROUNDS = 3
+_CLIENT_OPTIONS = (*FAST_RECONNECT, ("grpc.max_receive_message_length", MAX_CHUNK_BYTES))
+
+Authorize = Callable[[CertIdentity, str, int], str | None]
+"""authorize(caller, kind, round): None allows the fetch; a string is the reason to refuse."""
 
 
 class ExchangeError(RuntimeError):
@@ -61,11 +75,39 @@ class SnapshotStore:
         return found if found is not None and found.digest == digest else None
 
 
-class ExchangeServer:
-    """gRPC server of one peer's snapshots; only peers of the same swarm may fetch."""
+class _CallerSlots:
+    """A per-caller count of fetches in flight, refused (never waited for) past the limit."""
 
-    def __init__(self, identity: Identity, listen: str) -> None:
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._busy: dict[str, int] = {}
+
+    def try_take(self, caller: str) -> bool:
+        with self._lock:
+            if self._busy.get(caller, 0) >= self.limit:
+                return False
+            self._busy[caller] = self._busy.get(caller, 0) + 1
+            return True
+
+    def give_back(self, caller: str) -> None:
+        with self._lock:
+            left = self._busy.pop(caller, 1) - 1
+            if left > 0:
+                self._busy[caller] = left
+
+
+class ExchangeServer:
+    """gRPC server of one peer's snapshots; only peers of the same swarm may fetch.
+
+    `authorize(caller, kind, round)`, if given, is asked about every fetch after the role
+    check: None allows it, a string refuses it with PERMISSION_DENIED and that reason.
+    """
+
+    def __init__(self, identity: Identity, listen: str, authorize: Authorize | None = None) -> None:
         self.store = SnapshotStore()
+        self._authorize = authorize
+        self._slots = _CallerSlots(MAX_FETCHES_PER_CALLER)
         handler = grpc.method_handlers_generic_handler(
             SERVICE,
             {
@@ -83,12 +125,21 @@ class ExchangeServer:
         return f"{self.host}:{self.port}"
 
     def _fetch(self, request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
-        require_role(context, "peer")
+        caller = require_role(context, "peer")
+        # Taken before `authorize`, which may ask the ledger: the bound covers that work too.
+        release = self._take_slot(caller.spiffe_id, context)
         try:
-            asked = json.loads(request)
-            kind, round, digest = asked["kind"], int(asked["round"]), str(asked["digest"])
-        except (ValueError, KeyError, TypeError):
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "ask for {kind, round, digest}")
+            yield from self._serve(caller, request, context)
+        finally:  # before the final status goes out, so a caller's next fetch finds it free
+            release()
+
+    def _serve(
+        self, caller: CertIdentity, request: bytes, context: grpc.ServicerContext
+    ) -> Iterator[bytes]:
+        kind, round, digest = _parse_ask(request, context)
+        reason = self._authorize(caller, kind, round) if self._authorize is not None else None
+        if reason is not None:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, reason)
         snapshot = self.store.find(kind, round, digest)
         if snapshot is None:
             context.abort(
@@ -98,8 +149,61 @@ class ExchangeServer:
         for start in range(0, len(view), CHUNK_BYTES):
             yield bytes(view[start : start + CHUNK_BYTES])
 
+    def _take_slot(self, caller: str, context: grpc.ServicerContext) -> Callable[[], None]:
+        """Take one of the caller's slots (or abort); returns its once-only release."""
+        if not self._slots.try_take(caller):
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{caller} already has {self._slots.limit} fetches in flight here",
+            )
+        once = threading.Lock()
+
+        def release() -> None:
+            if once.acquire(blocking=False):
+                self._slots.give_back(caller)
+
+        # A cancelled call may never resume the handler's generator; this callback still runs.
+        if not context.add_callback(release):
+            release()
+        return release
+
     def stop(self) -> None:
         self.server.stop(0.5).wait()
+
+
+def _parse_ask(request: bytes, context: grpc.ServicerContext) -> tuple[str, int, str]:
+    try:
+        asked = json.loads(request)
+        return str(asked["kind"]), int(asked["round"]), str(asked["digest"])
+    except (ValueError, KeyError, TypeError, OverflowError, RecursionError):
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, "ask for {kind, round, digest}")
+        raise  # unreachable: abort raises
+
+
+class _IdleWatch:
+    """Cancels a call when no chunk has arrived for `idle_s` seconds (reset by `touch`)."""
+
+    def __init__(self, call: grpc.RpcContext, idle_s: float) -> None:
+        self.fired = False
+        self._call, self._idle_s = call, idle_s
+        self._last = time.monotonic()
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="openswarm-fetch-idle", daemon=True)
+        self._thread.start()
+
+    def touch(self) -> None:
+        self._last = time.monotonic()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stopped.wait(self._last + self._idle_s - time.monotonic()):
+            if time.monotonic() - self._last >= self._idle_s:
+                self.fired = True
+                self._call.cancel()
+                return
 
 
 class ExchangeClient:
@@ -111,40 +215,97 @@ class ExchangeClient:
         self._lock = threading.Lock()
 
     def fetch(
-        self, endpoint: str, kind: str, round: int, digest: str, *, timeout_s: float = 120.0
+        self,
+        endpoint: str,
+        kind: str,
+        round: int,
+        digest: str,
+        *,
+        max_bytes: int,
+        deadline_s: float = 120.0,
+        idle_s: float = 30.0,
     ) -> bytes:
-        """The snapshot's bytes, checked against `digest`; ExchangeError otherwise."""
+        """The snapshot's bytes, checked against `digest`; ExchangeError otherwise.
+
+        The call is cancelled as soon as more than `max_bytes` arrive, when no chunk comes
+        for `idle_s` seconds, and in any case after `deadline_s` seconds.
+        """
+        _check_limits(max_bytes, deadline_s, idle_s)
+        what = f"the {kind} model of round {round} from {endpoint}"
+        call = self._stub(endpoint)(
+            json.dumps({"kind": kind, "round": round, "digest": digest}).encode(),
+            timeout=deadline_s,
+        )
+        watch = _IdleWatch(call, idle_s)
+        try:
+            buffer = _receive(call, watch, max_bytes, what)
+        except grpc.RpcError as exc:
+            if watch.fired:
+                raise ExchangeError(
+                    f"fetching {what}: the peer went silent for {idle_s:g} s; cancelled"
+                ) from exc
+            raise ExchangeError(_rpc_failure(exc, what, deadline_s)) from exc
+        finally:
+            watch.stop()
+        _check_digest(buffer, digest, endpoint, kind, round)
+        return bytes(buffer)
+
+    def _stub(self, endpoint: str) -> grpc.UnaryStreamMultiCallable:
         with self._lock:
             channel = self._channels.get(endpoint)
             if channel is None:
-                channel = secure_channel(endpoint, self.identity, options=FAST_RECONNECT)
+                channel = secure_channel(endpoint, self.identity, options=_CLIENT_OPTIONS)
                 self._channels[endpoint] = channel
-        call = channel.unary_stream(
+        return channel.unary_stream(
             f"/{SERVICE}/Fetch", request_serializer=None, response_deserializer=None
         )
-        request = json.dumps({"kind": kind, "round": round, "digest": digest}).encode()
-        buffer = bytearray()
-        try:
-            for chunk in call(request, timeout=timeout_s):
-                buffer += chunk
-        except grpc.RpcError as exc:
-            raise ExchangeError(
-                f"fetching the {kind} model of round {round} from {endpoint} failed: "
-                f"{exc.code().name}: {exc.details()}"
-            ) from exc
-        try:
-            got = digest_encoded(buffer)
-        except CodecError as exc:
-            raise ExchangeError(f"{endpoint} sent a malformed {kind} model: {exc}") from exc
-        if got != digest:
-            raise ExchangeError(
-                f"{endpoint} sent a {kind} model of round {round} whose digest {got[:12]}… "
-                f"differs from the ledger's {digest[:12]}…"
-            )
-        return bytes(buffer)
 
     def close(self) -> None:
         with self._lock:
             for channel in self._channels.values():
                 channel.close()
             self._channels.clear()
+
+
+def _check_limits(max_bytes: int, deadline_s: float, idle_s: float) -> None:
+    # The limits come from the ledger and the clock: a bad one is a refusal, not a bug.
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes <= 0:
+        raise ExchangeError(f"max_bytes must be a positive int, got {max_bytes!r}")
+    if not deadline_s > 0:
+        raise ExchangeError(f"no time left to fetch (deadline_s={deadline_s!r})")
+    if not idle_s > 0:
+        raise ExchangeError(f"idle_s must be positive, got {idle_s!r}")
+
+
+def _rpc_failure(exc: grpc.RpcError, what: str, deadline_s: float) -> str:
+    code, details = exc.code(), exc.details()
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return f"fetching {what}: not done within the {deadline_s:g} s deadline"
+    return f"fetching {what} failed: {code.name}: {details}"
+
+
+def _receive(call: Any, watch: _IdleWatch, max_bytes: int, what: str) -> bytearray:
+    """The streamed chunks, joined; cancels the call once they pass `max_bytes`."""
+    buffer = bytearray()
+    for chunk in call:
+        watch.touch()
+        if len(buffer) + len(chunk) > max_bytes:
+            call.cancel()
+            raise ExchangeError(
+                f"fetching {what}: the peer sent {len(buffer) + len(chunk)} bytes, more than "
+                f"the {max_bytes} expected; cancelled"
+            )
+        buffer += chunk
+    return buffer
+
+
+def _check_digest(buffer: bytearray, digest: str, endpoint: str, kind: str, round: int) -> None:
+    try:
+        got = digest_encoded(buffer)
+    except CodecError as exc:
+        raise ExchangeError(f"{endpoint} sent a malformed {kind} model: {exc}") from exc
+    if got != digest:
+        raise ExchangeError(
+            f"{endpoint} sent a {kind} model of round {round} whose digest {got[:12]}… "
+            f"differs from the ledger's {digest[:12]}…"
+        )
