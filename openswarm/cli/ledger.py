@@ -182,7 +182,10 @@ def verify(
 
     if not data_dir.exists():
         _fail(f"{data_dir} does not exist")
-    folders = chain_dirs(data_dir)
+    try:
+        folders = chain_dirs(data_dir)
+    except OSError as exc:
+        _fail(f"cannot read {data_dir}: {exc.strerror or exc}")
     if not folders:
         _fail(f"no chain in {data_dir}: give a replica's data folder (holding chain.jsonl) or a "
               "ledger folder whose replica folders hold one")  # fmt: skip

@@ -49,6 +49,8 @@ def verify_chain_dir(data_dir: Path | str, *, require_head: bool = True) -> Veri
         blocks = read_chain(data_dir)
     except (StoreError, HeadError) as exc:
         return VerifyReport(False, 0, None, str(exc))
+    except OSError as exc:
+        return VerifyReport(False, 0, None, f"cannot read {folder}: {exc.strerror or exc}")
     report = verify_blocks(blocks)
     if not report.ok or not require_head:
         return report
