@@ -254,7 +254,7 @@ def run_network(
     names = [f"s{i:02d}" for i in range(1, submitters + 1)]
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix=f"ledger-bench-{replicas}-") as tmp:
-        net = LocalLedger.create(Path(tmp), replicas=replicas, peers=names)
+        net = LocalLedger.create(Path(tmp), replicas=replicas, peers=names, contract_settings={})
         try:
             net.start()
             leader_raft = net.wait_for_leader()

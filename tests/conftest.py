@@ -13,7 +13,8 @@ PEERS = ("p1", "p2", "p3")
 
 
 def _network(root: Path, replicas: int) -> Iterator[LocalLedger]:
-    net = LocalLedger.create(root, replicas=replicas, peers=PEERS)
+    # The default contract exists, with default settings; others are created by the admin.
+    net = LocalLedger.create(root, replicas=replicas, peers=PEERS, contract_settings={})
     try:
         net.start()
         net.wait_for_leader()

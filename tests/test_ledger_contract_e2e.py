@@ -31,6 +31,8 @@ def _states(net: LocalLedger, contract: str, height: int) -> list[dict]:
 def _round_ready(net: LocalLedger, contract: str, timeout_s: float) -> dict[str, LedgerClient]:
     clients = {name: net.client(name) for name in ("p1", "p2", "p3")}
     settings = {"min_peers": 2, "leader_timeout_s": timeout_s}
+    with net.client("admin") as admin:
+        admin.submit("contract_create", contract=contract, payload=settings).raise_for_status()
     for name, client in clients.items():
         payload = {"endpoint": f"127.0.0.1:{7000 + int(name[1])}", "weight": 1, **settings}
         client.submit("register", contract=contract, payload=payload).raise_for_status()
@@ -87,6 +89,8 @@ def test_two_contracts_side_by_side(ledger1: LocalLedger) -> None:
     a = _round_ready(ledger1, "study-a", timeout_s=30.0)
     before_default = a["p1"].state(DEFAULT_CONTRACT)["state"]
     b_client = ledger1.client("p3")
+    with ledger1.client("admin") as admin:
+        admin.submit("contract_create", contract="study-b", payload={"min_peers": 1})
     b_client.submit(
         "register", contract="study-b", payload={"endpoint": "127.0.0.1:9", "min_peers": 1}
     ).raise_for_status()

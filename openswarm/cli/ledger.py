@@ -32,8 +32,10 @@ def genesis(
     contract: list[str] = typer.Option(
         [], "--contract", help=f"Training contract to create (default {DEFAULT_CONTRACT})."
     ),
-    min_peers: int = typer.Option(
-        None, help="Fix min_peers of these contracts (default: the first member's setting)."
+    min_peers: int = typer.Option(None, help="min_peers of these contracts (default 2)."),
+    merge_method: str = typer.Option(None, help="Merge method of these contracts (default mean)."),
+    leader_timeout: float = typer.Option(
+        None, "--leader-timeout", help="Seconds before a silent round leader is replaced."
     ),
 ) -> None:
     """Write the genesis file that starts a ledger network."""
@@ -53,7 +55,9 @@ def genesis(
     try:
         if not pairs:
             pairs = admitted_from_pki(pki_dir)
-        settings = {} if min_peers is None else {"min_peers": min_peers}
+        chosen = {"min_peers": min_peers, "merge_method": merge_method,
+                  "leader_timeout_s": leader_timeout}  # fmt: skip
+        settings = {key: value for key, value in chosen.items() if value is not None}
         contracts = {name: dict(settings) for name in (contract or [DEFAULT_CONTRACT])}
         record = make_genesis(
             swarm,

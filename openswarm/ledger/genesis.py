@@ -9,6 +9,8 @@ from typing import Any
 
 from openswarm import DEFAULT_CONTRACT
 from openswarm.ledger.canonical import canonical_bytes
+from openswarm.ledger.contract import SETTINGS_KEYS, ContractError, ContractSettings
+from openswarm.ledger.contract_checks import check_name
 from openswarm.pki import ROLES, PkiError, certificate_identity
 
 
@@ -36,7 +38,10 @@ def make_genesis(
         "swarm": swarm,
         "ca_cert": ca_cert_pem.decode("ascii"),
         "admitted": [{"name": n, "role": r} for n, r in sorted(members.items())],
-        "contracts": {name: dict(s) for name, s in (contracts or {DEFAULT_CONTRACT: {}}).items()},
+        "contracts": {
+            name: dict(s)
+            for name, s in ({DEFAULT_CONTRACT: {}} if contracts is None else contracts).items()
+        },
         "created": created,
     }
     check_genesis(genesis)
@@ -50,6 +55,17 @@ def check_genesis(genesis: Any) -> dict[str, Any]:
     for key, kind in (("swarm", str), ("ca_cert", str), ("admitted", list), ("contracts", dict)):
         if not isinstance(genesis.get(key), kind):
             raise GenesisError(f"genesis field {key!r} is missing or not a {kind.__name__}")
+    for name, settings in genesis["contracts"].items():
+        try:
+            check_name(name, "contract name")
+            if not isinstance(settings, dict) or set(settings) - set(SETTINGS_KEYS):
+                raise ContractError(
+                    f"settings of contract {name!r} must be an object with keys among "
+                    f"{', '.join(SETTINGS_KEYS)}"
+                )
+            ContractSettings.from_payload(settings)
+        except ContractError as exc:
+            raise GenesisError(f"genesis contract {name!r}: {exc}") from None
     for entry in genesis["admitted"]:
         if not isinstance(entry, dict) or entry.get("role") not in ROLES:
             raise GenesisError(f"genesis admitted entry {entry!r} needs a name and a valid role")

@@ -70,6 +70,9 @@ class LocalLedger:
     def endpoints(self) -> list[str]:
         return [r.grpc_address for r in self.replicas]
 
+    def identity_dir(self, name: str) -> Path:
+        return self.pki_dir / "identities" / name
+
     def identity(self, name: str) -> Identity:
         return Identity.load(self.pki_dir / "identities" / name)
 
@@ -108,11 +111,14 @@ class LocalLedger:
             issue_identity(net.pki_dir, name, role, hosts=hosts)
             admitted.append((name, role))
         ca_pem = (net.pki_dir / "ca.crt").read_bytes()
-        # Without explicit settings the default contract takes its first member's.
+        # Without settings the genesis holds no contract: a local site then creates its own
+        # with the admin identity it is handed (OPENSWARM_ADMIN_IDENTITY), with its settings.
         settings = dict(contract_settings or {})
         if min_peers is not None:
             settings["min_peers"] = min_peers
-        genesis = make_genesis(swarm, ca_pem, admitted, contracts={DEFAULT_CONTRACT: settings})
+        declared = contract_settings is not None or min_peers is not None
+        contracts = {DEFAULT_CONTRACT: settings} if declared else {}
+        genesis = make_genesis(swarm, ca_pem, admitted, contracts=contracts)
         net.genesis_path.write_text(json.dumps(genesis, indent=2, sort_keys=True))
         raft_addresses = [f"{LOOPBACK}:{net._port()}" for _ in range(replicas)]
         for index in range(replicas):

@@ -13,6 +13,7 @@ from typing import Any
 
 from openswarm.ledger.block import genesis_block, tx_block
 from openswarm.ledger.contract import (
+    SETTINGS_KEYS,
     ContractCall,
     ContractError,
     ContractSettings,
@@ -45,16 +46,12 @@ class LedgerState:
         self.swarm: str = genesis["swarm"]
         self.ca_cert_pem: bytes = genesis["ca_cert"].encode("ascii")
         self.admitted: dict[str, str] = {e["name"]: e["role"] for e in genesis["admitted"]}
-        self.contracts: dict[str, TrainingContract] = {}
-        # A contract named in the genesis without settings takes those of its first member.
-        self.declared: set[str] = set()
-        for name, settings in sorted(genesis["contracts"].items()):
-            if settings:
-                self.contracts[name] = TrainingContract(
-                    name, ContractSettings.from_payload(settings)
-                )
-            else:
-                self.declared.add(name)
+        # Contracts exist only as the genesis or an admin's contract_create made them, with
+        # their settings (none given: the defaults); a peer can join one, never configure it.
+        self.contracts: dict[str, TrainingContract] = {
+            name: TrainingContract(name, ContractSettings.from_payload(settings))
+            for name, settings in sorted(genesis["contracts"].items())
+        }
         # sender -> nonce -> tx timestamp, for transactions within NONCE_WINDOW_S of ledger time
         self.nonces: dict[str, dict[str, float]] = {}
         self._nonce_expiry: list[tuple[float, str, str]] = []  # min-heap (timestamp, sender, nonce)
@@ -192,18 +189,12 @@ class LedgerState:
         if not tx.contract:
             raise Rejected(f"{tx.type!r} needs a training contract name")
         contract = self.contracts.get(tx.contract)
-        created = False
         if contract is None:
-            if tx.type != "register":
-                if tx.contract in self.declared:
-                    raise Rejected(f"no peer has registered with {tx.contract!r} yet")
-                raise Rejected(f"training contract {tx.contract!r} does not exist; register first")
-            try:
-                settings = ContractSettings.from_payload(tx.payload)
-            except ContractError as exc:
-                raise Rejected(str(exc)) from exc
-            contract = TrainingContract(tx.contract, settings)
-            created = True
+            shown = tx.contract if len(tx.contract) <= 80 else tx.contract[:80] + "…"
+            raise Rejected(
+                f"training contract {shown!r} does not exist; an admin creates it (in the "
+                "genesis, or with a contract_create transaction)"
+            )
         call = ContractCall(
             type=tx.type,
             round=tx.round,
@@ -217,8 +208,6 @@ class LedgerState:
             result = contract.apply(call)
         except ContractError as exc:
             raise Rejected(str(exc)) from exc
-        if created:
-            self.contracts[tx.contract] = contract
         return result
 
     def _apply_admin(self, tx: Transaction) -> dict[str, Any]:
@@ -234,18 +223,25 @@ class LedgerState:
             if name not in self.admitted:
                 raise Rejected(f"cannot revoke {name!r}: not admitted")
             del self.admitted[name]
+            for contract in self.contracts.values():  # revocation takes effect at once
+                contract.expel(name)
             return {"events": [{"kind": "revoked", "name": name}]}
         # contract_create
         if not tx.contract:
             raise Rejected("'contract_create' needs a contract name")
         if tx.contract in self.contracts:
             raise Rejected(f"training contract {tx.contract!r} already exists")
-        self.declared.discard(tx.contract)
         try:
-            settings = ContractSettings.from_payload(payload)
+            unknown = sorted(set(payload) - set(SETTINGS_KEYS))
+            if unknown:
+                raise ContractError(
+                    f"contract_create: unknown setting(s) {', '.join(unknown)}; known: "
+                    f"{', '.join(SETTINGS_KEYS)}"
+                )
+            contract = TrainingContract(tx.contract, ContractSettings.from_payload(payload))
         except ContractError as exc:
             raise Rejected(str(exc)) from exc
-        self.contracts[tx.contract] = TrainingContract(tx.contract, settings)
+        self.contracts[tx.contract] = contract
         return {"events": [{"kind": "contract_created", "contract": tx.contract}]}
 
     # --- queries --------------------------------------------------------------------------
@@ -265,10 +261,7 @@ class LedgerState:
             "swarm": self.swarm,
             "genesis_hash": self.genesis_hash,
             "admitted": dict(sorted(self.admitted.items())),
-            "contracts": {
-                **{name: None for name in sorted(self.declared - set(self.contracts))},
-                **{name: c.snapshot() for name, c in sorted(self.contracts.items())},
-            },
+            "contracts": {name: c.snapshot() for name, c in sorted(self.contracts.items())},
         }
 
 

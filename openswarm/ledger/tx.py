@@ -14,6 +14,7 @@ from typing import Any
 
 from openswarm.ledger.canonical import canonical_bytes, sha256_hex
 from openswarm.ledger.contract import CALL_TYPES
+from openswarm.ledger.contract_checks import NAME_RE
 from openswarm.pki import Identity
 
 #: Transaction types and the role a sender must hold for each.
@@ -97,6 +98,11 @@ class Transaction:
             raise TxFormatError("field 'timestamp' must be a finite number of seconds")
         if not 8 <= len(data["nonce"]) <= 128:
             raise TxFormatError("field 'nonce' must be 8 to 128 characters")
+        if data["contract"] and NAME_RE.fullmatch(data["contract"]) is None:
+            raise TxFormatError(
+                "field 'contract' must be a contract name: 1 to 64 letters, digits, '.', '_' "
+                "or '-', starting with a letter or digit"
+            )
         tx = cls(**{name: data[name] for name in (*_FIELDS, "signature")})
         try:
             body = canonical_bytes(tx.body())
