@@ -179,11 +179,19 @@ class RpcTimer:
         return timed
 
 
+def bench_settings(peers: int) -> Any:
+    """The swarm settings of every benchmark peer (and so of the contract)."""
+    from openswarm.node.settings import SwarmSettings
+
+    return SwarmSettings(min_peers=peers, extra_window_s=0.0, leader_timeout_s=600.0)
+
+
 def connect_all(peer: Any, timeout_s: float = 120.0) -> None:
     """Open this peer's exchange channel to every other member, as rounds before would have.
 
-    Asks each for a snapshot that does not exist; a NOT_FOUND answer means the mutual-TLS
-    channel is up, so the measured rounds do not pay (or fail on) first connections.
+    Asks each for a merged model that does not exist (which any member may ask for); a
+    NOT_FOUND answer means the mutual-TLS channel is up, so the measured rounds do not pay
+    (or fail on) first connections.
     """
     from openswarm.node.exchange import ExchangeError
 
@@ -193,7 +201,7 @@ def connect_all(peer: Any, timeout_s: float = 120.0) -> None:
         deadline = time.monotonic() + timeout_s
         while True:
             try:
-                peer.fetcher.fetch(member["endpoint"], "local", 1 << 40, "0" * 64)
+                peer.fetcher.fetch(member["endpoint"], "merged", 1 << 40, "0" * 64, max_bytes=1)
             except ExchangeError as exc:
                 if "NOT_FOUND" in str(exc):
                     break
@@ -210,7 +218,7 @@ def peer_worker(cfg: WorkerConfig, queue: MpQueue[Message], barrier: MpBarrier) 
 
         import openswarm.node.exchange as exchange
         from openswarm.node.peer import SwarmPeer
-        from openswarm.node.settings import NetworkConfig, SwarmSettings
+        from openswarm.node.settings import NetworkConfig
 
         torch.set_num_threads(1)
         exchange._KEEP_ROUNDS = cfg.keep_rounds  # memory only; see the module docstring
@@ -220,7 +228,7 @@ def peer_worker(cfg: WorkerConfig, queue: MpQueue[Message], barrier: MpBarrier) 
             for i, n in enumerate(tensor_sizes(cfg.count))
         }
         model = {key: torch.from_numpy(value.copy()) for key, value in params.items()}
-        settings = SwarmSettings(min_peers=cfg.peers, extra_window_s=0.0, leader_timeout_s=600.0)
+        settings = bench_settings(cfg.peers)
         network = NetworkConfig(ledger=cfg.endpoints, identity=Path(cfg.identity))
         peer = SwarmPeer(settings, network)
         rpc = RpcTimer()
@@ -361,7 +369,10 @@ def run_cell(count: int, peers: int, rounds: int, keep_rounds: int) -> Cell:
     cell.floor_s = copy_floor(count, peers)
     names = [f"b{i}" for i in range(1, peers + 1)]
     with tempfile.TemporaryDirectory(prefix="round_bench_") as tmp:
-        net = LocalLedger.create(Path(tmp) / "ledger", replicas=1, peers=names)
+        contract = bench_settings(peers).contract_settings()
+        net = LocalLedger.create(
+            Path(tmp) / "ledger", replicas=1, peers=names, contract_settings=contract
+        )
         ctx = mp.get_context("spawn")
         queue: MpQueue[Message] = ctx.Queue()
         barrier = ctx.Barrier(peers + 1)

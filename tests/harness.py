@@ -48,7 +48,8 @@ class Swarm:
         full = {
             **os.environ,
             "OPENSWARM_LEDGER": ",".join(self.ledger.endpoints),
-            "OPENSWARM_IDENTITY": str(self.ledger.pki_dir / "identities" / name),
+            "OPENSWARM_IDENTITY": str(self.ledger.identity_dir(name)),
+            "OPENSWARM_ADMIN_IDENTITY": str(self.ledger.identity_dir("admin")),
             "OPENSWARM_PEER_NAME": name,
             "OPENSWARM_RANK": str(rank),
             "OPENSWARM_PEERS": str(len(self.names)),

@@ -4,7 +4,9 @@ Behaviour comes from the environment, as a site's configuration would:
 EPOCHS, SYNC_FREQUENCY, MIN_PEERS, CONTRIBUTION, LEADER_TIMEOUT, LR, ADAPTIVE (1: adaptive
 sync), BATCH_DELAY_S (simulated
 compute per batch), BALLAST (extra float32 buffer values: a larger model), and BAD_PARAMS
-(`nan` or `shape`: from the second round on this site offers broken parameters).
+(`nan` or `shape`: from the second round on this site offers broken parameters),
+PRESENCE_TIMEOUT (seconds a silent member counts as present), and FAULT (a hostile or
+failing behaviour from tests/adversarial/faults.py).
 """
 
 from __future__ import annotations
@@ -79,7 +81,12 @@ def main() -> None:
         contribution=env.get("CONTRIBUTION", "snapshot"),
         leader_timeout_s=float(env.get("LEADER_TIMEOUT", "20")),
         use_adaptive_sync=env.get("ADAPTIVE") == "1",
+        presence_timeout_s=float(env.get("PRESENCE_TIMEOUT", "30")),
     )
+    if env.get("FAULT"):
+        from adversarial.faults import install
+
+        install(env["FAULT"])
     bad = env.get("BAD_PARAMS")
     cb = BrokenSite(model, mode=bad, **options) if bad else SwarmCallback(model, **options)
     cb.on_train_begin()

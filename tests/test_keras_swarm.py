@@ -114,11 +114,14 @@ def test_fit_stops_cleanly_when_the_swarm_cannot_go_on(tmp_path: Path, caplog) -
     try:
         ledger.wait_for_leader()
         network = NetworkConfig(
-            ledger=tuple(ledger.endpoints), identity=ledger.pki_dir / "identities" / "site-1"
+            ledger=tuple(ledger.endpoints),
+            identity=ledger.identity_dir("site-1"),
+            admin_identity=ledger.identity_dir("admin"),
         )
         model = _model()
         x, y = skewed_digits.shard(0, 1)
-        cb = SwarmCallback(3, 1, network=network)
+        # The ledger then stays down: give up after 2 s of retrying, not the default minute.
+        cb = SwarmCallback(3, 1, network=network, ledger_retry_s=2.0)
         stopper = _StopLedgerAt(ledger, batch=4)
         with (
             caplog.at_level(logging.ERROR, logger="openswarm"),

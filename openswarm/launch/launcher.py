@@ -161,7 +161,9 @@ def peer_specs(
         result_path = site_dir / "result.json"
         env = {
             "OPENSWARM_LEDGER": ",".join(ledger.endpoints),
-            "OPENSWARM_IDENTITY": str(ledger.pki_dir / "identities" / name),
+            "OPENSWARM_IDENTITY": str(ledger.identity_dir(name)),
+            # A local run's sites may create their training contract (one operator owns all).
+            "OPENSWARM_ADMIN_IDENTITY": str(ledger.identity_dir("admin")),
             "OPENSWARM_LISTEN": "127.0.0.1:0",
             "OPENSWARM_CONTRACT": contract,
             "OPENSWARM_MIN_PEERS": str(min_peers),

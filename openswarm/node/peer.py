@@ -5,13 +5,20 @@ ready (and a bounded window for the rest has passed) a participant seals the rou
 contract's leader pulls every snapshot, checks each against the digest on the ledger, merges
 and publishes the result; everyone fetches it, checks its digest and loads it. A leader that
 stays silent past `leader_timeout_s` is replaced by the next in the contract's ranking.
+
+Nothing another site sends is trusted: snapshots are fetched with the size the ledger
+recorded as a cap, an idle timeout and a deadline inside the leader timeout, then decoded
+defensively and checked; a merged model that cannot be had or is malformed is reported to
+the contract, which falls back to the merge before it (see `TrainingContract`). Presence is
+a signed heartbeat on the ledger, never a network probe; only the round's leader may fetch
+a site's local snapshot, and only active members a merged one.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import socket
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -21,18 +28,20 @@ from typing import Any
 import numpy as np
 
 from openswarm.codec import CodecError, check_finite, decode, digest_encoded, encode
-from openswarm.ledger.client import LedgerClient, LedgerError
+from openswarm.ledger.client import LedgerClient, LedgerError, Outcome
+from openswarm.ledger.tx import make_transaction
 from openswarm.merge import MergeInputError, mean, merge
-from openswarm.node.exchange import ExchangeClient, ExchangeError, ExchangeServer
+from openswarm.node.exchange import CHUNK_BYTES, ExchangeClient, ExchangeError, ExchangeServer
 from openswarm.node.settings import NetworkConfig, SwarmSettings
-from openswarm.pki import Identity, PkiError
+from openswarm.pki import CertIdentity, Identity, PkiError
 
 Params = dict[str, Any]
 log = logging.getLogger("openswarm.peer")
 
 _WAIT_LOG_EVERY_S = 10.0
-_GONE_AFTER_FAILED_PINGS = 3
 _FINAL_HANDOVER_S = 120.0
+_FINAL_ATTEMPTS = 3  # merged models tried (each voided in turn) before giving up at the end
+_MAX_IDLE_S = 10.0  # a snapshot download with no byte for this long has stalled
 _RECENT_ROUNDS = 8  # rounds of history a peer polls (a round it waits on is always recent)
 
 
@@ -80,8 +89,11 @@ class SwarmPeer:
             )
         self.name = self.identity.name
         self.contract = settings.contract
+        self.network = network
         self.ledger = LedgerClient(list(network.ledger), self.identity)
-        self.server = ExchangeServer(self.identity, network.listen)
+        # The snapshot server asks the ledger from its own threads, with its own client.
+        self._gatekeeper = LedgerClient(list(network.ledger), self.identity, timeout_s=5.0)
+        self.server = ExchangeServer(self.identity, network.listen, authorize=self._authorize)
         # What other sites dial: the advertised host (its certificate must name it, see
         # `openswarm pki issue --host`), else the listening one.
         self.endpoint = f"{network.advertise or self.server.host}:{self.server.port}"
@@ -98,10 +110,17 @@ class SwarmPeer:
         self._timings: dict[str, float] = {}
         self._merge_out: Params = {}
         self._merge_shape: list[Any] = []
-        self._failed_pings: dict[str, int] = {}
+        self._last_submit = time.monotonic()
+        self._stop = threading.Event()
+        self._heartbeat: threading.Thread | None = None
+        self._absent: set[str] = set()  # members logged as silent on the ledger
 
     # --- lifecycle ------------------------------------------------------------------------
     def register(self) -> None:
+        """Join the training contract (created first where this site may and must), then
+        keep a heartbeat on the ledger until `close()`."""
+        if self._ledger_call(lambda: self.ledger.state(self.contract, recent=0))["state"] is None:
+            self._create_contract()
         payload = {
             "endpoint": self.endpoint,
             "weight": self.settings.weight,
@@ -109,31 +128,118 @@ class SwarmPeer:
         }
         outcome = self._submit("register", 0, payload)
         if not outcome.applied:
-            raise SwarmError(f"the ledger refused to register {self.name}: {outcome.reason}")
+            raise SwarmError(
+                f"the ledger refused to register {self.name} with {self.contract}: "
+                f"{outcome.reason}. A contract's settings are fixed when an admin creates it: "
+                "use the same settings here, or a contract created with yours"
+            )
         log.info("%s registered with %s at %s", self.name, self.contract, self.endpoint)
+        if self._heartbeat is None:
+            self._heartbeat = threading.Thread(
+                target=self._beat, name=f"{self.name}-heartbeat", daemon=True
+            )
+            self._heartbeat.start()
+
+    def _create_contract(self) -> None:
+        admin_dir = self.network.admin_identity
+        if admin_dir is None:
+            raise SwarmError(
+                f"training contract {self.contract!r} does not exist on the ledger. Contracts "
+                "are created by the swarm's admins, with their settings: in the genesis "
+                f"('openswarm ledger genesis --contract {self.contract} …') or by an admin's "
+                "contract_create transaction"
+            )
+        try:
+            admin = Identity.load(admin_dir)
+        except PkiError as exc:
+            raise SwarmError(f"admin identity folder {admin_dir}: {exc}") from exc
+        with LedgerClient(list(self.network.ledger), admin) as client:
+            tx = make_transaction(admin, "contract_create", contract=self.contract,
+                                  payload=self.settings.contract_settings())  # fmt: skip
+            outcome = self._ledger_call(lambda: client.submit_tx(tx))
+        if outcome.applied:
+            log.info("%s created training contract %s", self.name, self.contract)
+        elif "already exists" not in (outcome.reason or ""):  # another site was first
+            raise SwarmError(f"cannot create training contract {self.contract}: {outcome.reason}")
 
     def close(self) -> None:
+        self._stop.set()
+        if self._heartbeat is not None:
+            self._heartbeat.join(timeout=10)
         self.server.stop()
         self.fetcher.close()
         self.ledger.close()
+        self._gatekeeper.close()
 
     # --- ledger access --------------------------------------------------------------------
-    def _submit(self, tx_type: str, round: int, payload: Mapping[str, Any] | None = None):
-        try:
-            return self.ledger.submit(tx_type, contract=self.contract, round=round,
-                                      payload=payload)  # fmt: skip
-        except LedgerError as exc:
-            raise SwarmError(f"ledger unavailable while sending {tx_type!r}: {exc}") from exc
+    def _ledger_call(self, call: Callable[[], Any], what: str = "asking the ledger") -> Any:
+        """`call()`, riding out transient ledger failures (no quorum, replicas restarting,
+        rate limits) for up to `ledger_retry_s`; SwarmError once that has passed."""
+        deadline = time.monotonic() + self.settings.ledger_retry_s
+        pause = 0.1
+        while True:
+            try:
+                return call()
+            except LedgerError as exc:
+                if not exc.transient or time.monotonic() + pause > deadline:
+                    raise SwarmError(f"ledger unavailable while {what}: {exc}") from exc
+                log.warning("%s: ledger unavailable while %s (%s); retrying", self.name,
+                            what, exc)  # fmt: skip
+            time.sleep(pause)
+            pause = min(pause * 2, 2.0)
+
+    def _submit(
+        self, tx_type: str, round: int, payload: Mapping[str, Any] | None = None
+    ) -> Outcome:
+        # Signed once: a resubmission is the same transaction, so it applies at most once.
+        tx = make_transaction(self.identity, tx_type, contract=self.contract, round=round,
+                              payload=payload)  # fmt: skip
+        self._last_submit = time.monotonic()
+        return self._ledger_call(lambda: self.ledger.submit_tx(tx), f"sending {tx_type!r}")
+
+    def _beat(self) -> None:
+        """Say 'still here' on the ledger whenever nothing else did for `heartbeat_s`."""
+        every = self.settings.heartbeat_s
+        with LedgerClient(list(self.network.ledger), self.identity) as client:
+            while not self._stop.wait(max(0.0, self._last_submit + every - time.monotonic())):
+                if time.monotonic() - self._last_submit < every:
+                    continue
+                self._last_submit = time.monotonic()
+                try:
+                    client.submit("heartbeat", contract=self.contract)
+                except LedgerError as exc:
+                    log.debug("%s: heartbeat not sent: %s", self.name, exc)
 
     def view(self) -> dict[str, Any]:
         """The contract's state as the ledger holds it now."""
-        try:
-            state = self.ledger.state(self.contract, recent=_RECENT_ROUNDS)["state"]
-        except LedgerError as exc:
-            raise SwarmError(f"ledger unavailable: {exc}") from exc
+        state = self._ledger_call(lambda: self.ledger.state(self.contract, recent=_RECENT_ROUNDS))[
+            "state"
+        ]
         if state is None:
             raise SwarmError(f"training contract {self.contract!r} does not exist; register")
         return state
+
+    def _authorize(self, caller: CertIdentity, kind: str, round: int) -> str | None:
+        """Who may fetch what from this site: a local snapshot only the leader of the
+        round it belongs to, a merged model only active members (asked of the ledger)."""
+        deadline = time.monotonic() + 3.0
+        while True:
+            try:
+                state = self._gatekeeper.state(self.contract, recent=0)["state"]
+                break
+            except LedgerError as exc:
+                if not exc.transient or time.monotonic() > deadline:
+                    return f"cannot check with the ledger right now: {exc}"
+                time.sleep(0.1)
+        member = (state or {}).get("members", {}).get(caller.name)
+        if member is None or not member["active"]:
+            return f"{caller.name} is not an active member of {self.contract}"
+        if kind == "merged":
+            return None
+        current = state["current"]
+        if state["round"] != round or not current["sealed"] or current["leader"] != caller.name:
+            return f"only the current leader of round {round} may fetch its local snapshots"
+        return None
 
     # --- joining --------------------------------------------------------------------------
     def latest_merged(self) -> RoundResult | None:
@@ -144,8 +250,8 @@ class SwarmPeer:
         if self._latest is not None and self._latest.digest == latest["digest"]:
             return self._latest
         try:
-            params = self._fetch_merged(latest["round"], latest["digest"], [latest["leader"]])
-        except MergedModelLost as exc:
+            params = self._fetch_merged(latest, [latest["leader"]])
+        except SwarmError as exc:
             log.warning("%s: %s; starting from this site's own parameters", self.name, exc)
             return None
         self._latest = RoundResult(latest["round"], params, latest["digest"], latest["leader"], ())
@@ -247,29 +353,33 @@ class SwarmPeer:
             time.sleep(self.settings.poll_s)
 
     def _expected(self, view: dict[str, Any], ready: list[str]) -> list[str]:
-        """Members that may still join this round (active ones that still train or give)."""
+        """Members that may still join this round: active, present on the ledger, and still
+        training or giving after finishing."""
         return sorted(
             name
             for name, member in view["members"].items()
             if member["active"] and name not in ready
             and (not member["finished"] or member.get("contribution") != "inactive")
+            and self._present(name, member)
         )  # fmt: skip
 
     def _alive_unfinished(self, view: dict[str, Any]) -> list[str]:
-        """Other members still training whose snapshot server still answers."""
-        names = [n for n, m in view["members"].items()
-                 if m["active"] and not m["finished"] and n != self.name]  # fmt: skip
-        return [n for n in names if not self._gone(view["members"][n]["endpoint"], n)]
+        """Other members still training and present on the ledger."""
+        return [n for n, m in view["members"].items()
+                if m["active"] and not m["finished"] and n != self.name
+                and self._present(n, m)]  # fmt: skip
 
-    def _gone(self, endpoint: str, name: str) -> bool:
-        """A member whose snapshot server refuses connections a few times running is gone."""
-        host, _, port = endpoint.rpartition(":")
-        try:
-            socket.create_connection((host, int(port)), timeout=1.0).close()
-            self._failed_pings[name] = 0
-        except OSError:
-            self._failed_pings[name] = self._failed_pings.get(name, 0) + 1
-        return self._failed_pings[name] >= _GONE_AFTER_FAILED_PINGS
+    def _present(self, name: str, member: Mapping[str, Any]) -> bool:
+        """Whether a member signed anything on the ledger (a heartbeat at least) lately."""
+        silent = time.time() - float(member.get("last_seen", 0.0))
+        if silent < self.settings.presence_timeout_s:
+            self._absent.discard(name)
+            return True
+        if name not in self._absent:
+            self._absent.add(name)
+            log.warning("%s: %s has been silent on the ledger for %.0f s; not waiting for it",
+                        self.name, name, silent)  # fmt: skip
+        return False
 
     def _log_waiting(self, r: int, ready: list[str], waiting: list[str]) -> None:
         now = time.monotonic()
@@ -292,22 +402,23 @@ class SwarmPeer:
             return None
         digest = record["digest"]
         if record["leader"] == self.name:
-            data = self.server.store.find("merged", r, digest)
-            params = decode(data.data) if data else self._fetch_merged(r, digest, [])
+            found = self.server.store.find("merged", r, digest)
+            if found is None:
+                return None
+            params = decode(found.data)
         else:
-            holders = [record["leader"]]
             latest = view.get("latest_merged") or {}
+            holders = [record["leader"]]
             if latest.get("round") == r:
                 holders += [h for h in latest.get("holders", []) if h != record["leader"]]
             try:
                 with self._timed("transfer"):
-                    params = self._fetch_merged(r, digest, holders)
-            except MergedModelLost as exc:
-                # Its leader died before anyone fetched it: train on; the next round merges.
+                    params = self._fetch_merged(record, holders)
+            except SwarmError as exc:
+                # Its leader died or sent something malformed: train on with this site's
+                # parameters (the contract falls back to the merge before; the next merges).
                 log.warning("%s: %s; keeping this site's parameters", self.name, exc)
                 return None
-            with contextlib.suppress(SwarmError):  # only a convenience for late joiners
-                self._submit("loaded", r, {"digest": digest})
         problem = _mismatch(self._own_structure or params, params)
         if problem is None:
             try:
@@ -317,7 +428,11 @@ class SwarmPeer:
         if problem is not None:
             log.error("%s: merged model of round %d from %s refused: %s", self.name, r,
                       record["leader"], problem)  # fmt: skip
+            self._report_refused(r, digest, problem)
             return None
+        if record["leader"] != self.name:
+            with contextlib.suppress(SwarmError):  # lets others fetch it from here too
+                self._submit("loaded", r, {"digest": digest})
         self._reference = _structure(params)
         self.rounds_joined += 1
         self.current_digest = digest
@@ -326,35 +441,74 @@ class SwarmPeer:
             record.get("sync_interval"),
         )  # fmt: skip
 
-    def _fetch_merged(self, r: int, digest: str, sources: list[str]) -> Params:
-        """Fetch the merged model of round r from whichever source has it; MergedModelLost
-        if none could hand it over within `leader_timeout_s`."""
-        deadline = time.monotonic() + self.settings.leader_timeout_s
+    def _fetch_merged(self, merged: Mapping[str, Any], sources: list[str]) -> Params:
+        """Fetch the merged model `merged` ({round, digest, size, merged_at?}) from whichever
+        source has it, checked and decoded. MergedModelLost if none could hand it over
+        within `leader_timeout_s` (reported to the contract, which then falls back to the
+        merge before it); SwarmError if it is malformed (reported as refused)."""
+        r, digest, size = merged["round"], merged["digest"], int(merged["size"])
+        timeout = self.settings.leader_timeout_s
+        deadline = time.monotonic() + timeout
         problems: list[str] = []
         while time.monotonic() < deadline:
             view = self.view()
             latest = view.get("latest_merged") or {}
-            names = list(dict.fromkeys([*sources, *latest.get("holders", [])]))
-            for name in names:
+            if latest.get("round") == r and latest.get("digest") == digest:
+                sources = [*sources, *latest.get("holders", [])]
+            for name in dict.fromkeys(sources):
                 if name == self.name:
                     found = self.server.store.find("merged", r, digest)
                     if found:
-                        return decode(found.data)
+                        return self._decode_merged(r, digest, found.data)
                     continue
                 member = view["members"].get(name)
-                if member is None:
+                left = deadline - time.monotonic()
+                if member is None or left <= 0:
                     continue
                 try:
-                    data = self.fetcher.fetch(member["endpoint"], "merged", r, digest)
+                    data = self.fetcher.fetch(member["endpoint"], "merged", r, digest,
+                                              max_bytes=size, deadline_s=left,
+                                              idle_s=min(_MAX_IDLE_S, timeout / 4))  # fmt: skip
                 except ExchangeError as exc:
                     problems.append(str(exc))
                     continue
+                params = self._decode_merged(r, digest, data)
                 self.server.store.publish("merged", r, digest, data)
-                return decode(data)
+                return params
             time.sleep(0.5)
+        self._report_unavailable(merged)
         raise MergedModelLost(
             f"no peer could hand over the merged model of round {r}: {'; '.join(problems[-3:])}"
         )
+
+    def _decode_merged(self, r: int, digest: str, data: bytes) -> Params:
+        try:
+            return decode(data)
+        except CodecError as exc:
+            self._report_refused(r, digest, f"malformed: {exc}")
+            raise SwarmError(f"the merged model of round {r} is malformed: {exc}") from exc
+
+    def _report_refused(self, r: int, digest: str, reason: str) -> None:
+        """Tell the contract this site refuses merged model `digest` of round `r`."""
+        outcome = self._submit("merge_refused", r, {"digest": digest, "reason": reason[:500]})
+        if not outcome.applied:
+            log.info("%s: refusal of round %d's merge not recorded: %s", self.name, r,
+                     outcome.reason)  # fmt: skip
+
+    def _report_unavailable(self, merged: Mapping[str, Any]) -> None:
+        """Tell the contract nobody could hand over this merged model, once the contract
+        allows (leader_timeout_s after the merge, by the merge's own timestamp)."""
+        merged_at = merged.get("merged_at")
+        if merged_at is None:  # the latest_merged record: find the round's history entry
+            full = self._ledger_call(lambda: self.ledger.state(self.contract))["state"] or {}
+            entry = next((h for h in full.get("history", []) if h["round"] == merged["round"]),
+                         {})  # fmt: skip
+            merged_at = entry.get("merged_at")
+        if merged_at is not None:
+            time.sleep(max(0.0, float(merged_at) + self.settings.leader_timeout_s - time.time()))
+        outcome = self._submit("merge_unavailable", merged["round"], {"digest": merged["digest"]})
+        log.warning("%s: merged model of round %d unavailable (%s)", self.name, merged["round"],
+                    "recorded" if outcome.applied else outcome.reason)  # fmt: skip
 
     # --- leader work ----------------------------------------------------------------------
     def _lead(self, view: dict[str, Any], local: _Local) -> None:
@@ -408,6 +562,12 @@ class SwarmPeer:
         # What every snapshot must look like: the swarm's current model, which all
         # participants agree on (the leader's own snapshot is checked like any other).
         reference = self._reference or own
+        # Sites of one model encode to the same size, so the size on the ledger must be ours
+        # (a cap either way); the whole gather ends well inside the leader timeout.
+        expected = len(local.data) if _mismatch(reference, own) is None else None
+        cap = 4 * len(local.data) + CHUNK_BYTES
+        timeout = float(view["settings"]["leader_timeout_s"])
+        deadline = time.monotonic() + timeout / 2
 
         def pull(name: str) -> Params | str:
             entry = current["ready"][name]
@@ -417,9 +577,15 @@ class SwarmPeer:
                     params = own
                 elif member is None:
                     return "not a member"
+                elif entry["size"] != (expected or entry["size"]) or entry["size"] > cap:
+                    return (f"announced a snapshot of {entry['size']} bytes, but the model's "
+                            f"names, shapes and dtypes encode to {len(local.data)}")  # fmt: skip
                 else:
-                    data = self.fetcher.fetch(member["endpoint"], "local", local.round,
-                                              entry["digest"])  # fmt: skip
+                    data = self.fetcher.fetch(
+                        member["endpoint"], "local", local.round, entry["digest"],
+                        max_bytes=entry["size"], deadline_s=deadline - time.monotonic(),
+                        idle_s=min(_MAX_IDLE_S, timeout / 4),
+                    )  # fmt: skip
                     params = decode(data)
                 check_finite(params)
             except (ExchangeError, CodecError) as exc:
@@ -477,11 +643,19 @@ class SwarmPeer:
 
     def _final(self, view: dict[str, Any]) -> RoundResult | None:
         """Fetch the final model, then keep serving it until every live site holds it."""
-        latest = view["latest_merged"]
-        if latest is None:
-            return None
-        r, digest = latest["round"], latest["digest"]
-        params = self._fetch_merged(r, digest, [latest["leader"]])
+        for attempt in range(1, _FINAL_ATTEMPTS + 1):
+            latest = view["latest_merged"]
+            if latest is None:
+                return None
+            r, digest = latest["round"], latest["digest"]
+            try:
+                params = self._fetch_merged(latest, [latest["leader"]])
+                break
+            except SwarmError as exc:  # reported: the contract falls back to the merge before
+                log.warning("%s: final model of round %d: %s", self.name, r, exc)
+                if attempt == _FINAL_ATTEMPTS:
+                    raise
+                view = self.view()
         if self.name not in latest["holders"]:
             with contextlib.suppress(SwarmError):
                 self._submit("loaded", r, {"digest": digest})
@@ -492,8 +666,7 @@ class SwarmPeer:
             missing = [
                 name
                 for name, member in view["members"].items()
-                if member["active"] and name not in holders
-                and not self._gone(member["endpoint"], name)
+                if member["active"] and name not in holders and self._present(name, member)
             ]  # fmt: skip
             if not missing:
                 break

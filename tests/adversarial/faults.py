@@ -1,0 +1,147 @@
+"""Hostile or failing sites for the adversarial swarm tests, installed into one site process.
+
+`tests/swarm_script.py` calls `install(os.environ["FAULT"])` before it builds its callback,
+so a test picks, per site, what that site does wrong. The site still holds a valid peer
+certificate: these are the attacks of a participant, not of an outsider.
+
+- `serve:header65`, `serve:flood`, `serve:silent`: its snapshot server answers the leader
+  with a header of 65 dimensions (padded to the size it announced), with endless bytes, or
+  with one chunk and then silence. It never leads (so an honest site always merges).
+- `snoop`: before its first `ready`, it fetches another site's local snapshot, which only
+  the round's leader may; what happened goes to the file FAULT_REPORT.
+- `bad_merged_once`, `die_after_merged_once`: the first site (of all that carry the fault;
+  the file FAULT_MARKER decides) to lead a round after the first publishes a merged model of
+  the wrong shape, or records `merged` and exits at once without handing the model over.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import numpy as np
+
+from openswarm.codec import decode, digest_encoded, encode
+from openswarm.node.exchange import CHUNK_BYTES, ExchangeError, ExchangeServer
+from openswarm.node.peer import SwarmPeer
+
+
+def install(fault: str) -> None:
+    """Patch this process's peer runtime to behave as `fault` says."""
+    if fault.startswith("serve:"):
+        _serve_badly(fault.partition(":")[2])
+        SwarmPeer._lead = lambda self, view, local: None  # type: ignore[method-assign]
+    elif fault == "snoop":
+        _snoop_before_first_ready()
+    elif fault in ("bad_merged_once", "die_after_merged_once"):
+        _lead_badly_once(fault)
+    else:
+        raise ValueError(f"unknown FAULT {fault!r}")
+
+
+def _header65(size: int) -> bytes:
+    """A safetensors encoding of exactly `size` bytes whose one tensor has 65 dimensions."""
+    header = {"w": {"dtype": "F32", "shape": [1] * 65, "data_offsets": [0, 4]}}
+    text = json.dumps(header).encode()
+    text += b" " * (size - 8 - 4 - len(text))
+    return struct.pack("<Q", len(text)) + text + b"\0" * 4
+
+
+def _serve_badly(how: str) -> None:
+    honest = ExchangeServer._fetch
+
+    def fetch(self: ExchangeServer, request: bytes, context: grpc.ServicerContext) -> Iterator:
+        asked = json.loads(request)
+        if asked["kind"] != "local":
+            yield from honest(self, request, context)
+            return
+        found = self.store.find("local", int(asked["round"]), str(asked["digest"]))
+        size = len(found.data) if found else 1 << 20
+        if how == "header65":
+            yield _header65(size)
+        elif how == "flood":
+            while context.is_active():
+                yield b"\xff" * CHUNK_BYTES
+        elif how == "silent":
+            yield b"\0" * 1024
+            while context.is_active():
+                time.sleep(0.2)
+
+    ExchangeServer._fetch = fetch  # type: ignore[method-assign]
+
+
+def _snoop_before_first_ready() -> None:
+    honest = SwarmPeer.sync
+
+    def sync(self: SwarmPeer, params: Any, **kwargs: Any) -> Any:
+        if not getattr(self, "_snooped", False):
+            self._snooped = True
+            _report(_try_snoop(self))
+        return honest(self, params, **kwargs)
+
+    SwarmPeer.sync = sync  # type: ignore[method-assign]
+
+
+def _try_snoop(peer: SwarmPeer) -> dict[str, Any]:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        view = peer.view()
+        victims = [n for n in view["current"]["ready"] if n != peer.name]
+        if victims:
+            victim = victims[0]
+            entry = view["current"]["ready"][victim]
+            endpoint = view["members"][victim]["endpoint"]
+            try:
+                data = peer.fetcher.fetch(
+                    endpoint, "local", view["round"], entry["digest"],
+                    max_bytes=entry["size"], deadline_s=20, idle_s=10,
+                )  # fmt: skip
+            except ExchangeError as exc:
+                return {"victim": victim, "refused": True, "error": str(exc)}
+            return {"victim": victim, "refused": False, "bytes": len(data)}
+        time.sleep(0.1)
+    return {"victim": None, "refused": None, "error": "no other site became ready"}
+
+
+def _report(outcome: dict[str, Any]) -> None:
+    with open(os.environ["FAULT_REPORT"], "w") as handle:
+        json.dump(outcome, handle)
+
+
+def _first_to_misbehave() -> bool:
+    """True in exactly one of the processes that ask (the one that creates the marker)."""
+    try:
+        os.close(os.open(os.environ["FAULT_MARKER"], os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
+
+
+def _lead_badly_once(fault: str) -> None:
+    honest = SwarmPeer._lead
+
+    def lead(self: SwarmPeer, view: dict[str, Any], local: Any) -> None:
+        if view["latest_merged"] is None or not _first_to_misbehave():
+            honest(self, view, local)
+            return
+        r = local.round
+        if fault == "die_after_merged_once":
+            _report({"leader": self.name, "round": r})
+            size = len(local.data)
+            self._submit("merged", r, {"digest": digest_encoded(local.data), "size": size})
+            os._exit(0)  # the model was never served to anyone
+        params = decode(local.data)
+        name = next(iter(params))
+        params[name] = np.ascontiguousarray(params[name][:-1])  # the wrong shape
+        data = encode(params)
+        digest = digest_encoded(data)
+        self.server.store.publish("merged", r, digest, data)
+        _report({"leader": self.name, "round": r, "digest": digest})
+        self._submit("merged", r, {"digest": digest, "size": len(data)})
+
+    SwarmPeer._lead = lead  # type: ignore[method-assign]
