@@ -232,7 +232,7 @@ def peer_worker(cfg: WorkerConfig, queue: MpQueue[Message], barrier: MpBarrier) 
         network = NetworkConfig(ledger=cfg.endpoints, identity=Path(cfg.identity))
         peer = SwarmPeer(settings, network)
         rpc = RpcTimer()
-        for method in ("submit", "state"):
+        for method in ("submit_tx", "state"):
             setattr(peer.ledger, method, rpc.wrap(getattr(peer.ledger, method)))
         peer.register()
         queue.put({"kind": "registered", "peer": name})
