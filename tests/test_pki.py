@@ -23,6 +23,7 @@ from openswarm.pki import (
     Identity,
     PkiError,
     certificate_identity,
+    identity_host,
     init_ca,
     issue_identity,
     load_ca_cert,
@@ -163,7 +164,11 @@ def test_identity_certificate_contents(ca_dir: Path) -> None:
     ca_cert = x509.load_pem_x509_certificate((ca_dir / "ca.crt").read_bytes())
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.UniformResourceIdentifier) == ["spiffe://demo/peer/alice"]
-    assert san.get_values_for_type(x509.DNSName) == ["node1.example", role_host("peer")]
+    assert san.get_values_for_type(x509.DNSName) == [
+        "node1.example",
+        role_host("peer"),
+        identity_host("peer", "alice"),
+    ]
     assert san.get_values_for_type(x509.IPAddress) == [ip_address("10.1.2.3"), ip_address("::1")]
     assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "alice"
     assert cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value == "demo"
@@ -185,7 +190,11 @@ def test_default_hosts_are_loopback(ca_dir: Path) -> None:
     san = _cert(issue_identity(ca_dir, "bob", "ledger")).extensions.get_extension_for_class(
         x509.SubjectAlternativeName
     )
-    assert san.value.get_values_for_type(x509.DNSName) == ["localhost", role_host("ledger")]
+    assert san.value.get_values_for_type(x509.DNSName) == [
+        "localhost",
+        role_host("ledger"),
+        identity_host("ledger", "bob"),
+    ]
     assert san.value.get_values_for_type(x509.IPAddress) == [ip_address("127.0.0.1")]
 
 

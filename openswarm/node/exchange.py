@@ -22,7 +22,7 @@ import grpc
 
 from openswarm.codec import CodecError, digest_encoded
 from openswarm.net import FAST_RECONNECT, make_server, require_role, secure_channel
-from openswarm.pki import CertIdentity, Identity
+from openswarm.pki import CertIdentity, Identity, identity_host
 
 SERVICE = "openswarm.node.Exchange"
 CHUNK_BYTES = 1 << 20
@@ -211,7 +211,7 @@ class ExchangeClient:
 
     def __init__(self, identity: Identity) -> None:
         self.identity = identity
-        self._channels: dict[str, grpc.Channel] = {}
+        self._channels: dict[tuple[str, str | None], grpc.Channel] = {}
         self._lock = threading.Lock()
 
     def fetch(
@@ -224,15 +224,18 @@ class ExchangeClient:
         max_bytes: int,
         deadline_s: float = 120.0,
         idle_s: float = 30.0,
+        peer: str | None = None,
     ) -> bytes:
         """The snapshot's bytes, checked against `digest`; ExchangeError otherwise.
 
         The call is cancelled as soon as more than `max_bytes` arrive, when no chunk comes
-        for `idle_s` seconds, and in any case after `deadline_s` seconds.
+        for `idle_s` seconds, and in any case after `deadline_s` seconds. With `peer`, the
+        server must hold that peer's identity (so a site cannot register another's address
+        and have its snapshot counted as its own).
         """
         _check_limits(max_bytes, deadline_s, idle_s)
-        what = f"the {kind} model of round {round} from {endpoint}"
-        call = self._stub(endpoint)(
+        what = f"the {kind} model of round {round} from {peer or endpoint}"
+        call = self._stub(endpoint, peer)(
             json.dumps({"kind": kind, "round": round, "digest": digest}).encode(),
             timeout=deadline_s,
         )
@@ -250,12 +253,15 @@ class ExchangeClient:
         _check_digest(buffer, digest, endpoint, kind, round)
         return bytes(buffer)
 
-    def _stub(self, endpoint: str) -> grpc.UnaryStreamMultiCallable:
+    def _stub(self, endpoint: str, peer: str | None) -> grpc.UnaryStreamMultiCallable:
         with self._lock:
-            channel = self._channels.get(endpoint)
+            channel = self._channels.get((endpoint, peer))
             if channel is None:
-                channel = secure_channel(endpoint, self.identity, options=_CLIENT_OPTIONS)
-                self._channels[endpoint] = channel
+                options = list(_CLIENT_OPTIONS)
+                if peer is not None:
+                    options.append(("grpc.ssl_target_name_override", identity_host("peer", peer)))
+                channel = secure_channel(endpoint, self.identity, options=options)
+                self._channels[(endpoint, peer)] = channel
         return channel.unary_stream(
             f"/{SERVICE}/Fetch", request_serializer=None, response_deserializer=None
         )

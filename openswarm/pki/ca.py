@@ -19,7 +19,14 @@ from openswarm.pki.certs import as_utc, ca_swarm, is_ca, load_certificate
 from openswarm.pki.errors import PkiError
 from openswarm.pki.files import make_dir, read_bytes, write_atomic, write_private
 from openswarm.pki.keys import generate_key, key_to_pem, load_private_key, same_public_key
-from openswarm.pki.names import ROLE_HOST_SUFFIX, check_name, check_role, role_host, spiffe_id
+from openswarm.pki.names import (
+    RESERVED_HOST_SUFFIX,
+    check_name,
+    check_role,
+    identity_host,
+    role_host,
+    spiffe_id,
+)
 
 CA_CERT = "ca.crt"
 CA_KEY = "ca.key"
@@ -123,13 +130,17 @@ def issue_identity(
     if isinstance(hosts, str):
         hosts = [hosts]
     san_hosts = _host_names(hosts or DEFAULT_HOSTS)
-    reserved = [h for h in (hosts or ()) if str(h).strip().lower().endswith(ROLE_HOST_SUFFIX)]
+    reserved = [
+        h
+        for h in (hosts or ())
+        if str(h).strip().lower().rstrip(".").endswith(RESERVED_HOST_SUFFIX)
+    ]
     if reserved:
         raise PkiError(
-            f"host {reserved[0]!r} is reserved: names ending in {ROLE_HOST_SUFFIX} state an "
-            "identity's role and are added by the CA itself"
+            f"host {reserved[0]!r} is reserved: names ending in {RESERVED_HOST_SUFFIX} state "
+            "an identity's role and name and are added by the CA itself"
         )
-    san_hosts.append(x509.DNSName(role_host(role)))
+    san_hosts += [x509.DNSName(role_host(role)), x509.DNSName(identity_host(role, name))]
     folder = Path(out_dir) if out_dir is not None else ca_dir / IDENTITIES / name
     existing = [p for p in (folder / IDENTITY_CERT, folder / IDENTITY_KEY) if p.exists()]
     if existing and not force:

@@ -12,10 +12,19 @@ ROLES = ("peer", "ledger", "admin")
 
 SPIFFE_SCHEME = "spiffe"
 
-ROLE_HOST_SUFFIX = ".role.openswarm.invalid"
+RESERVED_HOST_SUFFIX = ".openswarm.invalid"
+"""Host names the CA writes itself (a role's, an identity's); no one may request one."""
+
+ROLE_HOST_SUFFIX = ".role" + RESERVED_HOST_SUFFIX
 """Every identity's certificate also names the DNS host ROLE + this suffix (the `.invalid`
 top-level domain never resolves), so a client can demand a role of the server it reaches
 (gRPC's `ssl_target_name_override`); no one may ask for such a host by hand."""
+
+
+def identity_host(role: str, name: str) -> str:
+    """The DNS name in the certificate of identity `name` alone, e.g.
+    `site-a.peer.id.openswarm.invalid`, so a client can demand one identity of a server."""
+    return f"{check_name(name).lower()}.{check_role(role)}.id{RESERVED_HOST_SUFFIX}"
 
 
 def role_host(role: str) -> str:

@@ -13,6 +13,7 @@ import pytest
 from openswarm.ledger.client import LedgerClient, LedgerError
 from openswarm.ledger.service import SERVICE
 from openswarm.net import json_method_handlers, make_server
+from openswarm.node.exchange import ExchangeClient, ExchangeError, ExchangeServer
 from openswarm.node.settings import NetworkConfig, SwarmConfigError
 from openswarm.pki import Identity, PkiError, init_ca, issue_identity, role_host
 
@@ -77,3 +78,22 @@ def test_a_config_with_the_wrong_types_gets_a_clear_error(tmp_path: Path, monkey
     config.write_text("ledger: 127.0.0.1:7001\nidentity: ids/a\nidentiy: typo\n")
     with pytest.raises(SwarmConfigError, match="unknown key"):
         NetworkConfig.load(config)
+
+
+def test_a_site_answering_at_another_sites_address_is_not_believed(ca: Path) -> None:
+    # mallory registered site-b's address (or sits at it): a leader asking for site-b's
+    # snapshot must not take mallory's server for site-b's.
+    leader = ExchangeClient(_identity(ca, "leader", "peer"))
+    impostor = ExchangeServer(_identity(ca, "mallory-x", "peer"), "127.0.0.1:0")
+    genuine = ExchangeServer(_identity(ca, "site-b", "peer"), "127.0.0.1:0")
+    try:
+        with pytest.raises(ExchangeError, match="UNAVAILABLE"):
+            leader.fetch(impostor.endpoint, "merged", 1, "0" * 64, max_bytes=10, deadline_s=5,
+                         peer="site-b")  # fmt: skip
+        with pytest.raises(ExchangeError, match="NOT_FOUND"):  # the right site: TLS is fine
+            leader.fetch(genuine.endpoint, "merged", 1, "0" * 64, max_bytes=10, deadline_s=5,
+                         peer="site-b")  # fmt: skip
+    finally:
+        leader.close()
+        impostor.stop()
+        genuine.stop()
