@@ -117,3 +117,22 @@ def test_an_over_long_endpoint_is_refused() -> None:
     d = Driver()
     long_host = "h" * 300
     d.refused("register", "alice", payload={"endpoint": f"{long_host}:1"}, match="longer than")
+
+
+def test_a_merge_whose_leader_restarted_can_still_be_declared_unavailable() -> None:
+    d = Driver(leader_timeout_s=10)
+    leader, r, merged = merged_round(d)
+    other = next(n for n in PEERS if n != leader)
+    d.ok("register", leader, payload={"endpoint": "10.0.0.9:7000"})  # it came back empty
+    assert d.contract.snapshot()["latest_merged"]["holders"] == []
+    d.now += 10
+    assert "merge_voided" in event_types(d.ok("merge_unavailable", other, r, {"digest": merged}))
+
+
+def test_in_a_round_of_two_a_refusal_voids_but_does_not_demote() -> None:
+    d = Driver(min_peers=2)
+    leader, r, merged = merged_round(d, ["alice", "bob"])
+    other = "bob" if leader == "alice" else "alice"
+    result = d.ok("merge_refused", other, r, {"digest": merged, "reason": "bad"})
+    assert event_types(result) == ["merge_refused", "merge_voided"]
+    assert d.contract.snapshot()["demoted"] == []

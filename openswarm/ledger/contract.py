@@ -723,10 +723,11 @@ class TrainingContract:
     def _on_merge_unavailable(self, call: ContractCall) -> list[dict[str, Any]]:
         check_fields(call.payload, "merge_unavailable", ("digest",), ())
         merged, record = self._voidable(call)
-        if merged["holders"] != [merged["leader"]]:
+        others = [h for h in merged["holders"] if h != merged["leader"]]
+        if others:
             raise ContractError(
                 f"the merged model of round {call.round} is held by "
-                f"{', '.join(merged['holders'])}: fetch it from them"
+                f"{', '.join(others)}: fetch it from them"
             )
         waited = call.timestamp - record["merged_at"]
         limit = self._settings.leader_timeout_s
@@ -751,7 +752,9 @@ class TrainingContract:
         self._refusals = refusals
         if len(refusals) < needed:
             return [event]
-        if merged["leader"] not in self._demoted:
+        # Demoted only on the word of two sites at least: in a round of two, one refusal
+        # voids the merge, but the leader's word is as good as the refuser's.
+        if len(refusals) >= 2 and merged["leader"] not in self._demoted:
             self._demoted = sorted([*self._demoted, merged["leader"]])
         return [event, self._void(call, record, "refused")]
 
