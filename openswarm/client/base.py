@@ -109,7 +109,7 @@ class SwarmCallbackBase:
             )
         self.peer = SwarmPeer(self.settings, self.network)
         self.peer.register()
-        latest = self.peer.latest_merged()
+        latest = self.peer.latest_merged(self.get_params())
         if latest is not None:
             self.logger.info("%s: loading the latest merged model (round %d)",
                              self.peer.name, latest.round)  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -92,11 +93,16 @@ class LedgerClient:
         self.identity = identity
         self.timeout_s = timeout_s
         self._channels: dict[str, grpc.Channel] = {}
+        self._lock = threading.Lock()
         self._preferred = 0
         self._leader_checked = -_LEADER_RECHECK_S
 
     # --- transport ------------------------------------------------------------------------
     def _channel(self, endpoint: str) -> grpc.Channel:
+        with self._lock:  # a client may serve several threads (a peer's snapshot server)
+            return self._channel_locked(endpoint)
+
+    def _channel_locked(self, endpoint: str) -> grpc.Channel:
         if endpoint not in self._channels:
             # The server must hold a ledger identity of this swarm's CA, whatever its address.
             options = (*FAST_RECONNECT, ("grpc.ssl_target_name_override", role_host("ledger")))
@@ -133,9 +139,10 @@ class LedgerClient:
         raise LedgerError(f"no ledger replica answered: {summary}", transient=True)
 
     def close(self) -> None:
-        for channel in self._channels.values():
-            channel.close()
-        self._channels.clear()
+        with self._lock:
+            for channel in self._channels.values():
+                channel.close()
+            self._channels.clear()
 
     def __enter__(self) -> LedgerClient:
         return self

@@ -42,6 +42,10 @@ _WAIT_LOG_EVERY_S = 10.0
 _FINAL_HANDOVER_S = 120.0
 _FINAL_ATTEMPTS = 3  # merged models tried (each voided in turn) before giving up at the end
 _MAX_IDLE_S = 10.0  # a snapshot download with no byte for this long has stalled
+_SIZE_SLACK = 4  # no model from another site may encode to more than this times ours
+_GATE_CACHE_S = 0.25  # how old a contract copy may be to decide a fetch request
+_GATE_FRESH_S = 0.05  # ... and to judge again one that would be refused
+_AUTHORIZE_WAIT_S = 3.0  # how long a fetch request may wait for a lagging ledger replica
 _RECENT_ROUNDS = 8  # rounds of history a peer polls (a round it waits on is always recent)
 
 
@@ -106,6 +110,7 @@ class SwarmPeer:
         self._local: _Local | None = None
         self._reference: Params | None = None  # structure of the swarm's current model
         self._own_structure: Params | None = None  # what this site's model can load
+        self._own_size: int | None = None  # its encoded size: no model from others is larger
         self._latest: RoundResult | None = None
         self._timings: dict[str, float] = {}
         self._merge_out: Params = {}
@@ -114,6 +119,8 @@ class SwarmPeer:
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
         self._absent: set[str] = set()  # members logged as silent on the ledger
+        self._gate_lock = threading.Lock()
+        self._gate_cache: tuple[float, dict[str, Any] | None] = (-_GATE_CACHE_S, None)
 
     # --- lifecycle ------------------------------------------------------------------------
     def register(self) -> None:
@@ -221,29 +228,51 @@ class SwarmPeer:
 
     def _authorize(self, caller: CertIdentity, kind: str, round: int) -> str | None:
         """Who may fetch what from this site: a local snapshot only the leader of the
-        round it belongs to, a merged model only active members (asked of the ledger)."""
-        deadline = time.monotonic() + 3.0
+        round it belongs to, a merged model only active members (as the ledger says).
+
+        Server threads share one recent copy of the contract, so fetch requests, refused
+        ones too, cost at most a few ledger calls a second; a refusal is judged again on a
+        fresh copy, in case the ledger replica asked was a moment behind."""
+        deadline = time.monotonic() + _AUTHORIZE_WAIT_S
+        max_age = _GATE_CACHE_S
         while True:
             try:
-                state = self._gatekeeper.state(self.contract, recent=0)["state"]
-                break
+                state = self._contract_copy(max_age)
             except LedgerError as exc:
-                if not exc.transient or time.monotonic() > deadline:
-                    return f"cannot check with the ledger right now: {exc}"
-                time.sleep(0.1)
-        member = (state or {}).get("members", {}).get(caller.name)
-        if member is None or not member["active"]:
-            return f"{caller.name} is not an active member of {self.contract}"
-        if kind == "merged":
-            return None
-        current = state["current"]
-        if state["round"] != round or not current["sealed"] or current["leader"] != caller.name:
-            return f"only the current leader of round {round} may fetch its local snapshots"
-        return None
+                return f"cannot check with the ledger right now: {exc}"
+            refusal = _fetch_refusal(state, caller.name, kind, round, self.contract)
+            if refusal is None or time.monotonic() > deadline:
+                return refusal
+            # Judge a refusal again on a copy at most _GATE_FRESH_S old; wait on only while
+            # the copy is just short of the round asked for (a lagging replica).
+            if max_age == _GATE_FRESH_S and not _just_behind(state, round):
+                return refusal
+            max_age = _GATE_FRESH_S
+            time.sleep(_GATE_FRESH_S)
+
+    def _contract_copy(self, max_age: float) -> dict[str, Any] | None:
+        """The contract as the ledger held it at most `max_age` seconds ago."""
+        with self._gate_lock:
+            taken, state = self._gate_cache
+            if time.monotonic() - taken > max_age:
+                state = self._gatekeeper.state(self.contract, recent=0)["state"]
+                self._gate_cache = (time.monotonic(), state)
+            return state
 
     # --- joining --------------------------------------------------------------------------
-    def latest_merged(self) -> RoundResult | None:
-        """The latest merged model, fetched and checked (for late joiners and restarts)."""
+    def expect(self, params: Mapping[str, Any]) -> None:
+        """Learn what this site's model looks like (names, shapes, dtypes, encoded size), so
+        that models from other sites are checked, and their downloads capped, against it."""
+        if self._own_structure is None:
+            data = encode(params)
+            self._own_structure = _structure(decode(data))
+            self._own_size = len(data)
+
+    def latest_merged(self, params: Mapping[str, Any] | None = None) -> RoundResult | None:
+        """The latest merged model, fetched and checked (for late joiners and restarts);
+        `params`, this site's own, tell what it must look like."""
+        if params is not None:
+            self.expect(params)
         latest = self.view()["latest_merged"]
         if latest is None:
             return None
@@ -281,6 +310,7 @@ class SwarmPeer:
             self._local = local
             if self._own_structure is None:
                 self._own_structure = _structure(decode(data))
+                self._own_size = len(data)
             outcome = self._submit("ready", round, payload)
             if outcome.applied:
                 break
@@ -393,7 +423,7 @@ class SwarmPeer:
         del local
         record = next((h for h in view["history"] if h["round"] == r), None)
         if record is None:  # long ago (this process was stalled): read the full history
-            full = self.ledger.state(self.contract)["state"] or {}
+            full = self._ledger_call(lambda: self.ledger.state(self.contract))["state"] or {}
             record = next((h for h in full.get("history", []) if h["round"] == r), None)
         if record is None or record["status"] != "merged":
             log.warning("%s: round %d ended without a merged model", self.name, r)
@@ -405,7 +435,10 @@ class SwarmPeer:
             found = self.server.store.find("merged", r, digest)
             if found is None:
                 return None
-            params = decode(found.data)
+            try:
+                params = self._decode_merged(r, digest, found.data)
+            except SwarmError:
+                return None
         else:
             latest = view.get("latest_merged") or {}
             holders = [record["leader"]]
@@ -419,17 +452,6 @@ class SwarmPeer:
                 # parameters (the contract falls back to the merge before; the next merges).
                 log.warning("%s: %s; keeping this site's parameters", self.name, exc)
                 return None
-        problem = _mismatch(self._own_structure or params, params)
-        if problem is None:
-            try:
-                check_finite(params)
-            except CodecError as exc:
-                problem = str(exc)
-        if problem is not None:
-            log.error("%s: merged model of round %d from %s refused: %s", self.name, r,
-                      record["leader"], problem)  # fmt: skip
-            self._report_refused(r, digest, problem)
-            return None
         if record["leader"] != self.name:
             with contextlib.suppress(SwarmError):  # lets others fetch it from here too
                 self._submit("loaded", r, {"digest": digest})
@@ -467,8 +489,9 @@ class SwarmPeer:
                     continue
                 try:
                     data = self.fetcher.fetch(member["endpoint"], "merged", r, digest,
-                                              max_bytes=size, deadline_s=left,
-                                              idle_s=min(_MAX_IDLE_S, timeout / 4))  # fmt: skip
+                                              max_bytes=self._capped(size), deadline_s=left,
+                                              idle_s=min(_MAX_IDLE_S, timeout / 4),
+                                              peer=name)  # fmt: skip
                 except ExchangeError as exc:
                     problems.append(str(exc))
                     continue
@@ -482,11 +505,26 @@ class SwarmPeer:
         )
 
     def _decode_merged(self, r: int, digest: str, data: bytes) -> Params:
+        """Decode a merged model and check it fits this site's model and is finite; a bad
+        one is reported to the contract as refused (SwarmError)."""
         try:
-            return decode(data)
+            params = decode(data)
+            problem = _mismatch(self._own_structure or params, params)
+            if problem is None:
+                check_finite(params)
         except CodecError as exc:
-            self._report_refused(r, digest, f"malformed: {exc}")
-            raise SwarmError(f"the merged model of round {r} is malformed: {exc}") from exc
+            problem = f"malformed: {exc}"
+        if problem is None:
+            return params
+        log.error("%s: merged model of round %d refused: %s", self.name, r, problem)
+        self._report_refused(r, digest, problem)
+        raise SwarmError(f"the merged model of round {r} is refused: {problem}")
+
+    def _capped(self, size: int) -> int:
+        """A download cap: the size the ledger recorded, at most a few times this site's."""
+        if self._own_size is None:
+            return size
+        return min(size, _SIZE_SLACK * self._own_size + CHUNK_BYTES)
 
     def _report_refused(self, r: int, digest: str, reason: str) -> None:
         """Tell the contract this site refuses merged model `digest` of round `r`."""
@@ -504,8 +542,9 @@ class SwarmPeer:
             entry = next((h for h in full.get("history", []) if h["round"] == merged["round"]),
                          {})  # fmt: skip
             merged_at = entry.get("merged_at")
-        if merged_at is not None:
-            time.sleep(max(0.0, float(merged_at) + self.settings.leader_timeout_s - time.time()))
+        if merged_at is not None:  # never longer than one timeout: a post-dated merge waits not
+            wait = float(merged_at) + self.settings.leader_timeout_s - time.time()
+            time.sleep(min(max(0.0, wait), self.settings.leader_timeout_s))
         outcome = self._submit("merge_unavailable", merged["round"], {"digest": merged["digest"]})
         log.warning("%s: merged model of round %d unavailable (%s)", self.name, merged["round"],
                     "recorded" if outcome.applied else outcome.reason)  # fmt: skip
@@ -565,7 +604,7 @@ class SwarmPeer:
         # Sites of one model encode to the same size, so the size on the ledger must be ours
         # (a cap either way); the whole gather ends well inside the leader timeout.
         expected = len(local.data) if _mismatch(reference, own) is None else None
-        cap = 4 * len(local.data) + CHUNK_BYTES
+        cap = self._capped(2**62)
         timeout = float(view["settings"]["leader_timeout_s"])
         deadline = time.monotonic() + timeout / 2
 
@@ -584,7 +623,7 @@ class SwarmPeer:
                     data = self.fetcher.fetch(
                         member["endpoint"], "local", local.round, entry["digest"],
                         max_bytes=entry["size"], deadline_s=deadline - time.monotonic(),
-                        idle_s=min(_MAX_IDLE_S, timeout / 4),
+                        idle_s=min(_MAX_IDLE_S, timeout / 4), peer=name,
                     )  # fmt: skip
                     params = decode(data)
                 check_finite(params)
@@ -673,6 +712,30 @@ class SwarmPeer:
             time.sleep(self.settings.poll_s * 4)
         self.current_digest = digest
         return RoundResult(r, params, digest, latest["leader"], ())
+
+
+def _just_behind(state: dict[str, Any] | None, round: int) -> bool:
+    """Whether `state` may simply not have applied the seal of `round` yet."""
+    if state is None:
+        return False
+    return state["round"] == round - 1 or (
+        state["round"] == round and not state["current"]["sealed"]
+    )
+
+
+def _fetch_refusal(
+    state: dict[str, Any] | None, caller: str, kind: str, round: int, contract: str
+) -> str | None:
+    """Why `caller` may not fetch this site's `kind` model of `round`, or None if it may."""
+    member = (state or {}).get("members", {}).get(caller)
+    if state is None or member is None or not member["active"]:
+        return f"{caller} is not an active member of {contract}"
+    if kind == "merged":
+        return None
+    current = state["current"]
+    if state["round"] != round or not current["sealed"] or current["leader"] != caller:
+        return f"only the current leader of round {round} may fetch its local snapshots"
+    return None
 
 
 def _structure(params: Params) -> Params:
