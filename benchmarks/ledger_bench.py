@@ -273,7 +273,7 @@ def run_network(
             samples, window, replica_cpu = _drive(plan, names, processes, pids)
             load_after = os.getloadavg()[0]
         finally:
-            net.stop()
+            net.close()
     if samples.errors:
         raise SystemExit(
             f"FAILED with {replicas} replica(s): {len(samples.errors)} submitter error(s); "

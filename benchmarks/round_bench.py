@@ -432,7 +432,7 @@ def run_cell(count: int, peers: int, rounds: int, keep_rounds: int) -> Cell:
                 if proc.is_alive():
                     proc.terminate()
                 proc.join(10)
-            net.stop()
+            net.close()
     cell.seconds = time.perf_counter() - started
     cell.load1_end = os.getloadavg()[0]
     return cell

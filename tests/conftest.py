@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from harness import Swarm
 
 from openswarm.ledger.local import LocalLedger
 
@@ -20,7 +21,7 @@ def _network(root: Path, replicas: int) -> Iterator[LocalLedger]:
         net.wait_for_leader()
         yield net
     finally:
-        net.stop()
+        net.close()
 
 
 @pytest.fixture
@@ -33,3 +34,18 @@ def ledger1(tmp_path: Path) -> Iterator[LocalLedger]:
 def ledger3(tmp_path: Path) -> Iterator[LocalLedger]:
     """Three ledger replica processes (Raft) with peers p1..p3 and an admin."""
     yield from _network(tmp_path / "net", 3)
+
+
+@pytest.fixture
+def swarm_factory(tmp_path: Path) -> Iterator[Callable[..., Swarm]]:
+    """Makes swarms (a ledger and N site processes) under this test's folder; closes them."""
+    made: list[Swarm] = []
+
+    def make(sites: int, **env: str) -> Swarm:
+        swarm = Swarm(tmp_path / f"swarm{len(made)}", sites, **env)
+        made.append(swarm)
+        return swarm
+
+    yield make
+    for swarm in made:
+        swarm.close()

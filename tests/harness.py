@@ -108,4 +108,11 @@ class Swarm:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
         self.admin.close()
-        self.ledger.stop()
+        self.ledger.close()
+
+
+def identical_final(swarm: Swarm, names: list[str]) -> str:
+    """The one final model digest these sites ended with (fails if they differ)."""
+    digests = {swarm.result(n)["final_digest"] for n in names}
+    assert len(digests) == 1 and None not in digests, digests
+    return digests.pop()

@@ -133,4 +133,4 @@ def test_fit_stops_cleanly_when_the_swarm_cannot_go_on(tmp_path: Path, caplog) -
         assert "the swarm cannot go on" in caplog.text and "stopping training" in caplog.text
         assert cb.final_digest is None
     finally:
-        ledger.stop()
+        ledger.close()

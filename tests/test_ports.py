@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import subprocess
 import sys
@@ -32,14 +33,31 @@ sys.stdin.read()
 
 @pytest.fixture
 def window(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[int, int]]:
-    """A 200-port window outside the ephemeral range, and a lock folder of this test's."""
+    """A 200-port window outside the ephemeral range, and a lock folder of this test's.
+
+    The window is first reserved in the shared lock folder (and found bindable), so that a
+    test run beside this one never binds a port of it while this test counts on them all.
+    """
     first, last = ports.candidate_ranges()[0]
-    low = random.randint(first, max(first, last - 199))
+    shared: list[int] = []
+    for _ in range(50):
+        low = random.randint(first, max(first, last - 199))
+        shared = [fd for p in range(low, low + 200) if (fd := ports._try_lock(p)) is not None]
+        if len(shared) == 200 and all(
+            ports._bindable("127.0.0.1", p) for p in range(low, low + 200)
+        ):
+            break
+        for fd in shared:
+            os.close(fd)
+        shared = []
+    assert shared, "no free 200-port window outside the ephemeral range"
     monkeypatch.setattr(ports, "LOCK_DIR", tmp_path / "locks")
     monkeypatch.setattr(ports, "candidate_ranges", lambda: [(low, low + 199)])
     yield low, low + 199
     for port in ports.reserved_ports():
         ports.release_port(port)
+    for fd in shared:
+        os.close(fd)
 
 
 def _children(tmp_path: Path, window: tuple[int, int], counts: list[int]) -> list:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from harness import Swarm, run_cli
@@ -14,20 +12,6 @@ from openswarm import DEFAULT_CONTRACT
 from openswarm.ledger.verify import verify_chain_dir
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def swarm_factory(tmp_path: Path) -> Iterator:
-    made: list[Swarm] = []
-
-    def make(sites: int, **env: str) -> Swarm:
-        swarm = Swarm(tmp_path / f"swarm{len(made)}", sites, **env)
-        made.append(swarm)
-        return swarm
-
-    yield make
-    for swarm in made:
-        swarm.close()
 
 
 def _history(state: dict) -> list[dict]:

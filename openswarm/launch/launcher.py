@@ -263,7 +263,7 @@ class _Run:
                 self._stop_peers(grace_s)
                 self._collect()
                 if self.ledger is not None:
-                    self.ledger.stop()
+                    self.ledger.close()
 
     def _start(self) -> None:
         names = peer_names(len(self.data_dirs))

@@ -26,6 +26,8 @@ class LedgerConfig:
     raft_secret: str
     ca: Path | None = None
     submit_timeout_s: float = 5.0
+    rate_per_s: float = 100.0  # calls a second one identity may make, sustained
+    rate_burst: float = 200.0  # calls one identity may make at once
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -45,7 +47,7 @@ class LedgerConfig:
             raise ConfigError(f"{source}: expected a mapping of settings")
         known = {
             "data_dir", "listen", "raft", "partners", "identity", "genesis", "raft_secret",
-            "raft_secret_file", "ca", "submit_timeout_s",
+            "raft_secret_file", "ca", "submit_timeout_s", "rate_per_s", "rate_burst",
         }  # fmt: skip
         unknown = sorted(set(raw) - known)
         if unknown:
@@ -83,7 +85,14 @@ class LedgerConfig:
         timeout = raw.get("submit_timeout_s", 5.0)
         if not isinstance(timeout, int | float) or timeout <= 0:
             raise ConfigError(f"{source}: submit_timeout_s must be a positive number")
+        rates = {key: raw.get(key, default) for key, default in
+                 (("rate_per_s", 100.0), ("rate_burst", 200.0))}  # fmt: skip
+        for key, value in rates.items():
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 1:
+                raise ConfigError(f"{source}: {key} must be a number ≥ 1, got {value!r}")
         return cls(
+            rate_per_s=float(rates["rate_per_s"]),
+            rate_burst=float(rates["rate_burst"]),
             data_dir=path_of("data_dir"),
             listen=raw["listen"],
             raft=raw["raft"],

@@ -56,6 +56,7 @@ class LocalLedger:
     swarm: str
     replicas: list[ReplicaProcess] = field(default_factory=list)
     raft_secret: str = ""
+    replica_settings: dict = field(default_factory=dict)  # more keys for every replica config
     ports: list[int] = field(default_factory=list)  # reserved by this process, see close()
 
     @property
@@ -92,13 +93,15 @@ class LocalLedger:
         min_peers: int | None = None,
         contract_settings: dict | None = None,
         extra_identities: Sequence[tuple[str, str]] = (),
+        replica_settings: dict | None = None,
     ) -> LocalLedger:
         """Issue identities, write the genesis and one config per replica (nothing runs yet)."""
         from openswarm import DEFAULT_CONTRACT
         from openswarm.ledger.genesis import make_genesis
 
         root.mkdir(parents=True, exist_ok=True)
-        net = cls(root=root, swarm=swarm, raft_secret=secrets.token_hex(24))
+        net = cls(root=root, swarm=swarm, raft_secret=secrets.token_hex(24),
+                  replica_settings=dict(replica_settings or {}))  # fmt: skip
         init_ca(net.pki_dir, swarm)
         hosts = ["localhost", LOOPBACK]
         admitted = []
@@ -139,6 +142,7 @@ class LocalLedger:
             "identity": str(self.pki_dir / "identities" / name),
             "genesis": str(self.genesis_path),
             "raft_secret": self.raft_secret,
+            **self.replica_settings,
         }
         path = self.root / f"{name}.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=True))

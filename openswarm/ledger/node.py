@@ -13,6 +13,7 @@ from openswarm.ledger.genesis import load_genesis
 from openswarm.ledger.replica import LedgerReplica
 from openswarm.ledger.service import MAX_WORKERS, SERVER_OPTIONS, LedgerService
 from openswarm.net import make_server
+from openswarm.net.limits import CallLimits
 from openswarm.pki import Identity, PkiError
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,8 @@ def start_node(config: LedgerConfig) -> LedgerNode:
     replica = LedgerReplica(
         genesis, config.data_dir, config.raft, config.partners, config.raft_secret, signer=identity
     )
-    service = LedgerService(replica, submit_timeout_s=config.submit_timeout_s)
+    limits = CallLimits(rate_per_s=config.rate_per_s, burst=config.rate_burst)
+    service = LedgerService(replica, submit_timeout_s=config.submit_timeout_s, limits=limits)
     try:
         server, port = make_server(
             identity,

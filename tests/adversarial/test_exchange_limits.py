@@ -172,7 +172,7 @@ def test_a_trickle_ends_at_the_deadline(alice: ExchangeClient, hostile: StartHos
     endpoint = hostile(trickle)
     start = time.monotonic()
     with pytest.raises(ExchangeError, match="not done within the 1 s deadline"):
-        _fetch(alice, endpoint, deadline_s=1.0, idle_s=0.5)
+        _fetch(alice, endpoint, deadline_s=1.0, idle_s=2.0)
     assert time.monotonic() - start < GENEROUS_S
 
 

@@ -9,33 +9,11 @@ and that the honest sites still end with identical final models.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from harness import Swarm
+from harness import identical_final
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def swarm_factory(tmp_path: Path) -> Iterator:
-    made: list[Swarm] = []
-
-    def make(sites: int, **env: str) -> Swarm:
-        swarm = Swarm(tmp_path / f"swarm{len(made)}", sites, **env)
-        made.append(swarm)
-        return swarm
-
-    yield make
-    for swarm in made:
-        swarm.close()
-
-
-def _identical(swarm: Swarm, names: list[str]) -> str:
-    digests = {swarm.result(n)["final_digest"] for n in names}
-    assert len(digests) == 1 and None not in digests, digests
-    return digests.pop()
 
 
 @pytest.mark.parametrize(
@@ -50,7 +28,7 @@ def test_a_site_serving_hostile_bytes_is_left_out_and_named(
     swarm_factory, how: str, named: str
 ) -> None:
     # The hostile site never leads, so an honest leader pulls its snapshot every round.
-    swarm = swarm_factory(3, EPOCHS="1", MIN_PEERS="3", LEADER_TIMEOUT="8",
+    swarm = swarm_factory(3, EPOCHS="1", MIN_PEERS="3", LEADER_TIMEOUT="12",
                           PRESENCE_TIMEOUT="15")  # fmt: skip
     swarm.start("site-1")
     swarm.start("site-2")
@@ -66,7 +44,7 @@ def test_a_site_serving_hostile_bytes_is_left_out_and_named(
         assert named in reasons["site-3"], reasons
     leaders = {h["leader"] for h in later}
     assert any("leaving site-3 out of round" in swarm.log(n) for n in leaders)
-    _identical(swarm, ["site-1", "site-2"])
+    identical_final(swarm, ["site-1", "site-2"])
 
 
 def test_a_site_cannot_fetch_another_sites_local_snapshot(swarm_factory) -> None:
@@ -79,7 +57,7 @@ def test_a_site_cannot_fetch_another_sites_local_snapshot(swarm_factory) -> None
     outcome = json.loads(report.read_text())
     assert outcome["refused"] is True, outcome
     assert "PERMISSION_DENIED" in outcome["error"] and "leader" in outcome["error"], outcome
-    _identical(swarm, swarm.names)
+    identical_final(swarm, swarm.names)
 
 
 def test_a_leader_publishing_a_malformed_merge_is_voided_and_demoted(swarm_factory) -> None:
@@ -95,14 +73,14 @@ def test_a_leader_publishing_a_malformed_merge_is_voided_and_demoted(swarm_facto
     assert state["latest_merged"]["digest"] != bad["digest"]
     others = [n for n in swarm.names if n != bad["leader"]]
     assert all("refused" in swarm.log(n) for n in others)
-    assert _identical(swarm, swarm.names) == state["latest_merged"]["digest"]
+    assert identical_final(swarm, swarm.names) == state["latest_merged"]["digest"]
 
 
 def test_a_leader_dying_right_after_merged_ends_the_same_on_every_site(swarm_factory) -> None:
     # Forced, not timed: the first site to lead a round after the first records `merged`
     # and exits before anyone could fetch the model.
-    swarm = swarm_factory(3, EPOCHS="2", MIN_PEERS="2", LEADER_TIMEOUT="6",
-                          PRESENCE_TIMEOUT="12", BATCH_DELAY_S="0.01")  # fmt: skip
+    swarm = swarm_factory(3, EPOCHS="2", MIN_PEERS="2", LEADER_TIMEOUT="10",
+                          PRESENCE_TIMEOUT="15", BATCH_DELAY_S="0.01")  # fmt: skip
     marker, report = swarm.root / "fault.marker", swarm.root / "fault.json"
     swarm.start_all(
         FAULT="die_after_merged_once", FAULT_MARKER=str(marker), FAULT_REPORT=str(report)
@@ -113,5 +91,5 @@ def test_a_leader_dying_right_after_merged_ends_the_same_on_every_site(swarm_fac
     state = swarm.state()
     lost = [h for h in state["history"] if h["status"] == "voided:unavailable"]
     assert [h["leader"] for h in lost] == [dead], state["history"]
-    final = _identical(swarm, survivors)
+    final = identical_final(swarm, survivors)
     assert final == state["latest_merged"]["digest"]

@@ -4,41 +4,19 @@ real site processes: none of them stalls the honest sites or splits their final 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from harness import Swarm
+from harness import identical_final
 
 from openswarm import DEFAULT_CONTRACT
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def swarm_factory(tmp_path: Path) -> Iterator:
-    made: list[Swarm] = []
-
-    def make(sites: int, **env: str) -> Swarm:
-        swarm = Swarm(tmp_path / f"swarm{len(made)}", sites, **env)
-        made.append(swarm)
-        return swarm
-
-    yield make
-    for swarm in made:
-        swarm.close()
-
-
-def _identical(swarm: Swarm, names: list[str]) -> str:
-    digests = {swarm.result(n)["final_digest"] for n in names}
-    assert len(digests) == 1 and None not in digests, digests
-    return digests.pop()
-
-
 def test_an_idle_member_with_an_open_port_never_blocks_the_end(swarm_factory) -> None:
     # site-3 registers with an endpoint that accepts TCP connections (the ledger's own
     # port), then says nothing: only signed presence on the ledger counts.
-    swarm = swarm_factory(3, EPOCHS="2", MIN_PEERS="2", PRESENCE_TIMEOUT="6",
+    swarm = swarm_factory(3, EPOCHS="2", MIN_PEERS="2", PRESENCE_TIMEOUT="10",
                           BATCH_DELAY_S="0.01")  # fmt: skip
     swarm.start("site-1")
     swarm.start("site-2")
@@ -47,7 +25,7 @@ def test_an_idle_member_with_an_open_port_never_blocks_the_end(swarm_factory) ->
         endpoint = {"endpoint": swarm.ledger.endpoints[0]}
         idle.submit("register", contract=DEFAULT_CONTRACT, payload=endpoint).raise_for_status()
     swarm.wait(["site-1", "site-2"], timeout_s=180)
-    _identical(swarm, ["site-1", "site-2"])
+    identical_final(swarm, ["site-1", "site-2"])
     assert any("site-3 has been silent on the ledger" in swarm.log(n) for n in swarm.names[:2])
     state = swarm.state()
     assert not state["members"]["site-3"]["finished"]
@@ -62,7 +40,7 @@ def test_sites_ride_out_a_ledger_outage(swarm_factory) -> None:
     time.sleep(3)  # the outage itself: every call the sites make in it fails
     swarm.ledger.start(0)
     swarm.wait()
-    _identical(swarm, swarm.names)
+    identical_final(swarm, swarm.names)
     assert any("ledger unavailable while" in swarm.log(n) and "retrying" in swarm.log(n)
                for n in swarm.names)  # fmt: skip
 
@@ -75,7 +53,7 @@ def test_a_revoked_site_is_cut_off_at_once_and_the_others_finish(swarm_factory) 
     assert swarm.procs["site-3"].wait(120) != 0
     assert "PERMISSION_DENIED" in swarm.log("site-3")
     swarm.wait(["site-1", "site-2"])
-    final = _identical(swarm, ["site-1", "site-2"])
+    final = identical_final(swarm, ["site-1", "site-2"])
     state = swarm.state()
     assert state["members"]["site-3"]["active"] is False
     blocks = swarm.blocks()[1:]
