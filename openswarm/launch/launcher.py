@@ -291,10 +291,12 @@ class _Run:
 
     def _watch(self, on_progress: ProgressFn | None, poll_s: float, grace_s: float) -> None:
         assert self.ledger is not None
-        with self.ledger.client("admin", timeout_s=2.0) as client:
+        with self.ledger.client("admin", timeout_s=2.0) as client, _interrupts_as_flag() as stop:
             watch = LedgerWatch(client, self.contract)
             next_poll = 0.0
             while True:
+                if stop.is_set():  # raised here, never from inside a gRPC call
+                    raise KeyboardInterrupt
                 codes = self._exit_codes()
                 running = [n for n, c in codes.items() if c is None]
                 if time.monotonic() >= next_poll or not running:
@@ -375,6 +377,23 @@ def _read_result(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+@contextlib.contextmanager
+def _interrupts_as_flag() -> Iterator[threading.Event]:
+    """Within: Ctrl-C and SIGTERM set the yielded event instead of raising wherever the main
+    thread happens to be (inside a gRPC call, an exception can wedge the channel)."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    handler = lambda signum, frame: stop.set()  # noqa: E731
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:
