@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from harness import Swarm
+from harness import Swarm, running_ledger
 
 from openswarm.ledger.local import LocalLedger
 
@@ -15,13 +15,7 @@ PEERS = ("p1", "p2", "p3")
 
 def _network(root: Path, replicas: int) -> Iterator[LocalLedger]:
     # The default contract exists, with default settings; others are created by the admin.
-    net = LocalLedger.create(root, replicas=replicas, peers=PEERS, contract_settings={})
-    try:
-        net.start()
-        net.wait_for_leader()
-        yield net
-    finally:
-        net.close()
+    yield from running_ledger(root, replicas=replicas, peers=PEERS, contract_settings={})
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,17 @@ from openswarm import DEFAULT_CONTRACT
 from openswarm.ledger.local import LocalLedger
 
 SCRIPT = Path(__file__).with_name("swarm_script.py")
+
+
+def running_ledger(root: Path, **create: object) -> Iterator[LocalLedger]:
+    """A started ledger network (LocalLedger.create's keywords), closed when done."""
+    net = LocalLedger.create(root, **create)  # type: ignore[arg-type]
+    try:
+        net.start()
+        net.wait_for_leader()
+        yield net
+    finally:
+        net.close()
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -16,7 +16,7 @@ from typing import Any
 
 import grpc
 import pytest
-from harness import run_cli
+from harness import run_cli, running_ledger
 
 from openswarm import DEFAULT_CONTRACT
 from openswarm.ledger.client import LedgerClient, LedgerError
@@ -114,13 +114,7 @@ def test_a_stream_flood_leaves_room_for_admins(ledger1: LocalLedger) -> None:
 @pytest.fixture
 def ledger_many(tmp_path: Path) -> Iterator[LocalLedger]:
     """One replica with 14 peers: together they can try to take every worker thread."""
-    net = LocalLedger.create(tmp_path / "net", peers=[f"p{i}" for i in range(1, 15)])
-    try:
-        net.start()
-        net.wait_for_leader()
-        yield net
-    finally:
-        net.close()
+    yield from running_ledger(tmp_path / "net", peers=[f"p{i}" for i in range(1, 15)])
 
 
 def test_many_peers_cannot_take_the_admins_workers(ledger_many: LocalLedger) -> None:
@@ -162,14 +156,8 @@ def test_a_revoked_identity_is_refused_and_its_stream_ends(ledger1: LocalLedger)
 def ledger_slow_rate(tmp_path: Path) -> Iterator[LocalLedger]:
     """One replica allowing each identity 20 calls/s (burst 20): a loaded machine's client
     outruns that, as it might not outrun the default 100/s."""
-    net = LocalLedger.create(tmp_path / "net", peers=["p1", "p2"],
-                             replica_settings={"rate_per_s": 20, "rate_burst": 20})  # fmt: skip
-    try:
-        net.start()
-        net.wait_for_leader()
-        yield net
-    finally:
-        net.close()
+    limits = {"rate_per_s": 20, "rate_burst": 20}
+    yield from running_ledger(tmp_path / "net", peers=["p1", "p2"], replica_settings=limits)
 
 
 def test_a_flooding_identity_is_rate_limited_alone(ledger_slow_rate: LocalLedger) -> None:
