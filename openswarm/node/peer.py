@@ -219,9 +219,11 @@ class SwarmPeer:
 
     def view(self) -> dict[str, Any]:
         """The contract's state as the ledger holds it now."""
-        state = self._ledger_call(lambda: self.ledger.state(self.contract, recent=_RECENT_ROUNDS))[
-            "state"
-        ]
+        answer = self._ledger_call(lambda: self.ledger.state(self.contract, recent=_RECENT_ROUNDS))
+        state = answer["state"]
+        if self._gate_lock.acquire(blocking=False):  # what the snapshot server judges by
+            self._gate_cache = (time.monotonic(), state)
+            self._gate_lock.release()
         if state is None:
             raise SwarmError(f"training contract {self.contract!r} does not exist; register")
         return state
@@ -243,12 +245,13 @@ class SwarmPeer:
             refusal = _fetch_refusal(state, caller.name, kind, round, self.contract)
             if refusal is None or time.monotonic() > deadline:
                 return refusal
-            # Judge a refusal again on a copy at most _GATE_FRESH_S old; wait on only while
-            # the copy is just short of the round asked for (a lagging replica).
-            if max_age == _GATE_FRESH_S and not _just_behind(state, round):
-                return refusal
+            # Judge a refusal again at once on a copy at most _GATE_FRESH_S old, then wait
+            # only while that copy is just short of the round asked for (a lagging replica).
+            if max_age == _GATE_FRESH_S:
+                if not _just_behind(state, round):
+                    return refusal
+                time.sleep(_GATE_FRESH_S)
             max_age = _GATE_FRESH_S
-            time.sleep(_GATE_FRESH_S)
 
     def _contract_copy(self, max_age: float) -> dict[str, Any] | None:
         """The contract as the ledger held it at most `max_age` seconds ago."""
