@@ -7,6 +7,7 @@ chain on disk comes out identical to everyone else's.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
 
 from openswarm.ledger.block import genesis_block
 from openswarm.ledger.head import sign_head, write_head
-from openswarm.ledger.state import LedgerState
+from openswarm.ledger.state import LedgerState, Rejected
 from openswarm.ledger.store import ChainStore
 from openswarm.ledger.tx import Transaction
 from openswarm.pki import CertIdentity, Identity
@@ -44,9 +45,19 @@ class LedgerReplica(SyncObj):
         self._data_dir = Path(data_dir)
         self._signer = signer
         self._head: dict[str, Any] | None = None
+        self._head_block: dict[str, Any] | None = None  # the newest block, head not yet signed
+        self._head_wanted = threading.Event()
+        self._head_lock = threading.Lock()
+        self._closing = False
         self._store = ChainStore(data_dir)
         self._blocks: list[dict[str, Any]] = []
         self._record(genesis_block(genesis))
+        self._flush_head()
+        # Heads are signed off the commit path, coalesced: one signature covers every block
+        # committed meanwhile (within milliseconds), and close() signs the last one.
+        self._head_writer = threading.Thread(target=self._sign_heads, daemon=True,
+                                             name="ledger-head")  # fmt: skip
+        self._head_writer.start()
         self._changed = threading.Condition()
         conf = SyncObjConf(
             password=raft_secret,
@@ -76,12 +87,31 @@ class LedgerReplica(SyncObj):
         return block
 
     def _record(self, block: dict[str, Any]) -> None:
-        """Store a block, then sign the new head (after the block, so never ahead of it)."""
+        """Store a block, then ask for a signed head of it (after the block, so a head is
+        never ahead of the chain on disk)."""
         new = self._store.append(block)
         self._blocks.append(block)
         if self._signer is not None and (new or block["height"] == self._store.stored_height):
-            self._head = sign_head(self._signer, self._state.swarm, block)
-            write_head(self._data_dir, self._head)
+            self._head_block = block
+            self._head_wanted.set()
+
+    def _sign_heads(self) -> None:
+        while not self._closing:
+            self._head_wanted.wait()
+            self._head_wanted.clear()
+            self._flush_head()
+
+    def _flush_head(self) -> None:
+        """Sign and write the head of the newest stored block, if not done yet."""
+        with self._head_lock:
+            block = self._head_block
+            if self._signer is None or block is None:
+                return
+            if self._head is not None and self._head["height"] >= block["height"]:
+                return
+            head = sign_head(self._signer, self._state.swarm, block)
+            write_head(self._data_dir, head)
+            self._head = head
 
     def submit(self, tx_json: str, done: Callable[[dict[str, Any] | None, int], None]) -> None:
         """Queue a transaction for Raft; `done(block, fail_reason)` runs once it commits."""
@@ -90,6 +120,9 @@ class LedgerReplica(SyncObj):
     # --- checks before ordering -----------------------------------------------------------
     def precheck(self, tx: Transaction) -> CertIdentity:
         """`LedgerState.precheck` against the current state (raises Rejected)."""
+        # The signature, the costly part, is verified outside the lock that commits take.
+        with contextlib.suppress(Rejected):
+            self._state.check_signature(tx, tx.sender)
         with self._changed:
             return self._state.precheck(tx)
 
@@ -156,6 +189,10 @@ class LedgerReplica(SyncObj):
 
     def close(self) -> None:
         self.destroy()
+        self._closing = True
+        self._head_wanted.set()
+        self._head_writer.join(timeout=5)
+        self._flush_head()  # the last block's head, whatever the writer had reached
         self._store.close()
 
 

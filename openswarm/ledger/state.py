@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import heapq
+import threading
 from typing import Any
 
 from openswarm.ledger.block import genesis_block, tx_block
@@ -62,6 +63,8 @@ class LedgerState:
         self.height: int = 0
         self.last_hash: str = head["hash"]
         self._cert_cache: dict[str, CertIdentity | str] = {}
+        self._good_signatures: dict[tuple[str, str], bool] = {}
+        self._signature_lock = threading.Lock()
 
     # --- the one entry point -------------------------------------------------------------
     def commit(self, tx_json: str) -> dict[str, Any]:
@@ -113,12 +116,26 @@ class LedgerState:
         if who.name != tx.sender:
             raise Rejected(f"sender {tx.sender!r} does not match the certificate ({who.name!r})")
         self._check_role(who.name, who.role, required_role(tx.type), tx.type)
-        try:
-            verify_sig(tx.cert.encode("ascii"), tx.signed_bytes(), tx.signature_bytes())
-        except (PkiError, TxFormatError) as exc:
-            raise Rejected(f"bad signature from {who.name!r}: {exc}") from exc
+        self.check_signature(tx, who.name)
         self._check_fresh(tx)
         return who
+
+    def check_signature(self, tx: Transaction, who: str) -> None:
+        """Rejected unless `tx`'s signature verifies under its certificate. Good ones are
+        remembered (a pure function of the signed bytes, which hold the certificate, and
+        the signature), so a transaction checked before ordering is not verified again."""
+        key = (tx.tx_id, tx.signature)
+        with self._signature_lock:  # also used from the service's threads
+            if key in self._good_signatures:
+                return
+        try:
+            verify_sig(tx.cert.encode("ascii"), tx.signed_bytes(), tx.signature_bytes())
+        except (PkiError, TxFormatError, UnicodeEncodeError) as exc:
+            raise Rejected(f"bad signature from {who!r}: {exc}") from exc
+        with self._signature_lock:
+            if len(self._good_signatures) >= _CERT_CACHE_SIZE:
+                del self._good_signatures[next(iter(self._good_signatures))]
+            self._good_signatures[key] = True
 
     def _check_role(self, name: str, role: str, needed: str, tx_type: str) -> None:
         admitted_role = self.admitted.get(name)
