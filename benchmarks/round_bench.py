@@ -201,7 +201,9 @@ def connect_all(peer: Any, timeout_s: float = 120.0) -> None:
         deadline = time.monotonic() + timeout_s
         while True:
             try:
-                peer.fetcher.fetch(member["endpoint"], "merged", 1 << 40, "0" * 64, max_bytes=1)
+                peer.fetcher.fetch(
+                    member["endpoint"], "merged", 1 << 40, "0" * 64, max_bytes=1, peer=other
+                )
             except ExchangeError as exc:
                 if "NOT_FOUND" in str(exc):
                     break
@@ -232,7 +234,7 @@ def peer_worker(cfg: WorkerConfig, queue: MpQueue[Message], barrier: MpBarrier) 
         network = NetworkConfig(ledger=cfg.endpoints, identity=Path(cfg.identity))
         peer = SwarmPeer(settings, network)
         rpc = RpcTimer()
-        for method in ("submit_tx", "state"):
+        for method in ("call",):  # every ledger RPC goes through call()
             setattr(peer.ledger, method, rpc.wrap(getattr(peer.ledger, method)))
         peer.register()
         queue.put({"kind": "registered", "peer": name})
