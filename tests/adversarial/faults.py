@@ -9,9 +9,11 @@ certificate: these are the attacks of a participant, not of an outsider.
   with one chunk and then silence. It never leads (so an honest site always merges).
 - `snoop`: before its first `ready`, it fetches another site's local snapshot, which only
   the round's leader may; what happened goes to the file FAULT_REPORT.
-- `bad_merged_once`, `die_after_merged_once`: the first site (of all that carry the fault;
-  the file FAULT_MARKER decides) to lead a round after the first publishes a merged model of
-  the wrong shape, or records `merged` and exits at once without handing the model over.
+- `bad_merged_once`, `die_after_merged_once`, `huge_merged_once`: the first site (of all that
+  carry the fault; the file FAULT_MARKER decides) to lead a round after the first publishes a
+  merged model of the wrong shape; or records `merged` and exits at once without handing the
+  model over; or records a merged model of 2**62 bytes and answers every fetch of it with
+  64 MiB of zeros.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import grpc
 import numpy as np
 
 from openswarm.codec import decode, digest_encoded, encode
-from openswarm.node.exchange import CHUNK_BYTES, ExchangeError, ExchangeServer
+from openswarm.node.exchange import CHUNK_BYTES, ExchangeError, ExchangeServer, Snapshot
 from openswarm.node.peer import SwarmPeer
 
 
@@ -38,7 +40,7 @@ def install(fault: str) -> None:
         SwarmPeer._lead = lambda self, view, local: None  # type: ignore[method-assign]
     elif fault == "snoop":
         _snoop_before_first_ready()
-    elif fault in ("bad_merged_once", "die_after_merged_once"):
+    elif fault in ("bad_merged_once", "die_after_merged_once", "huge_merged_once"):
         _lead_badly_once(fault)
     else:
         raise ValueError(f"unknown FAULT {fault!r}")
@@ -73,6 +75,20 @@ def _serve_badly(how: str) -> None:
                 time.sleep(0.2)
 
     ExchangeServer._fetch = fetch  # type: ignore[method-assign]
+
+
+def _flood_merged(peer: SwarmPeer) -> None:
+    """From now on this site answers every fetch of a merged model with 64 MiB of zeros,
+    far more than any honest site's model."""
+    honest = peer.server.store.find
+    flood = b"\0" * (64 << 20)
+
+    def find(kind: str, round: int, digest: str) -> Snapshot | None:
+        if kind != "merged":
+            return honest(kind, round, digest)
+        return Snapshot(kind, round, digest, flood)
+
+    peer.server.store.find = find  # type: ignore[method-assign]
 
 
 def _snoop_before_first_ready() -> None:
@@ -130,6 +146,12 @@ def _lead_badly_once(fault: str) -> None:
             honest(self, view, local)
             return
         r = local.round
+        if fault == "huge_merged_once":
+            digest = digest_encoded(local.data)
+            _report({"leader": self.name, "round": r, "digest": digest})
+            _flood_merged(self)
+            self._submit("merged", r, {"digest": digest, "size": 2**62})
+            return
         if fault == "die_after_merged_once":
             _report({"leader": self.name, "round": r})
             size = len(local.data)

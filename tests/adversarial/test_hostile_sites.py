@@ -9,6 +9,7 @@ and that the honest sites still end with identical final models.
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from harness import identical_final
@@ -93,3 +94,25 @@ def test_a_leader_dying_right_after_merged_ends_the_same_on_every_site(swarm_fac
     assert [h["leader"] for h in lost] == [dead], state["history"]
     final = identical_final(swarm, survivors)
     assert final == state["latest_merged"]["digest"]
+
+
+def test_a_leader_claiming_a_huge_merged_model_cannot_fill_anyones_memory(swarm_factory) -> None:
+    # It records a size of 2**62 bytes and serves 64 MiB: every site stops reading at a few
+    # times its own model's size, and the merge nobody could take is voided.
+    swarm = swarm_factory(3, EPOCHS="2", MIN_PEERS="3", LEADER_TIMEOUT="10",
+                          BATCH_DELAY_S="0.01")  # fmt: skip
+    marker, report = swarm.root / "fault.marker", swarm.root / "fault.json"
+    swarm.start_all(FAULT="huge_merged_once", FAULT_MARKER=str(marker), FAULT_REPORT=str(report))
+    swarm.wait()
+    huge = json.loads(report.read_text())
+    state = swarm.state()
+    record = state["history"][huge["round"] - 1]
+    assert record["size"] == 2**62 and record["status"] == "voided:unavailable", record
+    stopped = re.compile(
+        rf"merged model of round {huge['round']} from {huge['leader']}: the peer sent \d+ "
+        r"bytes, more than the (\d+) expected"
+    )
+    for name in (n for n in swarm.names if n != huge["leader"]):
+        caps = [int(m.group(1)) for m in stopped.finditer(swarm.log(name))]
+        assert caps and max(caps) < 8 << 20, (name, caps)  # a few times its own model, no more
+    assert identical_final(swarm, swarm.names) == state["latest_merged"]["digest"]
