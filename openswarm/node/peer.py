@@ -267,9 +267,12 @@ class SwarmPeer:
         """Learn what this site's model looks like (names, shapes, dtypes, encoded size), so
         that models from other sites are checked, and their downloads capped, against it."""
         if self._own_structure is None:
-            data = encode(params)
-            self._own_structure = _structure(decode(data))
-            self._own_size = len(data)
+            self._learn(encode(params))
+
+    def _learn(self, data: bytes) -> None:
+        """Take this site's model as encoded in `data` as what others' must look like."""
+        self._own_structure = _structure(decode(data))
+        self._own_size = len(data)
 
     def latest_merged(self, params: Mapping[str, Any] | None = None) -> RoundResult | None:
         """The latest merged model, fetched and checked (for late joiners and restarts);
@@ -312,8 +315,7 @@ class SwarmPeer:
             local = _Local(round, data, digest)
             self._local = local
             if self._own_structure is None:
-                self._own_structure = _structure(decode(data))
-                self._own_size = len(data)
+                self._learn(data)
             outcome = self._submit("ready", round, payload)
             if outcome.applied:
                 break

@@ -12,7 +12,7 @@ import json
 import re
 
 import pytest
-from harness import identical_final
+from harness import Swarm, identical_final
 
 pytestmark = pytest.mark.slow
 
@@ -61,12 +61,18 @@ def test_a_site_cannot_fetch_another_sites_local_snapshot(swarm_factory) -> None
     identical_final(swarm, swarm.names)
 
 
+def _with_fault_once(swarm: Swarm, fault: str) -> dict:
+    """Run every site with `fault`, which one of them acts on; wait for all to exit and
+    return what that one reported (tests/adversarial/faults.py)."""
+    marker, report = swarm.root / "fault.marker", swarm.root / "fault.json"
+    swarm.start_all(FAULT=fault, FAULT_MARKER=str(marker), FAULT_REPORT=str(report))
+    swarm.wait()  # a site that dies on purpose exits with status 0 too
+    return json.loads(report.read_text())
+
+
 def test_a_leader_publishing_a_malformed_merge_is_voided_and_demoted(swarm_factory) -> None:
     swarm = swarm_factory(3, EPOCHS="2", MIN_PEERS="3")
-    marker, report = swarm.root / "fault.marker", swarm.root / "fault.json"
-    swarm.start_all(FAULT="bad_merged_once", FAULT_MARKER=str(marker), FAULT_REPORT=str(report))
-    swarm.wait()
-    bad = json.loads(report.read_text())
+    bad = _with_fault_once(swarm, "bad_merged_once")
     state = swarm.state()
     record = state["history"][bad["round"] - 1]
     assert record["digest"] == bad["digest"] and record["status"] == "voided:refused", record
@@ -82,12 +88,7 @@ def test_a_leader_dying_right_after_merged_ends_the_same_on_every_site(swarm_fac
     # and exits before anyone could fetch the model.
     swarm = swarm_factory(3, EPOCHS="2", MIN_PEERS="2", LEADER_TIMEOUT="10",
                           PRESENCE_TIMEOUT="15", BATCH_DELAY_S="0.01")  # fmt: skip
-    marker, report = swarm.root / "fault.marker", swarm.root / "fault.json"
-    swarm.start_all(
-        FAULT="die_after_merged_once", FAULT_MARKER=str(marker), FAULT_REPORT=str(report)
-    )
-    swarm.wait()  # the failing site exits too, with status 0, before handing anything over
-    dead = json.loads(report.read_text())["leader"]
+    dead = _with_fault_once(swarm, "die_after_merged_once")["leader"]
     survivors = [n for n in swarm.names if n != dead]
     state = swarm.state()
     lost = [h for h in state["history"] if h["status"] == "voided:unavailable"]
@@ -101,10 +102,7 @@ def test_a_leader_claiming_a_huge_merged_model_cannot_fill_anyones_memory(swarm_
     # times its own model's size, and the merge nobody could take is voided.
     swarm = swarm_factory(3, EPOCHS="2", MIN_PEERS="3", LEADER_TIMEOUT="10",
                           BATCH_DELAY_S="0.01")  # fmt: skip
-    marker, report = swarm.root / "fault.marker", swarm.root / "fault.json"
-    swarm.start_all(FAULT="huge_merged_once", FAULT_MARKER=str(marker), FAULT_REPORT=str(report))
-    swarm.wait()
-    huge = json.loads(report.read_text())
+    huge = _with_fault_once(swarm, "huge_merged_once")
     state = swarm.state()
     record = state["history"][huge["round"] - 1]
     assert record["size"] == 2**62 and record["status"] == "voided:unavailable", record
