@@ -381,7 +381,7 @@ def run_cell(count: int, peers: int, rounds: int, keep_rounds: int) -> Cell:
         procs: list[BaseProcess] = []
         try:
             net.start()
-            net.wait_for_leader()
+            net.wait_ready()
             for index in range(peers):
                 cfg = WorkerConfig(
                     index, peers, count, rounds, tuple(net.endpoints),

@@ -24,7 +24,7 @@ def running_ledger(root: Path, **create: object) -> Iterator[LocalLedger]:
     net = LocalLedger.create(root, **create)  # type: ignore[arg-type]
     try:
         net.start()
-        net.wait_for_leader()
+        net.wait_ready()
         yield net
     finally:
         net.close()
@@ -50,7 +50,7 @@ class Swarm:
         self.names = [f"site-{i + 1}" for i in range(sites)]
         self.ledger = LocalLedger.create(root / "ledger", replicas=1, peers=self.names)
         self.ledger.start()
-        self.ledger.wait_for_leader()
+        self.ledger.wait_ready()
         self.env = env
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.admin = self.ledger.client("admin")

@@ -112,7 +112,7 @@ def test_fit_stops_cleanly_when_the_swarm_cannot_go_on(tmp_path: Path, caplog) -
     ledger = LocalLedger.create(tmp_path / "ledger", replicas=1, peers=["site-1"])
     ledger.start()
     try:
-        ledger.wait_for_leader()
+        ledger.wait_ready()
         network = NetworkConfig(
             ledger=tuple(ledger.endpoints),
             identity=ledger.identity_dir("site-1"),

@@ -103,7 +103,7 @@ def test_crash_restart_catch_up_and_quorum(ledger3: LocalLedger) -> None:
         _metrics(client, epoch)
 
     net.start(2)  # comes back: catches up from the others
-    net.wait_for_leader()
+    net.wait_ready()
     _metrics(client, 99)
     _assert_identical_and_valid(net, 7)
 
@@ -113,11 +113,11 @@ def test_crash_restart_catch_up_and_quorum(ledger3: LocalLedger) -> None:
         _metrics(client, 100)
 
     net.start(1)  # a majority again
-    net.wait_for_leader()
+    net.wait_ready()
     _metrics(client, 101)
     height = client.status()["height"]
     net.start(2)
-    net.wait_for_leader()
+    net.wait_ready()
     _assert_identical_and_valid(net, height)
     # the refused submission was not silently applied twice
     epochs = [b["tx"]["payload"]["epoch"] for b in client.blocks(1) if b["tx"]["type"] == "metrics"]

@@ -74,15 +74,26 @@ def genesis(
 
 
 @ledger_app.command()
-def start(config: Path = typer.Option(..., "--config", help="Replica YAML config.")) -> None:
-    """Run one ledger replica until interrupted."""
+def start(
+    config: Path = typer.Option(..., "--config", help="Ledger node YAML config."),
+    etcd_bin: str = typer.Option(
+        None, "--etcd-bin", help="The etcd binary for a managed member (default: etcd on PATH)."
+    ),
+) -> None:
+    """Run one ledger node (and its managed etcd member, if configured) until interrupted."""
+    import dataclasses
+
     from openswarm.ledger.config import ConfigError, LedgerConfig
     from openswarm.ledger.genesis import GenesisError
     from openswarm.ledger.node import serve_forever
     from openswarm.ledger.store import StoreError
 
     try:
-        serve_forever(LedgerConfig.load(config))
+        loaded = LedgerConfig.load(config)
+        if etcd_bin and loaded.etcd is not None:
+            etcd = dataclasses.replace(loaded.etcd, binary=etcd_bin)
+            loaded = dataclasses.replace(loaded, etcd=etcd)
+        serve_forever(loaded)
     except (ConfigError, GenesisError, StoreError, OSError) as exc:
         _fail(str(exc))
 
@@ -106,7 +117,7 @@ def status(
     identity: Path = typer.Option(None, "--identity", help=IDENTITY_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Replicas, Raft leader and chain height."""
+    """Ledger node, ordering layer (etcd members, revision, size), ledger time and height."""
     from openswarm.ledger.client import LedgerError
 
     try:
@@ -117,12 +128,24 @@ def status(
     if as_json:
         typer.echo(json.dumps(info, indent=2, sort_keys=True))
         return
-    typer.echo(f"swarm       {info['swarm']}")
-    typer.echo(f"replica     {info['self']} ({info['state']})")
-    typer.echo(f"raft leader {info['leader'] or 'none (no quorum)'}")
-    typer.echo(f"replicas    {', '.join(info['replicas'])}")
-    typer.echo(f"connected   {', '.join(info['connected']) or '-'}")
-    typer.echo(f"height      {info['height']}  head {info['last_hash'][:16]}…")
+    ordering = info.get("ordering") or {}
+    when = dt.datetime.fromtimestamp(info["ledger_time"], dt.UTC).isoformat(timespec="seconds")
+    typer.echo(f"swarm        {info['swarm']}")
+    typer.echo(
+        f"node         {info['node']}" + (f"  HALTED: {info['halted']}" if info["halted"] else "")
+    )
+    typer.echo(f"height       {info['height']}  head {info['last_hash'][:16]}…")
+    typer.echo(f"ledger time  {when}  (ticks: {len(info.get('ticks') or {})} nodes)")
+    typer.echo(f"quorum       {'yes' if info['has_quorum'] else 'NO'}")
+    typer.echo(f"ordering     {ordering.get('kind', '?')}, position {info['position']}")
+    for member in ordering.get("members") or []:
+        status = member.get("status") or {}
+        typer.echo(
+            f"  member {member.get('name') or '(not started)'}"
+            f"{'  LEADER' if member.get('leader') else ''}"
+            f"  {', '.join(member.get('client_urls') or member.get('peer_urls') or [])}"
+            + (f"  db {int(status['dbSize']) / 1e6:.1f} MB" if status.get("dbSize") else "")
+        )
 
 
 @ledger_app.command()
@@ -209,33 +232,34 @@ def verify(
 
 @ledger_app.command("add-replica")
 def add_replica(
-    raft: str = typer.Argument(..., help="The new replica's Raft host:port."),
+    peer_url: str = typer.Argument(..., help="The new node's etcd peer URL (https://HOST:PORT)."),
     connect: str = typer.Option(..., "--connect"),
     identity: Path = typer.Option(None, "--identity", help="An admin identity folder."),
 ) -> None:
-    """Add a replica to a running network; start it afterwards, with all others as partners."""
+    """Add an etcd member to a running ledger; then start its node with member.state
+    'existing' (admit the node's ledger identity too, so that its clock ticks count)."""
     from openswarm.ledger.client import LedgerError
 
     try:
         with _client(connect, identity) as client:
-            client.add_replica(raft)
+            client.add_replica(peer_url)
     except LedgerError as exc:
         _fail(str(exc))
-    typer.echo(f"added {raft}")
+    typer.echo(f"added etcd member at {peer_url}; start its ledger node now")
 
 
 @ledger_app.command("remove-replica")
 def remove_replica(
-    raft: str = typer.Argument(..., help="The replica's Raft host:port."),
+    name: str = typer.Argument(..., help="The etcd member's name (its ledger node's name)."),
     connect: str = typer.Option(..., "--connect"),
     identity: Path = typer.Option(None, "--identity", help="An admin identity folder."),
 ) -> None:
-    """Remove a replica from a running network."""
+    """Remove an etcd member from a running ledger; stop its node afterwards."""
     from openswarm.ledger.client import LedgerError
 
     try:
         with _client(connect, identity) as client:
-            client.remove_replica(raft)
+            client.remove_replica(name)
     except LedgerError as exc:
         _fail(str(exc))
-    typer.echo(f"removed {raft}")
+    typer.echo(f"removed etcd member {name}")

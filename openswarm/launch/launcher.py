@@ -270,7 +270,7 @@ class _Run:
         self.ledger = LocalLedger.create(self.result.ledger_dir, replicas=1, peers=names)
         try:
             self.ledger.start()
-            self.ledger.wait_for_leader()
+            self.ledger.wait_ready()
         except LedgerError as exc:
             self.result.error = f"the ledger did not start: {exc}"
             raise _Abort from exc

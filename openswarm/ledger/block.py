@@ -1,4 +1,4 @@
-"""Hash-chained blocks: one committed Raft entry, one block."""
+"""Hash-chained blocks: one ordered record (a transaction or a tick), one block."""
 
 from __future__ import annotations
 
@@ -28,3 +28,16 @@ def tx_block(
     height: int, prev_hash: str, tx: dict[str, Any], tx_id: str, outcome: dict[str, Any]
 ) -> dict[str, Any]:
     return make_block(height, prev_hash, tx=tx, tx_id=tx_id, outcome=outcome)
+
+
+def record_of(block: dict[str, Any]) -> str:
+    """The ordered record a (non-genesis) block was made from: applying it again to the
+    state before the block yields the block again."""
+    if "tick" in block:
+        return canonical_bytes({"tick": block["tick"]}).decode("utf-8")
+    tx = block.get("tx")
+    if not isinstance(tx, dict):
+        raise ValueError(f"block {block.get('height')} holds neither a transaction nor a tick")
+    if set(tx) == {"raw"} and isinstance(tx["raw"], str):
+        return tx["raw"]
+    return canonical_bytes(tx).decode("utf-8")

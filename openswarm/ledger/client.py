@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,8 +14,6 @@ from openswarm.ledger.tx import Transaction, make_transaction
 from openswarm.net import FAST_RECONNECT, secure_channel
 from openswarm.net.jsonrpc import decode_json, encode_json, json_stub
 from openswarm.pki import Identity, role_host
-
-_LEADER_RECHECK_S = 1.0
 
 
 class LedgerError(RuntimeError):
@@ -95,7 +92,6 @@ class LedgerClient:
         self._channels: dict[str, grpc.Channel] = {}
         self._lock = threading.Lock()
         self._preferred = 0
-        self._leader_checked = -_LEADER_RECHECK_S
 
     # --- transport ------------------------------------------------------------------------
     def _channel(self, endpoint: str) -> grpc.Channel:
@@ -153,25 +149,7 @@ class LedgerClient:
     # --- API ------------------------------------------------------------------------------
     def submit_tx(self, tx: Transaction) -> Outcome:
         """Submit a signed transaction; returns its committed outcome (applied or rejected)."""
-        answer = self.call("Submit", {"tx": tx.to_dict()})
-        if answer.get("via_leader") is False and len(self.endpoints) > 1:
-            self._prefer_leader()
-        return Outcome.from_dict(answer)
-
-    def _prefer_leader(self) -> None:
-        """Send later calls to the Raft leader first (followers only forward to it)."""
-        now = time.monotonic()
-        if now - self._leader_checked < _LEADER_RECHECK_S:
-            return
-        self._leader_checked = now
-        for index, endpoint in enumerate(self.endpoints):
-            stub = json_stub(self._channel(endpoint), SERVICE, "Status")
-            try:
-                if stub({}, timeout=2.0).get("state") == "leader":
-                    self._preferred = index
-                    return
-            except grpc.RpcError:
-                continue
+        return Outcome.from_dict(self.call("Submit", {"tx": tx.to_dict()}))
 
     def submit(
         self,
@@ -207,11 +185,13 @@ class LedgerClient:
     def tx(self, tx_id: str) -> Outcome:
         return Outcome.from_dict(self.call("Tx", {"tx_id": tx_id}))
 
-    def add_replica(self, raft_address: str) -> dict[str, Any]:
-        return self.call("AddReplica", {"raft": raft_address}, timeout_s=30)
+    def add_replica(self, peer_url: str) -> dict[str, Any]:
+        """Add an etcd member (its https peer URL) before starting its ledger node."""
+        return self.call("AddReplica", {"peer_url": peer_url}, timeout_s=30)
 
-    def remove_replica(self, raft_address: str) -> dict[str, Any]:
-        return self.call("RemoveReplica", {"raft": raft_address}, timeout_s=30)
+    def remove_replica(self, name: str) -> dict[str, Any]:
+        """Remove the etcd member `name` from the cluster (then stop its node)."""
+        return self.call("RemoveReplica", {"name": name}, timeout_s=30)
 
     def stream(self, start: int = 0, contract: str | None = None) -> Iterator[dict[str, Any]]:
         """Blocks from `start` on, live, from the preferred replica; `.cancel()` ends it."""

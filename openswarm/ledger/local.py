@@ -1,14 +1,14 @@
 """A ledger network on this machine: CA, identities, genesis, configs and replica processes.
 
 Used by the local launcher, the benchmarks and the tests; each replica is a real
-`openswarm ledger start` process talking Raft and gRPC over loopback.
+`openswarm ledger start` process serving gRPC over loopback. One replica is embedded by
+default; several (or backend="etcd") each start and supervise a managed etcd member.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -38,7 +38,7 @@ class ReplicaProcess:
     config_path: Path
     data_dir: Path
     grpc_address: str
-    raft_address: str
+    peer_url: str = ""  # its etcd member's peer URL (etcd backend)
     process: subprocess.Popen[str] | None = None
     log_path: Path | None = None
     log_offset: int = 0
@@ -55,7 +55,8 @@ class LocalLedger:
     root: Path
     swarm: str
     replicas: list[ReplicaProcess] = field(default_factory=list)
-    raft_secret: str = ""
+    backend: str = "embedded"  # or "etcd"
+    host: str = LOOPBACK
     replica_settings: dict = field(default_factory=dict)  # more keys for every replica config
     ports: list[int] = field(default_factory=list)  # reserved by this process, see close()
 
@@ -94,13 +95,21 @@ class LocalLedger:
         contract_settings: dict | None = None,
         extra_identities: Sequence[tuple[str, str]] = (),
         replica_settings: dict | None = None,
+        backend: str | None = None,
     ) -> LocalLedger:
-        """Issue identities, write the genesis and one config per replica (nothing runs yet)."""
+        """Issue identities, write the genesis and one config per replica (nothing runs yet).
+
+        `backend` is "embedded" (one replica only; the default for one) or "etcd" (the
+        default for several): each replica then runs a managed etcd member.
+        """
         from openswarm import DEFAULT_CONTRACT
         from openswarm.ledger.genesis import make_genesis
 
         root.mkdir(parents=True, exist_ok=True)
-        net = cls(root=root, swarm=swarm, raft_secret=secrets.token_hex(24),
+        backend = backend or ("etcd" if replicas > 1 else "embedded")
+        if backend not in ("embedded", "etcd") or (backend == "embedded" and replicas != 1):
+            raise ValueError("backend is 'embedded' (exactly one replica) or 'etcd'")
+        net = cls(root=root, swarm=swarm, backend=backend,
                   replica_settings=dict(replica_settings or {}))  # fmt: skip
         init_ca(net.pki_dir, swarm)
         hosts = ["localhost", LOOPBACK]
@@ -123,44 +132,57 @@ class LocalLedger:
         contracts = {DEFAULT_CONTRACT: settings} if declared else {}
         genesis = make_genesis(swarm, ca_pem, admitted, contracts=contracts)
         net.genesis_path.write_text(json.dumps(genesis, indent=2, sort_keys=True))
-        raft_addresses = [f"{LOOPBACK}:{net._port()}" for _ in range(replicas)]
+        peer_urls = [f"https://{LOOPBACK}:{net._port()}" for _ in range(replicas)]
         for index in range(replicas):
-            net.add_replica_config(index + 1, raft_addresses)
+            net.add_replica_config(index + 1, peer_urls)
         return net
 
-    def add_replica_config(self, number: int, raft_addresses: Sequence[str]) -> ReplicaProcess:
-        """Write the config of replica `number`; `raft_addresses` are all replicas' Raft ends."""
+    def add_replica_config(
+        self, number: int, peer_urls: Sequence[str], *, state: str = "new"
+    ) -> ReplicaProcess:
+        """Write the config of replica `number`; `peer_urls` are all etcd members' peer
+        URLs (ignored by the embedded backend)."""
         name = f"ledger-{number}"
-        raft = raft_addresses[number - 1]
         data_dir = self.root / name
-        grpc_address = f"{LOOPBACK}:{self._port()}"
-        config = {
+        grpc_address = f"{self.host}:{self._port()}"
+        config: dict = {
             "data_dir": str(data_dir),
             "listen": grpc_address,
-            "raft": raft,
-            "partners": [a for a in raft_addresses if a != raft],
             "identity": str(self.pki_dir / "identities" / name),
             "genesis": str(self.genesis_path),
-            "raft_secret": self.raft_secret,
             **self.replica_settings,
         }
+        peer_url = ""
+        if self.backend == "etcd":
+            peer_url = peer_urls[number - 1]
+            config["etcd"] = {
+                "member": {
+                    "client_url": f"https://{self.host}:{self._port()}",
+                    "peer_url": peer_url,
+                    "initial_cluster": {
+                        f"ledger-{i}": url for i, url in enumerate(peer_urls, start=1) if url
+                    },
+                    "state": state,
+                }
+            }
         path = self.root / f"{name}.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=True))
-        os.chmod(path, 0o600)  # it holds the Raft secret
-        replica = ReplicaProcess(name, path, data_dir, grpc_address, raft)
+        os.chmod(path, 0o600)
+        replica = ReplicaProcess(name, path, data_dir, grpc_address, peer_url)
         self.replicas.append(replica)
         return replica
 
     def new_replica(self) -> ReplicaProcess:
-        """Issue an identity and write a config for one more replica.
+        """Issue an identity and write a config for one more etcd-backed replica.
 
-        Add it to the network (`LedgerClient.add_replica`) before starting it, so that it
-        never runs elections as a stranger.
+        Admit its identity (an admin's `admit` transaction) and add its member
+        (`LedgerClient.add_replica(peer_url)`) before starting it.
         """
         number = len(self.replicas) + 1
         issue_identity(self.pki_dir, f"ledger-{number}", "ledger", hosts=["localhost", LOOPBACK])
-        addresses = [r.raft_address for r in self.replicas] + [f"{LOOPBACK}:{self._port()}"]
-        return self.add_replica_config(number, addresses)
+        urls = [r.peer_url if r.running else "" for r in self.replicas]
+        urls.append(f"https://{LOOPBACK}:{self._port()}")
+        return self.add_replica_config(number, urls, state="existing")
 
     def _port(self) -> int:
         port = free_port()
@@ -192,7 +214,7 @@ class LocalLedger:
         )  # fmt: skip
         log.close()
 
-    def _wait_serving(self, replica: ReplicaProcess, timeout_s: float = 30.0) -> None:
+    def _wait_serving(self, replica: ReplicaProcess, timeout_s: float = 90.0) -> None:
         assert replica.log_path is not None
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -208,25 +230,28 @@ class LocalLedger:
             time.sleep(0.05)
         raise LedgerError(f"{replica.name} did not start within {timeout_s:.0f} s")
 
-    def wait_for_leader(self, client_name: str = "admin", timeout_s: float = 30.0) -> str:
-        """Block until some running replica reports a Raft leader with quorum."""
+    def wait_ready(self, client_name: str = "admin", timeout_s: float = 60.0) -> None:
+        """Block until every running replica has quorum and ledger time."""
         deadline = time.monotonic() + timeout_s
         last = ""
-        while time.monotonic() < deadline:
-            for replica in self.replicas:
-                if not replica.running:
+        pending = [r for r in self.replicas if r.running]
+        while pending and time.monotonic() < deadline:
+            replica = pending[0]
+            try:
+                with LedgerClient([replica.grpc_address], self.identity(client_name),
+                                  timeout_s=2) as client:  # fmt: skip
+                    status = client.status()
+                if status["has_quorum"] and status["ledger_time"] > 0:
+                    pending.pop(0)
                     continue
-                try:
-                    with LedgerClient([replica.grpc_address], self.identity(client_name),
-                                      timeout_s=2) as client:  # fmt: skip
-                        status = client.status()
-                except LedgerError as exc:
-                    last = str(exc)
-                    continue
-                if status["leader"] and status["has_quorum"]:
-                    return str(status["leader"])
+                last = (
+                    f"{replica.name}: quorum {status['has_quorum']}, time {status['ledger_time']}"
+                )
+            except LedgerError as exc:
+                last = str(exc)
             time.sleep(0.1)
-        raise LedgerError(f"no Raft leader within {timeout_s:.0f} s ({last})")
+        if pending:
+            raise LedgerError(f"ledger not ready within {timeout_s:.0f} s ({last})")
 
     def kill(self, index: int) -> None:
         """SIGKILL one replica (a crash, not a clean stop)."""

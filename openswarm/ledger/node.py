@@ -1,15 +1,27 @@
-"""Running a replica: Raft plus the gRPC service, from a config file or in-process."""
+"""Running a ledger node: its ordering layer (embedded or etcd), state and gRPC service."""
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 
 import grpc
 
-from openswarm.ledger.config import ConfigError, LedgerConfig
+from openswarm.ledger.block import genesis_block
+from openswarm.ledger.config import ConfigError, EtcdSettings, LedgerConfig
+from openswarm.ledger.etcd_client import EtcdClient, EtcdError
+from openswarm.ledger.etcd_member import (
+    EtcdMember,
+    EtcdSetupError,
+    MemberSpec,
+    check_version,
+    parse_version,
+)
+from openswarm.ledger.etcd_orderer import EtcdOrderer
 from openswarm.ledger.genesis import load_genesis
+from openswarm.ledger.ordering import EmbeddedOrderer, Orderer
 from openswarm.ledger.replica import LedgerReplica
 from openswarm.ledger.service import MAX_WORKERS, SERVER_OPTIONS, LedgerService
 from openswarm.net import make_server
@@ -18,16 +30,20 @@ from openswarm.pki import Identity, PkiError
 
 log = logging.getLogger(__name__)
 
+#: How long a starting node waits for etcd to answer (a new cluster needs a quorum).
+ETCD_START_TIMEOUT_S = 120.0
+
 
 @dataclass
 class LedgerNode:
-    """A running replica and its gRPC server."""
+    """A running ledger node, its gRPC server and, when managed, its etcd member."""
 
     config: LedgerConfig
     identity: Identity
     replica: LedgerReplica
     server: grpc.Server
     port: int
+    member: EtcdMember | None = None
 
     @property
     def endpoint(self) -> str:
@@ -37,19 +53,26 @@ class LedgerNode:
     def stop(self, grace: float = 1.0) -> None:
         self.server.stop(grace).wait()
         self.replica.close()
+        if self.member is not None:
+            self.member.stop()
 
 
-def start_node(config: LedgerConfig) -> LedgerNode:
-    """Start one replica as the config says; raise ConfigError naming what is wrong."""
+def _load_identity(config: LedgerConfig) -> Identity:
     try:
         identity = Identity.load(config.identity)
     except PkiError as exc:
         raise ConfigError(f"identity folder {config.identity}: {exc}") from exc
     if identity.role != "ledger":
         raise ConfigError(
-            f"identity {identity.name!r} has role {identity.role!r}; a ledger replica needs an "
+            f"identity {identity.name!r} has role {identity.role!r}; a ledger node needs an "
             "identity issued with --role ledger"
         )
+    return identity
+
+
+def start_node(config: LedgerConfig) -> LedgerNode:
+    """Start one ledger node as the config says; raise ConfigError naming what is wrong."""
+    identity = _load_identity(config)
     genesis = load_genesis(config.genesis)
     ca_pem = config.ca.read_bytes() if config.ca else identity.ca_cert_pem
     if genesis["ca_cert"].encode("ascii").strip() != ca_pem.strip():
@@ -58,9 +81,27 @@ def start_node(config: LedgerConfig) -> LedgerNode:
             "both must come from the same 'openswarm pki init'"
         )
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    replica = LedgerReplica(
-        genesis, config.data_dir, config.raft, config.partners, config.raft_secret, signer=identity
-    )
+    member: EtcdMember | None = None
+    orderer: Orderer
+    if config.etcd is None:
+        orderer = EmbeddedOrderer()
+    else:
+        member = _start_member(config, identity) if config.etcd.managed else None
+        try:
+            orderer = _etcd_orderer(config.etcd, identity, genesis, member)
+        except BaseException:
+            if member is not None:
+                member.stop()
+            raise
+    try:
+        replica = LedgerReplica(
+            genesis, config.data_dir, orderer, signer=identity, tick_s=config.tick_s
+        )
+    except BaseException:
+        orderer.close()
+        if member is not None:
+            member.stop()
+        raise
     limits = CallLimits(rate_per_s=config.rate_per_s, burst=config.rate_burst)
     service = LedgerService(replica, submit_timeout_s=config.submit_timeout_s, limits=limits)
     try:
@@ -73,26 +114,98 @@ def start_node(config: LedgerConfig) -> LedgerNode:
         )
     except Exception:
         replica.close()
+        if member is not None:
+            member.stop()
         raise
     server.start()
-    return LedgerNode(config, identity, replica, server, port)
+    replica.wait_for_time(config.submit_timeout_s)  # usually at once; never required
+    return LedgerNode(config, identity, replica, server, port, member)
+
+
+def _start_member(config: LedgerConfig, identity: Identity) -> EtcdMember:
+    etcd = config.etcd
+    assert etcd is not None and etcd.member_name is not None and etcd.member_data_dir is not None
+    spec = MemberSpec(
+        name=etcd.member_name,
+        data_dir=etcd.member_data_dir,
+        client_url=etcd.client_url,
+        peer_url=etcd.peer_url,
+        initial_cluster=etcd.initial_cluster,
+        state=etcd.cluster_state,
+        cluster_token=f"openswarm-{identity.swarm}",
+        identity_dir=config.identity,
+        binary=etcd.binary,
+        quota_bytes=etcd.quota_bytes,
+    )
+    member = EtcdMember(spec, config.data_dir / "etcd.log")
+    try:
+        member.start()
+    except EtcdSetupError as exc:
+        raise ConfigError(str(exc)) from exc
+    return member
+
+
+def _etcd_orderer(
+    etcd: EtcdSettings, identity: Identity, genesis: dict, member: EtcdMember | None
+) -> EtcdOrderer:
+    """Connect to etcd, check its version and that it holds this swarm's genesis."""
+    client_identity = identity
+    if etcd.identity is not None:
+        try:
+            client_identity = Identity.load(etcd.identity)
+        except PkiError as exc:
+            raise ConfigError(f"etcd.identity {etcd.identity}: {exc}") from exc
+    client = EtcdClient(list(etcd.endpoints), client_identity, timeout_s=5.0)
+    prefix = etcd.prefix or f"/openswarm/{genesis['swarm']}/"
+    orderer = EtcdOrderer(client, prefix)
+    ours = genesis_block(genesis)["hash"]
+    deadline = time.monotonic() + ETCD_START_TIMEOUT_S
+    waited = False
+    while True:
+        try:
+            version = client.status(0).get("version", "")
+            check_version(parse_version(str(version), f"etcd at {etcd.endpoints[0]}"))
+            stored = orderer.claim_genesis(ours)
+            break
+        except EtcdSetupError as exc:
+            raise ConfigError(str(exc)) from exc
+        except EtcdError as exc:
+            if member is not None and member.exited() is not None:
+                raise ConfigError(
+                    f"the etcd member exited with {member.exited()}: {member.log_tail()}"
+                ) from exc
+            if not exc.transient or time.monotonic() > deadline:
+                raise ConfigError(f"etcd at {', '.join(etcd.endpoints)}: {exc}") from exc
+            if not waited:
+                print(f"waiting for etcd at {', '.join(etcd.endpoints)} (quorum)…", flush=True)
+                waited = True
+            threading.Event().wait(0.2)
+    if stored != ours:
+        client.close()
+        raise ConfigError(
+            f"etcd prefix {prefix} holds the ledger of genesis {stored[:16]}…, but this node's "
+            f"genesis is {ours[:16]}…; every node must start from the same genesis file — "
+            "refusing to serve"
+        )
+    return orderer
 
 
 def serve_forever(config: LedgerConfig, ready_line: bool = True) -> None:
-    """Run a replica until SIGINT/SIGTERM."""
+    """Run a ledger node until SIGINT/SIGTERM."""
     import signal
 
     logging.basicConfig(
         level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    node = start_node(config)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    node = start_node(config)
     if ready_line:
+        kind = "embedded" if config.etcd is None else f"etcd {', '.join(config.etcd.endpoints)}"
         print(
-            f"ledger replica {node.identity.name} serving on {node.endpoint} "
-            f"(raft {config.raft}, data {config.data_dir})",
+            f"ledger node {node.identity.name} serving on {node.endpoint} "
+            f"(ordering: {kind}; data {config.data_dir})",
             flush=True,
         )
     stop.wait()

@@ -1,8 +1,11 @@
-"""One ledger replica: the state machine replicated through Raft (pysyncobj).
+"""One ledger node: the deterministic state, fed in order by the ordering layer.
 
-Each Raft log entry is one transaction; applying it appends one block. Log compaction is
-off, so a restarted or newly added replica rebuilds its state by replaying the log, and its
-chain on disk comes out identical to everyone else's.
+The node checks transactions before they are ordered, hands them to its orderer (embedded
+or etcd), applies every record the orderer delivers, in order, to the ledger state, and
+stores each block in its chain file. It also ticks: now and then it orders a signed reading
+of its clock, from which the state derives ledger time (ticks.py). On start it replays its
+own chain file through the state, so a chain file that was altered, or that belongs to
+another genesis, is refused before anything is served.
 """
 
 from __future__ import annotations
@@ -10,93 +13,204 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
-
-from openswarm.ledger.block import genesis_block
+from openswarm.ledger.block import genesis_block, record_of
+from openswarm.ledger.canonical import canonical_bytes
 from openswarm.ledger.head import sign_head, write_head
+from openswarm.ledger.ordering import Orderer, OrderingError
 from openswarm.ledger.state import LedgerState, Rejected
-from openswarm.ledger.store import ChainStore
+from openswarm.ledger.store import ChainStore, StoreError, read_chain, truncate_torn_tail
+from openswarm.ledger.ticks import make_tick
 from openswarm.ledger.tx import Transaction
 from openswarm.pki import CertIdentity, Identity
 
 log = logging.getLogger(__name__)
 
-_NEVER = 2**62
+#: Seconds between ticks while the ledger is busy, and while it is idle.
+TICK_S = 1.0
+IDLE_TICK_S = 10.0
 
 
-class LedgerReplica(SyncObj):
-    """A Raft replica of the ledger; thread-safe reads, writes only through `submit`."""
+class LedgerHalted(RuntimeError):
+    """The node found its log or chain untrustworthy and stopped serving; str() says why."""
+
+
+class LedgerReplica:
+    """A ledger node's state and chain; thread-safe reads, writes only through `order`."""
 
     def __init__(
         self,
         genesis: dict[str, Any],
         data_dir: Path,
-        raft_address: str,
-        partners: list[str] | tuple[str, ...],
-        raft_secret: str,
+        orderer: Orderer,
         *,
         signer: Identity | None = None,
+        tick_s: float = TICK_S,
+        idle_tick_s: float = IDLE_TICK_S,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._state = LedgerState(genesis)
         self._data_dir = Path(data_dir)
         self._signer = signer
+        self._orderer = orderer
+        self._clock = clock
+        self._tick_s = tick_s
+        self._idle_tick_s = idle_tick_s
+        self._changed = threading.Condition()
+        self._closing = threading.Event()
+        self.halted: str | None = None
+        self._blocks: list[dict[str, Any]] = []
+        self._positions: list[int] = []
+        self._busy = threading.Event()  # something besides ticks happened since our last tick
         self._head: dict[str, Any] | None = None
-        self._head_block: dict[str, Any] | None = None  # the newest block, head not yet signed
+        self._head_block: dict[str, Any] | None = None
         self._head_wanted = threading.Event()
         self._head_lock = threading.Lock()
-        self._closing = False
+        self._replay_stored(genesis)
         self._store = ChainStore(data_dir)
-        self._blocks: list[dict[str, Any]] = []
-        self._record(genesis_block(genesis))
+        if self._store.stored_height < 0:
+            self._store.append(self._blocks[0], 0)
+            self._store.flush(sync=True)
+        self._head_block = self._blocks[-1]
         self._flush_head()
         # Heads are signed off the commit path, coalesced: one signature covers every block
-        # committed meanwhile (within milliseconds), and close() signs the last one.
-        self._head_writer = threading.Thread(target=self._sign_heads, daemon=True,
-                                             name="ledger-head")  # fmt: skip
-        self._head_writer.start()
-        self._changed = threading.Condition()
-        conf = SyncObjConf(
-            password=raft_secret,
-            journalFile=str(Path(data_dir) / "raft.journal"),
-            dynamicMembershipChange=True,
-            commandsWaitLeader=True,  # ride out elections; submit() bounds the wait
-            logCompactionMinEntries=_NEVER,
-            logCompactionMinTime=_NEVER,
-            leaderFallbackTimeout=3.0,
-            connectionRetryTime=0.5,
-            connectionTimeout=2.0,
-            raftMinTimeout=0.3,
-            raftMaxTimeout=0.9,
-            # Followers learn of new entries once per period, so it bounds commit latency.
-            appendEntriesPeriod=0.01,
-            autoTickPeriod=0.01,
-        )
-        super().__init__(raft_address, list(partners), conf)
+        # committed meanwhile, and close() signs the last one.
+        self._threads = [
+            threading.Thread(target=self._sign_heads, daemon=True, name="ledger-head"),
+        ]
+        orderer.start(self._positions[-1], self._deliver, self._halt)
+        if signer is not None and signer.role == "ledger":
+            self._threads.append(
+                threading.Thread(target=self._tick_loop, daemon=True, name="ledger-tick")
+            )
+        for thread in self._threads:
+            thread.start()
 
-    # --- replicated -----------------------------------------------------------------------
-    @replicated
-    def commit_tx(self, tx_json: str) -> dict[str, Any]:
+    # --- start: the chain on disk ---------------------------------------------------------
+    def _replay_stored(self, genesis: dict[str, Any]) -> None:
+        """Apply the stored chain again; refuse a chain of another genesis or an altered one."""
+        truncate_torn_tail(self._data_dir)
+        positions: list[int] = []
+        stored = read_chain(self._data_dir, positions=positions)
+        first = genesis_block(genesis)
+        if stored and stored[0] != first:
+            raise StoreError(
+                f"{self._data_dir}: the stored chain starts from another genesis (hash "
+                f"{stored[0].get('hash', '?')[:16]}…, this config's is {first['hash'][:16]}…); "
+                "point the node at its own data folder or move the old one away"
+            )
+        self._blocks.append(first)
+        self._positions.append(0)
+        for block, position in zip(stored[1:], positions[1:], strict=True):
+            again = self._state.commit(record_of(block))
+            if again != block:
+                raise StoreError(
+                    f"{self._data_dir}: stored block {block.get('height')} differs from what "
+                    "its record yields; the chain file was altered — run 'openswarm ledger "
+                    "verify' on it and move it away to resync from the other nodes"
+                )
+            self._blocks.append(block)
+            self._positions.append(position)
+
+    # --- applying what the orderer delivers -----------------------------------------------
+    def _deliver(self, batch: list[tuple[int, str]]) -> None:
+        if self.halted:
+            return
         with self._changed:
-            block = self._state.commit(tx_json)
-            self._record(block)
+            for position, record in batch:
+                block = self._state.commit(record)
+                self._store.append(block, position)
+                self._blocks.append(block)
+                self._positions.append(position)
+                if "tick" not in block:
+                    self._busy.set()
+            self._store.flush(sync=self._orderer.durable_by_node)
             self._changed.notify_all()
-        return block
-
-    def _record(self, block: dict[str, Any]) -> None:
-        """Store a block, then ask for a signed head of it (after the block, so a head is
-        never ahead of the chain on disk)."""
-        new = self._store.append(block)
-        self._blocks.append(block)
-        if self._signer is not None and (new or block["height"] == self._store.stored_height):
-            self._head_block = block
+        if self._signer is not None:
+            self._head_block = self._blocks[-1]
             self._head_wanted.set()
 
+    def _halt(self, reason: str) -> None:
+        if self._closing.is_set():
+            return
+        log.critical("LEDGER NODE HALTED: %s", reason)
+        with self._changed:
+            self.halted = reason
+            self._changed.notify_all()
+
+    # --- ordering -------------------------------------------------------------------------
+    def order(self, tx: Transaction, timeout_s: float) -> dict[str, Any]:
+        """Order a checked transaction and return its block (the first one, if it was
+        ordered before). OrderingError if it is not applied within `timeout_s`."""
+        self._check_running()
+        self._busy.set()
+        deadline = time.monotonic() + timeout_s
+        self._orderer.append(tx.to_json(), timeout_s)
+        tx_id = tx.tx_id
+        with self._changed:
+            self._changed.wait_for(
+                lambda: tx_id in self._state.tx_heights or self.halted is not None,
+                max(deadline - time.monotonic(), 0.0),
+            )
+            self._check_running()
+            height = self._state.tx_heights.get(tx_id)
+            if height is None:
+                raise OrderingError(f"not applied within {timeout_s:g} s")
+            return self._blocks[height]
+
+    def _check_running(self) -> None:
+        if self.halted is not None:
+            raise LedgerHalted(f"this ledger node halted: {self.halted}")
+        if self._closing.is_set():
+            raise OrderingError("this ledger node is shutting down")
+
+    # --- ticks ----------------------------------------------------------------------------
+    def _tick_loop(self) -> None:
+        assert self._signer is not None
+        last = 0.0
+        while not self._closing.wait(self._tick_s if last else 0.0):
+            now = time.monotonic()
+            idle = self._state.time_established and not self._busy.is_set()
+            if idle and now - last < self._idle_tick_s:
+                continue
+            if not self.admits(self._signer.name, "ledger"):
+                continue  # not (yet) admitted: its ticks would only be refused
+            self._busy.clear()
+            try:
+                self.tick()
+                last = now
+            except (OrderingError, LedgerHalted) as exc:
+                log.debug("tick not ordered: %s", exc)
+                last = last or now
+
+    def tick(self) -> None:
+        """Order one tick of this node's clock (never earlier than its previous tick)."""
+        assert self._signer is not None
+        name = self._signer.name
+        with self._changed:
+            previous = self._state.latest_ticks.get(name, 0.0)
+        when = max(round(self._clock(), 3), round(previous + 0.001, 3))
+        tick = make_tick(self._signer, self._state.swarm, when)
+        self._check_running()
+        self._orderer.append(canonical_bytes({"tick": tick}).decode("utf-8"), TICK_S * 5)
+
+    def wait_for_time(self, timeout_s: float) -> bool:
+        """Block until ledger time is established (a majority of nodes ticked)."""
+        with self._changed:
+            return (
+                self._changed.wait_for(
+                    lambda: self._state.time_established or self.halted is not None, timeout_s
+                )
+                and self.halted is None
+            )
+
+    # --- heads ----------------------------------------------------------------------------
     def _sign_heads(self) -> None:
-        while not self._closing:
+        while not self._closing.is_set():
             self._head_wanted.wait()
             self._head_wanted.clear()
             self._flush_head()
@@ -113,10 +227,6 @@ class LedgerReplica(SyncObj):
             write_head(self._data_dir, head)
             self._head = head
 
-    def submit(self, tx_json: str, done: Callable[[dict[str, Any] | None, int], None]) -> None:
-        """Queue a transaction for Raft; `done(block, fail_reason)` runs once it commits."""
-        self.commit_tx(tx_json, callback=done)
-
     # --- checks before ordering -----------------------------------------------------------
     def precheck(self, tx: Transaction) -> CertIdentity:
         """`LedgerState.precheck` against the current state (raises Rejected)."""
@@ -132,22 +242,27 @@ class LedgerReplica(SyncObj):
 
     # --- reads ----------------------------------------------------------------------------
     def signed_head(self) -> dict[str, Any] | None:
-        """The last head this replica signed (None without a signer)."""
+        """The last head this node signed (None without a signer)."""
         with self._changed:
             return self._head
 
-    def nonce_info(self) -> dict[str, float | int]:
+    def time_info(self) -> dict[str, Any]:
         with self._changed:
-            return {"ledger_time": self._state.ledger_time, "nonces": self._state.nonce_count()}
-
-    @property
-    def is_leader(self) -> bool:
-        return bool(self._isLeader())
+            return {
+                "ledger_time": self._state.ledger_time,
+                "ticks": dict(sorted(self._state.latest_ticks.items())),
+                "nonces": self._state.nonce_count(),
+            }
 
     @property
     def height(self) -> int:
         with self._changed:
             return self._state.height
+
+    @property
+    def position(self) -> int:
+        with self._changed:
+            return self._positions[-1]
 
     def snapshot(self, contract: str | None = None) -> dict[str, Any]:
         with self._changed:
@@ -168,40 +283,28 @@ class LedgerReplica(SyncObj):
     def wait_for_height(self, height: int, timeout: float) -> bool:
         """Block until the chain reaches `height` or the timeout passes."""
         with self._changed:
-            return self._changed.wait_for(lambda: self._state.height >= height, timeout)
+            return self._changed.wait_for(
+                lambda: self._state.height >= height or self.halted is not None, timeout
+            )
 
-    def raft_status(self) -> dict[str, Any]:
-        status = self.getStatus()
-        leader = status.get("leader")
-        partners = sorted(node.id for node in self.otherNodes)
-        connected = sorted(node.id for node in self.otherNodes if self.isNodeConnected(node))
-        return {
-            "self": self.selfNode.id,
-            "leader": leader.id if leader is not None else None,
-            "state": ("follower", "candidate", "leader")[status.get("state", 0)],
-            "has_quorum": bool(status.get("has_quorum")),
-            "replicas": sorted([self.selfNode.id, *partners]),
-            "connected": connected,
-            "term": status.get("raft_term"),
-            "commit_index": status.get("commit_idx"),
-            "height": self.height,
-        }
+    @property
+    def name(self) -> str:
+        return self._signer.name if self._signer is not None else ""
+
+    def ordering_status(self) -> dict[str, Any]:
+        return self._orderer.status()
+
+    def add_member(self, peer_url: str) -> list[dict[str, Any]]:
+        return self._orderer.add_member(peer_url)
+
+    def remove_member(self, name: str) -> list[dict[str, Any]]:
+        return self._orderer.remove_member(name)
 
     def close(self) -> None:
-        self.destroy()
-        self._closing = True
+        self._closing.set()
+        self._orderer.close()
         self._head_wanted.set()
-        self._head_writer.join(timeout=5)
+        for thread in self._threads:
+            thread.join(timeout=5)
         self._flush_head()  # the last block's head, whatever the writer had reached
         self._store.close()
-
-
-FAIL_TEXT = {
-    FAIL_REASON.QUEUE_FULL: "the replica's command queue is full; retry later",
-    FAIL_REASON.MISSING_LEADER: "no quorum: the ledger has no Raft leader",
-    FAIL_REASON.DISCARDED: "discarded by a new Raft leader before commit; resubmit",
-    FAIL_REASON.NOT_LEADER: "the Raft leader changed before commit; resubmit",
-    FAIL_REASON.LEADER_CHANGED: "the Raft leader changed before commit; resubmit",
-    FAIL_REASON.REQUEST_DENIED: "the Raft leader denied the request",
-    FAIL_REASON.UNKNOWN_OUTCOME: "unknown outcome; query the transaction id",
-}

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
-from pysyncobj import FAIL_REASON
 
-from openswarm.ledger.replica import FAIL_TEXT, LedgerReplica
+from openswarm.ledger.ordering import OrderingError
+from openswarm.ledger.replica import LedgerHalted, LedgerReplica
 from openswarm.ledger.state import NotPermitted, Rejected
 from openswarm.ledger.tx import Transaction, TxFormatError
 from openswarm.net import caller_identity, require_role
@@ -24,7 +22,6 @@ MAX_TX_BYTES = 256 * 1024
 #: three times that on the wire once clients escape non-ASCII text; gRPC refuses anything
 #: larger before it is parsed.
 MAX_REQUEST_BYTES = 3 * MAX_TX_BYTES + 64 * 1024
-MAX_CLOCK_SKEW_S = 300.0
 STREAM_POLL_S = 0.5
 NO_QUORUM = "no quorum"
 #: Server worker threads: CallLimits.shared_slots of them for peers, the rest kept for
@@ -89,14 +86,9 @@ class LedgerService:
         known = self.replica.height_of_tx(tx.tx_id)
         if known is not None:
             return outcome_of(self.replica.block(known) or {})
-        skew = tx.timestamp - time.time()
-        if abs(skew) > MAX_CLOCK_SKEW_S:
-            context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"transaction timestamp is {skew:+.0f} s off this replica's clock (limit "
-                f"{MAX_CLOCK_SKEW_S:.0f} s); fix the sender's clock",
-            )
-        # Refused here, a forged or unauthorised transaction never reaches Raft or the chain.
+        if not self.replica.wait_for_time(self.submit_timeout_s):
+            context.abort(grpc.StatusCode.UNAVAILABLE, self._no_quorum("no ledger time yet"))
+        # Refused here, a forged, stale or unauthorised transaction is never ordered.
         try:
             self.replica.precheck(tx)
         except NotPermitted as exc:
@@ -120,110 +112,62 @@ class LedgerService:
         return tx
 
     def _order(self, tx: Transaction, context: grpc.ServicerContext) -> dict[str, Any]:
-        """Hand a checked transaction to Raft and wait for its block."""
-        text = tx.to_json()
-        # A replica may lose its connections for a moment (a partner restarted, a reconnect
-        # under way): wait a bounded time for a quorum before saying there is none.
-        deadline = time.monotonic() + self.submit_timeout_s
-        while not self.replica.hasQuorum:
-            if time.monotonic() >= deadline:
-                context.abort(grpc.StatusCode.UNAVAILABLE, self._no_quorum("replicas unreachable"))
-            self.replica.wait_for_height(self.replica.height + 1, 0.05)
-        done = threading.Event()
-        answer: dict[str, Any] = {}
-
-        def on_commit(block: dict[str, Any] | None, fail: int) -> None:
-            answer["block"], answer["fail"] = block, fail
-            done.set()
-
-        self.replica.submit(text, on_commit)
-        if not done.wait(max(deadline - time.monotonic(), self.submit_timeout_s / 2)):
-            context.abort(
-                grpc.StatusCode.UNAVAILABLE,
-                self._no_quorum(f"not committed within {self.submit_timeout_s:g} s"),
-            )
-        if answer["fail"] != FAIL_REASON.SUCCESS:
-            text_fail = FAIL_TEXT.get(answer["fail"], f"Raft failure {answer['fail']}")
-            context.abort(grpc.StatusCode.UNAVAILABLE, text_fail)
-        block = answer["block"]
-        first = self.replica.height_of_tx(tx.tx_id)
-        if first is not None and first != block["height"]:
-            block = self.replica.block(first) or block  # a resubmission: report the original
-        # Tells clients to look for the leader: a follower forwards, at about twice the latency.
-        return {**outcome_of(block), "via_leader": self.replica.is_leader}
+        """Hand a checked transaction to the ordering layer and wait for its block."""
+        try:
+            block = self.replica.order(tx, self.submit_timeout_s)
+        except LedgerHalted as exc:
+            context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        except OrderingError as exc:
+            context.abort(grpc.StatusCode.UNAVAILABLE, self._no_quorum(str(exc)))
+        return outcome_of(block)
 
     def _no_quorum(self, why: str) -> str:
-        status = self.replica.raft_status()
-        reachable = len(status["connected"]) + 1
         return (
-            f"{NO_QUORUM}: {why}; {reachable} of {len(status['replicas'])} ledger replicas "
-            "reachable from this one — start the missing replicas, then resubmit (the same "
-            "transaction is applied at most once)"
+            f"{NO_QUORUM}: {why}; the ordering layer (etcd) needs a majority of its members "
+            "— start the missing ledger nodes, then resubmit (the same transaction is "
+            "applied at most once)"
         )
 
     def add_replica(self, request: dict[str, Any], context: grpc.ServicerContext) -> dict:
+        """Add an etcd member (by peer URL) before its ledger node is started."""
         require_role(context, "admin")
-        return self._membership(request, context, adding=True)
+        peer_url = request.get("peer_url")
+        if not isinstance(peer_url, str) or not peer_url.startswith("https://"):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "give the new member's https peer URL")
+        try:
+            answer = self.replica.add_member(peer_url)
+        except (OrderingError, ValueError) as exc:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        return {"added": peer_url, "members": answer}
 
     def remove_replica(self, request: dict[str, Any], context: grpc.ServicerContext) -> dict:
+        """Remove an etcd member by its name (its ledger node is stopped afterwards)."""
         require_role(context, "admin")
-        return self._membership(request, context, adding=False)
-
-    def _membership(
-        self, request: dict[str, Any], context: grpc.ServicerContext, *, adding: bool
-    ) -> dict[str, Any]:
-        """Change the Raft membership, until the change shows in this replica's view.
-
-        A joining replica that is not yet a member starts elections of its own and can
-        depose the leader once, so a change cut short by a leader change is issued again.
-        """
-        address = request.get("raft")
-        if not isinstance(address, str) or ":" not in address:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "give the replica's Raft host:port")
-        change = self.replica.addNodeToCluster if adding else self.replica.removeNodeFromCluster
-        verb = "added" if adding else "removed"
-        deadline = time.monotonic() + self.submit_timeout_s * 2
-        last = "timed out"
-        while time.monotonic() < deadline:
-            status = self.replica.raft_status()
-            if (address in status["replicas"]) == adding:
-                return {verb: address, "status": status}
-            if not adding and status["leader"] == address:
-                # Raft cannot remove its own leader: hand leadership over first.
-                if status["self"] != address:
-                    context.abort(
-                        grpc.StatusCode.UNAVAILABLE,
-                        "the replica to remove is the Raft leader; ask that replica",
-                    )
-                self.replica.transferLeadership()
-                self.replica.wait_for_height(self.replica.height + 1, 0.5)
-                continue
-            done = threading.Event()
-            answer: dict[str, Any] = {}
-
-            def on_done(result: Any, fail: int, answer: dict = answer, done=done) -> None:
-                answer["fail"] = fail
-                done.set()
-
-            change(address, callback=on_done)
-            done.wait(self.submit_timeout_s)
-            fail = answer.get("fail", -1)
-            last = FAIL_TEXT.get(fail, "timed out")
-            if fail == FAIL_REASON.SUCCESS:
-                continue
-            self.replica.wait_for_height(self.replica.height + 1, 0.3)
-        context.abort(grpc.StatusCode.UNAVAILABLE, f"membership change failed: {last}")
+        name = request.get("name")
+        if not isinstance(name, str) or not name:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "give the member's name")
+        try:
+            answer = self.replica.remove_member(name)
+        except (OrderingError, ValueError) as exc:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        return {"removed": name, "members": answer}
 
     # --- reads ----------------------------------------------------------------------------
     def status(self, request: dict[str, Any], context: grpc.ServicerContext) -> dict[str, Any]:
         snapshot = self.replica.snapshot()
+        ordering = self.replica.ordering_status()
         return {
-            **self.replica.raft_status(),
+            "node": self.replica.name,
+            "height": snapshot["height"],
+            "position": self.replica.position,
+            "halted": self.replica.halted,
+            "has_quorum": bool(ordering.get("has_quorum")) and self.replica.halted is None,
+            "ordering": ordering,
             "swarm": snapshot["swarm"],
             "genesis_hash": snapshot["genesis_hash"],
             "last_hash": snapshot["last_hash"],
             "head": self.replica.signed_head(),
-            **self.replica.nonce_info(),
+            **self.replica.time_info(),
         }
 
     def state(self, request: dict[str, Any], context: grpc.ServicerContext) -> dict[str, Any]:

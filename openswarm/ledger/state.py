@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import datetime as dt
 import heapq
+import json
 import threading
 from typing import Any
 
-from openswarm.ledger.block import genesis_block, tx_block
+from openswarm.ledger.block import genesis_block, make_block, tx_block
 from openswarm.ledger.contract import (
     SETTINGS_KEYS,
     ContractCall,
@@ -21,12 +22,15 @@ from openswarm.ledger.contract import (
     TrainingContract,
 )
 from openswarm.ledger.genesis import check_genesis
+from openswarm.ledger.ticks import TickError, check_tick_form, check_tick_signature, majority_time
 from openswarm.ledger.tx import CONTRACT_TYPES, Transaction, TxFormatError, required_role
 from openswarm.pki import ROLES, CertIdentity, PkiError, certificate_identity, verify_certificate
 from openswarm.pki import verify_signature as verify_sig
 
 #: Seconds of ledger time for which a sender's nonces are kept; older transactions are stale.
 NONCE_WINDOW_S = 900.0
+#: Largest distance between a transaction's own timestamp and ledger time that is accepted.
+MAX_TX_SKEW_S = 120.0
 _CERT_CACHE_SIZE = 4096
 
 
@@ -56,7 +60,10 @@ class LedgerState:
         # sender -> nonce -> tx timestamp, for transactions within NONCE_WINDOW_S of ledger time
         self.nonces: dict[str, dict[str, float]] = {}
         self._nonce_expiry: list[tuple[float, str, str]] = []  # min-heap (timestamp, sender, nonce)
+        # Ledger time: the latest time a majority of ledger nodes have reached (ticks.py);
+        # 0 until a majority has ticked.
         self.ledger_time: float = 0.0
+        self.latest_ticks: dict[str, float] = {}
         self.tx_heights: dict[str, int] = {}
         head = genesis_block(genesis)
         self.genesis_hash: str = head["hash"]
@@ -67,14 +74,23 @@ class LedgerState:
         self._signature_lock = threading.Lock()
 
     # --- the one entry point -------------------------------------------------------------
-    def commit(self, tx_json: str) -> dict[str, Any]:
-        """Check and apply one transaction; return the new block (applied or rejected)."""
+    def commit(self, record: str) -> dict[str, Any]:
+        """Check and apply one ordered record (a transaction or a ledger node's tick); return
+        the new block (applied or rejected)."""
         height = self.height + 1
         try:
-            tx = Transaction.from_json(tx_json)
+            data = json.loads(record)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            data = exc
+        if isinstance(data, dict) and set(data) == {"tick"}:
+            return self._advance(self._commit_tick(data["tick"], height))
+        try:
+            if isinstance(data, Exception):
+                raise TxFormatError(f"transaction is not valid JSON: {data}")
+            tx = Transaction.from_dict(data)
         except TxFormatError as exc:
             outcome = {"status": "rejected", "reason": f"malformed transaction: {exc}"}
-            block = tx_block(height, self.last_hash, {"raw": tx_json}, "", outcome)
+            block = tx_block(height, self.last_hash, {"raw": record}, "", outcome)
             return self._advance(block)
         try:
             result = self._check_and_apply(tx, height)
@@ -105,14 +121,9 @@ class LedgerState:
 
         Raises NotPermitted (not admitted, wrong role) or Rejected (anything else).
         """
+        self._check_time(tx)
         who = self._certificate(tx.cert)
-        when = dt.datetime.fromtimestamp(tx.timestamp, tz=dt.UTC)
-        if not who.not_before <= when <= who.not_after:
-            raise Rejected(
-                f"certificate of {who.name!r} is not valid at the transaction time "
-                f"{when.isoformat()} (valid {who.not_before.isoformat()} to "
-                f"{who.not_after.isoformat()})"
-            )
+        self._check_validity(who)
         if who.name != tx.sender:
             raise Rejected(f"sender {tx.sender!r} does not match the certificate ({who.name!r})")
         self._check_role(who.name, who.role, required_role(tx.type), tx.type)
@@ -154,6 +165,63 @@ class LedgerState:
         return self.admitted.get(name) == role
 
     # --- nonces and ledger time -----------------------------------------------------------
+    @property
+    def time_established(self) -> bool:
+        """True once a majority of the ledger nodes have ticked."""
+        return self.ledger_time > 0.0
+
+    def _check_time(self, tx: Transaction) -> None:
+        if not self.time_established:
+            raise Rejected(
+                "ledger time is not established yet: fewer than a majority of the ledger "
+                "nodes have ticked; start them (or wait a second) and resubmit"
+            )
+        skew = tx.timestamp - self.ledger_time
+        if abs(skew) > MAX_TX_SKEW_S:
+            raise Rejected(
+                f"transaction timestamp is {skew:+.0f} s off ledger time (limit "
+                f"{MAX_TX_SKEW_S:.0f} s); fix the sender's clock and sign it again"
+            )
+
+    def _check_validity(self, who: CertIdentity) -> None:
+        when = dt.datetime.fromtimestamp(self.ledger_time, tz=dt.UTC)
+        if not who.not_before <= when <= who.not_after:
+            raise Rejected(
+                f"certificate of {who.name!r} is not valid at ledger time {when.isoformat()} "
+                f"(valid {who.not_before.isoformat()} to {who.not_after.isoformat()})"
+            )
+
+    def _commit_tick(self, tick: Any, height: int) -> dict[str, Any]:
+        try:
+            result = self._apply_tick(tick)
+            outcome: dict[str, Any] = {"status": "applied", "reason": None, "result": result}
+        except (TickError, Rejected) as exc:
+            outcome = {"status": "rejected", "reason": str(exc)}
+        return make_block(height, self.last_hash, tick=tick, outcome=outcome)
+
+    def _apply_tick(self, tick: Any) -> dict[str, Any]:
+        node, when, cert = check_tick_form(tick, self.swarm)
+        who = self._certificate(cert)
+        if who.name != node:
+            raise Rejected(f"tick of {node!r} carries the certificate of {who.name!r}")
+        self._check_role(who.name, who.role, "ledger", "tick")
+        if self.time_established:
+            self._check_validity(who)
+        previous = self.latest_ticks.get(node)
+        if previous is not None and when <= previous:
+            raise Rejected(f"tick of {node!r} at {when} is not after its last one ({previous})")
+        check_tick_signature(tick)
+        self.latest_ticks[node] = when
+        self._advance_time()
+        return {"ledger_time": self.ledger_time}
+
+    def _advance_time(self) -> None:
+        nodes = [name for name, role in self.admitted.items() if role == "ledger"]
+        reached = majority_time(self.latest_ticks, nodes)
+        if reached is not None and reached > self.ledger_time:
+            self.ledger_time = reached
+            self._expire_nonces()
+
     def _check_fresh(self, tx: Transaction) -> None:
         oldest = self.ledger_time - NONCE_WINDOW_S
         if tx.timestamp < oldest:
@@ -165,11 +233,12 @@ class LedgerState:
             raise Rejected(f"replayed nonce {tx.nonce!r} from {tx.sender!r}")
 
     def _use_nonce(self, tx: Transaction) -> None:
-        """Record the nonce, advance ledger time, forget nonces that fell out of the window."""
+        """Record the nonce; it is forgotten once it falls out of the window."""
         timestamp = float(tx.timestamp)
         self.nonces.setdefault(tx.sender, {})[tx.nonce] = timestamp
         heapq.heappush(self._nonce_expiry, (timestamp, tx.sender, tx.nonce))
-        self.ledger_time = max(self.ledger_time, timestamp)
+
+    def _expire_nonces(self) -> None:
         oldest = self.ledger_time - NONCE_WINDOW_S
         while self._nonce_expiry and self._nonce_expiry[0][0] < oldest:
             _, sender, nonce = heapq.heappop(self._nonce_expiry)
@@ -217,7 +286,7 @@ class LedgerState:
             round=tx.round,
             sender=tx.sender,
             payload=tx.payload,
-            timestamp=float(tx.timestamp),
+            timestamp=self.ledger_time,
             prev_hash=self.last_hash,
             height=height,
         )
@@ -234,12 +303,15 @@ class LedgerState:
             if not isinstance(name, str) or not name or role not in ROLES:
                 raise Rejected(f"'admit' needs payload name (string) and role in {ROLES}")
             self.admitted[name] = role
+            self._advance_time()
             return {"events": [{"kind": "admitted", "name": name, "role": role}]}
         if tx.type == "revoke":
             name = payload.get("name")
             if name not in self.admitted:
                 raise Rejected(f"cannot revoke {name!r}: not admitted")
             del self.admitted[name]
+            self.latest_ticks.pop(name, None)
+            self._advance_time()
             for contract in self.contracts.values():  # revocation takes effect at once
                 contract.expel(name)
             return {"events": [{"kind": "revoked", "name": name}]}
@@ -282,4 +354,4 @@ class LedgerState:
         }
 
 
-__all__ = ["NONCE_WINDOW_S", "LedgerState", "NotPermitted", "Rejected"]
+__all__ = ["MAX_TX_SKEW_S", "NONCE_WINDOW_S", "LedgerState", "NotPermitted", "Rejected"]

@@ -1,4 +1,9 @@
-"""Blocks on disk: one JSON line per block in DATA_DIR/chain.jsonl, genesis first."""
+"""Blocks on disk: one JSON line per block in DATA_DIR/chain.jsonl, genesis first.
+
+Each line also carries, under "position", where the block's record sits in the ordering
+layer (an etcd revision, or the height for the embedded ledger). It is this node's
+bookkeeping for resuming, outside the block's hash, and `read_chain` drops it.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from typing import Any
 from openswarm.ledger.canonical import canonical_bytes
 
 CHAIN_FILE = "chain.jsonl"
+POSITION = "position"
 
 
 class StoreError(RuntimeError):
@@ -18,53 +24,47 @@ class StoreError(RuntimeError):
 
 
 class ChainStore:
-    """Append-only block file kept in step with the replicated state.
-
-    On restart Raft replays its journal from the start, so blocks arrive again: a block whose
-    height is already stored must match it byte for byte, and is not written twice.
-    """
+    """Append-only block file of one ledger node."""
 
     def __init__(self, data_dir: Path | str) -> None:
         self.path = Path(data_dir) / CHAIN_FILE
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._stored_hashes: list[str] = [b["hash"] for b in read_chain(self.path)]
+        self._height = len(read_chain(self.path)) - 1
         self._file = open(self.path, "ab")  # noqa: SIM115 - held open for the store's life
+        os.chmod(self.path, 0o600)
 
     @property
     def stored_height(self) -> int:
-        return len(self._stored_hashes) - 1
+        return self._height
 
-    def append(self, block: dict[str, Any]) -> bool:
-        """Store `block`; False if it was stored already (a replay after restart)."""
+    def append(self, block: dict[str, Any], position: int) -> None:
+        """Store `block` (the next height), remembering its position in the ordering layer."""
         with self._lock:
-            height = block["height"]
-            if height < len(self._stored_hashes):
-                if self._stored_hashes[height] != block["hash"]:
-                    raise StoreError(
-                        f"{self.path}: stored block {height} differs from the replicated one; "
-                        "the file was altered or belongs to another ledger — run "
-                        "'openswarm ledger verify' on it and move it away to resync"
-                    )
-                return False
-            if height != len(self._stored_hashes):
-                raise StoreError(f"{self.path}: block {height} arrived before its predecessor")
-            self._file.write(canonical_bytes(block) + b"\n")
+            if block["height"] != self._height + 1:
+                raise StoreError(
+                    f"{self.path}: block {block['height']} does not follow stored block "
+                    f"{self._height}"
+                )
+            self._file.write(canonical_bytes({**block, POSITION: position}) + b"\n")
+            self._height += 1
+
+    def flush(self, *, sync: bool) -> None:
+        """Hand written blocks to the OS; with `sync`, also to the disk (fsync)."""
+        with self._lock:
             self._file.flush()
-            self._stored_hashes.append(block["hash"])
-            return True
-
-    def sync(self) -> None:
-        with self._lock:
-            os.fsync(self._file.fileno())
+            if sync:
+                os.fsync(self._file.fileno())
 
     def close(self) -> None:
         with self._lock:
+            self._file.flush()
             self._file.close()
 
 
-def read_chain(path: Path | str) -> list[dict[str, Any]]:
-    """Read every block of a chain file (empty list when the file does not exist)."""
+def read_chain(path: Path | str, *, positions: list[int] | None = None) -> list[dict[str, Any]]:
+    """Read every block of a chain file (empty list when the file does not exist); with
+    `positions`, also collect each block's position (-1 where none is recorded)."""
     path = Path(path)
     if path.is_dir():
         path = path / CHAIN_FILE
@@ -78,8 +78,26 @@ def read_chain(path: Path | str) -> list[dict[str, Any]]:
             try:
                 block = json.loads(line)
             except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                if not line.endswith(b"\n"):
+                    break  # a last line cut short by a crash: never acknowledged, dropped
                 raise StoreError(f"{path}: line {number} is not a JSON block ({exc})") from exc
             if not isinstance(block, dict) or "hash" not in block or "height" not in block:
                 raise StoreError(f"{path}: line {number} is not a block")
+            position = block.pop(POSITION, -1)
+            if positions is not None:
+                positions.append(position if isinstance(position, int) else -1)
             blocks.append(block)
     return blocks
+
+
+def truncate_torn_tail(path: Path | str) -> None:
+    """Cut a last line that a crash left without its newline (it was never acknowledged)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHAIN_FILE
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with open(path, "r+b") as handle:
+            handle.truncate(data.rfind(b"\n") + 1)

@@ -1,0 +1,178 @@
+"""Ordering through etcd: write-once keys under the swarm's prefix, etcd's revision the order.
+
+Each record is stored at PREFIX/log/SHA256(record), written only if the key never existed,
+so a resubmitted record is ordered once. Every node watches PREFIX/log/ from the revision
+after the last one it applied. etcd tolerates crashes, not hostile members, so as records
+arrive the node checks that each is a first write whose key matches its content, that
+revisions only increase, and that nothing is deleted except what an archive allowed; it
+halts with an alarm otherwise. A watch that etcd can no longer serve from this node's
+position (compacted away) is reported too: the node then catches up from another node.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from typing import Any
+
+from openswarm.ledger.etcd_client import EtcdClient, EtcdError, WatchCompacted, prefix_end
+from openswarm.ledger.ordering import Deliver, Halt, Orderer, OrderingError
+
+log = logging.getLogger(__name__)
+
+RECONNECT_S = 0.2
+
+
+def record_key(prefix: bytes, record: bytes) -> bytes:
+    return prefix + b"log/" + hashlib.sha256(record).hexdigest().encode("ascii")
+
+
+class EtcdOrderer(Orderer):
+    """Orders records through an etcd cluster."""
+
+    def __init__(self, client: EtcdClient, prefix: str) -> None:
+        self.client = client
+        self.prefix = prefix.encode("utf-8")
+        self.log_prefix = self.prefix + b"log/"
+        self.archived_upto = 0  # deletes of records created at or before it are expected
+        self._closing = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.applied_revision = 0
+        self.compacted: int | None = None
+
+    # --- genesis --------------------------------------------------------------------------
+    def claim_genesis(self, genesis_hash: str) -> str:
+        """Record `genesis_hash` for the swarm's prefix if none is; the hash etcd holds."""
+        key = self.prefix + b"genesis"
+        created, _ = self.client.put_once(key, genesis_hash.encode("ascii"))
+        if created:
+            return genesis_hash
+        stored = self.client.get(key)
+        return stored.value.decode("ascii", "replace") if stored is not None else ""
+
+    # --- ordering -------------------------------------------------------------------------
+    def append(self, record: str, timeout_s: float) -> int:
+        data = record.encode("utf-8")
+        try:
+            _, revision = self.client.put_once(record_key(self.prefix, data), data)
+        except EtcdError as exc:
+            raise OrderingError(f"etcd could not order the record: {exc}",
+                                transient=exc.transient) from exc  # fmt: skip
+        return revision
+
+    def start(self, after: int, deliver: Deliver, halt: Halt) -> None:
+        self.applied_revision = after
+        self._thread = threading.Thread(
+            target=self._watch, args=(deliver, halt), daemon=True, name="ledger-etcd-watch"
+        )
+        self._thread.start()
+
+    def _watch(self, deliver: Deliver, halt: Halt) -> None:
+        end = prefix_end(self.log_prefix)
+        while not self._closing.is_set():
+            try:
+                for events in self.client.watch(self.log_prefix, end, self.applied_revision + 1):
+                    batch = self._checked(events, halt)
+                    if batch is None:
+                        return
+                    if batch:
+                        deliver(batch)
+                        self.applied_revision = batch[-1][0]
+            except WatchCompacted as exc:
+                self.compacted = exc.compact_revision
+                halt(str(exc))
+                return
+            except EtcdError as exc:
+                if not self._closing.is_set():
+                    log.info("etcd watch interrupted (%s); resuming", exc)
+            except Exception as exc:  # the node could not apply or store what it was given
+                halt(f"applying the ordered records failed: {exc}")
+                return
+            self._closing.wait(RECONNECT_S)
+
+    def _checked(self, events: list[Any], halt: Halt) -> list[tuple[int, str]] | None:
+        """The records of a watch batch, or None after halting on a broken invariant."""
+        batch: list[tuple[int, str]] = []
+        last = self.applied_revision
+        for event in events:
+            kv = event.kv
+            name = kv.key.decode("utf-8", "replace")
+            if kv.mod_revision <= last:
+                halt(f"etcd delivered revision {kv.mod_revision} after {last} ({name})")
+                return None
+            last = kv.mod_revision
+            if event.kind == "DELETE":
+                created = event.prev.create_revision if event.prev is not None else None
+                if created is not None and created <= self.archived_upto:
+                    continue
+                halt(f"ledger record {name} was deleted from etcd at revision {kv.mod_revision}")
+                return None
+            if kv.version != 1 or kv.create_revision != kv.mod_revision:
+                halt(f"ledger record {name} was rewritten in etcd (version {kv.version})")
+                return None
+            if record_key(self.prefix, kv.value) != kv.key:
+                halt(f"ledger record {name} does not match its content")
+                return None
+            try:
+                batch.append((kv.mod_revision, kv.value.decode("utf-8")))
+            except UnicodeDecodeError:
+                halt(f"ledger record {name} is not UTF-8 text")
+                return None
+        return batch
+
+    def status(self) -> dict[str, Any]:
+        info: dict[str, Any] = {"kind": "etcd", "position": self.applied_revision}
+        try:
+            info["members"] = [self._member(m) for m in self.client.members()]
+            info["revision"] = self.client.revision()
+            info["has_quorum"] = True
+        except EtcdError as exc:
+            info["has_quorum"] = False
+            info["error"] = str(exc)
+        return info
+
+    def _member(self, member: dict[str, Any]) -> dict[str, Any]:
+        urls = list(member.get("clientURLs") or [])
+        entry: dict[str, Any] = {
+            "name": member.get("name", ""),
+            "id": str(member.get("ID", "")),
+            "peer_urls": list(member.get("peerURLs") or []),
+            "client_urls": urls,
+        }
+        for url in urls[:1]:
+            try:
+                status = self.client.status_of(url)
+            except EtcdError as exc:
+                entry["error"] = str(exc)
+                continue
+            keep = ("version", "dbSize", "dbSizeInUse", "raftIndex", "raftTerm", "leader")
+            entry["status"] = {key: status.get(key) for key in keep}
+            entry["leader"] = str(status.get("leader")) == entry["id"]
+        return entry
+
+    def add_member(self, peer_url: str) -> list[dict[str, Any]]:
+        try:
+            answer = self.client.add_member(peer_url)
+        except EtcdError as exc:
+            raise OrderingError(f"etcd refused to add {peer_url}: {exc}") from exc
+        return list(answer.get("members") or [])
+
+    def remove_member(self, name: str) -> list[dict[str, Any]]:
+        try:
+            members = self.client.members()
+            found = [m for m in members if m.get("name") == name]
+            if not found:
+                names = ", ".join(sorted(str(m.get("name", "?")) for m in members))
+                raise ValueError(f"no etcd member called {name!r}; members: {names}")
+            answer = self.client.remove_member(str(found[0]["ID"]))
+        except EtcdError as exc:
+            raise OrderingError(f"etcd refused to remove {name}: {exc}") from exc
+        return list(answer.get("members") or [])
+
+    def close(self) -> None:
+        self._closing.set()
+        self.client.abort_streams()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self.client.close()
