@@ -26,7 +26,7 @@ def ledger1(tmp_path: Path) -> Iterator[LocalLedger]:
 
 @pytest.fixture
 def ledger3(tmp_path: Path) -> Iterator[LocalLedger]:
-    """Three ledger replica processes (Raft) with peers p1..p3 and an admin."""
+    """Three ledger node processes on loopback, each with a managed etcd member."""
     yield from _network(tmp_path / "net", 3)
 
 

@@ -183,6 +183,13 @@ def describe_block(block: dict[str, Any]) -> str:
         g = block["genesis"]
         return f"{head} genesis swarm={g['swarm']} admitted={len(g['admitted'])}"
     tx, outcome = block.get("tx", {}), block.get("outcome", {})
+    if "tick" in block:
+        tick = block["tick"]
+        when = dt.datetime.fromtimestamp(tick["time"], tz=dt.UTC).strftime("%H:%M:%S.%f")[:-3]
+        verdict = (
+            "ok" if outcome.get("status") == "applied" else f"REJECTED: {outcome.get('reason')}"
+        )
+        return f"{head} {when} {'tick':<14} {tick['node']} → {verdict}"
     if "raw" in tx:
         return f"{head} malformed: {outcome.get('reason')}"
     when = dt.datetime.fromtimestamp(tx["timestamp"], tz=dt.UTC).strftime("%H:%M:%S.%f")[:-3]

@@ -410,6 +410,7 @@ def _is_transient(status: int, message: str) -> bool:
             "timed out",
             "no leader",
             "unavailable",
+            "unhealthy cluster",
             "leader changed",
             "too many requests",
             "not started",

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 from typing import Any
 
 from openswarm.ledger.etcd_client import EtcdClient, EtcdError, WatchCompacted, prefix_end
@@ -22,6 +23,7 @@ from openswarm.ledger.ordering import Deliver, Halt, Orderer, OrderingError
 log = logging.getLogger(__name__)
 
 RECONNECT_S = 0.2
+MEMBERSHIP_WAIT_S = 20.0
 
 
 def record_key(prefix: bytes, record: bytes) -> bytes:
@@ -152,11 +154,17 @@ class EtcdOrderer(Orderer):
         return entry
 
     def add_member(self, peer_url: str) -> list[dict[str, Any]]:
-        try:
-            answer = self.client.add_member(peer_url)
-        except EtcdError as exc:
-            raise OrderingError(f"etcd refused to add {peer_url}: {exc}") from exc
-        return list(answer.get("members") or [])
+        # etcd adds a member only once every current one has been connected for a few
+        # seconds ("unhealthy cluster" until then): keep asking for a bounded time.
+        deadline = time.monotonic() + MEMBERSHIP_WAIT_S
+        while True:
+            try:
+                answer = self.client.add_member(peer_url)
+                return list(answer.get("members") or [])
+            except EtcdError as exc:
+                if not exc.transient or time.monotonic() > deadline:
+                    raise OrderingError(f"etcd refused to add {peer_url}: {exc}") from exc
+            self._closing.wait(RECONNECT_S)
 
     def remove_member(self, name: str) -> list[dict[str, Any]]:
         try:

@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +39,7 @@ class ReplicaProcess:
     data_dir: Path
     grpc_address: str
     peer_url: str = ""  # its etcd member's peer URL (etcd backend)
+    host: str = LOOPBACK  # the address it serves on (its network host)
     process: subprocess.Popen[str] | None = None
     log_path: Path | None = None
     log_offset: int = 0
@@ -56,7 +57,10 @@ class LocalLedger:
     swarm: str
     replicas: list[ReplicaProcess] = field(default_factory=list)
     backend: str = "embedded"  # or "etcd"
-    host: str = LOOPBACK
+    hosts: list[str] = field(default_factory=list)  # address of each replica (default loopback)
+    #: Starts a replica's process: (replica, argv, Popen keyword arguments) -> Popen. The
+    #: default runs it here; a multi-host test runs it inside that host's network namespace.
+    spawner: Callable[..., subprocess.Popen[str]] | None = None
     replica_settings: dict = field(default_factory=dict)  # more keys for every replica config
     ports: list[int] = field(default_factory=list)  # reserved by this process, see close()
 
@@ -96,11 +100,14 @@ class LocalLedger:
         extra_identities: Sequence[tuple[str, str]] = (),
         replica_settings: dict | None = None,
         backend: str | None = None,
+        hosts: Sequence[str] | None = None,
     ) -> LocalLedger:
         """Issue identities, write the genesis and one config per replica (nothing runs yet).
 
         `backend` is "embedded" (one replica only; the default for one) or "etcd" (the
-        default for several): each replica then runs a managed etcd member.
+        default for several): each replica then runs a managed etcd member. `hosts` gives
+        each replica's address (one per replica; default loopback): its identity names it,
+        and it serves gRPC and etcd peer traffic there.
         """
         from openswarm import DEFAULT_CONTRACT
         from openswarm.ledger.genesis import make_genesis
@@ -109,10 +116,12 @@ class LocalLedger:
         backend = backend or ("etcd" if replicas > 1 else "embedded")
         if backend not in ("embedded", "etcd") or (backend == "embedded" and replicas != 1):
             raise ValueError("backend is 'embedded' (exactly one replica) or 'etcd'")
-        net = cls(root=root, swarm=swarm, backend=backend,
+        hosts = list(hosts or [LOOPBACK] * replicas)
+        if len(hosts) != replicas:
+            raise ValueError(f"give one host address per replica ({replicas}), not {len(hosts)}")
+        net = cls(root=root, swarm=swarm, backend=backend, hosts=hosts,
                   replica_settings=dict(replica_settings or {}))  # fmt: skip
         init_ca(net.pki_dir, swarm)
-        hosts = ["localhost", LOOPBACK]
         admitted = []
         for name, role in [
             *((f"ledger-{i}", "ledger") for i in range(1, replicas + 1)),
@@ -120,7 +129,10 @@ class LocalLedger:
             *((a, "admin") for a in admins),
             *extra_identities,
         ]:
-            issue_identity(net.pki_dir, name, role, hosts=hosts)
+            names = ["localhost", LOOPBACK]
+            if role == "ledger":
+                names.append(hosts[int(name.rsplit("-", 1)[1]) - 1])
+            issue_identity(net.pki_dir, name, role, hosts=sorted(set(names)))
             admitted.append((name, role))
         ca_pem = (net.pki_dir / "ca.crt").read_bytes()
         # Without settings the genesis holds no contract: a local site then creates its own
@@ -132,7 +144,7 @@ class LocalLedger:
         contracts = {DEFAULT_CONTRACT: settings} if declared else {}
         genesis = make_genesis(swarm, ca_pem, admitted, contracts=contracts)
         net.genesis_path.write_text(json.dumps(genesis, indent=2, sort_keys=True))
-        peer_urls = [f"https://{LOOPBACK}:{net._port()}" for _ in range(replicas)]
+        peer_urls = [f"https://{host}:{net._port()}" for host in hosts]
         for index in range(replicas):
             net.add_replica_config(index + 1, peer_urls)
         return net
@@ -144,7 +156,8 @@ class LocalLedger:
         URLs (ignored by the embedded backend)."""
         name = f"ledger-{number}"
         data_dir = self.root / name
-        grpc_address = f"{self.host}:{self._port()}"
+        host = self.hosts[number - 1] if number <= len(self.hosts) else LOOPBACK
+        grpc_address = f"{host}:{self._port()}"
         config: dict = {
             "data_dir": str(data_dir),
             "listen": grpc_address,
@@ -157,7 +170,7 @@ class LocalLedger:
             peer_url = peer_urls[number - 1]
             config["etcd"] = {
                 "member": {
-                    "client_url": f"https://{self.host}:{self._port()}",
+                    "client_url": f"https://{LOOPBACK}:{self._port()}",
                     "peer_url": peer_url,
                     "initial_cluster": {
                         f"ledger-{i}": url for i, url in enumerate(peer_urls, start=1) if url
@@ -168,7 +181,7 @@ class LocalLedger:
         path = self.root / f"{name}.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=True))
         os.chmod(path, 0o600)
-        replica = ReplicaProcess(name, path, data_dir, grpc_address, peer_url)
+        replica = ReplicaProcess(name, path, data_dir, grpc_address, peer_url, host)
         self.replicas.append(replica)
         return replica
 
@@ -204,14 +217,14 @@ class LocalLedger:
         replica.log_path = self.root / f"{replica.name}.log"
         replica.log_offset = replica.log_path.stat().st_size if replica.log_path.exists() else 0
         log = open(replica.log_path, "a")  # noqa: SIM115 - owned by the child process
-        replica.process = subprocess.Popen(
-            [sys.executable, "-m", "openswarm.cli.main", "ledger", "start",
-             "--config", str(replica.config_path)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )  # fmt: skip
+        argv = [sys.executable, "-m", "openswarm.cli.main", "ledger", "start",
+                "--config", str(replica.config_path)]  # fmt: skip
+        options = {"stdout": log, "stderr": subprocess.STDOUT, "text": True,
+                   "start_new_session": True}  # fmt: skip
+        if self.spawner is not None:
+            replica.process = self.spawner(replica, argv, **options)
+        else:
+            replica.process = subprocess.Popen(argv, **options)
         log.close()
 
     def _wait_serving(self, replica: ReplicaProcess, timeout_s: float = 90.0) -> None:
