@@ -19,11 +19,13 @@ import pytest
 from harness import run_cli, running_ledger
 
 from openswarm import DEFAULT_CONTRACT
+from openswarm.ledger.canonical import canonical_bytes
 from openswarm.ledger.client import LedgerClient, LedgerError
 from openswarm.ledger.head import check_head
 from openswarm.ledger.local import LocalLedger
 from openswarm.ledger.service import SERVICE
 from openswarm.ledger.state import NONCE_WINDOW_S, LedgerState
+from openswarm.ledger.ticks import make_tick
 from openswarm.ledger.tx import Transaction, make_transaction
 from openswarm.net import secure_channel
 from openswarm.net.jsonrpc import decode_json, encode_json
@@ -186,27 +188,43 @@ def _nonce_tx(peer: Identity, timestamp: float) -> str:
     return tx.to_json()
 
 
+def _tick(node: Identity, swarm: str, when: float) -> str:
+    return canonical_bytes({"tick": make_tick(node, swarm, when)}).decode("utf-8")
+
+
 def test_nonces_live_only_within_the_window(ledger1: LocalLedger) -> None:
-    # The state machine every replica runs, fed as Raft feeds it: ledger time is the largest
-    # timestamp seen, so the window can be crossed without waiting 15 minutes.
+    # The state machine every node runs, fed records as the orderer feeds them: ledger time
+    # comes from the ledger node's ticks, so the window is crossed without waiting 15 min.
     genesis = json.loads(ledger1.genesis_path.read_text())
     state, p1 = LedgerState(genesis), ledger1.identity("p1")
+    node = ledger1.identity("ledger-1")
     start = time.time()
+    state.commit(_tick(node, genesis["swarm"], start))
     first = _nonce_tx(p1, start)
     state.commit(first)
     for step in range(1, 301):
-        state.commit(_nonce_tx(p1, start + 10 * step))
+        state.commit(_tick(node, genesis["swarm"], start + 10 * step))
+        outcome = state.commit(_nonce_tx(p1, start + 10 * step))["outcome"]
+        assert "ledger time" not in (outcome["reason"] or "")
     assert state.nonce_count() <= NONCE_WINDOW_S / 10 + 1  # bounded, not 301
-    stale = state.commit(_nonce_tx(p1, start))
+    stale = state.commit(first)
     assert stale["outcome"]["status"] == "rejected"
-    assert "stale transaction" in stale["outcome"]["reason"]
-    # On the real replica: honest clocks up to the skew limit apart both commit.
+    assert "replayed transaction" in stale["outcome"]["reason"]
+    again = state.commit(_nonce_tx(p1, start))  # same time, new nonce: far behind ledger time
+    assert "off ledger time" in again["outcome"]["reason"]
+
+
+def test_a_sender_cannot_move_ledger_time(ledger1: LocalLedger) -> None:
+    p1 = ledger1.identity("p1")
     with ledger1.client("p1") as client:
-        for offset in (250.0, -250.0):
+        for offset in (3600.0, 250.0, -250.0):
             tx = Transaction.from_json(_nonce_tx(p1, time.time() + offset))
-            assert client.submit_tx(tx).status in ("applied", "rejected")
+            with pytest.raises(LedgerError, match="off ledger time"):
+                client.submit_tx(tx)  # refused before ordering, with the reason
+        honest = Transaction.from_json(_nonce_tx(p1, time.time() + 30))
+        assert client.submit_tx(honest).status in ("applied", "rejected")  # ordered
         info = client.status()
-    assert info["nonces"] == 2 and info["ledger_time"] > time.time() + 200
+    assert abs(info["ledger_time"] - time.time()) < 60  # no sender moved it
 
 
 def test_verify_detects_truncation_and_reads_a_ledger_folder(
@@ -222,14 +240,18 @@ def test_verify_detects_truncation_and_reads_a_ledger_folder(
     ledger1.stop()
     ledger_dir = tmp_path / "ledger"
     shutil.copytree(ledger1.replicas[0].data_dir, ledger_dir / "ledger-1")
-    whole = run_cli("ledger", "verify", str(ledger_dir))
-    assert whole.returncode == 0 and "ledger-1: ok: 4 blocks verified" in whole.stdout, whole
-
     chain = ledger_dir / "ledger-1" / "chain.jsonl"
-    chain.write_bytes(b"".join(chain.read_bytes().splitlines(keepends=True)[:-2]))
+    lines = chain.read_bytes().splitlines(keepends=True)
+    last = len(lines) - 1  # the stopped node signed the head of its last block
+    whole = run_cli("ledger", "verify", str(ledger_dir))
+    assert whole.returncode == 0 and f"ledger-1: ok: {last + 1} blocks verified" in whole.stdout
+
+    chain.write_bytes(b"".join(lines[:-2]))
     cut = run_cli("ledger", "verify", str(ledger_dir))
     assert cut.returncode == 1 and "Traceback" not in cut.stderr
-    assert "chain ends at block 1 but the signed head of ledger-1 is at 3" in cut.stderr
+    assert f"chain ends at block {last - 2} but the signed head of ledger-1 is at {last}" in (
+        cut.stderr
+    )
 
     (ledger_dir / "ledger-1" / "head.json").unlink()
     headless = run_cli("ledger", "verify", str(ledger_dir / "ledger-1"))
