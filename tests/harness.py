@@ -102,8 +102,9 @@ class Swarm:
     def state(self) -> dict | None:
         return self.admin.state(DEFAULT_CONTRACT)["state"]
 
-    def blocks(self) -> list[dict]:
-        return self.admin.blocks(0)
+    def tx_blocks(self) -> list[dict]:
+        """Every block that records a transaction (the genesis and clock ticks left out)."""
+        return [b for b in self.admin.blocks(0) if "tx" in b]
 
     def wait_for(self, predicate, timeout_s: float = 120, what: str = "condition") -> dict:
         deadline = time.monotonic() + timeout_s

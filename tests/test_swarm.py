@@ -37,7 +37,7 @@ def test_three_sites_end_with_identical_models_and_a_verified_ledger(swarm_facto
     assert all(r["accuracy"] > 0.5 for r in results), results  # trained (chance is 0.1)
     assert verify_chain_dir(swarm.ledger.replicas[0].data_dir).ok
     merged_blocks = [
-        b for b in swarm.blocks()[1:]
+        b for b in swarm.tx_blocks()
         if b["tx"]["type"] == "merged" and b["outcome"]["status"] == "applied"
     ]  # fmt: skip
     assert [b["tx"]["payload"]["digest"] for b in merged_blocks] == [h["digest"] for h in history]
@@ -154,7 +154,7 @@ def test_contribution_modes_after_finishing(swarm_factory) -> None:
     swarm.start("site-3", EPOCHS="1", CONTRIBUTION="snapshot")
     swarm.start("site-4", EPOCHS="1", CONTRIBUTION="active")
     swarm.wait()
-    blocks = [b for b in swarm.blocks()[1:] if b["outcome"]["status"] == "applied"]
+    blocks = [b for b in swarm.tx_blocks() if b["outcome"]["status"] == "applied"]
     finished_at = {b["tx"]["sender"]: b["height"] for b in blocks if b["tx"]["type"] == "finished"}
     merged_digests = [b["tx"]["payload"]["digest"] for b in blocks if b["tx"]["type"] == "merged"]
 

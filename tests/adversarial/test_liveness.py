@@ -56,7 +56,7 @@ def test_a_revoked_site_is_cut_off_at_once_and_the_others_finish(swarm_factory) 
     final = identical_final(swarm, ["site-1", "site-2"])
     state = swarm.state()
     assert state["members"]["site-3"]["active"] is False
-    blocks = swarm.blocks()[1:]
+    blocks = swarm.tx_blocks()
     revoked_at = max(b["height"] for b in blocks if b["tx"].get("type") == "revoke")
     later = [b for b in blocks if b["height"] > revoked_at and b["tx"].get("sender") == "site-3"]
     assert all(b["outcome"]["status"] == "rejected" for b in later)  # at most in flight
