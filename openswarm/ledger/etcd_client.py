@@ -202,8 +202,14 @@ class EtcdClient:
         max_mod_revision: int = 0,
         keys_only: bool = False,
         count_only: bool = False,
+        min_create_revision: int = 0,
+        by_creation: bool = False,
     ) -> list[KeyValue]:
         body: dict[str, Any] = {"key": _b64(key), "limit": limit}
+        if min_create_revision:
+            body["min_create_revision"] = min_create_revision
+        if by_creation:
+            body["sort_order"], body["sort_target"] = "ASCEND", "CREATE"
         if end is not None:
             body["range_end"] = _b64(end)
         if max_mod_revision:

@@ -3,9 +3,10 @@
 The member uses the node's identity folder for mutual TLS on both its ports. Its peer port
 accepts only certificates of the swarm's CA that carry the ledger role's name
 (`ledger.role.openswarm.invalid`); its client port listens on loopback only (the config
-refuses anything else), so only the ledger node beside it talks to etcd: peers, admins and
-tools reach the ledger service, never etcd. etcd comes from the system (`etcd` on PATH, or `bin` in the config); its
-version is checked first, and releases with known data-loss bugs are refused.
+refuses anything else), so only the ledger node beside it talks to etcd: peers, admins
+and tools reach the ledger service, never etcd. etcd comes from the system (`etcd` on
+PATH, or `bin` in the config); its version is checked first, and releases with known
+data-loss bugs are refused.
 """
 
 from __future__ import annotations

@@ -80,11 +80,17 @@ class EtcdOrderer(Orderer):
                         return
                     if batch:
                         deliver(batch)
-                        self.applied_revision = batch[-1][0]
+                    self.applied_revision = max(self.applied_revision, events[-1].kv.mod_revision)
             except WatchCompacted as exc:
-                self.compacted = exc.compact_revision
-                halt(str(exc))
-                return
+                # Compaction after an archive may outrun a reconnecting watch. If this node
+                # holds every archived record, the records it missed are all still stored.
+                if self.applied_revision < self.archived_upto or not self._read_missed(
+                    exc.compact_revision, deliver
+                ):
+                    self.compacted = exc.compact_revision
+                    halt(str(exc))
+                    return
+                continue
             except EtcdError as exc:
                 if not self._closing.is_set():
                     log.info("etcd watch interrupted (%s); resuming", exc)
@@ -92,6 +98,75 @@ class EtcdOrderer(Orderer):
                 halt(f"applying the ordered records failed: {exc}")
                 return
             self._closing.wait(RECONNECT_S)
+
+    def _read_missed(self, compacted: int, deliver: Deliver) -> bool:
+        """Deliver the stored records created after this node's position up to `compacted`."""
+        start = self.applied_revision + 1
+        while True:
+            kvs = [
+                kv
+                for kv in self.client.range(
+                    self.log_prefix,
+                    end=prefix_end(self.log_prefix),
+                    limit=500,
+                    min_create_revision=start,
+                    by_creation=True,
+                )
+                if kv.create_revision <= compacted
+            ]
+            batch = []
+            for kv in kvs:
+                if kv.version != 1 or record_key(self.prefix, kv.value) != kv.key:
+                    return False
+                batch.append((kv.create_revision, kv.value.decode("utf-8")))
+            if batch:
+                deliver(batch)
+                start = batch[-1][0] + 1
+            if len(kvs) < 500:
+                self.applied_revision = compacted
+                return True
+
+    # --- archiving ------------------------------------------------------------------------
+    def allow_archive(self, upto: int) -> None:
+        """An applied archive transaction lets records created at or before `upto` go."""
+        self.archived_upto = max(self.archived_upto, upto)
+
+    def purge(self, upto: int) -> dict[str, Any]:
+        """Delete archived records (created at or before `upto`) from etcd, then compact
+        etcd's history past the deletions and defragment this node's member."""
+        if upto > self.archived_upto:
+            raise OrderingError(
+                f"records up to {upto} are not archived (an admin's 'archive' transaction "
+                f"allows up to {self.archived_upto})",
+                transient=False,
+            )
+        deleted, last = 0, 0
+        try:
+            while True:
+                kvs = self.client.range(
+                    self.log_prefix, end=prefix_end(self.log_prefix), limit=100,
+                    max_mod_revision=upto, keys_only=True,
+                )  # fmt: skip
+                if not kvs:
+                    break
+                self.client.delete([kv.key for kv in kvs])
+                deleted += len(kvs)
+            last = self.client.revision()
+            deadline = time.monotonic() + MEMBERSHIP_WAIT_S
+            while self.applied_revision < last and time.monotonic() < deadline:
+                self._closing.wait(0.05)  # our own watch passes the deletions first
+            if deleted:
+                self.client.compact(last)
+            self.client.defragment(0)
+        except EtcdError as exc:
+            raise OrderingError(f"archiving failed: {exc}", transient=exc.transient) from exc
+        return {"deleted": deleted, "compacted_at": last if deleted else None}
+
+    def defragment(self) -> None:
+        try:
+            self.client.defragment(0)
+        except EtcdError as exc:
+            raise OrderingError(f"defragmenting failed: {exc}", transient=exc.transient) from exc
 
     def _checked(self, events: list[Any], halt: Halt) -> list[tuple[int, str]] | None:
         """The records of a watch batch, or None after halting on a broken invariant."""

@@ -51,6 +51,16 @@ class Orderer(ABC):
     def close(self) -> None:
         """Stop delivering; records appended meanwhile may or may not be delivered."""
 
+    def allow_archive(self, upto: int) -> None:  # noqa: B027 - nothing to allow by default
+        """An applied archive transaction allows dropping records up to position `upto`."""
+
+    def purge(self, upto: int) -> dict[str, Any]:
+        """Drop archived records from the ordering layer (nothing to drop when embedded)."""
+        return {"deleted": 0, "compacted_at": None}
+
+    def defragment(self) -> None:  # noqa: B027 - nothing to give back by default
+        """Give back the space purged records took."""
+
     def add_member(self, peer_url: str) -> list[dict[str, Any]]:
         """Add a member to the ordering cluster; the members after the change."""
         raise ValueError(_ONE_NODE)

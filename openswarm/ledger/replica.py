@@ -115,6 +115,15 @@ class LedgerReplica:
                 )
             self._blocks.append(block)
             self._positions.append(position)
+            self._note_archive(block, position)
+
+    def _note_archive(self, block: dict[str, Any], position: int) -> None:
+        """An applied archive transaction lets the orderer drop records up to its `upto`
+        (never past the archive record itself)."""
+        tx = block.get("tx")
+        archive = isinstance(tx, dict) and tx.get("type") == "archive"
+        if archive and block["outcome"]["status"] == "applied":
+            self._orderer.allow_archive(min(int(tx["payload"]["upto"]), position))
 
     # --- applying what the orderer delivers -----------------------------------------------
     def _deliver(self, batch: list[tuple[int, str]]) -> None:
@@ -126,6 +135,7 @@ class LedgerReplica:
                 self._store.append(block, position)
                 self._blocks.append(block)
                 self._positions.append(position)
+                self._note_archive(block, position)
                 if "tick" not in block:
                     self._busy.set()
             self._store.flush(sync=self._orderer.durable_by_node)
@@ -276,6 +286,11 @@ class LedgerReplica:
         with self._changed:
             return self._blocks[max(start, 0) : stop]
 
+    def positions(self, start: int, stop: int | None = None) -> list[int]:
+        """Where each block's record sits in the ordering layer (an etcd revision)."""
+        with self._changed:
+            return self._positions[max(start, 0) : stop]
+
     def height_of_tx(self, tx_id: str) -> int | None:
         with self._changed:
             return self._state.tx_heights.get(tx_id)
@@ -293,6 +308,16 @@ class LedgerReplica:
 
     def ordering_status(self) -> dict[str, Any]:
         return self._orderer.status()
+
+    def purge(self, upto: int) -> dict[str, Any]:
+        """Drop archived records up to position `upto` from the ordering layer."""
+        self._check_running()
+        if upto > self.position:
+            raise OrderingError(f"this node has applied records only up to {self.position}")
+        return self._orderer.purge(upto)
+
+    def defragment(self) -> None:
+        self._orderer.defragment()
 
     def add_member(self, peer_url: str) -> list[dict[str, Any]]:
         return self._orderer.add_member(peer_url)

@@ -152,6 +152,28 @@ class LedgerService:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         return {"removed": name, "members": answer}
 
+    def archive(self, request: dict[str, Any], context: grpc.ServicerContext) -> dict:
+        """Drop archived records from etcd (`purge`), then give the space back; the records
+        stay in every node's chain. An admin's 'archive' transaction must allow it first."""
+        require_role(context, "admin")
+        upto = request.get("upto")
+        if isinstance(upto, bool) or not isinstance(upto, int) or upto < 1:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "'upto' must be a positive integer")
+        try:
+            if request.get("purge", True):
+                return self.replica.purge(upto)
+            self.replica.defragment()
+        except LedgerHalted as exc:
+            context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        except OrderingError as exc:
+            code = (
+                grpc.StatusCode.UNAVAILABLE
+                if exc.transient
+                else grpc.StatusCode.FAILED_PRECONDITION
+            )
+            context.abort(code, str(exc))
+        return {"deleted": 0, "compacted_at": None}
+
     # --- reads ----------------------------------------------------------------------------
     def status(self, request: dict[str, Any], context: grpc.ServicerContext) -> dict[str, Any]:
         snapshot = self.replica.snapshot()
@@ -185,7 +207,10 @@ class LedgerService:
         start, stop = _int(request, "from", 0, context), request.get("to")
         if stop is not None:
             stop = _int(request, "to", 0, context) + 1
-        return {"height": self.replica.height, "blocks": self.replica.blocks(start, stop)}
+        answer = {"height": self.replica.height, "blocks": self.replica.blocks(start, stop)}
+        if request.get("positions"):
+            answer["positions"] = self.replica.positions(start, stop)
+        return answer
 
     def tx(self, request: dict[str, Any], context: grpc.ServicerContext) -> dict[str, Any]:
         height = self.replica.height_of_tx(str(request.get("tx_id", "")))
@@ -221,6 +246,7 @@ class LedgerService:
             "Tx": self.tx,
             "AddReplica": self.add_replica,
             "RemoveReplica": self.remove_replica,
+            "Archive": self.archive,
         }
         methods = {
             name: grpc.unary_unary_rpc_method_handler(

@@ -315,6 +315,13 @@ class LedgerState:
             for contract in self.contracts.values():  # revocation takes effect at once
                 contract.expel(name)
             return {"events": [{"kind": "revoked", "name": name}]}
+        if tx.type == "archive":
+            # Allows the ordering layer to drop records ordered at or before position `upto`
+            # (every node holds them in its chain file); the chain itself loses nothing.
+            upto = payload.get("upto")
+            if isinstance(upto, bool) or not isinstance(upto, int) or upto < 1:
+                raise Rejected("'archive' needs payload upto: a positive ordering position")
+            return {"events": [{"kind": "archived", "upto": upto}]}
         # contract_create
         if not tx.contract:
             raise Rejected("'contract_create' needs a contract name")

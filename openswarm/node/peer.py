@@ -248,7 +248,7 @@ class SwarmPeer:
             # Judge a refusal again at once on a copy at most _GATE_FRESH_S old, then wait
             # only while that copy is just short of the round asked for (a lagging replica).
             if max_age == _GATE_FRESH_S:
-                if not _just_behind(state, round):
+                if not _just_behind(state, round, caller.name):
                     return refusal
                 time.sleep(_GATE_FRESH_S)
             max_age = _GATE_FRESH_S
@@ -719,13 +719,15 @@ class SwarmPeer:
         return RoundResult(r, params, digest, latest["leader"], ())
 
 
-def _just_behind(state: dict[str, Any] | None, round: int) -> bool:
-    """Whether `state` may simply not have applied the seal of `round` yet."""
+def _just_behind(state: dict[str, Any] | None, round: int, caller: str) -> bool:
+    """Whether `state` may simply not have applied the seal of `round` yet, or the
+    handover of its leadership to `caller` (ranked in that round)."""
     if state is None:
         return False
-    return state["round"] == round - 1 or (
-        state["round"] == round and not state["current"]["sealed"]
-    )
+    current = state["current"]
+    if state["round"] == round - 1 or (state["round"] == round and not current["sealed"]):
+        return True
+    return state["round"] == round and caller in (current.get("ranking") or [])
 
 
 def _fetch_refusal(
