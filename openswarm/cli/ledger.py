@@ -270,3 +270,89 @@ def remove_replica(
     except LedgerError as exc:
         _fail(str(exc))
     typer.echo(f"removed etcd member {name}")
+
+
+@ledger_app.command("archive")
+def archive_cmd(
+    connect: str = typer.Option(..., "--connect", help="HOST:PORT of EVERY ledger node."),
+    identity: Path = typer.Option(None, "--identity", help="An admin identity folder."),
+    keep: int = typer.Option(0, "--keep", help="Positions (etcd revisions) to leave in etcd."),
+) -> None:
+    """Drop records every node holds in its chain from etcd; compact and defragment it."""
+    from openswarm.ledger.archive import archive
+    from openswarm.ledger.client import LedgerError
+
+    try:
+        with _client(connect, identity) as client:
+            done = archive(client, keep=keep)
+    except LedgerError as exc:
+        _fail(str(exc))
+    before, after = sum(done["before"].values()), sum(done["after"].values())
+    typer.echo(
+        f"archived up to position {done['upto']}: {done.get('deleted', 0)} records dropped "
+        f"from etcd; database {before / 1e6:.1f} MB → {after / 1e6:.1f} MB (all members)"
+    )
+
+
+@ledger_app.command("catch-up")
+def catch_up_cmd(
+    config: Path = typer.Option(..., "--config", help="The (stopped) node's YAML config."),
+    source: str = typer.Option(..., "--from", help="HOST:PORT of a running ledger node."),
+) -> None:
+    """Fill a new node's empty data folder from another node's signed chain."""
+    from openswarm.ledger.catchup import CatchUpError, catch_up
+    from openswarm.ledger.client import LedgerError
+    from openswarm.ledger.config import ConfigError, LedgerConfig
+    from openswarm.pki import Identity, PkiError
+
+    try:
+        loaded = LedgerConfig.load(config)
+        done = catch_up(loaded.data_dir, Identity.load(loaded.identity), source)
+    except (CatchUpError, LedgerError, ConfigError, PkiError, OSError) as exc:
+        _fail(str(exc))
+    typer.echo(
+        f"copied {done['height'] + 1} blocks up to position {done['position']} (head signed by "
+        f"{done['signed_by']}); start the node: it verifies them, then follows etcd"
+    )
+
+
+@ledger_app.command("backup")
+def backup_cmd(
+    config: Path = typer.Option(..., "--config", help="The node's YAML config."),
+    out: Path = typer.Option(..., "--out", help="A new folder for the backup."),
+) -> None:
+    """Back up a node's chain and signed head, plus a snapshot of its etcd member."""
+    from openswarm.ledger.catchup import CatchUpError, backup
+    from openswarm.ledger.config import ConfigError, LedgerConfig
+    from openswarm.ledger.etcd_client import EtcdClient, EtcdError
+    from openswarm.pki import Identity, PkiError
+
+    try:
+        loaded = LedgerConfig.load(config)
+        snapshot = None
+        if loaded.etcd is not None:
+            ident = Identity.load(loaded.etcd.identity or loaded.identity)
+            client = EtcdClient(list(loaded.etcd.endpoints), ident, timeout_s=30)
+            snapshot = b"".join(client.snapshot(0))
+            client.close()
+        manifest = backup(loaded.data_dir, out, etcd_snapshot=snapshot)
+    except (CatchUpError, ConfigError, PkiError, EtcdError, OSError) as exc:
+        _fail(str(exc))
+    extra = " and etcd.snapshot" if snapshot is not None else ""
+    typer.echo(f"backed up {manifest['height'] + 1} blocks{extra} → {out}")
+
+
+@ledger_app.command("restore")
+def restore_cmd(
+    source: Path = typer.Option(..., "--from", help="A folder made by 'ledger backup'."),
+    config: Path = typer.Option(..., "--config", help="The (stopped) node's YAML config."),
+) -> None:
+    """Put a backed-up chain into a node's empty data folder (etcd: see docs/ledger.md)."""
+    from openswarm.ledger.catchup import CatchUpError, restore
+    from openswarm.ledger.config import ConfigError, LedgerConfig
+
+    try:
+        manifest = restore(source, LedgerConfig.load(config).data_dir)
+    except (CatchUpError, ConfigError, OSError) as exc:
+        _fail(str(exc))
+    typer.echo(f"restored {manifest['height'] + 1} blocks; start the node to verify and resume")

@@ -15,6 +15,19 @@ from openswarm.net import FAST_RECONNECT, secure_channel
 from openswarm.net.jsonrpc import decode_json, encode_json, json_stub
 from openswarm.pki import Identity, role_host
 
+#: How long a client with several endpoints waits for one to connect before trying the next.
+CONNECT_WAIT_S = 3.0
+
+
+def _connects(channel: grpc.Channel, timeout_s: float) -> bool:
+    ready = grpc.channel_ready_future(channel)
+    try:
+        ready.result(timeout=timeout_s)
+    except grpc.FutureTimeoutError:
+        ready.cancel()
+        return False
+    return True
+
 
 class LedgerError(RuntimeError):
     """The ledger could not answer (all replicas unreachable, or a refused request).
@@ -92,6 +105,7 @@ class LedgerClient:
         self._channels: dict[str, grpc.Channel] = {}
         self._lock = threading.Lock()
         self._preferred = 0
+        self._answered: set[str] = set()  # endpoints whose last call got an answer
 
     # --- transport ------------------------------------------------------------------------
     def _channel(self, endpoint: str) -> grpc.Channel:
@@ -114,12 +128,20 @@ class LedgerClient:
         failures: list[str] = []
         no_quorum = False
         for endpoint in self._order():
-            stub = json_stub(self._channel(endpoint), SERVICE, method)
+            channel = self._channel(endpoint)
+            unproven = endpoint not in self._answered and len(self.endpoints) > 1
+            if unproven and not _connects(channel, CONNECT_WAIT_S):
+                # A host that does not answer at all (down, cut off) is skipped at once,
+                # not after the whole call deadline.
+                failures.append(f"{endpoint}: not reachable within {CONNECT_WAIT_S:g} s")
+                continue
+            stub = json_stub(channel, SERVICE, method)
             try:
                 answer = stub(dict(request), timeout=timeout_s or self.timeout_s)
             except grpc.RpcError as exc:
                 code, details = exc.code(), exc.details() or ""
                 if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    self._answered.discard(endpoint)
                     no_quorum = no_quorum or details.startswith(NO_QUORUM)
                     failures.append(f"{endpoint}: {details or code.name}")
                     continue
@@ -128,6 +150,7 @@ class LedgerClient:
                     transient=code == grpc.StatusCode.RESOURCE_EXHAUSTED,
                 ) from exc
             self._preferred = self.endpoints.index(endpoint)
+            self._answered.add(endpoint)
             return answer
         summary = "; ".join(failures)
         if no_quorum:

@@ -70,7 +70,7 @@ class WatchEvent:
     prev: KeyValue | None
 
 
-def _b64(data: bytes) -> str:
+def b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
@@ -104,6 +104,7 @@ class EtcdClient:
         self._local = threading.local()
         self._preferred = 0
         self._streams: set[http.client.HTTPSConnection] = set()
+        self._every: set[http.client.HTTPSConnection] = set()  # for close()
         self._streams_lock = threading.Lock()
 
     # --- transport ------------------------------------------------------------------------
@@ -116,21 +117,36 @@ class EtcdClient:
                 host, port, context=self._context, timeout=self.timeout_s
             )
             conns[index] = conn
+            with self._streams_lock:
+                self._every.add(conn)
         return conn
 
     def _drop(self, index: int) -> None:
         conns = self._local.__dict__.get("c", {})
         conn = conns.pop(index, None)
         if conn is not None:
+            with self._streams_lock:
+                self._every.discard(conn)
             conn.close()
 
-    def call(self, path: str, body: dict[str, Any], *, endpoint: int | None = None) -> dict:
+    def call(
+        self,
+        path: str,
+        body: dict[str, Any],
+        *,
+        endpoint: int | None = None,
+        timeout_s: float | None = None,
+    ) -> dict:
         """POST `body` to `path` on one endpoint (or any, failing over); the JSON answer."""
         order = [endpoint] if endpoint is not None else self._order()
         last = "no endpoint tried"
+        limit = self.timeout_s if timeout_s is None else min(timeout_s, self.timeout_s)
         for index in order:
             for attempt in range(2):  # a kept-alive connection may have been closed meanwhile
                 conn = self._connection(index)
+                conn.timeout = limit
+                if conn.sock is not None:
+                    conn.sock.settimeout(limit)
                 try:
                     conn.request(
                         "POST", path, json.dumps(body), {"Content-Type": "application/json"}
@@ -163,22 +179,25 @@ class EtcdClient:
         return f"https://{host}:{port}"
 
     # --- key-value ------------------------------------------------------------------------
-    def put_once(self, key: bytes, value: bytes) -> tuple[bool, int]:
+    def put_once(
+        self, key: bytes, value: bytes, *, timeout_s: float | None = None
+    ) -> tuple[bool, int]:
         """Write `key` only if it never existed: (created, revision of the key's write)."""
         answer = self.call(
             "/v3/kv/txn",
             {
                 "compare": [
                     {
-                        "key": _b64(key),
+                        "key": b64(key),
                         "target": "CREATE",
                         "result": "EQUAL",
                         "create_revision": "0",
                     }
                 ],
-                "success": [{"request_put": {"key": _b64(key), "value": _b64(value)}}],
-                "failure": [{"request_range": {"key": _b64(key), "keys_only": True}}],
+                "success": [{"request_put": {"key": b64(key), "value": b64(value)}}],
+                "failure": [{"request_range": {"key": b64(key), "keys_only": True}}],
             },
+            timeout_s=timeout_s,
         )
         if answer.get("succeeded"):
             return True, int(answer["header"]["revision"])
@@ -205,13 +224,13 @@ class EtcdClient:
         min_create_revision: int = 0,
         by_creation: bool = False,
     ) -> list[KeyValue]:
-        body: dict[str, Any] = {"key": _b64(key), "limit": limit}
+        body: dict[str, Any] = {"key": b64(key), "limit": limit}
         if min_create_revision:
             body["min_create_revision"] = min_create_revision
         if by_creation:
             body["sort_order"], body["sort_target"] = "ASCEND", "CREATE"
         if end is not None:
-            body["range_end"] = _b64(end)
+            body["range_end"] = b64(end)
         if max_mod_revision:
             body["max_mod_revision"] = max_mod_revision
         if keys_only:
@@ -223,18 +242,18 @@ class EtcdClient:
 
     def count(self, key: bytes, end: bytes) -> int:
         answer = self.call(
-            "/v3/kv/range", {"key": _b64(key), "range_end": _b64(end), "count_only": True}
+            "/v3/kv/range", {"key": b64(key), "range_end": b64(end), "count_only": True}
         )
         return int(answer.get("count", 0))
 
     def delete(self, keys: Sequence[bytes]) -> None:
         """Delete `keys` in one transaction (etcd allows at most 128 operations per one)."""
-        ops = [{"request_delete_range": {"key": _b64(k)}} for k in keys]
+        ops = [{"request_delete_range": {"key": b64(k)}} for k in keys]
         if ops:
             self.call("/v3/kv/txn", {"compare": [], "success": ops})
 
     def revision(self) -> int:
-        answer = self.call("/v3/kv/range", {"key": _b64(b"\0"), "count_only": True})
+        answer = self.call("/v3/kv/range", {"key": b64(b"\0"), "count_only": True})
         return int(answer["header"]["revision"])
 
     # --- maintenance and cluster ----------------------------------------------------------
@@ -278,7 +297,7 @@ class EtcdClient:
     def snapshot(self, endpoint: int) -> Iterator[bytes]:
         """The member's database as a stream of byte chunks (`openswarm ledger backup`)."""
         for answer in self._stream("/v3/maintenance/snapshot", {}, endpoint=endpoint):
-            blob = answer.get("blob")
+            blob = (answer.get("result") or answer).get("blob")
             if blob:
                 yield _unb64(blob)
 
@@ -291,8 +310,8 @@ class EtcdClient:
         """
         request = {
             "create_request": {
-                "key": _b64(key),
-                "range_end": _b64(end),
+                "key": b64(key),
+                "range_end": b64(end),
                 "start_revision": start_revision,
                 "prev_kv": True,
             }
@@ -373,7 +392,15 @@ class EtcdClient:
                     sock.shutdown(2)
 
     def close(self) -> None:
+        """Break every connection, also those of other threads mid-call."""
         self.abort_streams()
+        with self._streams_lock:
+            every, self._every = list(self._every), set()
+        for conn in every:
+            sock = conn.sock
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(2)
         for index in range(len(self.endpoints)):
             self._drop(index)
 

@@ -17,7 +17,13 @@ import threading
 import time
 from typing import Any
 
-from openswarm.ledger.etcd_client import EtcdClient, EtcdError, WatchCompacted, prefix_end
+from openswarm.ledger.etcd_client import (
+    EtcdClient,
+    EtcdError,
+    WatchCompacted,
+    b64,
+    prefix_end,
+)
 from openswarm.ledger.ordering import Deliver, Halt, Orderer, OrderingError
 
 log = logging.getLogger(__name__)
@@ -57,7 +63,9 @@ class EtcdOrderer(Orderer):
     def append(self, record: str, timeout_s: float) -> int:
         data = record.encode("utf-8")
         try:
-            _, revision = self.client.put_once(record_key(self.prefix, data), data)
+            _, revision = self.client.put_once(
+                record_key(self.prefix, data), data, timeout_s=timeout_s
+            )
         except EtcdError as exc:
             raise OrderingError(f"etcd could not order the record: {exc}",
                                 transient=exc.transient) from exc  # fmt: skip
@@ -82,15 +90,8 @@ class EtcdOrderer(Orderer):
                         deliver(batch)
                     self.applied_revision = max(self.applied_revision, events[-1].kv.mod_revision)
             except WatchCompacted as exc:
-                # Compaction after an archive may outrun a reconnecting watch. If this node
-                # holds every archived record, the records it missed are all still stored.
-                if self.applied_revision < self.archived_upto or not self._read_missed(
-                    exc.compact_revision, deliver
-                ):
-                    self.compacted = exc.compact_revision
-                    halt(str(exc))
+                if not self._after_compaction(exc.compact_revision, deliver, halt):
                     return
-                continue
             except EtcdError as exc:
                 if not self._closing.is_set():
                     log.info("etcd watch interrupted (%s); resuming", exc)
@@ -98,6 +99,26 @@ class EtcdOrderer(Orderer):
                 halt(f"applying the ordered records failed: {exc}")
                 return
             self._closing.wait(RECONNECT_S)
+
+    def _after_compaction(self, compacted: int, deliver: Deliver, halt: Halt) -> bool:
+        """Compaction (after an archive, or by the operator) outran the watch. If this node
+        holds every archived record, the records it missed are all still stored: read them
+        and go on (True). Otherwise halt (False)."""
+        try:
+            if self.applied_revision >= self._archived_mark() and self._read_missed(
+                compacted, deliver
+            ):
+                return True
+        except EtcdError as exc:
+            log.info("etcd unavailable while catching up after compaction (%s)", exc)
+            return True  # the watch is retried, and compaction reported again
+        self.compacted = compacted
+        halt(
+            f"etcd compacted its history up to revision {compacted}, and records this node "
+            "never applied were archived: stop it, run 'openswarm ledger catch-up --config "
+            "… --from OTHER_NODE' and start it again"
+        )
+        return False
 
     def _read_missed(self, compacted: int, deliver: Deliver) -> bool:
         """Deliver the stored records created after this node's position up to `compacted`."""
@@ -127,6 +148,12 @@ class EtcdOrderer(Orderer):
                 return True
 
     # --- archiving ------------------------------------------------------------------------
+    def _archived_mark(self) -> int:
+        """The highest position any archive dropped records up to (etcd's mark, or ours)."""
+        stored = self.client.get(self.prefix + b"archived")
+        mark = int(stored.value) if stored is not None and stored.value.isdigit() else 0
+        return max(mark, self.archived_upto)
+
     def allow_archive(self, upto: int) -> None:
         """An applied archive transaction lets records created at or before `upto` go."""
         self.archived_upto = max(self.archived_upto, upto)
@@ -142,6 +169,10 @@ class EtcdOrderer(Orderer):
             )
         deleted, last = 0, 0
         try:
+            mark = str(max(upto, self._archived_mark())).encode("ascii")
+            self.client.call(
+                "/v3/kv/put", {"key": b64(self.prefix + b"archived"), "value": b64(mark)}
+            )
             while True:
                 kvs = self.client.range(
                     self.log_prefix, end=prefix_end(self.log_prefix), limit=100,
@@ -175,7 +206,11 @@ class EtcdOrderer(Orderer):
         for event in events:
             kv = event.kv
             name = kv.key.decode("utf-8", "replace")
-            if kv.mod_revision <= last:
+            # One etcd transaction is one revision: a batch of deletes shares it.
+            backwards = (
+                kv.mod_revision < last if event.kind == "DELETE" else kv.mod_revision <= last
+            )
+            if backwards:
                 halt(f"etcd delivered revision {kv.mod_revision} after {last} ({name})")
                 return None
             last = kv.mod_revision
@@ -201,7 +236,9 @@ class EtcdOrderer(Orderer):
     def status(self) -> dict[str, Any]:
         info: dict[str, Any] = {"kind": "etcd", "position": self.applied_revision}
         try:
-            info["members"] = [self._member(m) for m in self.client.members()]
+            own = self.client.status(0)  # this node's member (other members' client ports
+            # listen on their own hosts' loopback: each node reports its own size)
+            info["members"] = [self._member(m, own) for m in self.client.members()]
             info["revision"] = self.client.revision()
             info["has_quorum"] = True
         except EtcdError as exc:
@@ -209,23 +246,18 @@ class EtcdOrderer(Orderer):
             info["error"] = str(exc)
         return info
 
-    def _member(self, member: dict[str, Any]) -> dict[str, Any]:
-        urls = list(member.get("clientURLs") or [])
+    def _member(self, member: dict[str, Any], own: dict[str, Any]) -> dict[str, Any]:
         entry: dict[str, Any] = {
             "name": member.get("name", ""),
             "id": str(member.get("ID", "")),
             "peer_urls": list(member.get("peerURLs") or []),
-            "client_urls": urls,
+            "client_urls": list(member.get("clientURLs") or []),
+            "leader": str(own.get("leader")) == str(member.get("ID", "")),
         }
-        for url in urls[:1]:
-            try:
-                status = self.client.status_of(url)
-            except EtcdError as exc:
-                entry["error"] = str(exc)
-                continue
+        if str(own.get("header", {}).get("member_id")) == entry["id"]:
             keep = ("version", "dbSize", "dbSizeInUse", "raftIndex", "raftTerm", "leader")
-            entry["status"] = {key: status.get(key) for key in keep}
-            entry["leader"] = str(status.get("leader")) == entry["id"]
+            entry["status"] = {key: own.get(key) for key in keep}
+            entry["self"] = True
         return entry
 
     def add_member(self, peer_url: str) -> list[dict[str, Any]]:

@@ -87,6 +87,10 @@ class LedgerService:
         if known is not None:
             return outcome_of(self.replica.block(known) or {})
         if not self.replica.wait_for_time(self.submit_timeout_s):
+            if self.replica.halted is not None:
+                context.abort(
+                    grpc.StatusCode.UNAVAILABLE, f"this ledger node halted: {self.replica.halted}"
+                )
             context.abort(grpc.StatusCode.UNAVAILABLE, self._no_quorum("no ledger time yet"))
         # Refused here, a forged, stale or unauthorised transaction is never ordered.
         try:

@@ -1,0 +1,126 @@
+"""Growth and recovery of an etcd-backed ledger: archive, catch-up, backup and restore."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from harness import run_cli
+
+from openswarm import DEFAULT_CONTRACT
+from openswarm.ledger.client import LedgerClient, LedgerError
+from openswarm.ledger.etcd_client import EtcdClient, prefix_end
+from openswarm.ledger.local import LocalLedger, ReplicaProcess
+from openswarm.ledger.store import read_chain
+from openswarm.ledger.verify import verify_chain_dir
+
+C = DEFAULT_CONTRACT
+
+
+def _submit(net: LocalLedger, count: int, start: int = 0) -> None:
+    with net.client("p1") as client:
+        if start == 0:
+            payload = {"endpoint": "127.0.0.1:9"}
+            client.submit("register", contract=C, payload=payload).raise_for_status()
+        for epoch in range(start, start + count):
+            payload = {"loss": 1.0, "metric": 0.5, "epoch": epoch, "total_epochs": 10_000}
+            client.submit("metrics", contract=C, round=1, payload=payload).raise_for_status()
+
+
+def _log_keys(net: LocalLedger) -> int:
+    member = yaml_member(net.replicas[0])
+    etcd = EtcdClient([member["client_url"]], net.identity("ledger-1"))
+    try:
+        prefix = b"/openswarm/local/log/"
+        return etcd.count(prefix, prefix_end(prefix))
+    finally:
+        etcd.close()
+
+
+def yaml_member(replica: ReplicaProcess) -> dict:
+    import yaml
+
+    return yaml.safe_load(replica.config_path.read_text())["etcd"]["member"]
+
+
+def _same_chain(net: LocalLedger, replica: ReplicaProcess, height: int) -> None:
+    deadline = time.monotonic() + 60
+    reference = read_chain(net.replicas[0].data_dir)
+    while time.monotonic() < deadline:
+        chain = read_chain(replica.data_dir)
+        if len(chain) > height and len(reference) > height:
+            break
+        time.sleep(0.1)
+        reference = read_chain(net.replicas[0].data_dir)
+    assert read_chain(replica.data_dir)[: height + 1] == reference[: height + 1]
+    assert verify_chain_dir(replica.data_dir, require_head=False).ok
+
+
+def _height(net: LocalLedger, replica: ReplicaProcess) -> int:
+    with LedgerClient([replica.grpc_address], net.identity("admin")) as client:
+        return int(client.status()["height"])
+
+
+def test_archive_then_a_new_node_catches_up_from_a_checkpoint(ledger3: LocalLedger) -> None:
+    net = ledger3
+    _submit(net, 40)
+    before = _log_keys(net)
+    admin = str(net.identity_dir("admin"))
+    archived = run_cli("ledger", "archive", "--connect", ",".join(net.endpoints),
+                       "--identity", admin)  # fmt: skip
+    assert archived.returncode == 0, archived.stderr
+    assert "records dropped from etcd" in archived.stdout
+    assert _log_keys(net) < before - 40  # the archived records left etcd
+    _submit(net, 5, start=40)  # the ledger goes on; nothing was lost from any chain
+    height = _height(net, net.replicas[0])
+    for replica in net.replicas:
+        _same_chain(net, replica, height)
+        assert verify_chain_dir(replica.data_dir).ok
+
+    # A new node cannot rebuild the chain from etcd alone any more: it says what to do…
+    newcomer = net.new_replica()
+    with net.client("admin") as client:
+        client.submit("admit", payload={"name": newcomer.name, "role": "ledger"})
+        client.add_replica(newcomer.peer_url)
+    net.start(3)
+    with LedgerClient([newcomer.grpc_address], net.identity("admin")) as client:
+        deadline = time.monotonic() + 60
+        while client.status()["halted"] is None:
+            assert time.monotonic() < deadline, "a node missing archived records went on"
+            time.sleep(0.1)
+        assert "catch-up" in client.status()["halted"]
+        with pytest.raises(LedgerError, match="halted"):
+            client.submit("admit", payload={"name": "x", "role": "peer"})
+    net.stop(3)
+    # …and after catching up from another node's signed chain it follows etcd again.
+    for name in ("chain.jsonl", "head.json"):
+        (newcomer.data_dir / name).unlink(missing_ok=True)
+    caught = run_cli("ledger", "catch-up", "--config", str(newcomer.config_path),
+                     "--from", net.endpoints[0])  # fmt: skip
+    assert caught.returncode == 0, caught.stderr
+    net.start(3)
+    _submit(net, 3, start=45)
+    height = _height(net, net.replicas[0])
+    _same_chain(net, newcomer, height)
+
+
+def test_backup_and_restore_a_node(ledger3: LocalLedger, tmp_path: Path) -> None:
+    net = ledger3
+    _submit(net, 10)
+    node = net.replicas[2]
+    out = tmp_path / "backup"
+    made = run_cli("ledger", "backup", "--config", str(node.config_path), "--out", str(out))
+    assert made.returncode == 0, made.stderr
+    assert (out / "etcd.snapshot").stat().st_size > 0 and (out / "chain.jsonl").exists()
+    net.stop(2)
+    for name in ("chain.jsonl", "head.json"):
+        (node.data_dir / name).unlink()  # the node's chain is lost; its etcd member is not
+    refused = run_cli("ledger", "restore", "--from", str(tmp_path), "--config",
+                      str(node.config_path))  # fmt: skip
+    assert refused.returncode == 1 and "not an openswarm ledger backup" in refused.stderr
+    restored = run_cli("ledger", "restore", "--from", str(out), "--config", str(node.config_path))
+    assert restored.returncode == 0, restored.stderr
+    net.start(2)
+    _submit(net, 3, start=10)
+    _same_chain(net, node, _height(net, net.replicas[0]))
