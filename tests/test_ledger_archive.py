@@ -124,3 +124,27 @@ def test_backup_and_restore_a_node(ledger3: LocalLedger, tmp_path: Path) -> None
     net.start(2)
     _submit(net, 3, start=10)
     _same_chain(net, node, _height(net, net.replicas[0]))
+
+
+def test_an_embedded_chain_moves_to_etcd(ledger1: LocalLedger, tmp_path: Path) -> None:
+    net = ledger1
+    _submit(net, 5)
+    net.stop()
+    exported = tmp_path / "export" / "chain.jsonl"
+    exported.parent.mkdir()
+    exported.write_bytes((net.replicas[0].data_dir / "chain.jsonl").read_bytes())
+    original = read_chain(exported)
+    # The same swarm, now on etcd: a fresh data folder and a config that imports the chain.
+    net.backend = "etcd"
+    net.replicas.clear()
+    net.replica_settings["import_chain"] = str(exported)
+    node = net.add_replica_config(1, [f"https://127.0.0.1:{net._port()}"])
+    (node.config_path.parent / "ledger-1").rename(tmp_path / "old-data")
+    net.start()
+    _submit(net, 2, start=5)
+    chain = read_chain(node.data_dir)
+    assert chain[: len(original)] == original  # identical, block for block
+    assert any("tx" in b and b["tx"]["payload"].get("epoch") == 6 for b in chain)
+    assert verify_chain_dir(node.data_dir).ok
+    with LedgerClient(net.endpoints, net.identity("admin")) as client:
+        assert client.status()["ordering"]["kind"] == "etcd"

@@ -124,3 +124,25 @@ def _sha256(path: Path) -> str:
 
 
 __all__ = ["CatchUpError", "LedgerError", "backup", "catch_up", "restore"]
+
+
+def import_chain(chain_path: Path, orderer: Any, genesis: dict[str, Any]) -> list[dict]:
+    """Put every record of a stored chain (e.g. an embedded ledger's) into etcd, in order,
+    before anything else is ordered; etcd-backed nodes then rebuild the identical chain.
+    Returns the imported blocks."""
+    from openswarm.ledger.block import genesis_block, record_of
+
+    blocks = read_chain(chain_path)
+    if not blocks or blocks[0] != genesis_block(genesis):
+        raise CatchUpError(f"{chain_path} does not start from this node's genesis")
+    records = [record_of(block) for block in blocks[1:]]
+    if len(set(records)) != len(records):
+        raise CatchUpError(
+            f"{chain_path} holds the same record twice (a resubmission recorded as rejected); "
+            "etcd keeps each record once, so this chain cannot be carried over identically"
+        )
+    # Idempotent, so several nodes may import at once: each record is written only once,
+    # and only after the one before it exists, so etcd holds them in the chain's order.
+    for record in records:
+        orderer.append(record, 30.0)
+    return blocks

@@ -38,7 +38,7 @@ class EtcdSettings:
 _REMOVED = {"raft", "partners", "raft_secret", "raft_secret_file"}
 _KNOWN = {
     "data_dir", "listen", "identity", "genesis", "ca", "submit_timeout_s", "rate_per_s",
-    "rate_burst", "tick_s", "etcd",
+    "rate_burst", "tick_s", "etcd", "import_chain",
 }  # fmt: skip
 _ETCD_KNOWN = {"endpoints", "prefix", "identity", "bin", "member"}
 _MEMBER_KNOWN = {
@@ -61,6 +61,7 @@ class LedgerConfig:
     rate_burst: float = 200.0  # calls one identity may make at once
     tick_s: float = 1.0  # seconds between this node's clock ticks while the ledger is busy
     etcd: EtcdSettings | None = None
+    import_chain: Path | None = None  # a chain to carry into a new etcd-backed ledger
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -106,6 +107,11 @@ class LedgerConfig:
         data_dir = path_of("data_dir")
         identity = path_of("identity")
         etcd = None
+        if raw.get("import_chain") and raw.get("etcd") is None:
+            raise ConfigError(
+                f"{source}: import_chain carries a chain into an etcd-backed ledger; an "
+                "embedded node takes a chain by copying it into its data_dir"
+            )
         if raw.get("etcd") is not None:
             etcd = _etcd_settings(raw["etcd"], data_dir, identity.name, base, f"{source}: etcd")
         return cls(
@@ -119,6 +125,7 @@ class LedgerConfig:
             rate_burst=float(numbers["rate_burst"]),
             tick_s=float(numbers["tick_s"]),
             etcd=etcd,
+            import_chain=path_of("import_chain") if raw.get("import_chain") else None,
         )
 
 

@@ -94,6 +94,7 @@ def start_node(config: LedgerConfig) -> LedgerNode:
                 member.stop()
             raise
     try:
+        imported = _import(config, orderer, genesis)
         replica = LedgerReplica(
             genesis, config.data_dir, orderer, signer=identity, tick_s=config.tick_s
         )
@@ -102,6 +103,8 @@ def start_node(config: LedgerConfig) -> LedgerNode:
         if member is not None:
             member.stop()
         raise
+    if imported:
+        _check_imported(replica, imported, config)
     limits = CallLimits(rate_per_s=config.rate_per_s, burst=config.rate_burst)
     service = LedgerService(replica, submit_timeout_s=config.submit_timeout_s, limits=limits)
     try:
@@ -120,6 +123,31 @@ def start_node(config: LedgerConfig) -> LedgerNode:
     server.start()
     replica.wait_for_time(config.submit_timeout_s)  # usually at once; never required
     return LedgerNode(config, identity, replica, server, port, member)
+
+
+def _import(config: LedgerConfig, orderer: Orderer, genesis: dict) -> list[dict]:
+    """Carry `import_chain` into etcd on this node's first start (an empty data folder)."""
+    from openswarm.ledger.catchup import CatchUpError, import_chain
+    from openswarm.ledger.store import read_chain
+
+    if config.import_chain is None or read_chain(config.data_dir):
+        return []
+    try:
+        return import_chain(config.import_chain, orderer, genesis)
+    except CatchUpError as exc:
+        raise ConfigError(f"import_chain: {exc}") from exc
+
+
+def _check_imported(replica: LedgerReplica, blocks: list[dict], config: LedgerConfig) -> None:
+    """The rebuilt chain must start with exactly the imported blocks."""
+    replica.wait_for_height(len(blocks) - 1, ETCD_START_TIMEOUT_S)
+    rebuilt = replica.blocks(0, len(blocks))
+    if [b["hash"] for b in rebuilt] != [b["hash"] for b in blocks]:
+        replica.close()
+        raise ConfigError(
+            f"import_chain {config.import_chain}: etcd already held other records, so the "
+            "chain rebuilt from it differs; import into a new prefix (etcd.prefix)"
+        )
 
 
 def _start_member(config: LedgerConfig, identity: Identity) -> EtcdMember:
