@@ -35,8 +35,8 @@ def swarm_factory(tmp_path: Path) -> Iterator[Callable[..., Swarm]]:
     """Makes swarms (a ledger and N site processes) under this test's folder; closes them."""
     made: list[Swarm] = []
 
-    def make(sites: int, **env: str) -> Swarm:
-        swarm = Swarm(tmp_path / f"swarm{len(made)}", sites, **env)
+    def make(sites: int, *, ledger_nodes: int = 1, **env: str) -> Swarm:
+        swarm = Swarm(tmp_path / f"swarm{len(made)}", sites, ledger_nodes=ledger_nodes, **env)
         made.append(swarm)
         return swarm
 

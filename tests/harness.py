@@ -41,14 +41,17 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 class Swarm:
-    """A one-replica ledger and N site processes running a training script (by default
-    tests/swarm_script.py), each with its identity, rank and result file in its environment."""
+    """A ledger (embedded, or `ledger_nodes` etcd-backed nodes) and N site processes running
+    a training script (by default tests/swarm_script.py), each with its identity, rank and
+    result file in its environment."""
 
-    def __init__(self, root: Path, sites: int, *, script: Path = SCRIPT, **env: str) -> None:
+    def __init__(
+        self, root: Path, sites: int, *, script: Path = SCRIPT, ledger_nodes: int = 1, **env: str
+    ) -> None:
         self.root = root
         self.script = script
         self.names = [f"site-{i + 1}" for i in range(sites)]
-        self.ledger = LocalLedger.create(root / "ledger", replicas=1, peers=self.names)
+        self.ledger = LocalLedger.create(root / "ledger", replicas=ledger_nodes, peers=self.names)
         self.ledger.start()
         self.ledger.wait_ready()
         self.env = env

@@ -18,8 +18,15 @@ def _history(state: dict) -> list[dict]:
     return state["history"]
 
 
-def test_three_sites_end_with_identical_models_and_a_verified_ledger(swarm_factory) -> None:
-    swarm = swarm_factory(3, EPOCHS="3", MIN_PEERS="3")
+#: The ledger under a swarm: embedded (one process), or three etcd-backed nodes.
+LEDGERS = pytest.mark.parametrize("ledger_nodes", [1, 3], ids=["embedded", "etcd3"])
+
+
+@LEDGERS
+def test_three_sites_end_with_identical_models_and_a_verified_ledger(
+    swarm_factory, ledger_nodes: int
+) -> None:
+    swarm = swarm_factory(3, ledger_nodes=ledger_nodes, EPOCHS="3", MIN_PEERS="3")
     swarm.start_all()
     swarm.wait()
     results = [swarm.result(n) for n in swarm.names]
@@ -35,7 +42,8 @@ def test_three_sites_end_with_identical_models_and_a_verified_ledger(swarm_facto
         assert record["leader"] in record["participants"]
         assert len(record["digest"]) == 64
     assert all(r["accuracy"] > 0.5 for r in results), results  # trained (chance is 0.1)
-    assert verify_chain_dir(swarm.ledger.replicas[0].data_dir).ok
+    for replica in swarm.ledger.replicas:
+        assert verify_chain_dir(replica.data_dir).ok
     merged_blocks = [
         b for b in swarm.tx_blocks()
         if b["tx"]["type"] == "merged" and b["outcome"]["status"] == "applied"
@@ -69,10 +77,12 @@ def test_a_round_waits_for_min_peers(swarm_factory) -> None:
     assert _history(swarm.state())[0]["participants"] == ["site-1", "site-2", "site-3"]
 
 
-def test_leader_killed_during_merge_is_replaced(swarm_factory) -> None:
+@LEDGERS
+def test_leader_killed_during_merge_is_replaced(swarm_factory, ledger_nodes: int) -> None:
     # A larger model (8M values) makes the leader's fetch-and-merge take a while.
-    swarm = swarm_factory(3, EPOCHS="2", MIN_PEERS="2", LEADER_TIMEOUT="8",
-                          BALLAST="8000000", BATCH_DELAY_S="0.02")  # fmt: skip
+    swarm = swarm_factory(3, ledger_nodes=ledger_nodes, EPOCHS="2", MIN_PEERS="2",
+                          LEADER_TIMEOUT="8", BALLAST="8000000",
+                          BATCH_DELAY_S="0.02")  # fmt: skip
     killed: list[str] = []
 
     def kill_second_round_leader() -> None:
