@@ -130,12 +130,19 @@ def import_chain(chain_path: Path, orderer: Any, genesis: dict[str, Any]) -> lis
     """Put every record of a stored chain (e.g. an embedded ledger's) into etcd, in order,
     before anything else is ordered; etcd-backed nodes then rebuild the identical chain.
     Returns the imported blocks."""
-    from openswarm.ledger.block import genesis_block, record_of
+    from openswarm.ledger.block import Certificates, genesis_block, record_of
 
     blocks = read_chain(chain_path)
     if not blocks or blocks[0] != genesis_block(genesis):
         raise CatchUpError(f"{chain_path} does not start from this node's genesis")
-    records = [record_of(block) for block in blocks[1:]]
+    certs, records = Certificates(), []
+    for block in blocks[1:]:
+        try:
+            records.append(record_of(block, certs.by_ref))
+        except ValueError as exc:
+            raise CatchUpError(f"{chain_path}: block {block.get('height')}: {exc}") from exc
+        item = block.get("tick") or block.get("tx") or {}
+        certs.compact(item.get("cert"))
     if len(set(records)) != len(records):
         raise CatchUpError(
             f"{chain_path} holds the same record twice (a resubmission recorded as rejected); "

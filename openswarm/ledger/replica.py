@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from openswarm.ledger.block import genesis_block, record_of
+from openswarm.ledger.block import genesis_block
 from openswarm.ledger.canonical import canonical_bytes
 from openswarm.ledger.head import sign_head, write_head
 from openswarm.ledger.ordering import Orderer, OrderingError
@@ -106,7 +106,7 @@ class LedgerReplica:
         self._blocks.append(first)
         self._positions.append(0)
         for block, position in zip(stored[1:], positions[1:], strict=True):
-            again = self._state.commit(record_of(block))
+            again = self._state.commit(self._state.record_of(block))
             if again != block:
                 raise StoreError(
                     f"{self._data_dir}: stored block {block.get('height')} differs from what "

@@ -13,7 +13,7 @@ import json
 import threading
 from typing import Any
 
-from openswarm.ledger.block import genesis_block, make_block, tx_block
+from openswarm.ledger.block import Certificates, genesis_block, make_block, record_of, tx_block
 from openswarm.ledger.contract import (
     SETTINGS_KEYS,
     ContractCall,
@@ -69,6 +69,7 @@ class LedgerState:
         self.genesis_hash: str = head["hash"]
         self.height: int = 0
         self.last_hash: str = head["hash"]
+        self.certs = Certificates()  # certificates stored once, in their first block
         self._cert_cache: dict[str, CertIdentity | str] = {}
         self._good_signatures: dict[tuple[str, str], bool] = {}
         self._signature_lock = threading.Lock()
@@ -97,7 +98,8 @@ class LedgerState:
             outcome = {"status": "applied", "reason": None, "result": result}
         except Rejected as exc:
             outcome = {"status": "rejected", "reason": str(exc)}
-        block = tx_block(height, self.last_hash, tx.to_dict(), tx.tx_id, outcome)
+        stored = {**tx.to_dict(), "cert": self.certs.compact(tx.cert)}
+        block = tx_block(height, self.last_hash, stored, tx.tx_id, outcome)
         self.tx_heights.setdefault(tx.tx_id, height)
         return self._advance(block)
 
@@ -197,6 +199,8 @@ class LedgerState:
             outcome: dict[str, Any] = {"status": "applied", "reason": None, "result": result}
         except (TickError, Rejected) as exc:
             outcome = {"status": "rejected", "reason": str(exc)}
+        if isinstance(tick, dict) and isinstance(tick.get("cert"), str):
+            tick = {**tick, "cert": self.certs.compact(tick["cert"])}
         return make_block(height, self.last_hash, tick=tick, outcome=outcome)
 
     def _apply_tick(self, tick: Any) -> dict[str, Any]:
@@ -339,6 +343,10 @@ class LedgerState:
             raise Rejected(str(exc)) from exc
         self.contracts[tx.contract] = contract
         return {"events": [{"kind": "contract_created", "contract": tx.contract}]}
+
+    def record_of(self, block: dict[str, Any]) -> str:
+        """The record of `block`, the next block to apply (certificates expanded)."""
+        return record_of(block, self.certs.by_ref)
 
     # --- queries --------------------------------------------------------------------------
     def snapshot(self, contract: str | None = None) -> dict[str, Any]:

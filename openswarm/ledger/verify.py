@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from openswarm.ledger.block import GENESIS_PREV_HASH, block_hash, genesis_block, record_of
+from openswarm.ledger.block import GENESIS_PREV_HASH, block_hash, genesis_block
 from openswarm.ledger.canonical import canonical_bytes
 from openswarm.ledger.genesis import GenesisError, check_genesis
 from openswarm.ledger.head import HEAD_FILE, HeadError, check_head, read_head
@@ -114,15 +114,14 @@ def verify_blocks(blocks: list[dict[str, Any]]) -> VerifyReport:
         if block.get("prev_hash") != state.last_hash:
             return bad(height, "prev_hash does not link to the previous block")
         tx = block.get("tx")
-        if "tick" in block:
-            text = record_of(block)
-        elif not isinstance(tx, dict):
+        if "tick" not in block and not isinstance(tx, dict):
             return bad(height, "block carries neither a transaction nor a tick")
-        else:
-            try:
-                text = tx["raw"] if set(tx) == {"raw"} else Transaction.from_dict(tx).to_json()
-            except TxFormatError as exc:
-                return bad(height, f"malformed transaction: {exc}")
+        try:
+            text = state.record_of(block)
+            if isinstance(tx, dict) and set(tx) != {"raw"}:
+                Transaction.from_json(text)
+        except (TxFormatError, ValueError) as exc:
+            return bad(height, f"malformed record: {exc}")
         replayed = state.commit(text)
         if canonical_bytes(replayed) != canonical_bytes(block):
             why = "outcome differs on replay (signature, admission or contract result altered)"
