@@ -113,39 +113,58 @@ def _client(connect: str, identity: Path | None) -> Any:
 
 @ledger_app.command()
 def status(
-    connect: str = typer.Option(..., "--connect", help="HOST:PORT[,HOST:PORT…] of replicas."),
+    connect: str = typer.Option(..., "--connect", help="HOST:PORT[,HOST:PORT…] of nodes."),
     identity: Path = typer.Option(None, "--identity", help=IDENTITY_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Ledger node, ordering layer (etcd members, revision, size), ledger time and height."""
-    from openswarm.ledger.client import LedgerError
+    """Ledger nodes (each one's applied height), ordering layer (etcd members, leader,
+    revision, database size), ledger time."""
+    from openswarm.ledger.client import LedgerClient, LedgerError
 
-    try:
-        with _client(connect, identity) as client:
-            info = client.status()
-    except LedgerError as exc:
-        _fail(str(exc))
+    with _client(connect, identity) as client:
+        nodes: dict[str, dict[str, Any]] = {}
+        for endpoint in client.endpoints:
+            try:
+                with LedgerClient([endpoint], client.identity, timeout_s=5) as one:
+                    nodes[endpoint] = one.status()
+            except LedgerError as exc:
+                nodes[endpoint] = {"error": str(exc)}
+    answered = [info for info in nodes.values() if "error" not in info]
+    if not answered:
+        _fail("no ledger node answered: " + "; ".join(i["error"] for i in nodes.values()))
     if as_json:
-        typer.echo(json.dumps(info, indent=2, sort_keys=True))
+        shown = nodes if len(nodes) > 1 else answered[0]
+        typer.echo(json.dumps(shown, indent=2, sort_keys=True))
         return
+    info = answered[0]
     ordering = info.get("ordering") or {}
     when = dt.datetime.fromtimestamp(info["ledger_time"], dt.UTC).isoformat(timespec="seconds")
     typer.echo(f"swarm        {info['swarm']}")
-    typer.echo(
-        f"node         {info['node']}" + (f"  HALTED: {info['halted']}" if info["halted"] else "")
-    )
-    typer.echo(f"height       {info['height']}  head {info['last_hash'][:16]}…")
     typer.echo(f"ledger time  {when}  (ticks: {len(info.get('ticks') or {})} nodes)")
-    typer.echo(f"quorum       {'yes' if info['has_quorum'] else 'NO'}")
-    typer.echo(f"ordering     {ordering.get('kind', '?')}, position {info['position']}")
-    for member in ordering.get("members") or []:
-        status = member.get("status") or {}
+    typer.echo(
+        f"ordering     {ordering.get('kind', '?')}, revision {ordering.get('revision', '-')}"
+    )
+    for endpoint, node in nodes.items():
+        if "error" in node:
+            typer.echo(f"node         {endpoint}  UNREACHABLE: {node['error']}")
+            continue
+        flags = "" if node["has_quorum"] else "  NO QUORUM"
+        flags += f"  HALTED: {node['halted']}" if node["halted"] else ""
         typer.echo(
-            f"  member {member.get('name') or '(not started)'}"
-            f"{'  LEADER' if member.get('leader') else ''}"
-            f"  {', '.join(member.get('client_urls') or member.get('peer_urls') or [])}"
-            + (f"  db {int(status['dbSize']) / 1e6:.1f} MB" if status.get("dbSize") else "")
+            f"node         {node['node']} {endpoint}  height {node['height']}  position "
+            f"{node['position']}  head {node['last_hash'][:12]}…{flags}"
         )
+    for node in answered:
+        for member in (node.get("ordering") or {}).get("members") or []:
+            if not member.get("self"):
+                continue
+            status = member.get("status") or {}
+            leader = any(m.get("leader") and m.get("self") for m in [member])
+            typer.echo(
+                f"etcd member  {member.get('name')}{'  LEADER' if leader else ''}  "
+                f"db {int(status.get('dbSize') or 0) / 1e6:.1f} MB  "
+                f"(in use {int(status.get('dbSizeInUse') or 0) / 1e6:.1f} MB)"
+            )
 
 
 @ledger_app.command()
