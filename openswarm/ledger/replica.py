@@ -181,8 +181,10 @@ class LedgerReplica:
     # --- ticks ----------------------------------------------------------------------------
     def _tick_loop(self) -> None:
         assert self._signer is not None
-        last = 0.0
-        while not self._closing.wait(self._tick_s if last else 0.0):
+        last = -self._idle_tick_s  # monotonic time of this node's last tick
+        first = True
+        while not self._closing.wait(0.0 if first else self._tick_s):
+            first = False
             now = time.monotonic()
             idle = self._state.time_established and not self._busy.is_set()
             if idle and now - last < self._idle_tick_s:
@@ -195,7 +197,6 @@ class LedgerReplica:
                 last = now
             except (OrderingError, LedgerHalted) as exc:
                 log.debug("tick not ordered: %s", exc)
-                last = last or now
 
     def tick(self) -> None:
         """Order one tick of this node's clock (never earlier than its previous tick)."""
