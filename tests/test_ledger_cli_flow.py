@@ -43,11 +43,8 @@ def test_manual_single_replica_flow(tmp_path: Path) -> None:
             {
                 "data_dir": "data",
                 "listen": listen,
-                "raft": f"127.0.0.1:{free_port()}",
-                "partners": [],
                 "identity": "pki/identities/sn-1",
                 "genesis": "genesis.json",
-                "raft_secret": "correct horse battery staple",
             }
         )
     )
@@ -66,26 +63,30 @@ def test_manual_single_replica_flow(tmp_path: Path) -> None:
         deadline = time.monotonic() + 30
         while True:
             status = run_cli("ledger", "status", "--connect", listen, "--identity", admin, "--json")
-            if status.returncode == 0 and json.loads(status.stdout)["leader"]:
+            if status.returncode == 0 and json.loads(status.stdout)["ledger_time"] > 0:
                 break
             assert time.monotonic() < deadline, status.stderr
         info = json.loads(status.stdout)
-        assert info["swarm"] == "clinic" and info["height"] == 0
-        assert "correct horse" not in line  # the Raft secret never reaches the log
+        assert info["swarm"] == "clinic" and info["has_quorum"] and info["halted"] is None
+        assert "ordering: embedded" in line
+        assert abs(info["ledger_time"] - time.time()) < 60
     finally:
         os.killpg(replica.pid, signal.SIGTERM)
         replica.wait(20)
     assert (tmp_path / "data" / "chain.jsonl").exists()
-    assert "1 blocks verified" in _ok("ledger", "verify", str(tmp_path / "data"))
+    assert " blocks verified" in _ok("ledger", "verify", str(tmp_path / "data"))
 
 
 def test_bad_config_gets_a_clear_error(tmp_path: Path) -> None:
     config = tmp_path / "bad.yaml"
-    config.write_text(yaml.safe_dump({"data_dir": "d", "listen": "nowhere", "raft": "x:1"}))
+    config.write_text(yaml.safe_dump({"data_dir": "d", "listen": "nowhere"}))
     done = run_cli("ledger", "start", "--config", str(config))
     assert done.returncode == 1
     assert "listen" in done.stderr and "host:port" in done.stderr
     assert "Traceback" not in done.stderr
+    config.write_text(yaml.safe_dump({"data_dir": "d", "listen": "a:1", "raft": "x:1"}))
+    done = run_cli("ledger", "start", "--config", str(config))
+    assert done.returncode == 1 and "Raft settings are gone" in done.stderr
     config.write_text("listen: [unclosed")
     done = run_cli("ledger", "start", "--config", str(config))
     assert done.returncode == 1 and "cannot read ledger config" in done.stderr

@@ -30,9 +30,12 @@ from openswarm.pki import CertIdentity, Identity
 
 log = logging.getLogger(__name__)
 
-#: Seconds between ticks while the ledger is busy, and while it is idle.
+#: Seconds between ticks while the ledger is live, and while it is idle. It is live while
+#: anything but ticks was ordered within the last ACTIVE_WINDOW_S (a running swarm's sites
+#: heartbeat every few seconds), so ledger time then trails real time by about one tick.
 TICK_S = 1.0
 IDLE_TICK_S = 10.0
+ACTIVE_WINDOW_S = 30.0
 
 
 class LedgerHalted(RuntimeError):
@@ -65,7 +68,7 @@ class LedgerReplica:
         self.halted: str | None = None
         self._blocks: list[dict[str, Any]] = []
         self._positions: list[int] = []
-        self._busy = threading.Event()  # something besides ticks happened since our last tick
+        self._active_at = -ACTIVE_WINDOW_S  # monotonic time something besides a tick came
         self._head: dict[str, Any] | None = None
         self._head_block: dict[str, Any] | None = None
         self._head_wanted = threading.Event()
@@ -137,7 +140,7 @@ class LedgerReplica:
                 self._positions.append(position)
                 self._note_archive(block, position)
                 if "tick" not in block:
-                    self._busy.set()
+                    self._active_at = time.monotonic()
             self._store.flush(sync=self._orderer.durable_by_node)
             self._changed.notify_all()
         if self._signer is not None:
@@ -157,7 +160,7 @@ class LedgerReplica:
         """Order a checked transaction and return its block (the first one, if it was
         ordered before). OrderingError if it is not applied within `timeout_s`."""
         self._check_running()
-        self._busy.set()
+        self._active_at = time.monotonic()
         deadline = time.monotonic() + timeout_s
         self._orderer.append(tx.to_json(), timeout_s)
         tx_id = tx.tx_id
@@ -186,12 +189,12 @@ class LedgerReplica:
         while not self._closing.wait(0.0 if first else self._tick_s):
             first = False
             now = time.monotonic()
-            idle = self._state.time_established and not self._busy.is_set()
+            live = now - self._active_at < ACTIVE_WINDOW_S
+            idle = self._state.time_established and not live
             if idle and now - last < self._idle_tick_s:
                 continue
             if not self.admits(self._signer.name, "ledger"):
                 continue  # not (yet) admitted: its ticks would only be refused
-            self._busy.clear()
             try:
                 self.tick()
                 last = now

@@ -45,7 +45,9 @@ _MAX_IDLE_S = 10.0  # a snapshot download with no byte for this long has stalled
 _SIZE_SLACK = 4  # no model from another site may encode to more than this times ours
 _GATE_CACHE_S = 0.25  # how old a contract copy may be to decide a fetch request
 _GATE_FRESH_S = 0.05  # ... and to judge again one that would be refused
-_AUTHORIZE_WAIT_S = 3.0  # how long a fetch request may wait for a lagging ledger replica
+_AUTHORIZE_WAIT_S = 3.0
+_NOT_YET = "cannot be declared unavailable for another"  # the contract's "too early"
+_NOT_YET_RETRY_S = 0.5  # how long a fetch request may wait for a lagging ledger replica
 _RECENT_ROUNDS = 8  # rounds of history a peer polls (a round it waits on is always recent)
 
 
@@ -550,7 +552,16 @@ class SwarmPeer:
         if merged_at is not None:  # never longer than one timeout: a post-dated merge waits not
             wait = float(merged_at) + self.settings.leader_timeout_s - time.time()
             time.sleep(min(max(0.0, wait), self.settings.leader_timeout_s))
-        outcome = self._submit("merge_unavailable", merged["round"], {"digest": merged["digest"]})
+        # The contract judges the wait in ledger time, which may trail this site's clock by
+        # a tick or two: while it says "not yet", ask again shortly (for one timeout at most).
+        deadline = time.monotonic() + self.settings.leader_timeout_s
+        while True:
+            payload = {"digest": merged["digest"]}
+            outcome = self._submit("merge_unavailable", merged["round"], payload)
+            early = not outcome.applied and _NOT_YET in (outcome.reason or "")
+            if not early or time.monotonic() > deadline:
+                break
+            time.sleep(_NOT_YET_RETRY_S)
         log.warning("%s: merged model of round %d unavailable (%s)", self.name, merged["round"],
                     "recorded" if outcome.applied else outcome.reason)  # fmt: skip
 

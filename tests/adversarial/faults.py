@@ -77,14 +77,14 @@ def _serve_badly(how: str) -> None:
     ExchangeServer._fetch = fetch  # type: ignore[method-assign]
 
 
-def _flood_merged(peer: SwarmPeer) -> None:
-    """From now on this site answers every fetch of a merged model with 64 MiB of zeros,
-    far more than any honest site's model."""
+def _flood_merged(peer: SwarmPeer, flooded: int) -> None:
+    """From now on this site answers every fetch of round `flooded`'s merged model with
+    64 MiB of zeros, far more than any honest site's model (later rounds it leads honestly)."""
     honest = peer.server.store.find
     flood = b"\0" * (64 << 20)
 
     def find(kind: str, round: int, digest: str) -> Snapshot | None:
-        if kind != "merged":
+        if kind != "merged" or round != flooded:
             return honest(kind, round, digest)
         return Snapshot(kind, round, digest, flood)
 
@@ -149,7 +149,7 @@ def _lead_badly_once(fault: str) -> None:
         if fault == "huge_merged_once":
             digest = digest_encoded(local.data)
             _report({"leader": self.name, "round": r, "digest": digest})
-            _flood_merged(self)
+            _flood_merged(self, r)
             self._submit("merged", r, {"digest": digest, "size": 2**62})
             return
         if fault == "die_after_merged_once":
