@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test lint demo bench clean
+.PHONY: setup etcd test lint demo bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,11 +18,17 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 setup: $(STAMP)
 
+# etcd orders the multi-node ledger (tests start real members); Debian's etcd-server package.
+etcd:
+	@command -v etcd >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server >/dev/null; }
+	@command -v etcd >/dev/null || { echo "error: etcd is not installed and apt-get could not install etcd-server; install etcd 3.4+ (or 3.5.3+) and put it on PATH" >&2; exit 1; }
+	@command -v ip >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 >/dev/null; }
+
 lint: $(STAMP)
 	$(BIN)/ruff check openswarm swarmlearning tests benchmarks examples
 	$(BIN)/ruff format --check openswarm swarmlearning tests benchmarks examples
 
-test: $(STAMP)
+test: $(STAMP) etcd
 	$(MAKE) lint
 	$(BIN)/pytest -q
 
