@@ -138,11 +138,7 @@ class LedgerService:
         peer_url = request.get("peer_url")
         if not isinstance(peer_url, str) or not peer_url.startswith("https://"):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "give the new member's https peer URL")
-        try:
-            answer = self.replica.add_member(peer_url)
-        except (OrderingError, ValueError) as exc:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-        return {"added": peer_url, "members": answer}
+        return self._membership(context, lambda: self.replica.add_member(peer_url), added=peer_url)
 
     def remove_replica(self, request: dict[str, Any], context: grpc.ServicerContext) -> dict:
         """Remove an etcd member by its name (its ledger node is stopped afterwards)."""
@@ -150,11 +146,16 @@ class LedgerService:
         name = request.get("name")
         if not isinstance(name, str) or not name:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "give the member's name")
+        return self._membership(context, lambda: self.replica.remove_member(name), removed=name)
+
+    def _membership(
+        self, context: grpc.ServicerContext, change: Callable[[], list], **done: str
+    ) -> dict[str, Any]:
         try:
-            answer = self.replica.remove_member(name)
+            members = change()
         except (OrderingError, ValueError) as exc:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-        return {"removed": name, "members": answer}
+        return {**done, "members": members}
 
     def archive(self, request: dict[str, Any], context: grpc.ServicerContext) -> dict:
         """Drop archived records from etcd (`purge`), then give the space back; the records
