@@ -83,12 +83,8 @@ class EtcdOrderer(Orderer):
         while not self._closing.is_set():
             try:
                 for events in self.client.watch(self.log_prefix, end, self.applied_revision + 1):
-                    batch = self._checked(events, halt)
-                    if batch is None:
+                    if not self._consume(events, deliver, halt):
                         return
-                    if batch:
-                        deliver(batch)
-                    self.applied_revision = max(self.applied_revision, events[-1].kv.mod_revision)
             except WatchCompacted as exc:
                 if not self._after_compaction(exc.compact_revision, deliver, halt):
                     return
@@ -199,8 +195,28 @@ class EtcdOrderer(Orderer):
         except EtcdError as exc:
             raise OrderingError(f"defragmenting failed: {exc}", transient=exc.transient) from exc
 
+    def _consume(self, events: list[Any], deliver: Deliver, halt: Halt) -> bool:
+        """Check and deliver one watch answer; False after halting. Records before a delete
+        are applied before the delete is judged: an archive transaction among them is what
+        allows it."""
+        start = 0
+        while start < len(events):
+            stop = next(
+                (i + 1 for i in range(start, len(events)) if events[i].kind == "DELETE"),
+                len(events),
+            )
+            batch = self._checked(events[start:stop], halt)
+            if batch is None:
+                return False
+            if batch:
+                deliver(batch)
+            self.applied_revision = max(self.applied_revision, events[stop - 1].kv.mod_revision)
+            start = stop
+        return True
+
     def _checked(self, events: list[Any], halt: Halt) -> list[tuple[int, str]] | None:
-        """The records of a watch batch, or None after halting on a broken invariant."""
+        """The records of a run of watch events, or None after halting on a broken
+        invariant. Only the last event of a run may be a delete."""
         batch: list[tuple[int, str]] = []
         last = self.applied_revision
         for event in events:
