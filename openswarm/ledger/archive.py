@@ -12,6 +12,9 @@ from typing import Any
 
 from openswarm.ledger.client import LedgerClient, LedgerError
 
+#: How long one node may take to drop archived records and defragment its member.
+ARCHIVE_TIMEOUT_S = 600.0
+
 
 def archive(client: LedgerClient, *, keep: int = 0) -> dict[str, Any]:
     """Archive everything but the last `keep` positions, through every endpoint of `client`
@@ -28,8 +31,8 @@ def archive(client: LedgerClient, *, keep: int = 0) -> dict[str, Any]:
     client.submit("archive", payload={"upto": upto}).raise_for_status()
     done: dict[str, Any] = {"upto": upto}
     for index, endpoint in enumerate(client.endpoints):
-        with LedgerClient([endpoint], client.identity, timeout_s=60) as one:
-            answer = one.call("Archive", {"upto": upto, "purge": index == 0}, timeout_s=60)
+        with LedgerClient([endpoint], client.identity, timeout_s=ARCHIVE_TIMEOUT_S) as one:
+            answer = one.call("Archive", {"upto": upto, "purge": index == 0})
             if index == 0:
                 done.update(answer)
     after = []

@@ -110,6 +110,7 @@ def member_args(spec: MemberSpec, binary_path: str) -> list[str]:
         "--peer-client-cert-auth", "--peer-cert-allowed-hostname", allowed,
         "--quota-backend-bytes", str(spec.quota_bytes),
         "--max-request-bytes", str(4 * 1024 * 1024),
+        "--max-txn-ops", "2048",  # archiving deletes old records in large batches
         "--logger", "zap", "--log-level", "warn",
     ]  # fmt: skip
 

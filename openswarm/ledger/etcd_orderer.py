@@ -30,6 +30,10 @@ log = logging.getLogger(__name__)
 
 RECONNECT_S = 0.2
 MEMBERSHIP_WAIT_S = 20.0
+#: Records deleted per etcd transaction when archiving (managed members allow this many;
+#: etcd's default limit of 128 is used when a cluster refuses more).
+DELETE_BATCH = 2000
+SMALL_DELETE_BATCH = 128
 
 
 def record_key(prefix: bytes, record: bytes) -> bytes:
@@ -169,14 +173,21 @@ class EtcdOrderer(Orderer):
             self.client.call(
                 "/v3/kv/put", {"key": b64(self.prefix + b"archived"), "value": b64(mark)}
             )
+            batch = DELETE_BATCH
             while True:
                 kvs = self.client.range(
-                    self.log_prefix, end=prefix_end(self.log_prefix), limit=100,
+                    self.log_prefix, end=prefix_end(self.log_prefix), limit=batch,
                     max_mod_revision=upto, keys_only=True,
                 )  # fmt: skip
                 if not kvs:
                     break
-                self.client.delete([kv.key for kv in kvs])
+                try:
+                    self.client.delete([kv.key for kv in kvs])
+                except EtcdError as exc:
+                    if "too many operations" not in str(exc) or batch == SMALL_DELETE_BATCH:
+                        raise
+                    batch = SMALL_DELETE_BATCH  # an external cluster with etcd's default
+                    continue
                 deleted += len(kvs)
             last = self.client.revision()
             deadline = time.monotonic() + MEMBERSHIP_WAIT_S

@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 TICK_S = 1.0
 IDLE_TICK_S = 10.0
 ACTIVE_WINDOW_S = 30.0
+#: Least time between two signed heads: one signature covers every block committed meanwhile.
+HEAD_INTERVAL_S = 0.2
 
 
 class LedgerHalted(RuntimeError):
@@ -228,6 +230,7 @@ class LedgerReplica:
             self._head_wanted.wait()
             self._head_wanted.clear()
             self._flush_head()
+            self._closing.wait(HEAD_INTERVAL_S)
 
     def _flush_head(self) -> None:
         """Sign and write the head of the newest stored block, if not done yet."""
