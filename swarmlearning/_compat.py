@@ -15,6 +15,7 @@ HPE's defaults are filled in explicitly, so they hold whatever openswarm's own d
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -92,7 +93,23 @@ def hpe_options(
     options["training_contract"] = (
         None if training_contract == DEFAULT_CONTRACT else training_contract
     )
+    if options.get("logger") is None:
+        options["logger"] = hpe_logger()
     return options
+
+
+def hpe_logger() -> logging.Logger:
+    """The callback's logger as HPE's behaves: INFO and above to standard output, unless the
+    program configured logging itself (then records go where it said)."""
+    logger = logging.getLogger("swarmlearning")
+    if logger.handlers or logging.getLogger().handlers:
+        return logger
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    return logger
 
 
 def map_hpe_kwargs(kwargs: Mapping[str, Any], platform: str) -> dict[str, Any]:

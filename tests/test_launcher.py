@@ -31,8 +31,10 @@ PEER_SCRIPT = textwrap.dedent(
     """
     import json, os, sys, time
     names = [k for k in os.environ if k.startswith("OPENSWARM_")
-             or k in ("DATA_DIR", "SCRATCH_DIR", "MODEL_DIR", "MAX_EPOCHS", "MIN_PEERS")]
+             or k in ("DATA_DIR", "SCRATCH_DIR", "MODEL_DIR", "MAX_EPOCHS", "MIN_PEERS",
+                      "NODE_ID", "OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS")]
     env = {k: os.environ[k] for k in names}
+    env["cwd"] = os.getcwd()
     rank = int(os.environ["OPENSWARM_RANK"])
     pid_dir = os.environ.get("PID_DIR")
     if pid_dir:
@@ -120,7 +122,7 @@ def test_peers_run_with_their_own_env(tmp_path: Path, script: Path) -> None:
     seen = []
     result = run_swarm(
         script, 3, data_dirs=dirs, script_args=["--lr", "0.1"], workdir=tmp_path / "run",
-        epochs=4, on_progress=seen.append, poll_s=0.2,
+        epochs=4, on_progress=seen.append, poll_s=0.2, threads_per_peer=2,
     )  # fmt: skip
     assert result.ok, format_summary(result)
     assert result.exit_codes == {"site-1": 0, "site-2": 0, "site-3": 0}
@@ -139,6 +141,10 @@ def test_peers_run_with_their_own_env(tmp_path: Path, script: Path) -> None:
         assert env["OPENSWARM_CONTRACT"] == DEFAULT_CONTRACT
         assert env["OPENSWARM_LISTEN"] == "127.0.0.1:0"
         assert env["MAX_EPOCHS"] == "4"
+        # HPE's run environment: its own working directory, NODE_ID, bounded math threads
+        assert env["cwd"] == str(tmp_path / "run" / f"site-{rank + 1}")
+        assert env["NODE_ID"] == str(rank + 1)
+        assert env["OMP_NUM_THREADS"] == env["TF_NUM_INTRAOP_THREADS"] == "2"
         identity = Path(env["OPENSWARM_IDENTITY"])
         assert identity.is_dir() and identity.name == f"site-{rank + 1}"
         assert any(identity.iterdir())
@@ -151,6 +157,28 @@ def test_peers_run_with_their_own_env(tmp_path: Path, script: Path) -> None:
     assert "every peer holds the same final model" in format_summary(result)
     with pytest.raises(LaunchError, match="already holds a run"):
         run_swarm(script, 3, workdir=tmp_path / "run")
+
+
+def test_threads_default_to_a_share_of_the_cores(tmp_path: Path, script: Path) -> None:
+    from openswarm.launch.launcher import peer_specs
+    from openswarm.ledger.local import LocalLedger
+
+    ledger = LocalLedger.create(tmp_path / "ledger", peers=["site-1", "site-2"])
+    share = str(max(1, (os.cpu_count() or 1) // 2))
+    saved = os.environ.pop("OMP_NUM_THREADS", None)
+    try:
+        specs = peer_specs(ledger, tmp_path, [None, None], contract="c", min_peers=2, epochs=None)
+        assert {s.env["OMP_NUM_THREADS"] for s in specs} == {share}
+        os.environ["OMP_NUM_THREADS"] = "7"  # the user's own setting wins
+        specs = peer_specs(ledger, tmp_path, [None, None], contract="c", min_peers=2, epochs=None)
+        assert {s.env["OMP_NUM_THREADS"] for s in specs} == {"7"}
+    finally:
+        os.environ.pop("OMP_NUM_THREADS", None)
+        if saved is not None:
+            os.environ["OMP_NUM_THREADS"] = saved
+    assert [s.workdir for s in specs] == [tmp_path / "site-1", tmp_path / "site-2"]
+    with pytest.raises(LaunchError, match="threads-per-peer"):
+        run_swarm(script, 2, workdir=tmp_path / "bad", threads_per_peer=0)
 
 
 def test_a_failing_peer_fails_the_run(

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -43,6 +45,7 @@ def test_defaults_are_hpe_defaults() -> None:
     assert map_hpe_kwargs({}, "tf") == HPE_DEFAULTS
     assert map_hpe_kwargs({}, "hf") == {**HPE_DEFAULTS, "hf_mode": "full"}
     options = hpe_options(10, 2, "defaultbb.cqdb.sml.hpe", {}, "pyt")
+    assert options.pop("logger").name == "swarmlearning"  # HPE's: INFO to standard output
     assert options == {**HPE_DEFAULTS, "sync_frequency": 10, "min_peers": 2,
                        "training_contract": None}  # fmt: skip
     assert hpe_options(10, 2, "mnist", {}, "tf")["training_contract"] == "mnist"
@@ -225,3 +228,25 @@ def test_tf_program_runs_unmodified_under_the_launcher(tmp_path: Path, monkeypat
     for peer in run.peers:
         saved = keras.saving.load_model(run.run_dir / peer.name / "model" / "digits_tf.keras")
         assert digest(named_weights(saved)) == latest, peer.name
+
+
+LOGGER_PROGRAM = """
+import logging, sys
+from swarmlearning._compat import hpe_options
+if sys.argv[1] == "configured":
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="PROGRAM %(message)s")
+logger = hpe_options(10, 2, "c", {}, "pyt")["logger"]
+logger.info("accuracy %.2f", 0.93)
+logger.debug("not shown")
+"""
+
+
+@pytest.mark.parametrize("how", ["default", "configured"])
+def test_the_callback_logger_prints_info_as_hpes_does(how: str) -> None:
+    done = subprocess.run([sys.executable, "-c", LOGGER_PROGRAM, how], capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    if how == "default":  # HPE's examples print their results through it: standard output
+        assert "accuracy 0.93" in done.stdout and "not shown" not in done.stdout
+    else:  # a program that configured logging gets the records where it said
+        assert "PROGRAM accuracy 0.93" in done.stderr and "accuracy" not in done.stdout

@@ -30,8 +30,12 @@ def run(
     contract: str = typer.Option(DEFAULT_CONTRACT, "--contract", help="Training contract."),
     epochs: int | None = typer.Option(None, "--epochs", help="Sets MAX_EPOCHS for the peers."),
     module: bool = typer.Option(False, "--module", "-m", help="SCRIPT is a module (-m)."),
+    threads_per_peer: int | None = typer.Option(
+        None, "--threads-per-peer", help="Math threads per peer (default: cores / peers)."
+    ),
 ) -> None:
-    """Run N copies of SCRIPT as a local swarm; arguments after `--` go to the script."""
+    """Run N copies of SCRIPT as a local swarm, each in its own folder RUN_DIR/NAME;
+    arguments after `--` go to the script."""
     from openswarm.launch import LaunchError, ProgressPrinter, format_summary, run_swarm
 
     try:
@@ -45,6 +49,7 @@ def run(
             contract=contract,
             epochs=epochs,
             module=module,
+            threads_per_peer=threads_per_peer,
             on_progress=ProgressPrinter(),
         )
     except LaunchError as exc:

@@ -34,6 +34,13 @@ class LaunchError(ValueError):
     """The swarm cannot be launched as asked; the message names the cause."""
 
 
+#: Variables that bound the threads of torch, TensorFlow, numpy's BLAS and friends.
+THREAD_VARIABLES = (
+    "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+    "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS",
+)  # fmt: skip
+
+
 @dataclass(frozen=True)
 class PeerSpec:
     """One peer process to start: its name, rank, environment and files."""
@@ -44,6 +51,7 @@ class PeerSpec:
     log_path: Path
     result_path: Path
     env: Mapping[str, str]
+    workdir: Path  # its own working directory, as HPE gives each node
 
 
 @dataclass(frozen=True)
@@ -149,9 +157,13 @@ def peer_specs(
     contract: str,
     min_peers: int,
     epochs: int | None,
+    threads_per_peer: int | None = None,
 ) -> list[PeerSpec]:
-    """Folders and environment of each peer."""
+    """Folders and environment of each peer: HPE's variables (`DATA_DIR`, `SCRATCH_DIR`,
+    `MODEL_DIR`, `MAX_EPOCHS`, `MIN_PEERS`, `NODE_ID`: 1, 2, …), its own working directory
+    (RUN_DIR/NAME) and a share of the machine's cores for its math libraries' threads."""
     names = peer_names(len(data_dirs))
+    threads = threads_per_peer or max(1, (os.cpu_count() or 1) // max(1, len(names)))
     specs = []
     for rank, (name, data_dir) in enumerate(zip(names, data_dirs, strict=True)):
         site_dir = run_dir / name
@@ -174,13 +186,22 @@ def peer_specs(
             "OPENSWARM_RESULT": str(result_path),
             "SCRATCH_DIR": str(scratch),
             "MODEL_DIR": str(model),
+            "NODE_ID": str(rank + 1),
             "PYTHONUNBUFFERED": "1",
+            # `python -m MODULE` still finds modules of the folder the run started from
+            "PYTHONPATH": os.pathsep.join(
+                p for p in (os.getcwd(), os.environ.get("PYTHONPATH", "")) if p
+            ),
         }
+        for variable in THREAD_VARIABLES:  # a value the user set wins
+            env[variable] = os.environ.get(variable) or str(threads)
         if data_dir is not None:
             env["OPENSWARM_DATA_DIR"] = env["DATA_DIR"] = str(data_dir)
         if epochs is not None:
             env["MAX_EPOCHS"] = str(epochs)
-        specs.append(PeerSpec(name, rank, data_dir, run_dir / f"{name}.log", result_path, env))
+        specs.append(
+            PeerSpec(name, rank, data_dir, run_dir / f"{name}.log", result_path, env, site_dir)
+        )
     return specs
 
 
@@ -195,6 +216,7 @@ def run_swarm(
     contract: str = DEFAULT_CONTRACT,
     epochs: int | None = None,
     module: bool = False,
+    threads_per_peer: int | None = None,
     on_progress: ProgressFn | None = None,
     poll_s: float = 1.0,
     stop_grace_s: float = 5.0,
@@ -202,7 +224,9 @@ def run_swarm(
     """Run `peers` copies of `script` as a swarm; returns when all have exited.
 
     Raises LaunchError for bad input before anything starts. Ctrl-C or SIGTERM stops every
-    peer and the ledger and returns a result with `interrupted=True`.
+    peer and the ledger and returns a result with `interrupted=True`. Each peer runs in its
+    own folder RUN_DIR/NAME; `threads_per_peer` (default: the cores divided among the peers)
+    bounds its math libraries' threads unless OMP_NUM_THREADS and friends are set.
     """
     dirs = resolve_data_dirs(data_dirs, peers)
     command = command_for(str(script), script_args, module=module)
@@ -211,6 +235,8 @@ def run_swarm(
         raise LaunchError(f"--min-peers must be between 1 and {peers}, got {min_peers}")
     if epochs is not None and epochs < 1:
         raise LaunchError(f"--epochs must be at least 1, got {epochs}")
+    if threads_per_peer is not None and threads_per_peer < 1:
+        raise LaunchError(f"--threads-per-peer must be at least 1, got {threads_per_peer}")
     run_dir = (workdir or default_run_dir()).expanduser().resolve()
     if (run_dir / "ledger").exists():
         raise LaunchError(f"{run_dir} already holds a run; choose another --workdir")
@@ -218,9 +244,9 @@ def run_swarm(
     result = SwarmRunResult(run_dir=run_dir, ledger_dir=run_dir / "ledger")
     started = time.monotonic()
     with _stop_on_sigterm():
-        _Run(result, command, dirs, contract, min_peers, epochs, started).execute(
-            on_progress, poll_s, stop_grace_s
-        )
+        run = _Run(result, command, dirs, contract, min_peers, epochs, started)
+        run.threads_per_peer = threads_per_peer
+        run.execute(on_progress, poll_s, stop_grace_s)
     result.seconds = time.monotonic() - started
     return result
 
@@ -247,6 +273,7 @@ class _Run:
         self.started = started
         self.ledger: LocalLedger | None = None
         self.specs: list[PeerSpec] = []
+        self.threads_per_peer: int | None = None
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.state: dict[str, Any] | None = None
 
@@ -277,6 +304,7 @@ class _Run:
         self.specs = peer_specs(
             self.ledger, self.result.run_dir, self.data_dirs,
             contract=self.contract, min_peers=self.min_peers, epochs=self.epochs,
+            threads_per_peer=self.threads_per_peer,
         )  # fmt: skip
         for spec in self.specs:
             with open(spec.log_path, "wb") as log:
@@ -286,6 +314,7 @@ class _Run:
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     env={**os.environ, **spec.env},
+                    cwd=spec.workdir,
                     start_new_session=True,
                 )
 
