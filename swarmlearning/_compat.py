@@ -44,6 +44,7 @@ PLATFORM_KEYWORDS: dict[str, dict[str, str]] = {
     },
     "tf": {},
     "hf": {"hfMode": "hf_mode"},
+    "base": {},  # swarmlearning.client.swarm: a platform's own keywords are its own to check
 }
 
 # HPE's defaults (openswarm keyword -> value), filled in when a keyword is not given
@@ -53,7 +54,9 @@ HPE_DEFAULTS: dict[str, Any] = {
     "node_weight": 1,
     "merge_method": "mean",
 }
-PLATFORM_DEFAULTS: dict[str, dict[str, Any]] = {"pyt": {}, "tf": {}, "hf": {"hf_mode": "full"}}
+PLATFORM_DEFAULTS: dict[str, dict[str, Any]] = {
+    "pyt": {}, "tf": {}, "hf": {"hf_mode": "full"}, "base": {},
+}  # fmt: skip
 
 # what `mlPlatform` / `ml_platform` may say for each module (compared upper-case)
 PLATFORM_NAMES: dict[str, tuple[str, ...]] = {
@@ -61,10 +64,12 @@ PLATFORM_NAMES: dict[str, tuple[str, ...]] = {
     "tf": ("TF", "TENSORFLOW", "KERAS"),
     "hf": ("HF", "HF_TRANSFORMERS", "HUGGINGFACE", "TRANSFORMERS", "PYT", "PYTORCH"),
 }
+# (a platform built on swarmlearning.client.swarm names itself: any mlPlatform is accepted)
 MODULES: dict[str, str] = {
     "pyt": "swarmlearning.pyt",
     "tf": "swarmlearning.tf",
     "hf": "swarmlearning.hf_transformers",
+    "base": "swarmlearning.client.swarm",
 }
 PLATFORM_KEYS = ("mlPlatform", "ml_platform")
 CONTRIBUTIONS = ("inactive", "snapshot", "active")
@@ -152,6 +157,8 @@ def _check_names(kwargs: Mapping[str, Any], renamed: Mapping[str, str], platform
 
 
 def _check_platform(kwargs: Mapping[str, Any], platform: str) -> None:
+    if platform not in PLATFORM_NAMES:  # a platform of its own names itself
+        return
     for key in PLATFORM_KEYS:
         if key not in kwargs or kwargs[key] is None:
             continue

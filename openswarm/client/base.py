@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -29,6 +30,12 @@ from typing import Any
 from openswarm.codec import decode, digest, encode
 from openswarm.node.peer import RoundResult, SwarmError, SwarmPeer
 from openswarm.node.settings import NetworkConfig, SwarmSettings
+
+
+def swarm_loopback() -> bool:
+    """HPE's `SWARM_LOOPBACK=True`: check the parameters, then train alone, with no swarm
+    (HPE's recommended pre-flight check of a program)."""
+    return os.environ.get("SWARM_LOOPBACK", "").strip().lower() in ("true", "1", "yes")
 
 
 def adaptive_bounds(start: int) -> dict[str, int]:
@@ -60,9 +67,12 @@ class SwarmCallbackBase:
     ) -> None:
         if not isinstance(sync_frequency, int) or sync_frequency < 1:
             raise SwarmError(f"sync_frequency must be an integer ≥ 1, got {sync_frequency!r}")
-        self.network = network or NetworkConfig.load()
+        self.loopback = swarm_loopback()
+        # In loopback no ledger is needed, so no network settings either.
+        self.network = network or (None if self.loopback else NetworkConfig.load())
+        network_contract = self.network.contract if self.network is not None else None
         self.settings = SwarmSettings(
-            contract=training_contract or self.network.contract or SwarmSettings.contract,
+            contract=training_contract or network_contract or SwarmSettings.contract,
             min_peers=min_peers,
             merge_method=merge_method,
             merge_options=dict(merge_options or {}),
@@ -107,6 +117,10 @@ class SwarmCallbackBase:
                 "adaptive sync decides from validation loss: give validation data "
                 "(val_data, or adsValData in the HPE API)"
             )
+        if self.loopback:
+            self._check_loopback()
+            return
+        assert self.network is not None
         self.peer = SwarmPeer(self.settings, self.network)
         self.peer.register()
         latest = self.peer.latest_merged(self.get_params())
@@ -122,6 +136,8 @@ class SwarmCallbackBase:
 
     def on_batch_end(self) -> None:
         """Count a batch; every `sync_frequency` batches, merge with the swarm."""
+        if self.loopback:
+            return
         self._batches_since_sync += 1
         if self._batches_since_sync >= self.sync_frequency:
             self._sync()
@@ -132,6 +148,10 @@ class SwarmCallbackBase:
     def on_train_end(self) -> None:
         """Final sync, then stay in the swarm until every site is done; the model then holds
         the final merged parameters, identical on every peer (see `final_digest`)."""
+        if self.loopback:
+            self.final_digest = digest(self.get_params())
+            self.logger.info("SWARM_LOOPBACK: trained alone; model %s", self.final_digest)
+            return
         peer = self._require_peer()
         try:
             # "snapshot" contributes the site's own last local weights: copy them before the
@@ -154,6 +174,20 @@ class SwarmCallbackBase:
             peer.close()
 
     # --- internals ------------------------------------------------------------------------
+    def _check_loopback(self) -> None:
+        """What a swarm would need of the parameters, without a swarm (SwarmError if not)."""
+        try:
+            data = encode(self.get_params())
+            decode(data)
+        except Exception as exc:  # whatever the codec or the platform raises
+            message = f"SWARM_LOOPBACK: the model's parameters cannot be synced: {exc}"
+            raise SwarmError(message) from exc
+        loss, _ = self.evaluate()
+        self.logger.info(
+            "SWARM_LOOPBACK: parameters checked (%d bytes encoded, loss %s); training alone, "
+            "no swarm", len(data), "n/a" if loss is None else f"{loss:.4f}",
+        )  # fmt: skip
+
     def _require_peer(self) -> SwarmPeer:
         if self.peer is None:
             raise SwarmError("call on_train_begin() before the other SwarmCallback steps")

@@ -1,0 +1,1 @@
+"""HPE Swarm Learning's client package: `swarmlearning.client.swarm` holds the extension API."""
