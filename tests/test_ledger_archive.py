@@ -11,10 +11,12 @@ from harness import run_cli
 
 from openswarm import DEFAULT_CONTRACT
 from openswarm.ledger.client import LedgerClient, LedgerError
-from openswarm.ledger.etcd_client import EtcdClient, prefix_end
+from openswarm.ledger.etcd_client import EtcdClient, KeyValue, WatchEvent, prefix_end
+from openswarm.ledger.etcd_orderer import EtcdOrderer, record_key
 from openswarm.ledger.local import LocalLedger, ReplicaProcess
 from openswarm.ledger.store import read_chain
 from openswarm.ledger.verify import verify_chain_dir
+from openswarm.pki import Identity, init_ca, issue_identity
 
 C = DEFAULT_CONTRACT
 
@@ -156,3 +158,41 @@ def test_an_embedded_chain_moves_to_etcd(ledger1: LocalLedger, tmp_path: Path) -
     assert verify_chain_dir(node.data_dir).ok
     with LedgerClient(net.endpoints, net.identity("admin")) as client:
         assert client.status()["ordering"]["kind"] == "etcd"
+
+
+def _event(kind: str, key: bytes, value: bytes, revision: int, created: int = 0) -> WatchEvent:
+    kv = KeyValue(key, value, created or revision, revision, 1 if kind == "PUT" else 0)
+    prev = KeyValue(key, b"", created, created, 1) if kind == "DELETE" else None
+    return WatchEvent(kind, kv, prev)
+
+
+def test_an_archive_and_its_deletes_in_one_watch_answer(tmp_path: Path) -> None:
+    # etcd may hand a node the archive transaction and the deletions it allows in one
+    # answer: the node must apply the archive before it judges the deletes.
+    init_ca(tmp_path / "pki", "local")
+    issue_identity(tmp_path / "pki", "ledger-1", "ledger", hosts=["127.0.0.1"])
+    client = EtcdClient(
+        ["https://127.0.0.1:1"], Identity.load(tmp_path / "pki/identities/ledger-1")
+    )
+    orderer = EtcdOrderer(client, "/openswarm/local/")
+    archive = b'{"archive-record": true}'
+    key = record_key(orderer.prefix, archive)
+    delivered: list[list[tuple[int, str]]] = []
+    halted: list[str] = []
+
+    def deliver(batch: list[tuple[int, str]]) -> None:
+        delivered.append(batch)
+        orderer.allow_archive(8)  # what applying the archive transaction does
+
+    answer = [
+        _event("PUT", key, archive, 9),
+        _event("DELETE", orderer.log_prefix + b"a", b"", 10, created=4),
+        _event("DELETE", orderer.log_prefix + b"b", b"", 10, created=5),
+    ]
+    assert orderer._consume(answer, deliver, halted.append) and not halted
+    assert delivered == [[(9, archive.decode())]] and orderer.applied_revision == 10
+    # a delete nothing allowed halts the node
+    late = [_event("DELETE", orderer.log_prefix + b"c", b"", 11, created=9)]
+    assert not orderer._consume(late, deliver, halted.append)
+    assert halted and "was deleted from etcd" in halted[0]
+    client.close()

@@ -212,10 +212,12 @@ class EtcdOrderer(Orderer):
         allows it."""
         start = 0
         while start < len(events):
+            # a run of records, or one delete alone: the records are applied first
             stop = next(
-                (i + 1 for i in range(start, len(events)) if events[i].kind == "DELETE"),
+                (i for i in range(start, len(events)) if events[i].kind == "DELETE"),
                 len(events),
             )
+            stop = max(stop, start + 1)
             batch = self._checked(events[start:stop], halt)
             if batch is None:
                 return False
@@ -226,8 +228,8 @@ class EtcdOrderer(Orderer):
         return True
 
     def _checked(self, events: list[Any], halt: Halt) -> list[tuple[int, str]] | None:
-        """The records of a run of watch events, or None after halting on a broken
-        invariant. Only the last event of a run may be a delete."""
+        """The records of a run of watch events (or of one delete), or None after halting
+        on a broken invariant."""
         batch: list[tuple[int, str]] = []
         last = self.applied_revision
         for event in events:
