@@ -220,7 +220,6 @@ class EtcdClient:
         limit: int = 0,
         max_mod_revision: int = 0,
         keys_only: bool = False,
-        count_only: bool = False,
         min_create_revision: int = 0,
         by_creation: bool = False,
     ) -> list[KeyValue]:
@@ -235,8 +234,6 @@ class EtcdClient:
             body["max_mod_revision"] = max_mod_revision
         if keys_only:
             body["keys_only"] = True
-        if count_only:
-            body["count_only"] = True
         answer = self.call("/v3/kv/range", body)
         return [KeyValue.from_json(kv) for kv in answer.get("kvs") or []]
 
@@ -260,22 +257,6 @@ class EtcdClient:
     def status(self, endpoint: int) -> dict[str, Any]:
         return self.call("/v3/maintenance/status", {}, endpoint=endpoint)
 
-    def status_of(self, url: str) -> dict[str, Any]:
-        """Maintenance status of the member serving client URL `url` (any member)."""
-        host, port = _parse_url(url)
-        conn = http.client.HTTPSConnection(host, port, context=self._context, timeout=2.0)
-        try:
-            conn.request("POST", "/v3/maintenance/status", "{}")
-            response = conn.getresponse()
-            answer = _json(response.read(), url)
-        except (OSError, http.client.HTTPException) as exc:
-            raise EtcdError(f"{url}: {exc}", transient=True) from exc
-        finally:
-            conn.close()
-        if response.status != 200:
-            raise EtcdError(f"{url}: {answer.get('message') or response.status}", transient=True)
-        return answer
-
     def members(self) -> list[dict[str, Any]]:
         return list(self.call("/v3/cluster/member/list", {}).get("members") or [])
 
@@ -290,9 +271,6 @@ class EtcdClient:
 
     def defragment(self, endpoint: int) -> None:
         self.call("/v3/maintenance/defragment", {}, endpoint=endpoint)
-
-    def alarms(self) -> list[dict[str, Any]]:
-        return list(self.call("/v3/maintenance/alarm", {"action": "GET"}).get("alarms") or [])
 
     def snapshot(self, endpoint: int) -> Iterator[bytes]:
         """The member's database as a stream of byte chunks (`openswarm ledger backup`)."""

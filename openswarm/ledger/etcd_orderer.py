@@ -51,7 +51,6 @@ class EtcdOrderer(Orderer):
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
         self.applied_revision = 0
-        self.compacted: int | None = None
 
     # --- genesis --------------------------------------------------------------------------
     def claim_genesis(self, genesis_hash: str) -> str:
@@ -112,7 +111,6 @@ class EtcdOrderer(Orderer):
         except EtcdError as exc:
             log.info("etcd unavailable while catching up after compaction (%s)", exc)
             return True  # the watch is retried, and compaction reported again
-        self.compacted = compacted
         halt(
             f"etcd compacted its history up to revision {compacted}, and records this node "
             "never applied were archived: stop it, run 'openswarm ledger catch-up --config "

@@ -75,8 +75,8 @@ class LedgerReplica:
         self._head_block: dict[str, Any] | None = None
         self._head_wanted = threading.Event()
         self._head_lock = threading.Lock()
-        self._replay_stored(genesis)
-        self._store = ChainStore(data_dir)
+        stored = self._replay_stored(genesis)
+        self._store = ChainStore(data_dir, stored_height=stored - 1)
         if self._store.stored_height < 0:
             self._store.append(self._blocks[0], 0)
             self._store.flush(sync=True)
@@ -96,8 +96,9 @@ class LedgerReplica:
             thread.start()
 
     # --- start: the chain on disk ---------------------------------------------------------
-    def _replay_stored(self, genesis: dict[str, Any]) -> None:
-        """Apply the stored chain again; refuse a chain of another genesis or an altered one."""
+    def _replay_stored(self, genesis: dict[str, Any]) -> int:
+        """Apply the stored chain again; refuse a chain of another genesis or an altered one.
+        Returns how many blocks the file held."""
         truncate_torn_tail(self._data_dir)
         positions: list[int] = []
         stored = read_chain(self._data_dir, positions=positions)
@@ -124,6 +125,7 @@ class LedgerReplica:
             self._blocks.append(block)
             self._positions.append(position)
             self._note_archive(block, position)
+        return len(stored)
 
     def _note_archive(self, block: dict[str, Any], position: int) -> None:
         """An applied archive transaction lets the orderer drop records up to its `upto`

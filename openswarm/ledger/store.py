@@ -26,11 +26,15 @@ class StoreError(RuntimeError):
 class ChainStore:
     """Append-only block file of one ledger node."""
 
-    def __init__(self, data_dir: Path | str) -> None:
+    def __init__(self, data_dir: Path | str, stored_height: int | None = None) -> None:
+        """Open the chain file for appending; `stored_height` is its last block's height,
+        when the caller has just read it (else the file is read to find it)."""
         self.path = Path(data_dir) / CHAIN_FILE
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._height = len(read_chain(self.path)) - 1
+        if stored_height is None:
+            stored_height = len(read_chain(self.path)) - 1
+        self._height = stored_height
         self._file = open(self.path, "ab")  # noqa: SIM115 - held open for the store's life
         os.chmod(self.path, 0o600)
 
