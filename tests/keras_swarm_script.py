@@ -1,8 +1,11 @@
-"""A Keras 3 (torch backend) swarm site for the tests: skewed digits shard by rank.
+"""A Keras swarm site for the tests: skewed digits shard by rank.
 
-Trains with `openswarm.keras.SwarmCallback` in `model.fit`, then the same model alone on the
-same shard for comparison; writes both test accuracies and the final digest to
-OPENSWARM_RESULT. Settings: MAX_EPOCHS, MIN_PEERS, SYNC_FREQUENCY.
+Keras 3 on the backend KERAS_BACKEND names (torch by default) with
+`openswarm.keras.SwarmCallback`, or Keras 2 (`tf.keras` with TF_USE_LEGACY_KERAS=1) with
+`openswarm.client.tf_keras.SwarmCallback`. Trains with the callback in `model.fit`, then the
+same model alone on the same shard for comparison; writes both test accuracies, the final
+digest and the Keras in use to OPENSWARM_RESULT. Settings: MAX_EPOCHS, MIN_PEERS,
+SYNC_FREQUENCY.
 """
 
 from __future__ import annotations
@@ -11,17 +14,28 @@ import json
 import logging
 import os
 
-os.environ.setdefault("KERAS_BACKEND", "torch")
-
-import keras
 import numpy as np
 import skewed_digits
-import torch
 
-from openswarm.keras import SwarmCallback
+from openswarm.client.keras_common import named_weights
+from openswarm.codec import digest
+
+if os.environ.get("TF_USE_LEGACY_KERAS") == "1":
+    from tensorflow import keras
+
+    from openswarm.client.tf_keras import SwarmCallback
+
+    FLAVOUR = "tf-keras"
+else:
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    import keras
+
+    from openswarm.keras import SwarmCallback
+
+    FLAVOUR = keras.backend.backend()
 
 
-def build(seed: int) -> keras.Model:
+def build(seed: int):  # a keras.Model of either generation
     keras.utils.set_random_seed(seed)
     model = keras.Sequential(
         [keras.Input((64,)), keras.layers.Dense(32, activation="relu"), keras.layers.Dense(10)]
@@ -34,13 +48,16 @@ def build(seed: int) -> keras.Model:
     return model
 
 
-def accuracy(model: keras.Model, x: np.ndarray, y: np.ndarray) -> float:
+def accuracy(model, x: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(np.argmax(model.predict(x, verbose=0), axis=1) == y))
 
 
 def main() -> None:
     logging.basicConfig(level="INFO", format="%(asctime)s %(name)s %(message)s")
-    torch.set_num_threads(1)
+    if FLAVOUR == "torch":
+        import torch
+
+        torch.set_num_threads(1)
     env = os.environ
     rank, peers = int(env["OPENSWARM_RANK"]), int(env["OPENSWARM_PEERS"])
     epochs = int(env.get("MAX_EPOCHS", "4"))
@@ -57,6 +74,8 @@ def main() -> None:
     alone.fit(x, y, batch_size=32, epochs=epochs, verbose=0)
     result = {
         "final_digest": cb.final_digest,
+        "model_digest": digest(named_weights(model)),  # what fit left in the model
+        "flavour": FLAVOUR,
         "rounds": cb.rounds,
         "swarm_accuracy": accuracy(model, x_test, y_test),
         "local_accuracy": accuracy(alone, x_test, y_test),

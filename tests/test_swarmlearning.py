@@ -175,23 +175,28 @@ def test_tf_callback_is_a_keras_callback_with_hpe_keywords(network_env) -> None:
         SwarmCallback(4, 2, useAdaptiveSync=True)
 
 
-def test_tf_needs_keras_3(monkeypatch) -> None:
+def test_tf_picks_the_keras_generation_the_program_uses(monkeypatch) -> None:
     import importlib.metadata
     import importlib.util
 
-    from swarmlearning.tf import keras2_problem
+    from swarmlearning.tf import keras_generation
 
+    installed = {"tensorflow"}
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(
         importlib.util, "find_spec",
-        lambda name, *a: object() if name == "tensorflow" else real_find_spec(name, *a),
+        lambda name, *a: object() if name in installed else real_find_spec(name, *a),
     )  # fmt: skip
+    monkeypatch.delenv("TF_USE_LEGACY_KERAS", raising=False)
     monkeypatch.setattr(importlib.metadata, "version", lambda dist: "2.15.1")
-    assert "TensorFlow 2.15.1 ships Keras 2" in (keras2_problem() or "")
-    monkeypatch.setattr(importlib.metadata, "version", lambda dist: "2.16.2")
-    assert keras2_problem() is None
+    assert keras_generation() == 2  # TensorFlow < 2.16 ships Keras 2 as tf.keras
+    monkeypatch.setattr(importlib.metadata, "version", lambda dist: "2.21.0")
+    assert keras_generation() == 3
     monkeypatch.setenv("TF_USE_LEGACY_KERAS", "1")
-    assert "TF_USE_LEGACY_KERAS" in (keras2_problem() or "")
+    with pytest.raises(ImportError, match="pip install tf-keras"):
+        keras_generation()
+    installed.add("tf_keras")
+    assert keras_generation() == 2  # the TensorFlow programs of HPE's era, unchanged
 
 
 # --- HPE-style programs under the launcher ------------------------------------------------

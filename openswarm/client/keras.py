@@ -11,14 +11,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import logging
 import os
 import sys
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 
 def choose_backend() -> str | None:
@@ -44,27 +40,18 @@ choose_backend()
 
 import keras  # noqa: E402 - after choosing the backend
 
-from openswarm.client.base import SwarmCallbackBase  # noqa: E402
+from openswarm.client.keras_common import (  # noqa: E402
+    KerasCallbackMixin,
+    KerasSite,
+    named_weights,
+    weight_names,
+)
 from openswarm.node.peer import SwarmError  # noqa: E402
 
-log = logging.getLogger(__name__)
+__all__ = ["KerasSite", "SwarmCallback", "named_weights", "weight_names"]
 
 
-def named_weights(model: keras.Model) -> dict[str, np.ndarray]:
-    """`model.get_weights()` (non-trainable weights included) as an ordered dict named
-    `NNN/<variable name>`, e.g. `000/kernel`: the index keeps the order and makes every name
-    unique. Layer paths are left out on purpose: Keras numbers unnamed layers per process
-    (`dense`, `dense_1`, …), so the same model could be named differently on two sites."""
-    weights = model.weights
-    return dict(zip(weight_names(weights), model.get_weights(), strict=True))
-
-
-def weight_names(weights: list[Any]) -> list[str]:
-    width = max(3, len(str(len(weights))))
-    return [f"{i:0{width}d}/{w.name}" for i, w in enumerate(weights)]
-
-
-class SwarmCallback(keras.callbacks.Callback):
+class SwarmCallback(KerasCallbackMixin, keras.callbacks.Callback):
     """Swarm learning for `model.fit`: `model.fit(x, y, callbacks=[cb])` is all.
 
     ```python
@@ -99,144 +86,4 @@ class SwarmCallback(keras.callbacks.Callback):
             if not isinstance(model, keras.Model):
                 raise SwarmError(f"model must be a keras.Model, got {type(model).__name__}")
             self.set_model(model)
-        _check_val_data(val_data)
-        self.val_data = val_data
-        self.val_batch_size = val_batch_size
-        self.swarm = _KerasSite(self, sync_frequency=sync_frequency, min_peers=min_peers, **options)
-        self.error: SwarmError | None = None
-
-    # --- what the swarm exposes -----------------------------------------------------------
-    @property
-    def logger(self) -> logging.Logger:
-        return self.swarm.logger
-
-    @property
-    def final_digest(self) -> str | None:
-        return self.swarm.final_digest
-
-    @property
-    def rounds(self) -> int:
-        return self.swarm.rounds
-
-    @property
-    def intervals(self) -> list[tuple[int, int]]:
-        return self.swarm.intervals
-
-    @property
-    def sync_frequency(self) -> int:
-        return self.swarm.sync_frequency
-
-    @property
-    def round_timings(self) -> list[dict[str, float]]:
-        return self.swarm.round_timings
-
-    # --- Keras hooks ----------------------------------------------------------------------
-    def on_train_begin(self, logs: Mapping[str, Any] | None = None) -> None:
-        self.error = None
-        if self.swarm.total_epochs is None and self.params:
-            self.swarm.total_epochs = self.params.get("epochs")
-        try:
-            self.swarm.on_train_begin()
-        except BaseException:
-            self._close_peer()
-            raise
-
-    def on_train_batch_end(self, batch: int, logs: Mapping[str, Any] | None = None) -> None:
-        if self.error is not None:
-            return
-        try:
-            self.swarm.on_batch_end()
-        except SwarmError as exc:
-            self.error = exc
-            self.swarm.logger.error("the swarm cannot go on: %s; stopping training", exc)
-            self.model.stop_training = True
-
-    def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
-        self.swarm.on_epoch_end(epoch)
-
-    def on_train_end(self, logs: Mapping[str, Any] | None = None) -> None:
-        if self.error is not None:
-            self._close_peer()
-            raise self.error
-        self.swarm.on_train_end()
-
-    def _close_peer(self) -> None:
-        if self.swarm.peer is not None:
-            self.swarm.peer.close()
-
-
-class _KerasSite(SwarmCallbackBase):
-    """The platform part: read, load and evaluate the callback's Keras model."""
-
-    def __init__(self, callback: SwarmCallback, **options: Any) -> None:
-        super().__init__(**options)
-        self.callback = callback
-
-    def _model(self) -> keras.Model:
-        # through the Callback's property: on JAX it first syncs the training state
-        model = self.callback.model
-        if model is None:
-            raise SwarmError("no model: use the callback in model.fit(...) or pass model=")
-        return model
-
-    def get_params(self) -> dict[str, np.ndarray]:
-        return named_weights(self._model())
-
-    def set_params(self, params: Mapping[str, Any]) -> None:
-        model = self._model()
-        weights = model.weights
-        names = weight_names(weights)
-        missing = [n for n in names if n not in params]
-        extra = [n for n in params if n not in set(names)]
-        if missing or extra:
-            raise SwarmError(
-                f"parameters do not fit the model: missing {missing[:5]}, unexpected {extra[:5]}"
-            )
-        values = []
-        for name, weight in zip(names, weights, strict=True):
-            value = np.asarray(params[name])
-            if tuple(value.shape) != tuple(weight.shape):
-                raise SwarmError(
-                    f"parameter {name} has shape {value.shape}, the model's {tuple(weight.shape)}"
-                )
-            values.append(value if value.flags.writeable else value.copy())
-        model.set_weights(values)
-
-    def evaluate(self) -> tuple[float | None, float | None]:
-        data = self.callback.val_data
-        if data is None:
-            return None, None
-        model = self._model()
-        # evaluate() shares the compiled metrics with fit(): keep fit's running values
-        saved = [np.array(v.numpy()) for v in model.metrics_variables]
-        was_training = getattr(model, "training", None)  # torch backend: a torch Module
-        try:
-            if isinstance(data, tuple):
-                x, y, *weights = data
-                results = model.evaluate(
-                    x, y, sample_weight=weights[0] if weights else None,
-                    batch_size=self.callback.val_batch_size, verbose=0, return_dict=True,
-                )  # fmt: skip
-            else:
-                results = model.evaluate(data, verbose=0, return_dict=True)
-        finally:
-            for variable, value in zip(model.metrics_variables, saved, strict=True):
-                variable.assign(value)
-            if was_training is True:
-                model.train()
-        loss = results.get("loss")
-        metric = next((v for k, v in results.items() if k != "loss" and np.ndim(v) == 0), None)
-        return (
-            None if loss is None else float(loss),
-            None if metric is None else float(metric),
-        )
-
-
-def _check_val_data(val_data: Any) -> None:
-    if isinstance(val_data, tuple) and len(val_data) not in (2, 3):
-        raise SwarmError(
-            "val_data as a tuple must be (x, y) or (x, y, sample_weight), "
-            f"got {len(val_data)} items"
-        )
-    if isinstance(val_data, list):
-        raise SwarmError("val_data must be (x, y), (x, y, sample_weight) or a dataset, not a list")
+        self._join(sync_frequency, min_peers, val_data, val_batch_size, options)
