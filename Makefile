@@ -4,7 +4,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup etcd test lint demo bench clean
+# Keras on TensorFlow and JAX, and Keras 2 (tf-keras): large, so in an environment of their
+# own, built once and reused; tests/backends run there.
+KERAS_VENV := .venv-keras
+KERAS_STAMP := $(KERAS_VENV)/.installed
+KERAS_PINS := 'tensorflow-cpu==2.21.*' 'tf-keras==2.21.*' 'jax==0.10.*'
+
+.PHONY: setup setup-keras etcd test test-core test-backends lint demo bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +24,14 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 setup: $(STAMP)
 
+$(KERAS_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(KERAS_VENV)
+	$(KERAS_VENV)/bin/pip install --quiet --upgrade pip
+	$(KERAS_VENV)/bin/pip install --quiet $(KERAS_PINS) -e '.[tf,jax,test]'
+	touch $(KERAS_STAMP)
+
+setup-keras: $(KERAS_STAMP)
+
 # etcd orders the multi-node ledger (tests start real members); Debian's etcd-server package.
 etcd:
 	@command -v etcd >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server >/dev/null; }
@@ -28,9 +42,16 @@ lint: $(STAMP)
 	$(BIN)/ruff check openswarm swarmlearning tests benchmarks examples
 	$(BIN)/ruff format --check openswarm swarmlearning tests benchmarks examples
 
-test: $(STAMP) etcd
+test: $(STAMP) $(KERAS_STAMP) etcd
 	$(MAKE) lint
 	$(BIN)/pytest -q
+	$(KERAS_VENV)/bin/pytest -q tests/backends
+
+test-core: $(STAMP) etcd
+	$(BIN)/pytest -q
+
+test-backends: $(KERAS_STAMP) etcd
+	$(KERAS_VENV)/bin/pytest -q tests/backends
 
 # The main job: three sites train one model on skewed MNIST shares through a local swarm.
 demo: $(STAMP)
@@ -40,4 +61,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/merge_bench.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(KERAS_VENV) build *.egg-info .pytest_cache .ruff_cache

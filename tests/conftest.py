@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -11,6 +12,11 @@ from harness import Swarm, running_ledger
 from openswarm.ledger.local import LocalLedger
 
 PEERS = ("p1", "p2", "p3")
+
+# tests/backends need TensorFlow, tf-keras and JAX, kept out of the core environment: the
+# Makefile runs them in its .venv-keras.
+BACKENDS = ("tensorflow", "tf_keras", "jax")
+collect_ignore = [] if all(importlib.util.find_spec(m) for m in BACKENDS) else ["backends"]
 
 
 def _network(root: Path, replicas: int) -> Iterator[LocalLedger]:
