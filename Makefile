@@ -10,7 +10,7 @@ KERAS_VENV := .venv-keras
 KERAS_STAMP := $(KERAS_VENV)/.installed
 KERAS_PINS := 'tensorflow-cpu==2.21.*' 'tf-keras==2.21.*' 'jax==0.10.*'
 
-.PHONY: setup setup-keras etcd test test-core test-backends lint demo bench clean
+.PHONY: setup setup-keras etcd test test-core test-backends lint demo bench bench-flower clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,23 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/merge_bench.py
+
+# Flower beside openswarm for benchmarks/vs_flower.py, in an environment of its own (Flower
+# pins protobuf, fastapi, typer and rich); 1.42 still has the legacy start_server/start_client.
+# Only numpy is needed besides, no torch. Options: make bench-flower FLOWER_ARGS=--quick
+FLOWER_VENV := .venv-flower
+FLOWER_STAMP := $(FLOWER_VENV)/.installed
+FLOWER_PINS := 'flwr==1.42.0'
+FLOWER_ARGS ?=
+
+$(FLOWER_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(FLOWER_VENV)
+	$(FLOWER_VENV)/bin/pip install --quiet --upgrade pip
+	$(FLOWER_VENV)/bin/pip install --quiet $(FLOWER_PINS) -e .
+	touch $(FLOWER_STAMP)
+
+bench-flower: $(FLOWER_STAMP)
+	$(FLOWER_VENV)/bin/python benchmarks/vs_flower.py $(FLOWER_ARGS)
 
 clean:
 	rm -rf $(VENV) $(KERAS_VENV) build *.egg-info .pytest_cache .ruff_cache
