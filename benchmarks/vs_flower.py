@@ -297,7 +297,8 @@ class Cell:
     peers: int
     swarm_s: float = 0.0
     flower_s: float = 0.0
-    ratio: float = 0.0
+    ratio: float = 0.0  # median openswarm round / median Flower round
+    paired_ratio: float = 0.0  # median over i of openswarm round i / Flower round i
     swarm_rounds: list[float] = field(default_factory=list)
     flower_rounds: list[float] = field(default_factory=list)
     swarm_ledger_s: float = 0.0  # the leader's ledger time (median)
@@ -451,8 +452,9 @@ def summarize(
     except Exception as exc:  # the ledger's state API is being reworked (issue 11)
         gaps = {}
         cell.left_out.append(f"ledger history not checked ({type(exc).__name__}: {exc})")
-    swarm_times, ledger_times, swarm_cpu = [], [], []
-    for messages, cpu, _ in swarm_rounds:
+    swarm_times: dict[int, float] = {}  # by measured round (pairs with Flower's)
+    ledger_times, swarm_cpu = [], []
+    for index, (messages, cpu, _) in enumerate(swarm_rounds):
         number = messages[0]["round"]
         short = [m["peer"] for m in messages if m["participants"] < cell.peers]
         if short:
@@ -460,26 +462,30 @@ def summarize(
         if number in gaps:
             cell.left_out.append(f"openswarm round {number}: {gaps[number]}")
             continue
-        swarm_times.append(max(m["timings"]["total"] for m in messages))
+        swarm_times[index] = max(m["timings"]["total"] for m in messages)
         lead = [m for m in messages if m["peer"] == m["leader"]]
         ledger_times.append(lead[0]["timings"].get("ledger", 0.0) if lead else 0.0)
         swarm_cpu.append(cpu)
-    flower_times, flower_cpu = [], []
-    for message, cpu, _ in flower_rounds:
+    flower_times: dict[int, float] = {}
+    flower_cpu = []
+    for index, (message, cpu, _) in enumerate(flower_rounds):
         if message["results"] < cell.peers or message["failures"]:
             cell.left_out.append(
                 f"Flower round {message['index'] + 1}: {message['results']} results, "
                 f"{message['failures']} failures"
             )
             continue
-        flower_times.append(message["seconds"])
+        flower_times[index] = message["seconds"]
         flower_cpu.append(cpu)
     if not swarm_times or not flower_times:
         raise CellError("no counted rounds: " + " | ".join(cell.left_out))
-    cell.swarm_rounds, cell.flower_rounds = swarm_times, flower_times
-    cell.swarm_s = statistics.median(swarm_times)
-    cell.flower_s = statistics.median(flower_times)
+    cell.swarm_rounds = list(swarm_times.values())
+    cell.flower_rounds = list(flower_times.values())
+    cell.swarm_s = statistics.median(cell.swarm_rounds)
+    cell.flower_s = statistics.median(cell.flower_rounds)
     cell.ratio = cell.swarm_s / cell.flower_s
+    paired = [swarm_times[i] / flower_times[i] for i in swarm_times if i in flower_times]
+    cell.paired_ratio = statistics.median(paired) if paired else float("nan")
     cell.swarm_ledger_s = statistics.median(ledger_times)
     cell.swarm_cpu_s = statistics.median(swarm_cpu)
     cell.flower_cpu_s = statistics.median(flower_cpu)
@@ -489,7 +495,8 @@ def summarize(
 
 def print_table(cells: list[Cell]) -> None:
     head = (
-        f"{'K':>2} {'P':>4} {'openswarm':>9} {'Flower':>8} {'ratio':>6} {'<=0.5':>5} |"
+        f"{'K':>2} {'P':>4} {'openswarm':>9} {'Flower':>8} {'ratio':>6} {'paired':>6} "
+        f"{'<=0.5':>5} |"
         f"{'os.ledger':>9} {'os.cpu':>7} {'fl.cpu':>7} {'os.idle':>7} {'fl.idle':>7} |"
         f"{'n':>3} {'os.GB':>5} {'fl.GB':>5} {'load1':>5}"
     )
@@ -502,7 +509,8 @@ def print_table(cells: list[Cell]) -> None:
         n = f"{len(c.swarm_rounds)}/{len(c.flower_rounds)}"
         print(
             f"{c.peers:>2} {label(c.count):>4} {c.swarm_s:9.3f} {c.flower_s:8.3f} "
-            f"{c.ratio:6.2f} {'yes' if c.ratio <= TARGET_RATIO else 'no':>5} |"
+            f"{c.ratio:6.2f} {c.paired_ratio:6.2f} "
+            f"{'yes' if c.ratio <= TARGET_RATIO else 'no':>5} |"
             f"{c.swarm_ledger_s:9.3f} {c.swarm_cpu_s:7.2f} {c.flower_cpu_s:7.2f} "
             f"{c.swarm_idle_cpu_s:7.2f} {c.flower_idle_cpu_s:7.2f} |"
             f"{n:>3} {c.swarm_rss_gb:5.1f} {c.flower_rss_gb:5.1f} {c.load1:5.2f}"
@@ -600,14 +608,16 @@ def main(argv: list[str] | None = None) -> int:
                 f"  K={peers} P={label(count)}: openswarm {cell.swarm_s:.3f} s "
                 f"({' '.join(f'{t:.3f}' for t in cell.swarm_rounds)}), Flower "
                 f"{cell.flower_s:.3f} s ({' '.join(f'{t:.3f}' for t in cell.flower_rounds)}), "
-                f"ratio {cell.ratio:.2f}; cell took {cell.seconds:.0f} s, load1 "
+                f"ratio {cell.ratio:.2f} (paired {cell.paired_ratio:.2f}); cell took "
+                f"{cell.seconds:.0f} s, load1 "
                 f"{cell.load1:.2f} -> {cell.load1_end:.2f}",
                 flush=True,
             )
             for note in cell.left_out:
                 print(f"    not counted: {note}", flush=True)
     print()
-    print("seconds per round, medians over the counted rounds (ratio = openswarm / Flower);")
+    print("seconds per round, medians over the counted rounds (ratio = openswarm / Flower;")
+    print("paired: median of the ratios of rounds run back to back, less sensitive to load);")
     print("os.ledger: openswarm leader's ledger time; cpu: CPU-s per round of each side's")
     print("processes; idle: the other side's CPU-s during a round (max); n: rounds counted")
     print_table(cells)
