@@ -5,8 +5,9 @@ EPOCHS, SYNC_FREQUENCY, MIN_PEERS, CONTRIBUTION, LEADER_TIMEOUT, LR, ADAPTIVE (1
 sync), BATCH_DELAY_S (simulated
 compute per batch), BALLAST (extra float32 buffer values: a larger model), and BAD_PARAMS
 (`nan` or `shape`: from the second round on this site offers broken parameters),
-PRESENCE_TIMEOUT (seconds a silent member counts as present), and FAULT (a hostile or
-failing behaviour from tests/adversarial/faults.py).
+PRESENCE_TIMEOUT (seconds a silent member counts as present), HOLD_FILE and HOLD_EPOCH (wait
+before that epoch until the test creates the file), and FAULT (a hostile or failing
+behaviour from tests/adversarial/faults.py).
 """
 
 from __future__ import annotations
@@ -93,6 +94,9 @@ def main() -> None:
     print(f"joined at round {cb.rounds} digest-ready", flush=True)
     await_members(cb, int(env.get("AWAIT_MEMBERS", "0")))
     for epoch in range(epochs):
+        if env.get("HOLD_FILE") and epoch == int(env.get("HOLD_EPOCH", "-1")):
+            while not os.path.exists(env["HOLD_FILE"]):
+                time.sleep(0.05)
         for start in range(0, len(mine), 32):
             batch = mine[start : start + 32]
             opt.zero_grad()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from harness import Swarm, run_cli
@@ -111,8 +112,14 @@ def test_leader_killed_during_merge_is_replaced(swarm_factory, ledger_nodes: int
     }
 
 
-def test_site_killed_and_restarted_rejoins_from_the_latest_model(swarm_factory) -> None:
-    swarm = swarm_factory(3, EPOCHS="4", MIN_PEERS="2", BATCH_DELAY_S="0.05")
+def test_site_killed_and_restarted_rejoins_from_the_latest_model(
+    swarm_factory, tmp_path: Path
+) -> None:
+    # Every site waits before its last epoch until the killed one is back, so it rejoins
+    # a swarm still training however fast the rounds go.
+    hold = tmp_path / "victim-is-back"
+    swarm = swarm_factory(3, EPOCHS="4", MIN_PEERS="2", BATCH_DELAY_S="0.05",
+                          HOLD_FILE=str(hold), HOLD_EPOCH="3")  # fmt: skip
     swarm.start_all()
     state = swarm.wait_for(lambda s: len(s["history"]) >= 2, what="two merged rounds")
     # a site that neither leads the open round nor is the only holder of the last merge
@@ -127,7 +134,12 @@ def test_site_killed_and_restarted_rejoins_from_the_latest_model(swarm_factory) 
         ),
         what="rounds without the killed site",
     )
+    last_seen = swarm.state()["members"][victim]["last_seen"]  # it signs nothing while dead
     swarm.start(victim)
+    swarm.wait_for(
+        lambda s: s["members"][victim]["last_seen"] != last_seen, what="it registered again"
+    )
+    hold.touch()
     swarm.wait()
     assert "loading the latest merged model" in swarm.log(victim)
     history = _history(swarm.state())

@@ -216,6 +216,20 @@ class LedgerClient:
         """Remove the etcd member `name` from the cluster (then stop its node)."""
         return self.call("RemoveReplica", {"name": name}, timeout_s=30)
 
+    def watch(
+        self, contract: str, *, start: int = 0, recent: int = 8, attempt: int = 0
+    ) -> Iterator[dict[str, Any]]:
+        """`contract`'s state now (unless it has not changed since height `start`), then again
+        whenever it changes: `{"height", "changed_at", "state", ...}` with the last `recent`
+        rounds of history. `attempt` picks the replica (the preferred one first, then the
+        next); `.cancel()` ends it."""
+        endpoint = self._order()[attempt % len(self.endpoints)]
+        stub = self._channel(endpoint).unary_stream(
+            f"/{SERVICE}/Stream", request_serializer=encode_json, response_deserializer=decode_json
+        )
+        request = {"watch": True, "contract": contract, "from": start, "recent": recent}
+        return stub(request)  # type: ignore[no-any-return]
+
     def stream(self, start: int = 0, contract: str | None = None) -> Iterator[dict[str, Any]]:
         """Blocks from `start` on, live, from the preferred replica; `.cancel()` ends it."""
         request: dict[str, Any] = {"from": start}

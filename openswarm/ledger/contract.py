@@ -286,8 +286,14 @@ class TrainingContract:
         """Whether ``name`` has registered (active or not)."""
         return name in self._members
 
-    def snapshot(self) -> dict[str, Any]:
-        """The full state as JSON-safe data with deterministic ordering."""
+    def snapshot(self, recent: int | None = None) -> dict[str, Any]:
+        """The state as JSON-safe data with deterministic ordering: all of it, or with only
+        the last `recent` rounds of history and metrics (so that what a peer reads each
+        round does not grow with the run)."""
+        history = self._history if recent is None else self._history[-recent:] if recent else []
+        rounds = sorted(self._metrics)
+        if recent is not None:
+            rounds = rounds[-recent:] if recent else []
         return {
             "all_finished": self.all_finished,
             "contract": self._name,
@@ -304,12 +310,12 @@ class TrainingContract:
                 "sealed_at": self._sealed_at,
             },
             "finished": sorted(n for n, m in self._members.items() if m.finished),
-            "history": json_copy(self._history, "history"),
+            "history": json_copy(history, "history"),
             "latest_merged": self.latest_merged,
             "members": {n: self._members[n].to_dict() for n in sorted(self._members)},
             "metrics": {
                 str(r): {n: dict(sorted(v.items())) for n, v in sorted(self._metrics[r].items())}
-                for r in sorted(self._metrics)
+                for r in rounds
             },
             "round": self._round,
             "settings": self._settings.to_dict(),

@@ -286,9 +286,25 @@ class LedgerReplica:
         with self._changed:
             return self._positions[-1]
 
-    def snapshot(self, contract: str | None = None) -> dict[str, Any]:
+    def snapshot(self, contract: str | None = None, recent: int | None = None) -> dict[str, Any]:
         with self._changed:
-            return self._state.snapshot(contract)
+            return self._state.snapshot(contract, recent)
+
+    def summary(self) -> dict[str, Any]:
+        """Height, last hash, swarm and genesis hash: the state without its contracts."""
+        with self._changed:
+            state = self._state
+            return {"height": state.height, "last_hash": state.last_hash,
+                    "swarm": state.swarm, "genesis_hash": state.genesis_hash}  # fmt: skip
+
+    def wait_for_change(self, contract: str, after: int, timeout: float) -> bool:
+        """Block until a block after height `after` changes `contract` (or the node halts);
+        False when the timeout passed first."""
+        with self._changed:
+            return self._changed.wait_for(
+                lambda: self._state.changed_at.get(contract, 0) > after or self.halted is not None,
+                timeout,
+            )
 
     def block(self, height: int) -> dict[str, Any] | None:
         with self._changed:

@@ -23,10 +23,12 @@ MAX_TX_BYTES = 256 * 1024
 #: larger before it is parsed.
 MAX_REQUEST_BYTES = 3 * MAX_TX_BYTES + 64 * 1024
 STREAM_POLL_S = 0.5
+#: Most rounds of history a contract watch sends with each state.
+WATCH_RECENT = 16
 NO_QUORUM = "no quorum"
-#: Server worker threads: CallLimits.shared_slots of them for peers, the rest kept for
-#: admins and for refusing calls over a limit.
-MAX_WORKERS = 32
+#: Server worker threads: the peers' unary calls and streams (CallLimits.shared_slots and
+#: stream_slots), the rest kept for admins and for refusing calls over a limit.
+MAX_WORKERS = CallLimits().workers
 SERVER_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
 )
@@ -181,7 +183,7 @@ class LedgerService:
 
     # --- reads ----------------------------------------------------------------------------
     def status(self, request: dict[str, Any], context: grpc.ServicerContext) -> dict[str, Any]:
-        snapshot = self.replica.snapshot()
+        snapshot = self.replica.summary()
         ordering = self.replica.ordering_status()
         return {
             "node": self.replica.name,
@@ -201,12 +203,8 @@ class LedgerService:
         contract = request.get("contract")
         if contract is not None and not isinstance(contract, str):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "'contract' must be a string")
-        answer = self.replica.snapshot(contract)
-        recent = request.get("recent")
-        if recent is not None and isinstance(answer.get("state"), dict):
-            keep = _int(request, "recent", 0, context)
-            answer["state"] = _recent(answer["state"], keep)
-        return answer
+        recent = None if request.get("recent") is None else _int(request, "recent", 0, context)
+        return self.replica.snapshot(contract, recent if contract is not None else None)
 
     def blocks(self, request: dict[str, Any], context: grpc.ServicerContext) -> dict[str, Any]:
         start, stop = _int(request, "from", 0, context), request.get("to")
@@ -226,10 +224,14 @@ class LedgerService:
     def stream(
         self, request: dict[str, Any], context: grpc.ServicerContext, caller: CertIdentity
     ) -> Iterator[dict[str, Any]]:
-        """Every block from `from` on, then new ones as they commit, until cancelled.
+        """Every block from `from` on, then new ones as they commit, until cancelled; with
+        `watch`, a contract's state instead (see `watch`).
 
         Ends with PERMISSION_DENIED once the caller is revoked.
         """
+        if request.get("watch"):
+            yield from self.watch(request, context, caller)
+            return
         next_height = _int(request, "from", 0, context)
         contract = request.get("contract")
         while context.is_active():
@@ -240,6 +242,30 @@ class LedgerService:
                 if contract is None or block.get("tx", {}).get("contract") == contract:
                     yield block
             self.replica.wait_for_height(next_height, STREAM_POLL_S)
+
+    def watch(
+        self, request: dict[str, Any], context: grpc.ServicerContext, caller: CertIdentity
+    ) -> Iterator[dict[str, Any]]:
+        """`contract`'s state (last `recent` rounds of history) now, then again each time a
+        block changes it, until cancelled. Changes that come in a burst are sent once, as
+        their latest state; a state the caller already has (`from`: the height of the last
+        one it got) is not sent again."""
+        contract = request.get("contract")
+        if not isinstance(contract, str) or not contract:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "watch needs a 'contract' name")
+        recent = _int(request, "recent", WATCH_RECENT, context)
+        seen = _int(request, "from", 0, context)
+        while context.is_active():
+            if not self.replica.admits(caller.name, caller.role):
+                context.abort(grpc.StatusCode.PERMISSION_DENIED, _not_admitted(caller))
+            if self.replica.halted is not None:
+                context.abort(grpc.StatusCode.UNAVAILABLE, f"ledger node halted: "
+                              f"{self.replica.halted}")  # fmt: skip
+            answer = self.replica.snapshot(contract, min(recent, WATCH_RECENT))
+            if answer["changed_at"] > seen or seen == 0:
+                seen = max(answer["changed_at"], 1)
+                yield answer
+            self.replica.wait_for_change(contract, seen, STREAM_POLL_S)
 
     # --- wiring ---------------------------------------------------------------------------
     def handler(self) -> grpc.GenericRpcHandler:
@@ -298,17 +324,6 @@ def _not_admitted(caller: CertIdentity) -> str:
         f"{caller.spiffe_id} is not admitted to this ledger with role {caller.role!r} "
         "(never admitted, or revoked)"
     )
-
-
-def _recent(state: dict[str, Any], keep: int) -> dict[str, Any]:
-    """A contract state with only the last `keep` rounds of history and metrics."""
-    metrics = state.get("metrics") or {}
-    last = sorted(metrics, key=int)[-keep:] if keep else []
-    return {
-        **state,
-        "history": state.get("history", [])[-keep:] if keep else [],
-        "metrics": {r: metrics[r] for r in last},
-    }
 
 
 def _int(request: dict[str, Any], key: str, default: int, context: grpc.ServicerContext) -> int:

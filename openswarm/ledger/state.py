@@ -65,6 +65,8 @@ class LedgerState:
         self.ledger_time: float = 0.0
         self.latest_ticks: dict[str, float] = {}
         self.tx_heights: dict[str, int] = {}
+        # contract -> height of the last block that changed it (what watchers wait on)
+        self.changed_at: dict[str, int] = {}
         head = genesis_block(genesis)
         self.genesis_hash: str = head["hash"]
         self.height: int = 0
@@ -298,6 +300,7 @@ class LedgerState:
             result = contract.apply(call)
         except ContractError as exc:
             raise Rejected(str(exc)) from exc
+        self.changed_at[tx.contract] = height
         return result
 
     def _apply_admin(self, tx: Transaction) -> dict[str, Any]:
@@ -318,6 +321,7 @@ class LedgerState:
             self._advance_time()
             for contract in self.contracts.values():  # revocation takes effect at once
                 contract.expel(name)
+                self.changed_at[contract.name] = self.height + 1
             return {"events": [{"kind": "revoked", "name": name}]}
         if tx.type == "archive":
             # Allows the ordering layer to drop records ordered at or before position `upto`
@@ -342,6 +346,7 @@ class LedgerState:
         except ContractError as exc:
             raise Rejected(str(exc)) from exc
         self.contracts[tx.contract] = contract
+        self.changed_at[tx.contract] = self.height + 1
         return {"events": [{"kind": "contract_created", "contract": tx.contract}]}
 
     def record_of(self, block: dict[str, Any]) -> str:
@@ -349,15 +354,17 @@ class LedgerState:
         return record_of(block, self.certs.by_ref)
 
     # --- queries --------------------------------------------------------------------------
-    def snapshot(self, contract: str | None = None) -> dict[str, Any]:
-        """JSON-safe view of the state (one contract, or all)."""
+    def snapshot(self, contract: str | None = None, recent: int | None = None) -> dict[str, Any]:
+        """JSON-safe view of the state (one contract, or all); `recent` keeps only that many
+        rounds of a contract's history and metrics."""
         if contract is not None:
             found = self.contracts.get(contract)
             return {
                 "height": self.height,
                 "last_hash": self.last_hash,
                 "contract": contract,
-                "state": None if found is None else found.snapshot(),
+                "changed_at": self.changed_at.get(contract, 0),
+                "state": None if found is None else found.snapshot(recent),
             }
         return {
             "height": self.height,

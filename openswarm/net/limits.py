@@ -29,8 +29,16 @@ class CallLimits:
     streams_per_identity: int = 2
     """Server streams one identity may hold open."""
     shared_slots: int = 24
-    """Calls in flight of all unprivileged identities together; keep it below the server's
-    worker threads so that privileged callers (admins) always find one free."""
+    """Unary calls in flight of all unprivileged identities together."""
+    stream_slots: int = 64
+    """Streams of all unprivileged identities together (each holds a worker thread while
+    open). The server needs more worker threads than `shared_slots + stream_slots`, so that
+    privileged callers (admins) always find one free and streams never starve calls."""
+
+    @property
+    def workers(self) -> int:
+        """Worker threads a server with these limits needs."""
+        return self.shared_slots + self.stream_slots + 8
 
 
 class TokenBucket:
@@ -79,7 +87,7 @@ class CallLimiter:
         self._lock = threading.Lock()
         self._buckets: dict[str, TokenBucket] = {}
         self._in_flight: dict[tuple[str, bool], int] = {}
-        self._shared = 0
+        self._shared = {False: 0, True: 0}  # unprivileged calls in flight: unary, streams
 
     def acquire(self, identity: str, *, stream: bool, privileged: bool = False) -> Slot:
         """Count one call of `identity`; raise LimitExceeded if a limit says no."""
@@ -94,10 +102,11 @@ class CallLimiter:
                     f"{identity} already has {cap} {kind} on this server (the limit); "
                     "wait for one to finish"
                 )
-            if not privileged and self._shared >= self.limits.shared_slots:
+            pool = self.limits.stream_slots if stream else self.limits.shared_slots
+            if not privileged and self._shared[stream] >= pool:
                 raise LimitExceeded("this server is busy with other callers; retry shortly")
             self._in_flight[key] = self._in_flight.get(key, 0) + 1
-            self._shared += not privileged
+            self._shared[stream] += not privileged
             return Slot(self, key, shared=not privileged)
 
     def _take_token(self, identity: str) -> None:
@@ -121,7 +130,7 @@ class CallLimiter:
                 self._in_flight[slot._key] = left
             else:
                 del self._in_flight[slot._key]
-            self._shared -= slot._shared
+            self._shared[slot._key[1]] -= slot._shared
 
     def in_flight(self) -> int:
         """Calls counted now (all identities)."""

@@ -31,8 +31,10 @@ from openswarm.codec import CodecError, check_finite, decode, digest_encoded, en
 from openswarm.ledger.client import LedgerClient, LedgerError, Outcome
 from openswarm.ledger.tx import make_transaction
 from openswarm.merge import MergeInputError, mean, merge
+from openswarm.node.decide import IDLE_S, Me, RoundView, next_step
 from openswarm.node.exchange import CHUNK_BYTES, ExchangeClient, ExchangeError, ExchangeServer
 from openswarm.node.settings import NetworkConfig, SwarmSettings
+from openswarm.node.watch import ContractWatch, WatchError
 from openswarm.pki import CertIdentity, Identity, PkiError
 
 Params = dict[str, Any]
@@ -43,12 +45,10 @@ _FINAL_HANDOVER_S = 120.0
 _FINAL_ATTEMPTS = 3  # merged models tried (each voided in turn) before giving up at the end
 _MAX_IDLE_S = 10.0  # a snapshot download with no byte for this long has stalled
 _SIZE_SLACK = 4  # no model from another site may encode to more than this times ours
-_GATE_CACHE_S = 0.25  # how old a contract copy may be to decide a fetch request
-_GATE_FRESH_S = 0.05  # ... and to judge again one that would be refused
-_AUTHORIZE_WAIT_S = 3.0
+_AUTHORIZE_WAIT_S = 3.0  # how long a fetch request may wait for a lagging ledger replica
 _NOT_YET = "cannot be declared unavailable for another"  # the contract's "too early"
-_NOT_YET_RETRY_S = 0.5  # how long a fetch request may wait for a lagging ledger replica
-_RECENT_ROUNDS = 8  # rounds of history a peer polls (a round it waits on is always recent)
+_NOT_YET_RETRY_S = 0.5
+_SEE_OWN_TX_S = 5.0  # how long to wait for the pushed state to show an applied transaction
 
 
 class SwarmError(RuntimeError):
@@ -97,8 +97,9 @@ class SwarmPeer:
         self.contract = settings.contract
         self.network = network
         self.ledger = LedgerClient(list(network.ledger), self.identity)
-        # The snapshot server asks the ledger from its own threads, with its own client.
-        self._gatekeeper = LedgerClient(list(network.ledger), self.identity, timeout_s=5.0)
+        # The contract's state, pushed by the ledger as it changes (started by register()).
+        self._watch: ContractWatch | None = None
+        self._watch_lock = threading.Lock()
         self.server = ExchangeServer(self.identity, network.listen, authorize=self._authorize)
         # What other sites dial: the advertised host (its certificate must name it, see
         # `openswarm pki issue --host`), else the listening one.
@@ -121,8 +122,6 @@ class SwarmPeer:
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
         self._absent: set[str] = set()  # members logged as silent on the ledger
-        self._gate_lock = threading.Lock()
-        self._gate_cache: tuple[float, dict[str, Any] | None] = (-_GATE_CACHE_S, None)
 
     # --- lifecycle ------------------------------------------------------------------------
     def register(self) -> None:
@@ -142,6 +141,7 @@ class SwarmPeer:
                 f"{outcome.reason}. A contract's settings are fixed when an admin creates it: "
                 "use the same settings here, or a contract created with yours"
             )
+        self._see_applied(outcome)
         log.info("%s registered with %s at %s", self.name, self.contract, self.endpoint)
         if self._heartbeat is None:
             self._heartbeat = threading.Thread(
@@ -177,8 +177,9 @@ class SwarmPeer:
             self._heartbeat.join(timeout=10)
         self.server.stop()
         self.fetcher.close()
+        if self._watch is not None:
+            self._watch.close()
         self.ledger.close()
-        self._gatekeeper.close()
 
     # --- ledger access --------------------------------------------------------------------
     def _ledger_call(self, call: Callable[[], Any], what: str = "asking the ledger") -> Any:
@@ -219,50 +220,55 @@ class SwarmPeer:
                 except LedgerError as exc:
                     log.debug("%s: heartbeat not sent: %s", self.name, exc)
 
-    def view(self) -> dict[str, Any]:
-        """The contract's state as the ledger holds it now."""
-        answer = self._ledger_call(lambda: self.ledger.state(self.contract, recent=_RECENT_ROUNDS))
-        state = answer["state"]
-        if self._gate_lock.acquire(blocking=False):  # what the snapshot server judges by
-            self._gate_cache = (time.monotonic(), state)
-            self._gate_lock.release()
+    def watch(self) -> ContractWatch:
+        """The stream of this contract's state from the ledger (opened on first use)."""
+        with self._watch_lock:
+            if self._watch is None:
+                self._watch = ContractWatch(
+                    list(self.network.ledger), self.identity, self.contract,
+                    retry_s=self.settings.ledger_retry_s,
+                )  # fmt: skip
+            return self._watch
+
+    def _state(self, newer_than: int = -1, timeout: float = 0.0) -> tuple[int, dict[str, Any]]:
+        """(height of its last change, the contract's state): the latest the ledger pushed,
+        or the first one changed after `newer_than` within `timeout` seconds."""
+        try:
+            height, state = self.watch().wait_newer(newer_than, timeout)
+        except WatchError as exc:
+            raise SwarmError(f"ledger unavailable while following {self.contract}: {exc}") from exc
         if state is None:
             raise SwarmError(f"training contract {self.contract!r} does not exist; register")
-        return state
+        return height, state
+
+    def view(self) -> dict[str, Any]:
+        """The contract's state as the ledger last pushed it (its last few rounds)."""
+        return self._state()[1]
+
+    def _see_applied(self, outcome: Outcome) -> None:
+        """Wait until the pushed state shows this peer's applied transaction."""
+        if outcome.applied:
+            with contextlib.suppress(WatchError):
+                self.watch().wait_applied(outcome.height, _SEE_OWN_TX_S)
 
     def _authorize(self, caller: CertIdentity, kind: str, round: int) -> str | None:
         """Who may fetch what from this site: a local snapshot only the leader of the
         round it belongs to, a merged model only active members (as the ledger says).
 
-        Server threads share one recent copy of the contract, so fetch requests, refused
-        ones too, cost at most a few ledger calls a second; a refusal is judged again on a
-        fresh copy, in case the ledger replica asked was a moment behind."""
+        Judged on the state the ledger pushed, so fetch requests, refused ones too, cost no
+        ledger call; a refusal waits a moment for a newer state while the one held may
+        simply not show the round's seal or its leader's handover yet."""
         deadline = time.monotonic() + _AUTHORIZE_WAIT_S
-        max_age = _GATE_CACHE_S
-        while True:
-            try:
-                state = self._contract_copy(max_age)
-            except LedgerError as exc:
-                return f"cannot check with the ledger right now: {exc}"
-            refusal = _fetch_refusal(state, caller.name, kind, round, self.contract)
-            if refusal is None or time.monotonic() > deadline:
-                return refusal
-            # Judge a refusal again at once on a copy at most _GATE_FRESH_S old, then wait
-            # only while that copy is just short of the round asked for (a lagging replica).
-            if max_age == _GATE_FRESH_S:
-                if not _just_behind(state, round, caller.name):
+        try:
+            height, state = self.watch().latest()
+            while True:
+                refusal = _fetch_refusal(state, caller.name, kind, round, self.contract)
+                left = deadline - time.monotonic()
+                if refusal is None or left <= 0 or not _just_behind(state, round, caller.name):
                     return refusal
-                time.sleep(_GATE_FRESH_S)
-            max_age = _GATE_FRESH_S
-
-    def _contract_copy(self, max_age: float) -> dict[str, Any] | None:
-        """The contract as the ledger held it at most `max_age` seconds ago."""
-        with self._gate_lock:
-            taken, state = self._gate_cache
-            if time.monotonic() - taken > max_age:
-                state = self._gatekeeper.state(self.contract, recent=0)["state"]
-                self._gate_cache = (time.monotonic(), state)
-            return state
+                height, state = self.watch().wait_newer(height, left)
+        except WatchError as exc:
+            return f"cannot check with the ledger right now: {exc}"
 
     # --- joining --------------------------------------------------------------------------
     def expect(self, params: Mapping[str, Any]) -> None:
@@ -320,6 +326,7 @@ class SwarmPeer:
                 self._learn(data)
             outcome = self._submit("ready", round, payload)
             if outcome.applied:
+                self._see_applied(outcome)
                 break
             log.info("%s: ready for round %d refused (%s)", self.name, round, outcome.reason)
             self._wait_round_closed(round)
@@ -344,79 +351,74 @@ class SwarmPeer:
             self._timings[phase] = self._timings.get(phase, 0.0) + time.perf_counter() - start
 
     def _wait_round_closed(self, round: int) -> None:
-        while self.view()["round"] <= round:
-            time.sleep(self.settings.poll_s)
+        height, state = self._state()
+        while state["round"] <= round:
+            height, state = self._state(height, IDLE_S)
 
     def _follow(self, local: _Local) -> RoundResult | None:
-        """Drive round `local.round` to its end: seal, lead, time out, fetch the result."""
+        """Drive round `local.round` to its end: seal, lead, time out, fetch the result.
+        Each pushed state (or a deadline passing) is judged by `next_step`."""
         r = local.round
-        window_from: float | None = None
+        quorum_since: float | None = None
+        sent: dict[str, float] = {}
+        height, state = self._state()
         while True:
-            view = self.view()
-            if view["round"] > r:
-                return self._closed(view, r, local)
-            current = view["current"]
-            if not current["sealed"]:
-                if self.finished:
-                    # Only sites still training seal rounds; once none is left, it is over.
-                    if not self._alive_unfinished(view):
-                        return None
-                    time.sleep(self.settings.poll_s)
-                    continue
-                ready = sorted(current["ready"])
-                waiting = self._expected(view, ready)
-                if len(ready) >= self.settings.min_peers:
-                    window_from = window_from or time.monotonic()
-                    waited = time.monotonic() - window_from
-                    if not waiting or waited >= self.settings.extra_window_s:
-                        self._submit("seal", r)
-                else:
-                    self._log_waiting(r, ready, waiting)
-            elif current["leader"] == self.name:
-                if r not in self._led:
-                    self._led.add(r)
-                    self._lead(view, local)
-            elif self.name in current["participants"]:
-                waited = time.time() - float(current["leader_since"])
-                if waited >= view["settings"]["leader_timeout_s"]:
-                    log.warning("%s: leader %s of round %d silent for %.0f s; moving on",
-                                self.name, current["leader"], r, waited)  # fmt: skip
-                    self._submit("leader_timeout", r, {"leader": current["leader"]})
-            else:
+            view = RoundView.from_state(state)
+            now = time.time()
+            me = Me(self.name, r, self.settings.min_peers, self.settings.extra_window_s,
+                    self.settings.presence_timeout_s, self.finished, frozenset(self._led),
+                    quorum_since, sent)  # fmt: skip
+            step = next_step(view, me, now)
+            self._note_absent(step.absent, view, now)
+            if step.quorum and quorum_since is None:
+                quorum_since = now
+            if step.kind == "closed":
+                return self._closed(state, r, local)
+            if step.kind == "over":
+                return None
+            if step.kind == "left_out":
                 # sealed without us: wait for its end, then join the next round with the
                 # same (unmerged) parameters
                 self._wait_round_closed(r)
                 return None
-            time.sleep(self.settings.poll_s)
-
-    def _expected(self, view: dict[str, Any], ready: list[str]) -> list[str]:
-        """Members that may still join this round: active, present on the ledger, and still
-        training or giving after finishing."""
-        return sorted(
-            name
-            for name, member in view["members"].items()
-            if member["active"] and name not in ready
-            and (not member["finished"] or member.get("contribution") != "inactive")
-            and self._present(name, member)
-        )  # fmt: skip
+            if step.kind == "lead":
+                self._led.add(r)
+                self._lead(state, local)
+            elif step.kind == "seal":
+                sent["seal"] = now
+                self._see_applied(self._submit("seal", r))
+            elif step.kind == "vote_timeout":
+                log.warning("%s: leader %s of round %d silent for %.0f s; moving on", self.name,
+                            step.leader, r, now - view.leader_since)  # fmt: skip
+                sent["vote_timeout"] = now
+                self._see_applied(self._submit("leader_timeout", r, {"leader": step.leader}))
+            else:  # wait for a new state, or the step's deadline
+                if not step.quorum and not self.finished:
+                    self._log_waiting(r, list(step.ready), list(step.waiting))
+                height, state = self._state(height, (step.until or now + IDLE_S) - now)
+                continue
+            height, state = self._state()
 
     def _alive_unfinished(self, view: dict[str, Any]) -> list[str]:
         """Other members still training and present on the ledger."""
-        return [n for n, m in view["members"].items()
-                if m["active"] and not m["finished"] and n != self.name
-                and self._present(n, m)]  # fmt: skip
+        typed, now = RoundView.from_state(view), time.time()
+        return [n for n, m in typed.members.items()
+                if m.active and not m.finished and n != self.name
+                and m.present(now, self.settings.presence_timeout_s)]  # fmt: skip
 
     def _present(self, name: str, member: Mapping[str, Any]) -> bool:
         """Whether a member signed anything on the ledger (a heartbeat at least) lately."""
         silent = time.time() - float(member.get("last_seen", 0.0))
-        if silent < self.settings.presence_timeout_s:
-            self._absent.discard(name)
-            return True
-        if name not in self._absent:
-            self._absent.add(name)
-            log.warning("%s: %s has been silent on the ledger for %.0f s; not waiting for it",
-                        self.name, name, silent)  # fmt: skip
-        return False
+        return silent < self.settings.presence_timeout_s
+
+    def _note_absent(self, absent: tuple[str, ...], view: RoundView, now: float) -> None:
+        """Log each member once when it falls silent on the ledger (again after it returns)."""
+        for name in absent:
+            if name not in self._absent:
+                silent = now - view.members[name].last_seen
+                log.warning("%s: %s has been silent on the ledger for %.0f s; not waiting for "
+                            "it", self.name, name, silent)  # fmt: skip
+        self._absent = set(absent)
 
     def _log_waiting(self, r: int, ready: list[str], waiting: list[str]) -> None:
         now = time.monotonic()
@@ -479,8 +481,8 @@ class SwarmPeer:
         timeout = self.settings.leader_timeout_s
         deadline = time.monotonic() + timeout
         problems: list[str] = []
+        height, view = self._state()
         while time.monotonic() < deadline:
-            view = self.view()
             latest = view.get("latest_merged") or {}
             if latest.get("round") == r and latest.get("digest") == digest:
                 sources = [*sources, *latest.get("holders", [])]
@@ -505,7 +507,9 @@ class SwarmPeer:
                 params = self._decode_merged(r, digest, data)
                 self.server.store.publish("merged", r, digest, data)
                 return params
-            time.sleep(0.5)
+            # a new holder (or a voided merge) shows in a new state; try again at least twice
+            # a second meanwhile
+            height, view = self._state(height, min(0.5, max(0.0, deadline - time.monotonic())))
         self._report_unavailable(merged)
         raise MergedModelLost(
             f"no peer could hand over the merged model of round {r}: {'; '.join(problems[-3:])}"
@@ -674,8 +678,8 @@ class SwarmPeer:
             if not outcome.applied and "already finished" not in (outcome.reason or ""):
                 raise SwarmError(f"the ledger refused 'finished': {outcome.reason}")
             self.finished = True
+        height, view = self._state()
         while True:
-            view = self.view()
             current = view["current"]
             if current["sealed"]:
                 mine = self._local
@@ -687,14 +691,16 @@ class SwarmPeer:
                     self._follow(mine)  # lead or time out a leader, as any participant
                 else:
                     self._wait_round_closed(view["round"])
+                height, view = self._state()
                 continue
             if not self._alive_unfinished(view):
                 return self._final(view)
             offered = contribution()
             if offered is not None and self.name not in current["ready"]:
                 self.sync(offered, retry=False)
-            else:
-                time.sleep(self.settings.poll_s * 4)
+                height, view = self._state()
+            else:  # a change, or members falling silent, may end it
+                height, view = self._state(height, 1.0)
 
     def _final(self, view: dict[str, Any]) -> RoundResult | None:
         """Fetch the final model, then keep serving it until every live site holds it."""
@@ -710,13 +716,13 @@ class SwarmPeer:
                 log.warning("%s: final model of round %d: %s", self.name, r, exc)
                 if attempt == _FINAL_ATTEMPTS:
                     raise
-                view = self.view()
+                view = self._state(-1, 0.0)[1]
         if self.name not in latest["holders"]:
             with contextlib.suppress(SwarmError):
                 self._submit("loaded", r, {"digest": digest})
         deadline = time.monotonic() + _FINAL_HANDOVER_S
+        height, view = self._state()
         while time.monotonic() < deadline:
-            view = self.view()
             holders = set((view["latest_merged"] or {}).get("holders", []))
             missing = [
                 name
@@ -725,7 +731,7 @@ class SwarmPeer:
             ]  # fmt: skip
             if not missing:
                 break
-            time.sleep(self.settings.poll_s * 4)
+            height, view = self._state(height, 1.0)
         self.current_digest = digest
         return RoundResult(r, params, digest, latest["leader"], ())
 

@@ -1,0 +1,182 @@
+"""What a peer does next in a round, decided from the contract's state alone.
+
+`next_step(view, me, now)` is a pure function: the same view, facts and time always give the
+same step, so the protocol's choices (seal, lead, vote a silent leader out, wait, give up)
+are unit-tested without processes or a ledger. The peer's driver (`peer.py`) performs the
+step and calls it again when the ledger pushes a new state or the step's deadline passes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+#: How soon the same transaction (a seal, a timeout vote) may be sent again for one round
+#: when the state it should have changed has not come back yet.
+RESEND_S = 1.0
+#: Longest wait without a reason: the view is looked at again (locally) at least this often.
+IDLE_S = 5.0
+
+
+@dataclass(frozen=True)
+class Member:
+    """One contract member as the ledger records it."""
+
+    name: str
+    active: bool
+    finished: bool
+    contribution: str | None
+    last_seen: float
+    endpoint: str | None
+
+    def present(self, now: float, timeout_s: float) -> bool:
+        """Whether it signed anything on the ledger (a heartbeat at least) lately."""
+        return now - self.last_seen < timeout_s
+
+
+@dataclass(frozen=True)
+class RoundView:
+    """The contract's state, typed: the current round and its members."""
+
+    round: int
+    sealed: bool
+    ready: tuple[str, ...]
+    participants: tuple[str, ...]
+    leader: str | None
+    leader_since: float
+    members: Mapping[str, Member]
+    latest_merged: Mapping[str, Any] | None
+    history: tuple[Mapping[str, Any], ...]
+    leader_timeout_s: float
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> RoundView:
+        current = state["current"]
+        members = {
+            name: Member(
+                name=name,
+                active=bool(m["active"]),
+                finished=bool(m["finished"]),
+                contribution=m.get("contribution"),
+                last_seen=float(m.get("last_seen") or 0.0),
+                endpoint=m.get("endpoint"),
+            )
+            for name, m in state["members"].items()
+        }
+        return cls(
+            round=int(state["round"]),
+            sealed=bool(current["sealed"]),
+            ready=tuple(sorted(current["ready"])),
+            participants=tuple(current["participants"]),
+            leader=current.get("leader"),
+            leader_since=float(current.get("leader_since") or 0.0),
+            members=members,
+            latest_merged=state.get("latest_merged"),
+            history=tuple(state.get("history") or ()),
+            leader_timeout_s=float(state["settings"]["leader_timeout_s"]),
+        )
+
+    def record(self, round: int) -> Mapping[str, Any] | None:
+        """The history entry of `round`, if it is among the recent ones."""
+        return next((h for h in self.history if h["round"] == round), None)
+
+
+@dataclass(frozen=True)
+class Me:
+    """What the peer itself knows: who it is, its round, its settings and what it did."""
+
+    name: str
+    round: int  # the round this peer said ready for
+    min_peers: int
+    extra_window_s: float
+    presence_timeout_s: float
+    finished: bool = False
+    led: frozenset[int] = frozenset()  # rounds this peer has led already
+    quorum_since: float | None = None  # when it first saw min_peers ready in this round
+    sent: Mapping[str, float] = field(default_factory=dict)  # step name -> when last sent
+
+
+@dataclass(frozen=True)
+class Step:
+    """One thing to do. `kind` is one of:
+
+    closed: the round is over (look up its result); seal: close the round to newcomers;
+    lead: gather, merge and publish as the round's leader; vote_timeout: the leader has
+    been silent too long (`leader` names it); left_out: the round was sealed without this
+    peer (wait for its end, keep the local model); over: this peer finished and nobody is
+    left training; wait: nothing to do until the state changes or `until` (seconds of
+    `now`'s clock) passes. `ready`, `waiting` and `absent` say who the round has, may
+    still get, and stopped waiting for (for logging); `quorum` that min_peers are ready.
+    """
+
+    kind: str
+    until: float | None = None
+    leader: str | None = None
+    ready: tuple[str, ...] = ()
+    waiting: tuple[str, ...] = ()
+    absent: tuple[str, ...] = ()
+    quorum: bool = False
+
+
+def next_step(view: RoundView, me: Me, now: float) -> Step:
+    """The next step for `me` in its round `me.round`, at time `now` (wall clock, seconds)."""
+    if view.round > me.round:
+        return Step("closed")
+    if not view.sealed:
+        return _unsealed(view, me, now)
+    if view.leader == me.name:
+        return Step("wait", until=now + IDLE_S) if me.round in me.led else Step("lead")
+    if me.name not in view.participants:
+        return Step("left_out")
+    timeout_at = view.leader_since + view.leader_timeout_s
+    if now < timeout_at:
+        return Step("wait", until=timeout_at)
+    return _resend("vote_timeout", me, now, leader=view.leader)
+
+
+def _unsealed(view: RoundView, me: Me, now: float) -> Step:
+    timeout = me.presence_timeout_s
+    absent = tuple(n for n, m in sorted(view.members.items())
+                   if m.active and not m.present(now, timeout))  # fmt: skip
+    if me.finished:
+        # Only sites still training seal rounds; once none is left, it is over.
+        training = [m for n, m in view.members.items()
+                    if m.active and not m.finished and n != me.name
+                    and m.present(now, timeout)]  # fmt: skip
+        if not training:
+            return Step("over")
+        return Step("wait", until=_earliest_absence(training, timeout, now), absent=absent)
+    ready = view.ready
+    expected = [
+        m for n, m in sorted(view.members.items())
+        if m.active and n not in ready
+        and (not m.finished or m.contribution != "inactive")
+        and m.present(now, timeout)
+    ]  # fmt: skip
+    waiting = tuple(m.name for m in expected)
+    if len(ready) < me.min_peers:
+        until = _earliest_absence(expected, timeout, now)
+        return Step("wait", until=until, ready=ready, waiting=waiting, absent=absent)
+    window_end = (me.quorum_since if me.quorum_since is not None else now) + me.extra_window_s
+    if waiting and now < window_end:
+        until = min(window_end, _earliest_absence(expected, timeout, now))
+        return Step("wait", until=until, ready=ready, waiting=waiting, absent=absent,
+                    quorum=True)  # fmt: skip
+    step = _resend("seal", me, now)
+    return Step(step.kind, until=step.until, ready=ready, waiting=waiting, absent=absent,
+                quorum=True)  # fmt: skip
+
+
+def _resend(kind: str, me: Me, now: float, leader: str | None = None) -> Step:
+    """`kind`, unless it was sent less than RESEND_S ago (then wait for its effect)."""
+    sent = me.sent.get(kind)
+    if sent is not None and now - sent < RESEND_S:
+        return Step("wait", until=sent + RESEND_S, leader=leader)
+    return Step(kind, leader=leader)
+
+
+def _earliest_absence(members: list[Member], timeout: float, now: float) -> float:
+    """When the first of `members` will count as gone unless it shows up (capped)."""
+    times = [m.last_seen + timeout for m in members]
+    return min([*times, now + IDLE_S])

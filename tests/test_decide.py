@@ -1,0 +1,155 @@
+"""The peer's decision function over generated round views: no processes, no ledger."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from openswarm.node.decide import IDLE_S, RESEND_S, Me, Member, RoundView, next_step
+
+NAMES = ("a", "b", "c", "d", "e")
+NOW = 10_000.0
+PRESENCE_S = 30.0
+WINDOW_S = 2.0
+
+
+@st.composite
+def views(draw: st.DrawFn) -> RoundView:
+    """A contract state as the ledger could hold it in round 5, seen by member "a"."""
+    names = draw(st.lists(st.sampled_from(NAMES[1:]), unique=True, max_size=4))
+    members = {}
+    for name in ("a", *names):
+        members[name] = Member(
+            name=name,
+            active=name == "a" or draw(st.booleans()),
+            finished=draw(st.booleans()) if name != "a" else False,
+            contribution=draw(st.sampled_from(["inactive", "snapshot", "active"])),
+            last_seen=NOW - draw(st.floats(0, 2 * PRESENCE_S)),
+            endpoint=f"{name}:1",
+        )
+    ready = tuple(sorted(draw(st.sets(st.sampled_from(sorted(members))))))
+    sealed = bool(ready) and draw(st.booleans())
+    participants = ready if sealed else ()
+    leader = draw(st.sampled_from(participants)) if sealed else None
+    return RoundView(
+        round=draw(st.sampled_from([5, 5, 5, 6])),
+        sealed=sealed,
+        ready=ready,
+        participants=participants,
+        leader=leader,
+        leader_since=NOW - draw(st.floats(0, 40)) if sealed else 0.0,
+        members=members,
+        latest_merged=None,
+        history=(),
+        leader_timeout_s=20.0,
+    )
+
+
+def me(**changes: object) -> Me:
+    base = Me(name="a", round=5, min_peers=2, extra_window_s=WINDOW_S,
+              presence_timeout_s=PRESENCE_S)  # fmt: skip
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+@settings(max_examples=400, deadline=None)
+@given(views(), st.booleans(), st.sampled_from([None, NOW - 1.0, NOW - 5.0]))
+def test_every_step_fits_the_view(view: RoundView, finished: bool, quorum_since) -> None:
+    facts = me(finished=finished, quorum_since=quorum_since)
+    step = next_step(view, facts, NOW)
+    assert step == next_step(view, facts, NOW)  # a function of its inputs alone
+    if view.round > facts.round:
+        assert step.kind == "closed"
+        return
+    if step.kind == "wait":
+        assert step.until is not None and step.until > NOW  # always woken again
+    if step.kind == "seal":
+        assert not view.sealed and len(view.ready) >= facts.min_peers and not finished
+    if step.kind == "lead":
+        assert view.sealed and view.leader == "a"
+    if step.kind == "vote_timeout":
+        assert view.sealed and step.leader == view.leader != "a"
+        assert view.leader_since + view.leader_timeout_s <= NOW
+        assert "a" in view.participants
+    if step.kind == "left_out":
+        assert view.sealed and "a" not in view.participants
+    if step.kind == "over":
+        assert finished and not view.sealed
+    if not view.sealed and not finished and len(view.ready) < facts.min_peers:
+        assert step.kind == "wait"  # never seal short of min_peers
+
+
+@settings(max_examples=200, deadline=None)
+@given(views())
+def test_a_leader_silent_past_its_timeout_is_voted_out_once_a_second(view: RoundView) -> None:
+    if not view.sealed or view.round != 5 or view.leader == "a" or "a" not in view.participants:
+        return
+    late = view.leader_since + view.leader_timeout_s + 0.1
+    assert next_step(view, me(), late).kind == "vote_timeout"
+    resent = next_step(view, me(sent={"vote_timeout": late}), late + 0.5)
+    assert resent.kind == "wait" and resent.until == late + RESEND_S
+    assert next_step(view, me(sent={"vote_timeout": late}), late + RESEND_S).kind == (
+        "vote_timeout"
+    )
+    early = next_step(view, me(), view.leader_since + 1)
+    assert early.kind == "wait" and early.until == view.leader_since + view.leader_timeout_s
+
+
+def _member(name: str, *, seen_ago: float = 1.0, finished: bool = False,
+            contribution: str = "snapshot", active: bool = True) -> Member:  # fmt: skip
+    return Member(name, active, finished, contribution, NOW - seen_ago, f"{name}:1")
+
+
+def _open_round(ready: tuple[str, ...], *members: Member) -> RoundView:
+    return RoundView(5, False, ready, (), None, 0.0, {m.name: m for m in members}, None, (),
+                     20.0)  # fmt: skip
+
+
+def test_quorum_waits_a_window_for_late_joiners_then_seals() -> None:
+    view = _open_round(("a", "b"), _member("a"), _member("b"), _member("c"))
+    first = next_step(view, me(), NOW)
+    assert first.kind == "wait" and first.quorum and first.waiting == ("c",)
+    assert first.until == NOW + WINDOW_S
+    assert next_step(view, me(quorum_since=NOW), NOW + 1).kind == "wait"
+    assert next_step(view, me(quorum_since=NOW), NOW + WINDOW_S).kind == "seal"
+    everyone = _open_round(("a", "b", "c"), _member("a"), _member("b"), _member("c"))
+    assert next_step(everyone, me(), NOW).kind == "seal"  # nobody left to wait for
+
+
+def test_silent_or_inactive_members_are_not_waited_for() -> None:
+    view = _open_round(
+        ("a", "b"), _member("a"), _member("b"),
+        _member("gone", seen_ago=PRESENCE_S + 1),
+        _member("done", finished=True, contribution="inactive"),
+        _member("off", active=False),
+    )  # fmt: skip
+    step = next_step(view, me(), NOW)
+    assert step.kind == "seal" and step.absent == ("gone",)
+    # one that falls silent while waited for is waited for only until then
+    fading = _open_round(("a", "b"), _member("a"), _member("b"), _member("c", seen_ago=29.5))
+    step = next_step(fading, me(quorum_since=NOW), NOW)
+    assert step.kind == "wait" and step.until == NOW + 0.5
+
+
+def test_finished_peers_stop_when_nobody_trains() -> None:
+    training = _open_round((), _member("a", finished=True), _member("b"))
+    assert next_step(training, me(finished=True), NOW).kind == "wait"
+    gone = _open_round((), _member("a", finished=True), _member("b", seen_ago=PRESENCE_S))
+    assert next_step(gone, me(finished=True), NOW).kind == "over"
+    done = _open_round((), _member("a", finished=True), _member("b", finished=True))
+    assert next_step(done, me(finished=True), NOW).kind == "over"
+
+
+def test_leader_leads_once_and_late_rounds_close() -> None:
+    members = {n: _member(n) for n in "abc"}
+    sealed = RoundView(5, True, ("a", "b"), ("a", "b"), "a", NOW, members, None, (), 20.0)
+    assert next_step(sealed, me(), NOW).kind == "lead"
+    assert next_step(sealed, me(led=frozenset({5})), NOW).kind == "wait"
+    without = replace(sealed, participants=("b", "c"), ready=("b", "c"), leader="b")
+    assert next_step(without, me(), NOW).kind == "left_out"
+    assert next_step(replace(sealed, round=6), me(), NOW).kind == "closed"
+    # below min_peers nothing is sealed, however long it waits
+    alone = _open_round(("a",), _member("a"), _member("b", seen_ago=PRESENCE_S + 5))
+    step = next_step(alone, me(), NOW)
+    assert step.kind == "wait" and step.until == NOW + IDLE_S and step.ready == ("a",)
