@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from openswarm import DEFAULT_CONTRACT
+from openswarm.protocol import CONTRIBUTIONS, HF_MODES
 
 # HPE keyword -> openswarm keyword, for every platform
 COMMON_KEYWORDS: dict[str, str] = {
@@ -72,8 +73,6 @@ MODULES: dict[str, str] = {
     "base": "swarmlearning.client.swarm",
 }
 PLATFORM_KEYS = ("mlPlatform", "ml_platform")
-CONTRIBUTIONS = ("inactive", "snapshot", "active")
-HF_MODES = ("full", "peft")
 
 
 def hpe_options(

@@ -27,6 +27,7 @@ from openswarm.ledger.contract import (
     TrainingContract,
     leader_ranking,
 )
+from openswarm.node.settings import SwarmSettings
 
 PEERS = ["alice", "bob", "carol"]
 
@@ -96,7 +97,7 @@ class Driver:
 
 
 def event_types(result: dict[str, Any]) -> list[str]:
-    return [e["type"] for e in result["events"]]
+    return [e["kind"] for e in result["events"]]
 
 
 # --- the round protocol ------------------------------------------------------------------------
@@ -115,7 +116,7 @@ def test_full_round_happy_path() -> None:
     prev = digest("parent block")
     sealed = d.ok("seal", "bob", 1, prev_hash=prev)["events"][0]
     ranking = leader_ranking(prev, DEFAULT_CONTRACT, 1, PEERS)
-    assert sealed["type"] == "sealed"
+    assert sealed["kind"] == "sealed"
     assert sealed["participants"] == PEERS
     assert sealed["ranking"] == ranking
     assert sealed["leader"] == ranking[0] == d.contract.leader
@@ -249,7 +250,7 @@ def test_leader_timeout_hands_over_and_old_leader_is_refused() -> None:
     d.now += 0.5  # exactly leader_timeout_s after the seal
     result = d.ok("leader_timeout", second, 1, {"leader": first})
     [event] = result["events"]
-    assert event["type"] == "leader_changed"
+    assert event["kind"] == "leader_changed"
     assert event["previous"] == first
     assert event["leader"] == second == d.contract.leader
     assert d.contract.snapshot()["current"]["failed_leaders"] == [first]
@@ -526,11 +527,13 @@ def test_settings_defaults_and_round_trip() -> None:
     s = ContractSettings()
     assert s.to_dict() == {
         "adaptive_sync": None,
-        "leader_timeout_s": 30.0,
+        "leader_timeout_s": 20.0,
         "merge_method": "mean",
         "merge_options": {},
         "min_peers": 2,
     }
+    # one set of defaults: a peer with default settings fits a contract made with defaults
+    assert ContractSettings.from_payload(SwarmSettings().contract_settings()) == s
     custom = ContractSettings.from_payload(
         {"min_peers": 3, "merge_method": "trimmed_mean", "merge_options": {"trim": 0.1},
          "leader_timeout_s": 5, "endpoint": "ignored:1"}
@@ -818,7 +821,7 @@ def run_replicas(
         check_invariants(snap)
         before = after
         if outcomes[0][0] == "ok":
-            seen.update(e["type"] for e in outcomes[0][1]["events"])
+            seen.update(e["kind"] for e in outcomes[0][1]["events"])
     return log, replica_a, seen
 
 

@@ -44,7 +44,7 @@ def test_unavailable_merge_falls_back_to_the_one_before() -> None:
     d.refused("merge_unavailable", other, r2, {"digest": digest("x")}, match="not the latest")
     d.now += 10
     result = d.ok("merge_unavailable", other, r2, report)
-    assert result["events"][0]["type"] == "merge_voided"
+    assert result["events"][0]["kind"] == "merge_voided"
     assert result["events"][0]["fallback"] == r1
     state = d.contract.snapshot()
     assert state["latest_merged"]["digest"] == first

@@ -90,7 +90,7 @@ def test_leader_killed_during_merge_is_replaced(swarm_factory, ledger_nodes: int
         for block in swarm.ledger.client("admin").stream(start=0, contract=DEFAULT_CONTRACT):
             events = (block.get("outcome", {}).get("result") or {}).get("events", [])
             for event in events:
-                if event.get("type") == "sealed" and event["round"] >= 2:
+                if event.get("kind") == "sealed" and event["round"] >= 2:
                     swarm.kill(event["leader"])
                     killed.append(event["leader"])
                     return

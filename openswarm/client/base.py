@@ -30,6 +30,7 @@ from typing import Any
 from openswarm.codec import decode, digest, encode
 from openswarm.node.peer import RoundResult, SwarmError, SwarmPeer
 from openswarm.node.settings import NetworkConfig, SwarmSettings
+from openswarm.protocol import LEADER_TIMEOUT_S, MERGE_METHOD
 
 
 def swarm_loopback() -> bool:
@@ -51,13 +52,13 @@ class SwarmCallbackBase:
         *,
         sync_frequency: int,
         min_peers: int,
-        merge_method: str = "mean",
+        merge_method: str = MERGE_METHOD,
         merge_options: Mapping[str, Any] | None = None,
         node_weight: float = 1,
         training_contract: str | None = None,
         total_epochs: int | None = None,
         contribution: str = "snapshot",
-        leader_timeout_s: float = 20.0,
+        leader_timeout_s: float = LEADER_TIMEOUT_S,
         extra_window_s: float = 2.0,
         use_adaptive_sync: bool = False,
         presence_timeout_s: float = SwarmSettings.presence_timeout_s,
@@ -219,14 +220,11 @@ class SwarmCallbackBase:
         loss, metric = self.evaluate()
         if loss is None or not math.isfinite(loss):
             return
-        payload = {
-            "loss": float(loss),
-            "metric": None if metric is None or not math.isfinite(metric) else float(metric),
-            "epoch": min(self.epoch, self.total_epochs or self.epoch),
-            "total_epochs": self.total_epochs,
-        }
         try:
-            self._require_peer()._submit("metrics", round, payload)
+            self._require_peer().report_metrics(
+                round, loss, metric, min(self.epoch, self.total_epochs or self.epoch),
+                self.total_epochs,
+            )  # fmt: skip
         except SwarmError as exc:
             self.logger.warning("could not report metrics: %s", exc)
 

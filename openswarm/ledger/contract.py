@@ -30,6 +30,15 @@ from openswarm.ledger.contract_checks import (
     json_copy,
     type_name,
 )
+from openswarm.protocol import (
+    CALL_TYPES,
+    CONTRIBUTIONS,
+    EVENT_KINDS,
+    LEADER_TIMEOUT_S,
+    MERGE_METHOD,
+    MIN_PEERS,
+    ROUND_CALLS,
+)
 
 __all__ = [
     "CALL_TYPES",
@@ -41,27 +50,6 @@ __all__ = [
     "leader_ranking",
 ]
 
-CALL_TYPES = frozenset(
-    {
-        "register",
-        "ready",
-        "seal",
-        "merged",
-        "leader_timeout",
-        "loaded",
-        "finished",
-        "metrics",
-        "leave",
-        "heartbeat",
-        "merge_unavailable",
-        "merge_refused",
-    }
-)
-# Calls that name a round; the others ignore ContractCall.round.
-_ROUND_CALLS = frozenset(
-    {"ready", "seal", "merged", "leader_timeout", "loaded", "metrics", "merge_unavailable",
-     "merge_refused"}
-)  # fmt: skip
 _KEPT_MERGES = 8  # earlier merged models a voided merge can fall back to
 SETTINGS_KEYS = ("adaptive_sync", "leader_timeout_s", "merge_method", "merge_options", "min_peers")
 
@@ -90,10 +78,10 @@ class ContractCall:
 class ContractSettings:
     """Per-contract settings, fixed when the contract is created."""
 
-    min_peers: int = 2
-    merge_method: str = "mean"
+    min_peers: int = MIN_PEERS
+    merge_method: str = MERGE_METHOD
     merge_options: Mapping[str, Any] = field(default_factory=dict)
-    leader_timeout_s: float = 30.0
+    leader_timeout_s: float = LEADER_TIMEOUT_S
     adaptive_sync: Mapping[str, int] | None = None  # {"start", "min", "max"} batches
 
     def __post_init__(self) -> None:
@@ -143,11 +131,6 @@ def leader_ranking(
 
 
 # --- the state machine -------------------------------------------------------------------------
-
-
-#: What a finished member gives to later rounds: nothing, its last local model, or the
-#: latest merged one.
-CONTRIBUTIONS = ("inactive", "snapshot", "active")
 
 
 @dataclass
@@ -345,7 +328,7 @@ class TrainingContract:
         for key in call.payload:
             if not isinstance(key, str):
                 raise ContractError(f"payload keys must be strings, got {type_name(key)}")
-        if call.type in _ROUND_CALLS:
+        if call.type in ROUND_CALLS:
             check_int(call.round, "round", minimum=1)
         if call.type != "register":
             self._require_active(call.sender)
@@ -358,7 +341,8 @@ class TrainingContract:
         return {"events": events, "round": self._round, "leader": self.leader}
 
     def _event(self, kind: str, call: ContractCall, **fields: Any) -> dict[str, Any]:
-        return {"type": kind, "contract": self._name, "height": call.height, **fields}
+        assert kind in EVENT_KINDS, kind
+        return {"kind": kind, "contract": self._name, "height": call.height, **fields}
 
     def _require_active(self, sender: str) -> None:
         member = self._members.get(sender)

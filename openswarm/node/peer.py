@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -36,6 +37,9 @@ from openswarm.node.exchange import CHUNK_BYTES, ExchangeClient, ExchangeError, 
 from openswarm.node.settings import NetworkConfig, SwarmSettings
 from openswarm.node.watch import ContractWatch, WatchError
 from openswarm.pki import CertIdentity, Identity, PkiError
+from openswarm.protocol import MergedModelLost, SwarmError
+
+__all__ = ["MergedModelLost", "RoundResult", "SwarmError", "SwarmPeer"]
 
 Params = dict[str, Any]
 log = logging.getLogger("openswarm.peer")
@@ -49,14 +53,6 @@ _AUTHORIZE_WAIT_S = 3.0  # how long a fetch request may wait for a lagging ledge
 _NOT_YET = "cannot be declared unavailable for another"  # the contract's "too early"
 _NOT_YET_RETRY_S = 0.5
 _SEE_OWN_TX_S = 5.0  # how long to wait for the pushed state to show an applied transaction
-
-
-class SwarmError(RuntimeError):
-    """The swarm cannot go on for this peer; the message says why and what to do."""
-
-
-class MergedModelLost(SwarmError):
-    """Every site holding a merged model is gone, so it cannot be fetched."""
 
 
 @dataclass(frozen=True)
@@ -206,6 +202,19 @@ class SwarmPeer:
                               payload=payload)  # fmt: skip
         self._last_submit = time.monotonic()
         return self._ledger_call(lambda: self.ledger.submit_tx(tx), f"sending {tx_type!r}")
+
+    def report_metrics(
+        self, round: int, loss: float, metric: float | None, epoch: int, total_epochs: int | None
+    ) -> None:
+        """Record this site's validation loss (and metric) after `round` on the ledger: the
+        progress every site sees, and what adaptive sync decides from."""
+        payload = {
+            "loss": float(loss),
+            "metric": None if metric is None or not math.isfinite(metric) else float(metric),
+            "epoch": epoch,
+            "total_epochs": total_epochs,
+        }
+        self._submit("metrics", round, payload)
 
     def _beat(self) -> None:
         """Say 'still here' on the ledger whenever nothing else did for `heartbeat_s`."""

@@ -11,12 +11,15 @@ from typing import Any
 import yaml
 
 from openswarm import DEFAULT_CONTRACT
+from openswarm.protocol import (
+    CONTRIBUTIONS,
+    LEADER_TIMEOUT_S,
+    MERGE_METHOD,
+    MIN_PEERS,
+    SwarmConfigError,
+)
 
-CONTRIBUTIONS = ("inactive", "snapshot", "active")
-
-
-class SwarmConfigError(ValueError):
-    """Swarm settings or network configuration that cannot work; names the fix."""
+__all__ = ["NetworkConfig", "SwarmConfigError", "SwarmSettings"]
 
 
 @dataclass(frozen=True)
@@ -24,11 +27,11 @@ class SwarmSettings:
     """How this peer takes part in rounds of one training contract."""
 
     contract: str = DEFAULT_CONTRACT
-    min_peers: int = 2
-    merge_method: str = "mean"
+    min_peers: int = MIN_PEERS
+    merge_method: str = MERGE_METHOD
     merge_options: Mapping[str, Any] = field(default_factory=dict)
     weight: float = 1.0
-    leader_timeout_s: float = 20.0
+    leader_timeout_s: float = LEADER_TIMEOUT_S
     extra_window_s: float = 2.0
     contribution: str = "snapshot"
     poll_s: float = 0.05

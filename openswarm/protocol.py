@@ -1,0 +1,51 @@
+"""The words of the swarm protocol, defined once: used by the ledger's contract, the peer,
+the bindings and `swarmlearning`; and the one error a peer or binding raises.
+
+Nothing here imports the rest of openswarm, so every layer may depend on it.
+"""
+
+from __future__ import annotations
+
+#: What a finished member gives to later rounds: nothing, its last local model, or the
+#: latest merged one.
+CONTRIBUTIONS = ("inactive", "snapshot", "active")
+#: What a Hugging Face site syncs: the whole model, or only its PEFT adapter weights.
+HF_MODES = ("full", "peft")
+#: How a round ends, in the contract's history.
+ROUND_STATUSES = ("merged", "aborted")
+#: The two kinds of model a site serves to others: its snapshot of a round, a merged model.
+MODEL_KINDS = ("local", "merged")
+
+#: Contract calls (ledger transactions naming a training contract).
+CALL_TYPES = frozenset(
+    {"register", "ready", "seal", "merged", "leader_timeout", "loaded", "finished", "metrics",
+     "leave", "heartbeat", "merge_unavailable", "merge_refused"}
+)  # fmt: skip
+#: Calls that name a round; the others ignore the round.
+ROUND_CALLS = frozenset(
+    {"ready", "seal", "merged", "leader_timeout", "loaded", "metrics", "merge_unavailable",
+     "merge_refused"}
+)  # fmt: skip
+#: Every event (in a transaction's result, `{"kind": ..., ...}`) is one of these.
+EVENT_KINDS = frozenset(
+    {"registered", "ready", "sealed", "merged", "leader_changed", "round_aborted", "loaded",
+     "finished", "metrics", "left", "merge_voided", "merge_refused", "merge_unavailable",
+     "all_finished", "sync_interval", "admitted", "revoked", "archived", "contract_created"}
+)  # fmt: skip
+
+# A contract's settings: the defaults, one set for the ledger and for the peers.
+MIN_PEERS = 2
+MERGE_METHOD = "mean"
+LEADER_TIMEOUT_S = 20.0
+
+
+class SwarmError(RuntimeError):
+    """The swarm cannot go on for this peer; the message says why and what to do."""
+
+
+class SwarmConfigError(SwarmError, ValueError):
+    """Swarm settings or network configuration that cannot work; names the fix."""
+
+
+class MergedModelLost(SwarmError):
+    """Every site holding a merged model is gone, so it cannot be fetched."""
