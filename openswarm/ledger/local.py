@@ -228,19 +228,26 @@ class LocalLedger:
         log.close()
 
     def _wait_serving(self, replica: ReplicaProcess, timeout_s: float = 90.0) -> None:
-        assert replica.log_path is not None
+        """Until the replica answers its status RPC (as itself: a ledger identity). Any
+        answer counts, a refusal too: a node that has not applied its own admission yet,
+        or has halted, serves all the same."""
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            with open(replica.log_path, errors="replace") as log:
-                log.seek(replica.log_offset)
-                if "serving on" in log.read():
+        with LedgerClient([replica.grpc_address], self.identity(replica.name),
+                          timeout_s=2) as client:  # fmt: skip
+            while time.monotonic() < deadline:
+                if replica.process is not None and replica.process.poll() is not None:
+                    assert replica.log_path is not None
+                    raise LedgerError(
+                        f"{replica.name} exited with {replica.process.returncode}: "
+                        f"{replica.log_path.read_text(errors='replace')[-2000:]}"
+                    )
+                try:
+                    client.status()
                     return
-            if replica.process is not None and replica.process.poll() is not None:
-                raise LedgerError(
-                    f"{replica.name} exited with {replica.process.returncode}: "
-                    f"{replica.log_path.read_text(errors='replace')[-2000:]}"
-                )
-            time.sleep(0.05)
+                except LedgerError as exc:
+                    if not exc.transient:
+                        return
+                    time.sleep(0.05)
         raise LedgerError(f"{replica.name} did not start within {timeout_s:.0f} s")
 
     def wait_ready(self, client_name: str = "admin", timeout_s: float = 60.0) -> None:

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import threading
 import time
+from array import array
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ IDLE_TICK_S = 10.0
 ACTIVE_WINDOW_S = 30.0
 #: Least time between two signed heads: one signature covers every block committed meanwhile.
 HEAD_INTERVAL_S = 0.2
+WINDOW_BLOCKS = 1024  # recent blocks kept in memory (at most twice as many)
 
 
 class LedgerHalted(RuntimeError):
@@ -68,19 +70,24 @@ class LedgerReplica:
         self._changed = threading.Condition()
         self._closing = threading.Event()
         self.halted: str | None = None
-        self._blocks: list[dict[str, Any]] = []
-        self._positions: list[int] = []
+        # The last blocks, from height _window_base on; older ones are read from the chain
+        # file, so memory does not grow with the chain.
+        self._window: list[dict[str, Any]] = []
+        self._window_base = 0
+        self._positions = array("q")  # ordering position of each block, by height
         self._active_at = -ACTIVE_WINDOW_S  # monotonic time something besides a tick came
         self._head: dict[str, Any] | None = None
         self._head_block: dict[str, Any] | None = None
         self._head_wanted = threading.Event()
         self._head_lock = threading.Lock()
-        stored = self._replay_stored(genesis)
-        self._store = ChainStore(data_dir, stored_height=stored - 1)
+        offsets: list[int] = []
+        self._replay_stored(genesis, offsets)
+        self._store = ChainStore(data_dir, offsets=offsets)
         if self._store.stored_height < 0:
-            self._store.append(self._blocks[0], 0)
+            self._store.append(self._window[0], 0)
             self._store.flush(sync=True)
-        self._head_block = self._blocks[-1]
+        self._head_block = self._window[-1]
+        self._trim_window()
         self._flush_head()
         # Heads are signed off the commit path, coalesced: one signature covers every block
         # committed meanwhile, and close() signs the last one.
@@ -96,12 +103,12 @@ class LedgerReplica:
             thread.start()
 
     # --- start: the chain on disk ---------------------------------------------------------
-    def _replay_stored(self, genesis: dict[str, Any]) -> int:
+    def _replay_stored(self, genesis: dict[str, Any], offsets: list[int]) -> None:
         """Apply the stored chain again; refuse a chain of another genesis or an altered one.
-        Returns how many blocks the file held."""
+        Collects where each stored block starts in the file into `offsets`."""
         truncate_torn_tail(self._data_dir)
         positions: list[int] = []
-        stored = read_chain(self._data_dir, positions=positions)
+        stored = read_chain(self._data_dir, positions=positions, offsets=offsets)
         first = genesis_block(genesis)
         if stored and stored[0] != first:
             raise StoreError(
@@ -109,7 +116,7 @@ class LedgerReplica:
                 f"{stored[0].get('hash', '?')[:16]}…, this config's is {first['hash'][:16]}…); "
                 "point the node at its own data folder or move the old one away"
             )
-        self._blocks.append(first)
+        self._window.append(first)
         self._positions.append(0)
         for block, position in zip(stored[1:], positions[1:], strict=True):
             try:
@@ -122,10 +129,9 @@ class LedgerReplica:
                     "its record yields; the chain file was altered — run 'openswarm ledger "
                     "verify' on it and move it away to resync from the other nodes"
                 )
-            self._blocks.append(block)
+            self._window.append(block)
             self._positions.append(position)
             self._note_archive(block, position)
-        return len(stored)
 
     def _note_archive(self, block: dict[str, Any], position: int) -> None:
         """An applied archive transaction lets the orderer drop records up to its `upto`
@@ -143,15 +149,16 @@ class LedgerReplica:
             for position, record in batch:
                 block = self._state.commit(record)
                 self._store.append(block, position)
-                self._blocks.append(block)
+                self._window.append(block)
                 self._positions.append(position)
                 self._note_archive(block, position)
                 if "tick" not in block:
                     self._active_at = time.monotonic()
             self._store.flush(sync=self._orderer.durable_by_node)
+            self._trim_window()
             self._changed.notify_all()
         if self._signer is not None:
-            self._head_block = self._blocks[-1]
+            self._head_block = self._window[-1]
             self._head_wanted.set()
 
     def _halt(self, reason: str) -> None:
@@ -180,7 +187,7 @@ class LedgerReplica:
             height = self._state.tx_heights.get(tx_id)
             if height is None:
                 raise OrderingError(f"not applied within {timeout_s:g} s")
-            return self._blocks[height]
+            return self._block_locked(height)
 
     def _check_running(self) -> None:
         if self.halted is not None:
@@ -308,16 +315,37 @@ class LedgerReplica:
 
     def block(self, height: int) -> dict[str, Any] | None:
         with self._changed:
-            return self._blocks[height] if 0 <= height < len(self._blocks) else None
+            if not 0 <= height <= self._state.height:
+                return None
+            return self._block_locked(height)
 
     def blocks(self, start: int, stop: int | None = None) -> list[dict[str, Any]]:
+        """Blocks of heights start..stop-1 (to the last one without `stop`)."""
         with self._changed:
-            return self._blocks[max(start, 0) : stop]
+            end = self._state.height + 1 if stop is None else min(stop, self._state.height + 1)
+            start = max(start, 0)
+            base = self._window_base
+            recent = self._window[max(start, base) - base : max(end, base) - base]
+            older_stop = min(end, base)
+        older = self._store.read(start, older_stop) if start < older_stop else []
+        return older + recent
+
+    def _block_locked(self, height: int) -> dict[str, Any]:
+        if height >= self._window_base:
+            return self._window[height - self._window_base]
+        return self._store.read(height, height + 1)[0]
+
+    def _trim_window(self) -> None:
+        """Keep WINDOW_BLOCKS to 2 x WINDOW_BLOCKS recent blocks in memory."""
+        if len(self._window) > 2 * WINDOW_BLOCKS:
+            drop = len(self._window) - WINDOW_BLOCKS
+            del self._window[:drop]
+            self._window_base += drop
 
     def positions(self, start: int, stop: int | None = None) -> list[int]:
         """Where each block's record sits in the ordering layer (an etcd revision)."""
         with self._changed:
-            return self._positions[max(start, 0) : stop]
+            return list(self._positions[max(start, 0) : stop])
 
     def height_of_tx(self, tx_id: str) -> int | None:
         with self._changed:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -63,6 +64,7 @@ class LedgerService:
         self.replica = replica
         self.submit_timeout_s = submit_timeout_s
         self.limiter = CallLimiter(limits)
+        self.served = ServedCounts()
 
     # --- every call -----------------------------------------------------------------------
     def _admit(self, context: grpc.ServicerContext, *, stream: bool) -> tuple[CertIdentity, Slot]:
@@ -196,6 +198,7 @@ class LedgerService:
             "genesis_hash": snapshot["genesis_hash"],
             "last_hash": snapshot["last_hash"],
             "head": self.replica.signed_head(),
+            "served": self.served.totals(),
             **self.replica.time_info(),
         }
 
@@ -281,12 +284,12 @@ class LedgerService:
         }
         methods = {
             name: grpc.unary_unary_rpc_method_handler(
-                self._guarded(fn), response_serializer=encode_json
+                self._guarded(fn), response_serializer=self.served.serializer(name)
             )
             for name, fn in unary.items()
         }
         methods["Stream"] = grpc.unary_stream_rpc_method_handler(
-            self._guarded_stream, response_serializer=encode_json
+            self._guarded_stream, response_serializer=self.served.serializer("Stream")
         )
         return grpc.method_handlers_generic_handler(SERVICE, methods)
 
@@ -304,6 +307,30 @@ class LedgerService:
         caller, slot = self._admit(context, stream=True)
         with slot:
             yield from self.stream(_request(data, context), context, caller)
+
+
+class ServedCounts:
+    """Messages and bytes this node sent, per method (a stream counts each message): what
+    a swarm costs the ledger, in `status`."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[str, list[int]] = {}
+
+    def serializer(self, method: str) -> Callable[[Any], bytes]:
+        def encode(message: Any) -> bytes:
+            data = encode_json(message)
+            with self._lock:
+                counts = self._counts.setdefault(method, [0, 0])
+                counts[0] += 1
+                counts[1] += len(data)
+            return data
+
+        return encode
+
+    def totals(self) -> dict[str, dict[str, int]]:
+        with self._lock:
+            return {m: {"messages": c[0], "bytes": c[1]} for m, c in sorted(self._counts.items())}
 
 
 def _request(data: bytes, context: grpc.ServicerContext) -> dict[str, Any]:

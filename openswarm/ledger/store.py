@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+from array import array
 from pathlib import Path
 from typing import Any
 
@@ -26,16 +27,19 @@ class StoreError(RuntimeError):
 class ChainStore:
     """Append-only block file of one ledger node."""
 
-    def __init__(self, data_dir: Path | str, stored_height: int | None = None) -> None:
-        """Open the chain file for appending; `stored_height` is its last block's height,
-        when the caller has just read it (else the file is read to find it)."""
+    def __init__(self, data_dir: Path | str, offsets: list[int] | None = None) -> None:
+        """Open the chain file for appending; `offsets` are where each of its blocks starts,
+        when the caller has just read it (else the file is read to find them)."""
         self.path = Path(data_dir) / CHAIN_FILE
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        if stored_height is None:
-            stored_height = len(read_chain(self.path)) - 1
-        self._height = stored_height
+        if offsets is None:
+            offsets = []
+            read_chain(self.path, offsets=offsets)
+        self._offsets = array("q", offsets)  # byte offset of each block's line, by height
+        self._height = len(offsets) - 1
         self._file = open(self.path, "ab")  # noqa: SIM115 - held open for the store's life
+        self._end = self._file.tell()
         os.chmod(self.path, 0o600)
 
     @property
@@ -50,8 +54,33 @@ class ChainStore:
                     f"{self.path}: block {block['height']} does not follow stored block "
                     f"{self._height}"
                 )
-            self._file.write(canonical_bytes({**block, POSITION: position}) + b"\n")
+            line = canonical_bytes({**block, POSITION: position}) + b"\n"
+            self._file.write(line)
+            self._offsets.append(self._end)
+            self._end += len(line)
             self._height += 1
+
+    def read(self, start: int, stop: int) -> list[dict[str, Any]]:
+        """Stored blocks of heights start..stop-1 (what there is of them), read back from
+        the file: a node keeps only recent blocks in memory."""
+        with self._lock:
+            stop = min(stop, self._height + 1)
+            if start >= stop:
+                return []
+            self._file.flush()
+            first = self._offsets[start]
+        blocks = []
+        with open(self.path, "rb") as handle:
+            handle.seek(first)
+            while len(blocks) < stop - start:
+                line = handle.readline()
+                if not line:
+                    raise StoreError(f"{self.path}: ends before block {start + len(blocks)}")
+                if line.strip():
+                    block = json.loads(line)
+                    block.pop(POSITION, None)
+                    blocks.append(block)
+        return blocks
 
     def flush(self, *, sync: bool) -> None:
         """Hand written blocks to the OS; with `sync`, also to the disk (fsync)."""
@@ -66,17 +95,22 @@ class ChainStore:
             self._file.close()
 
 
-def read_chain(path: Path | str, *, positions: list[int] | None = None) -> list[dict[str, Any]]:
+def read_chain(
+    path: Path | str, *, positions: list[int] | None = None, offsets: list[int] | None = None
+) -> list[dict[str, Any]]:
     """Read every block of a chain file (empty list when the file does not exist); with
-    `positions`, also collect each block's position (-1 where none is recorded)."""
+    `positions`, also collect each block's position (-1 where none is recorded), with
+    `offsets` where each block's line starts in the file."""
     path = Path(path)
     if path.is_dir():
         path = path / CHAIN_FILE
     if not path.exists():
         return []
     blocks = []
+    offset = 0
     with open(path, "rb") as handle:
         for number, line in enumerate(handle, start=1):
+            start, offset = offset, offset + len(line)
             if not line.strip():
                 continue
             try:
@@ -90,6 +124,8 @@ def read_chain(path: Path | str, *, positions: list[int] | None = None) -> list[
             position = block.pop(POSITION, -1)
             if positions is not None:
                 positions.append(position if isinstance(position, int) else -1)
+            if offsets is not None:
+                offsets.append(start)
             blocks.append(block)
     return blocks
 

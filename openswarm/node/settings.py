@@ -34,7 +34,6 @@ class SwarmSettings:
     leader_timeout_s: float = LEADER_TIMEOUT_S
     extra_window_s: float = 2.0
     contribution: str = "snapshot"
-    poll_s: float = 0.05
     adaptive_sync: Mapping[str, int] | None = None  # {"start", "min", "max"} batches
     ledger_retry_s: float = 60.0  # how long to ride out an unreachable ledger before failing
     heartbeat_s: float = 5.0  # a signed presence call at least this often while running

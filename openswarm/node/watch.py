@@ -20,7 +20,7 @@ from openswarm.pki import Identity
 
 log = logging.getLogger("openswarm.peer")
 
-RECENT_ROUNDS = 8  # rounds of history each state carries (a round a peer waits on is recent)
+RECENT_ROUNDS = 3  # rounds of history each state carries (a round a peer waits on is recent)
 _RETRY_FIRST_S = 0.1
 _RETRY_MAX_S = 2.0
 
