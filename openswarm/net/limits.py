@@ -28,8 +28,11 @@ class CallLimits:
     """Unary calls one identity may have in flight."""
     streams_per_identity: int = 2
     """Server streams one identity may hold open."""
-    shared_slots: int = 24
-    """Unary calls in flight of all unprivileged identities together."""
+    shared_slots: int = 64
+    """Unary calls in flight of all unprivileged identities together. A swarm's sites act
+    in step (each sends `ready`, `loaded` and its metrics within the same moment), so this
+    is sized for 64 sites at once: with fewer slots than sites, every such step has calls
+    refused and retried."""
     stream_slots: int = 64
     """Streams of all unprivileged identities together (each holds a worker thread while
     open). The server needs more worker threads than `shared_slots + stream_slots`, so that
