@@ -2,10 +2,12 @@
 
 A parameter set is an ordered mapping of name -> numpy array or torch tensor. Torch is
 optional and imported only when torch tensors are given or ``as_torch=True`` is asked.
+``to_torch`` turns a decoded numpy array (``ml_dtypes`` bfloat16 too) into a tensor.
 Pickle is never used. Bytes from outside (``decode``, ``decode_file``, ``digest_encoded``,
 ``digest_file``) fail only with CodecError, within the ``MAX_*`` bounds exported here.
 """
 
+from openswarm.codec.arrays import to_torch
 from openswarm.codec.decode import decode, decode_file
 from openswarm.codec.digest import digest, digest_encoded, digest_file
 from openswarm.codec.dtypes import SUPPORTED_NAMES as SUPPORTED_DTYPES
@@ -41,4 +43,5 @@ __all__ = [
     "encode",
     "encode_to_file",
     "iter_encoded_chunks",
+    "to_torch",
 ]

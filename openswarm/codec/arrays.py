@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from openswarm.codec.dtypes import BY_NAME, SUPPORTED_NAMES, DType
+from openswarm.codec.errors import CodecError
 
 
 class UnsupportedValueError(ValueError):
@@ -87,6 +88,28 @@ def numpy_bfloat16() -> np.dtype:
     """The ``ml_dtypes`` bfloat16 numpy dtype, or ImportError if ml_dtypes is missing."""
     ml_dtypes = importlib.import_module("ml_dtypes")
     return np.dtype(ml_dtypes.bfloat16)
+
+
+def to_torch(value: Any) -> Any:
+    """``value`` as a torch tensor, sharing its memory where it can; torch tensors unchanged.
+
+    numpy arrays and scalars of every supported dtype convert exactly, ``ml_dtypes``
+    bfloat16 included (its bits become ``torch.bfloat16``, which ``torch.from_numpy`` refuses);
+    anything else raises CodecError.
+    """
+    if is_torch(value):
+        return value
+    try:
+        dtype, shape = describe(value)
+    except UnsupportedValueError as exc:
+        raise CodecError(str(exc)) from None
+    torch = import_torch()
+    arr = np.asarray(value)
+    if not (arr.flags.c_contiguous and arr.flags.writeable and arr.dtype.isnative):
+        arr = np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("="), copy=True)
+    if dtype.name == "bfloat16":
+        return torch.from_numpy(arr.view(np.int16)).view(torch.bfloat16).reshape(shape)
+    return torch.from_numpy(arr)
 
 
 def from_storage(flat: np.ndarray, shape: tuple[int, ...], dtype: DType, *, as_torch: bool) -> Any:

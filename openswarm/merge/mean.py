@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from openswarm.codec.arrays import numpy_bfloat16
+from openswarm.codec.dtypes import DType
 from openswarm.merge.combine import combine
 from openswarm.merge.errors import MergeInputError
 from openswarm.merge.inputs import Prepared, prepare
@@ -26,8 +28,9 @@ def mean(
     beforehand); a NaN or infinity raises MergeInputError naming the peer and tensor.
 
     `out` (numpy inputs only): C-contiguous arrays of the inputs' names, shapes and dtypes
-    to write the result into, e.g. kept from one round to the next so that no fresh memory
-    is touched; the returned arrays are views of them.
+    (bfloat16 as ``ml_dtypes`` arrays or their uint16 bits) to write the result into, e.g.
+    kept from one round to the next so that no fresh memory is touched; the returned arrays
+    are views of them.
     """
     prep = prepare(param_sets, weights, check_finite="dropped")
     outputs = None if out is None else _flat_outputs(prep, out)
@@ -42,7 +45,7 @@ def _flat_outputs(prep: Prepared, out: Mapping[str, np.ndarray]) -> list[np.ndar
         target = out.get(spec.name)
         if (
             not isinstance(target, np.ndarray)
-            or target.dtype != spec.dtype.storage
+            or target.dtype not in (spec.dtype.storage, _held_as(spec.dtype))
             or target.size != spec.size
             or not target.flags.c_contiguous
             or not target.flags.writeable
@@ -51,5 +54,16 @@ def _flat_outputs(prep: Prepared, out: Mapping[str, np.ndarray]) -> list[np.ndar
                 f"out[{spec.name!r}] must be a writable C-contiguous {spec.dtype.name} array "
                 f"of {spec.size} values"
             )
-        flats.append(target.reshape(-1))
+        flats.append(target.reshape(-1).view(spec.dtype.storage))
     return flats
+
+
+def _held_as(dtype: DType) -> np.dtype:
+    """The numpy dtype a decoded array of ``dtype`` has (``ml_dtypes`` bfloat16 for
+    bfloat16, when installed; its raw storage, uint16, otherwise)."""
+    if dtype.name != "bfloat16":
+        return dtype.storage
+    try:
+        return numpy_bfloat16()
+    except ImportError:
+        return dtype.storage
