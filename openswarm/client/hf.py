@@ -3,25 +3,48 @@
 Optimizer steps count as batches. `hf_mode="full"` syncs the model's whole state_dict;
 `hf_mode="peft"` syncs only the adapter weights of a PEFT model (what
 `peft.get_peft_model_state_dict` returns: e.g. the LoRA matrices and any `modules_to_save`).
+Parameters may be on any device and in any dtype (see `openswarm.client.torch`).
+
+A Trainer run on several processes (`accelerate launch`, `torchrun`: DDP, one replica of
+the model per process) takes part as one site. Only global rank 0 talks to the swarm; the
+others call no ledger and open no port. At the first and last step, and every
+`sync_frequency` optimizer steps (the steps at which rank 0 syncs), rank 0 broadcasts
+over the job's own process group what it loaded: the encoded merged parameters, its round
+count and its sync interval (which adaptive sync may change). The others load them with
+`set_params`, so every replica holds the merged model; after the last step each compares
+its final digest with rank 0's. While rank 0 waits for the swarm the others wait in that
+broadcast: give `TrainingArguments(ddp_timeout=…)` more seconds than the longest wait for
+the other sites (the start of training and its end, when every site must finish). If rank
+0 fails in a step, the others raise SwarmError too. Sharded training (FSDP, DeepSpeed
+ZeRO-3, tensor parallelism) is refused: each process must hold the whole model.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-import numpy as np
 import torch
 
 from openswarm.client.base import SwarmCallbackBase
-from openswarm.node.peer import SwarmError
+from openswarm.client.torch import (
+    FAILED,
+    LOADED,
+    NOTHING,
+    GroupMessage,
+    SiteGroup,
+    host_tensors,
+    matching_tensors,
+    require_bfloat16_support,
+)
+from openswarm.codec import decode, digest, encode
+from openswarm.protocol import HF_MODES, SwarmError
 
 try:
     from transformers import TrainerCallback, default_data_collator
 except ImportError as exc:  # pragma: no cover - depends on the installation
     raise ImportError("openswarm.hf needs transformers: pip install 'openswarm[hf]'") from exc
 
-HF_MODES = ("full", "peft")
 DEFAULT_VAL_BATCH_SIZE = 32
 
 
@@ -65,35 +88,35 @@ class SwarmCallback(SwarmCallbackBase, TrainerCallback):
         self.hf_mode = hf_mode
         self.val_data = val_data
         self.val_batch_size = val_batch_size
+        require_bfloat16_support(self._state())
+        self.group: SiteGroup | None = None  # set by on_train_begin for a multi-process job
+        self._group_steps = 0
+        self._loaded = False  # set_params ran since rank 0 last told the others
 
     # --- parameters -----------------------------------------------------------------------
     def get_params(self) -> dict[str, torch.Tensor]:
+        return host_tensors(self._state())
+
+    def set_params(self, params: Mapping[str, Any]) -> None:
+        tensors = matching_tensors(self._state(), params)
+        with torch.no_grad():  # copy_ onto each tensor's own device, dtype unchanged
+            if self.hf_mode == "full":
+                self.model.load_state_dict(tensors, strict=True)
+            else:
+                from peft import set_peft_model_state_dict
+
+                result = set_peft_model_state_dict(self.model, tensors)
+                if result.unexpected_keys:
+                    raise SwarmError(f"PEFT did not load {sorted(result.unexpected_keys)[:5]}")
+        self._loaded = True
+
+    def _state(self) -> Mapping[str, torch.Tensor]:
+        """The synced tensors, where the model holds them (any device)."""
         if self.hf_mode == "peft":
             from peft import get_peft_model_state_dict
 
-            state = get_peft_model_state_dict(self.model)
-        else:
-            state = self.model.state_dict()
-        return {name: t.detach().cpu() for name, t in state.items()}
-
-    def set_params(self, params: Mapping[str, Any]) -> None:
-        tensors = {name: _tensor(value) for name, value in params.items()}
-        with torch.no_grad():
-            if self.hf_mode == "full":
-                self.model.load_state_dict(tensors, strict=True)
-                return
-            from peft import set_peft_model_state_dict
-
-            expected = set(self.get_params())
-            if set(tensors) != expected:
-                missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
-                raise SwarmError(
-                    f"adapter weights do not match the model: missing {missing[:5]}, "
-                    f"unexpected {extra[:5]}"
-                )
-            result = set_peft_model_state_dict(self.model, tensors)
-            if result.unexpected_keys:
-                raise SwarmError(f"PEFT did not load {sorted(result.unexpected_keys)[:5]}")
+            return get_peft_model_state_dict(self.model)
+        return self.model.state_dict()
 
     # --- validation -----------------------------------------------------------------------
     def evaluate(self) -> tuple[float | None, float | None]:
@@ -146,11 +169,19 @@ class SwarmCallback(SwarmCallbackBase, TrainerCallback):
             self.logger.warning("the Trainer trains another model object than SwarmCallback's")
         if self.total_epochs is None and getattr(state, "num_train_epochs", 0):
             self.total_epochs = int(state.num_train_epochs)
-        SwarmCallbackBase.on_train_begin(self)
+        self.group = None if self.loopback else _site_group(args)
+        self._group_steps = 0
+        self._site_step(lambda: SwarmCallbackBase.on_train_begin(self), shared=True)
 
     def on_step_end(self, args: Any = None, state: Any = None, control: Any = None,
                     **kwargs: Any) -> None:  # fmt: skip
-        SwarmCallbackBase.on_batch_end(self)
+        shared = False
+        if self.group is not None:  # the steps at which rank 0 syncs, counted on every rank
+            self._group_steps += 1
+            shared = self._group_steps >= self.sync_frequency
+            if shared:
+                self._group_steps = 0
+        self._site_step(lambda: SwarmCallbackBase.on_batch_end(self), shared=shared)
 
     def on_epoch_end(self, args: Any = None, state: Any = None, control: Any = None,
                      **kwargs: Any) -> None:  # fmt: skip
@@ -159,7 +190,53 @@ class SwarmCallback(SwarmCallbackBase, TrainerCallback):
 
     def on_train_end(self, args: Any = None, state: Any = None, control: Any = None,
                      **kwargs: Any) -> None:  # fmt: skip
-        SwarmCallbackBase.on_train_end(self)
+        self._site_step(lambda: SwarmCallbackBase.on_train_end(self), shared=True, final=True)
+
+    # --- several processes as one site ----------------------------------------------------
+    def _site_step(self, step: Callable[[], None], *, shared: bool, final: bool = False) -> None:
+        """Run a swarm step: alone; or on rank 0 of a multi-process job, then (when
+        ``shared``) broadcast its outcome, which the other ranks receive and load."""
+        group = self.group
+        if group is None:
+            step()
+            return
+        if not group.is_main:
+            if shared:
+                self._follow(group.receive(), group.rank, final)
+            return
+        try:
+            step()
+            message = self._outcome(final) if shared else None
+        except BaseException:
+            if shared:  # the others are waiting for this step's message: end them too
+                group.send(GroupMessage(FAILED, self.rounds, self.sync_frequency))
+            raise
+        if message is not None:
+            group.send(message)
+
+    def _outcome(self, final: bool) -> GroupMessage:
+        """Rank 0's message: the parameters it loaded since the last one, if any."""
+        loaded, self._loaded = self._loaded, False
+        data = encode(self.get_params()) if loaded else None
+        return GroupMessage(
+            LOADED if loaded else NOTHING, self.rounds, self.sync_frequency,
+            digest=self.final_digest if final else None, data=data,
+        )  # fmt: skip
+
+    def _follow(self, message: GroupMessage, rank: int, final: bool) -> None:
+        """Another rank: load what rank 0 loaded; after the last step, check the digest."""
+        if message.status == FAILED:
+            raise SwarmError(f"rank {rank}: the site's main process (rank 0) failed; see its log")
+        self.rounds, self.sync_frequency = message.rounds, message.sync_frequency
+        if message.data is not None:
+            self.set_params(decode(message.data, as_torch=True))
+        if final:
+            self.final_digest = digest(self.get_params())
+            if message.digest is not None and message.digest != self.final_digest:
+                raise SwarmError(
+                    f"rank {rank} ends with model {self.final_digest[:12]}… but rank 0 with "
+                    f"{message.digest[:12]}…"
+                )
 
 
 def _require_peft_model(model: torch.nn.Module) -> None:
@@ -174,8 +251,25 @@ def _require_peft_model(model: torch.nn.Module) -> None:
         )
 
 
-def _tensor(value: Any) -> torch.Tensor:
-    return value if isinstance(value, torch.Tensor) else torch.from_numpy(np.array(value))
+def _site_group(args: Any) -> SiteGroup | None:
+    """The job's process group when this Trainer runs on several processes (else None);
+    SwarmError for sharded training, where no process holds the whole model."""
+    group = SiteGroup.current(getattr(args, "device", None))
+    if group is None:
+        return None
+    sharded = bool(getattr(args, "fsdp", None))
+    try:
+        from transformers.integrations import is_deepspeed_zero3_enabled
+
+        sharded = sharded or is_deepspeed_zero3_enabled()
+    except ImportError:  # pragma: no cover - depends on the transformers version
+        pass
+    if sharded:
+        raise SwarmError(
+            "FSDP and DeepSpeed ZeRO-3 shard the model over the processes: a site must hold "
+            "whole parameters; train with data parallelism (DDP, ZeRO-1/2) instead"
+        )
+    return group
 
 
 def _inputs(batch: Any, device: torch.device) -> dict[str, torch.Tensor]:

@@ -1,15 +1,26 @@
-"""The PyTorch binding: `SwarmCallback` for an ordinary training loop."""
+"""The PyTorch binding: `SwarmCallback` for an ordinary training loop.
+
+Parameters may live on any device (CPU, CUDA, MPS, or spread over several) in any codec
+dtype (float16, bfloat16, float32, float64, integer and bool buffers): they are copied to
+the host to be encoded, and merged values are copied back onto each tensor's own device
+and dtype, bit for bit. `SiteGroup` lets the processes of one `torch.distributed` job
+(DDP, `accelerate launch`) take part as one site: see `openswarm.client.hf`.
+"""
 
 from __future__ import annotations
 
+import importlib.util
+import struct
+import warnings
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
 from openswarm.client.base import SwarmCallbackBase
-from openswarm.node.peer import SwarmError
+from openswarm.codec import CodecError, to_torch
+from openswarm.protocol import SwarmError
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 MetricFn = Callable[[torch.Tensor, torch.Tensor], float]
@@ -44,6 +55,7 @@ class SwarmCallback(SwarmCallbackBase):
     ) -> None:
         if not isinstance(model, torch.nn.Module):
             raise SwarmError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        require_bfloat16_support(model.state_dict())
         super().__init__(sync_frequency=sync_frequency, min_peers=min_peers, **options)
         self.model = model
         self.val_data = val_data
@@ -51,14 +63,11 @@ class SwarmCallback(SwarmCallbackBase):
         self.metric_fn = metric_fn
 
     def get_params(self) -> dict[str, torch.Tensor]:
-        return {name: t.detach().cpu() for name, t in self.model.state_dict().items()}
+        return host_tensors(self.model.state_dict())
 
     def set_params(self, params: Mapping[str, Any]) -> None:
-        tensors = {
-            name: value if isinstance(value, torch.Tensor) else torch.from_numpy(np.array(value))
-            for name, value in params.items()
-        }
-        with torch.no_grad():
+        tensors = matching_tensors(self.model.state_dict(), params)
+        with torch.no_grad():  # copy_ onto each tensor's own device, dtype unchanged
             self.model.load_state_dict(tensors, strict=True)
 
     def evaluate(self) -> tuple[float | None, float | None]:
@@ -91,3 +100,149 @@ def _loss(loss_fn: LossFn | str | None, args: Mapping[str, Any] | None) -> LossF
     if cls is None or not isinstance(cls, type) or not issubclass(cls, torch.nn.Module):
         raise SwarmError(f"loss function {loss_fn!r} is not a torch.nn loss class name")
     return cls(**dict(args or {}))
+
+
+# --- parameters on any device, in any dtype ------------------------------------------------
+def host_tensors(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Detached host (CPU) tensors of ``state``, dtypes kept; device tensors are copied, host
+    ones shared. Sharded (DTensor) and meta tensors raise SwarmError."""
+    out: dict[str, torch.Tensor] = {}
+    for name, tensor in state.items():
+        if type(tensor).__name__ == "DTensor":
+            raise SwarmError(
+                f"tensor {name!r} is sharded (DTensor, from FSDP or tensor parallelism): a site "
+                "must hold whole parameters; train with data parallelism (DDP) instead"
+            )
+        if tensor.is_meta:
+            raise SwarmError(
+                f"tensor {name!r} is on the meta device (offloaded or not materialised): "
+                "load the model's weights onto a real device before syncing it"
+            )
+        out[name] = tensor.detach().cpu()
+    return out
+
+
+def matching_tensors(
+    expected: Mapping[str, torch.Tensor], params: Mapping[str, Any]
+) -> dict[str, torch.Tensor]:
+    """``params`` (numpy arrays, ``ml_dtypes`` bfloat16 too, or tensors) as host tensors, in
+    ``expected``'s order, after checking they have exactly its names, shapes and dtypes:
+    loading them then copies bit for bit. SwarmError names the first mismatch."""
+    missing = [n for n in expected if n not in params]
+    extra = [n for n in params if n not in expected]
+    if missing or extra:
+        raise SwarmError(
+            f"parameters do not match the model: missing {missing[:5]}, unexpected {extra[:5]}"
+        )
+    out: dict[str, torch.Tensor] = {}
+    for name, target in expected.items():
+        try:
+            value = to_torch(params[name])
+        except CodecError as exc:
+            raise SwarmError(f"parameter {name!r}: {exc}") from None
+        if value.dtype != target.dtype or value.shape != target.shape:
+            raise SwarmError(
+                f"parameter {name!r} is {value.dtype} {tuple(value.shape)} but the model holds "
+                f"{target.dtype} {tuple(target.shape)}"
+            )
+        out[name] = value
+    return out
+
+
+def require_bfloat16_support(state: Mapping[str, torch.Tensor]) -> None:
+    """SwarmError unless ``ml_dtypes`` is installed when ``state`` holds bfloat16 tensors (the
+    swarm runtime decodes parameters as numpy arrays, and numpy needs it for bfloat16)."""
+    if importlib.util.find_spec("ml_dtypes") is not None:
+        return
+    for name, tensor in state.items():
+        if tensor.dtype == torch.bfloat16:
+            raise SwarmError(
+                f"tensor {name!r} is bfloat16, which the swarm runtime holds as numpy arrays "
+                "only with the ml_dtypes package: pip install ml_dtypes"
+            )
+
+
+# --- several processes as one site ---------------------------------------------------------
+NOTHING, LOADED, FAILED = 0, 1, 2
+_HEADER = struct.Struct("<qqqq32s")  # status, data bytes, rounds, sync_frequency, digest
+
+
+@dataclass(frozen=True)
+class GroupMessage:
+    """What the main process tells the others after a step: whether it failed or loaded
+    new parameters (``data``, encoded), its round count and sync interval, and (after the
+    last step) the final model's digest."""
+
+    status: int
+    rounds: int
+    sync_frequency: int
+    digest: str | None = None
+    data: bytes | memoryview | None = None
+
+
+@dataclass(frozen=True)
+class SiteGroup:
+    """The processes of a `torch.distributed` job (DDP, `accelerate launch`, torchrun) that
+    train one replica of the model each, and take part in the swarm as one site: global
+    rank 0 talks to the swarm, then broadcasts to the others what it loaded.
+
+    Every process must call `send`/`receive` at the same steps (collectives). Messages go
+    over the default process group, on `device`: the CPU under gloo, else the process's
+    accelerator (NCCL needs CUDA tensors). Nothing is pickled: a fixed-size header, then
+    the encoded parameters as bytes.
+    """
+
+    rank: int
+    size: int
+    device: torch.device
+
+    @classmethod
+    def current(cls, device: torch.device | str | None = None) -> SiteGroup | None:
+        """The default process group if it has several processes, else None. ``device``:
+        this process's accelerator (e.g. `TrainingArguments.device`), used when the
+        backend cannot carry CPU tensors."""
+        dist = torch.distributed
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+            return None
+        backend = str(dist.get_backend()).lower()
+        if "gloo" in backend or "mpi" in backend:
+            where = torch.device("cpu")
+        elif device is not None and torch.device(device).type != "cpu":
+            where = torch.device(device)
+        else:
+            where = torch.device("cuda", torch.cuda.current_device())
+        return cls(dist.get_rank(), dist.get_world_size(), where)
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this is the process that talks to the swarm (global rank 0)."""
+        return self.rank == 0
+
+    def send(self, message: GroupMessage) -> None:
+        """Broadcast ``message`` from the main process."""
+        data = b"" if message.data is None else message.data
+        header = _HEADER.pack(
+            message.status, len(data), message.rounds, message.sync_frequency,
+            bytes.fromhex(message.digest) if message.digest else bytes(32),
+        )  # fmt: skip
+        self._broadcast(header, len(header))
+        if data:
+            self._broadcast(data, len(data))
+
+    def receive(self) -> GroupMessage:
+        """The main process's next message (on the other processes)."""
+        header = self._broadcast(None, _HEADER.size)
+        status, size, rounds, frequency, raw = _HEADER.unpack(bytes(header))
+        data = self._broadcast(None, size) if size else None
+        digest = raw.hex() if any(raw) else None
+        return GroupMessage(status, rounds, frequency, digest, data)
+
+    def _broadcast(self, data: bytes | memoryview | None, size: int) -> memoryview:
+        if data is not None:
+            with warnings.catch_warnings():  # read-only bytes: a broadcast's source is only read
+                warnings.simplefilter("ignore", UserWarning)
+                buffer = torch.frombuffer(data, dtype=torch.uint8).to(self.device)
+        else:
+            buffer = torch.empty(size, dtype=torch.uint8, device=self.device)
+        torch.distributed.broadcast(buffer, src=0)
+        return memoryview(buffer.cpu().numpy())
