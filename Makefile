@@ -78,4 +78,4 @@ bench-flower: $(FLOWER_STAMP)
 	$(FLOWER_VENV)/bin/python benchmarks/vs_flower.py $(FLOWER_ARGS)
 
 clean:
-	rm -rf $(VENV) $(KERAS_VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(KERAS_VENV) $(FLOWER_VENV) build *.egg-info .pytest_cache .ruff_cache
