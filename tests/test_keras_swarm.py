@@ -66,6 +66,8 @@ def test_weights_are_named_in_order_and_load_exactly(tmp_path: Path) -> None:
         cb.swarm.set_params(bad)
     with pytest.raises(SwarmError, match="val_data"):
         SwarmCallback(4, 1, val_data=(1, 2, 3, 4), network=network)
+    with pytest.raises(SwarmError, match="model must be a keras Model, got dict"):
+        SwarmCallback(4, 1, model={}, network=network)
 
 
 def test_evaluate_reports_loss_and_first_metric_and_keeps_fit_metrics(tmp_path: Path) -> None:

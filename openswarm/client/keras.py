@@ -14,7 +14,6 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
 
 def choose_backend() -> str | None:
@@ -46,7 +45,6 @@ from openswarm.client.keras_common import (  # noqa: E402
     named_weights,
     weight_names,
 )
-from openswarm.node.peer import SwarmError  # noqa: E402
 
 __all__ = ["KerasSite", "SwarmCallback", "named_weights", "weight_names"]
 
@@ -71,19 +69,4 @@ class SwarmCallback(KerasCallbackMixin, keras.callbacks.Callback):
     silently left the swarm.
     """
 
-    def __init__(
-        self,
-        sync_frequency: int,
-        min_peers: int,
-        *,
-        model: keras.Model | None = None,
-        val_data: Any = None,
-        val_batch_size: int | None = None,
-        **options: Any,
-    ) -> None:
-        super().__init__()
-        if model is not None:
-            if not isinstance(model, keras.Model):
-                raise SwarmError(f"model must be a keras.Model, got {type(model).__name__}")
-            self.set_model(model)
-        self._join(sync_frequency, min_peers, val_data, val_batch_size, options)
+    model_class = keras.Model

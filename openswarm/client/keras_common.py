@@ -127,24 +127,36 @@ def _metric_variables(model: Any) -> list[Any]:
 
 
 class KerasCallbackMixin:
-    """The callback hooks and what the swarm exposes, for either Keras generation.
+    """The callback's constructor, hooks and what the swarm exposes, for either Keras
+    generation: mixed in before that Keras's `Callback`, with `model_class` its `Model`.
 
-    Mixed in before the Keras `Callback` class; the subclass's `__init__` calls
-    `Callback.__init__` and then `_join(...)`.
+    `SwarmCallback(sync_frequency, min_peers, *, model=None, val_data=None,
+    val_batch_size=None, **options)`; `options` are `SwarmCallbackBase`'s.
     """
 
+    model_class: type
     model: Any
     params: dict[str, Any]
     swarm: KerasSite
 
-    def _join(
+    def __init__(
         self,
         sync_frequency: int,
         min_peers: int,
-        val_data: Any,
-        val_batch_size: int | None,
-        options: dict[str, Any],
+        *,
+        model: Any = None,
+        val_data: Any = None,
+        val_batch_size: int | None = None,
+        **options: Any,
     ) -> None:
+        super().__init__()  # the Keras Callback's
+        if model is not None:
+            if not isinstance(model, self.model_class):
+                raise SwarmError(
+                    f"model must be a {self.model_class.__module__.split('.')[0]} Model, "
+                    f"got {type(model).__name__}"
+                )
+            self.set_model(model)  # type: ignore[attr-defined]
         check_val_data(val_data)
         self.val_data = val_data
         self.val_batch_size = val_batch_size
