@@ -8,9 +8,11 @@ OPENSWARM_RESULT. Settings: MAX_EPOCHS (default 3), MIN_PEERS, SYNC_FREQUENCY (d
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import logging
 import os
+import signal
 from collections.abc import Mapping
 from typing import Any
 
@@ -62,6 +64,8 @@ class NumpySwarmCallback(SwarmCallbackBase):
 
 def main() -> None:
     logging.basicConfig(level="INFO", format="%(asctime)s %(name)s %(message)s")
+    # Stopped by the launcher (a run that hangs), a site writes where its threads were.
+    faulthandler.register(signal.SIGTERM, chain=True)
     env = os.environ
     rank = int(env["OPENSWARM_RANK"])
     epochs = int(env.get("MAX_EPOCHS", "3"))

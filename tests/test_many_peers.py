@@ -60,9 +60,10 @@ def _digests(stdout: str) -> dict[str, str]:
 
 
 def _unfinished_logs(workdir: Path) -> dict[str, str]:
-    """The log tails of the sites that wrote no result."""
+    """The log tails of the sites that wrote no result (with their threads' stacks, when the
+    launcher stopped them: see many_peers_script.py)."""
     return {
-        log.stem: log.read_text(errors="replace")[-3000:]
+        log.stem: log.read_text(errors="replace")[-5000:]
         for log in sorted(workdir.glob("site-*.log"))
         if not (workdir / log.stem / "result.json").exists()
     }
