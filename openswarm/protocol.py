@@ -33,6 +33,10 @@ EVENT_KINDS = frozenset(
      "all_finished", "sync_interval", "admitted", "revoked", "archived", "contract_created"}
 )  # fmt: skip
 
+#: The ledger's gRPC service, and how a replica says it cannot commit for want of quorum.
+LEDGER_SERVICE = "openswarm.ledger.Ledger"
+NO_QUORUM = "no quorum"
+
 # A contract's settings: the defaults, one set for the ledger and for the peers.
 MIN_PEERS = 2
 MERGE_METHOD = "mean"

@@ -115,6 +115,12 @@ def test_quorum_waits_a_window_for_late_joiners_then_seals() -> None:
     assert next_step(view, me(quorum_since=NOW), NOW + WINDOW_S).kind == "seal"
     everyone = _open_round(("a", "b", "c"), _member("a"), _member("b"), _member("c"))
     assert next_step(everyone, me(), NOW).kind == "seal"  # nobody left to wait for
+    # one seal is enough: the others take their turn only if the ones before them are gone
+    second = next_step(everyone, me(name="b"), NOW)
+    assert second.kind == "wait" and second.until == NOW + RESEND_S
+    assert next_step(everyone, me(name="b", quorum_since=NOW), NOW + RESEND_S).kind == "seal"
+    late = next_step(view, me(name="c", quorum_since=NOW), NOW + WINDOW_S)  # not ready itself
+    assert late.kind == "wait" and late.until == NOW + WINDOW_S + 2 * RESEND_S
 
 
 def test_silent_or_inactive_members_are_not_waited_for() -> None:

@@ -9,11 +9,12 @@ from typing import Any
 
 import grpc
 
-from openswarm.ledger.service import NO_QUORUM, SERVICE
 from openswarm.ledger.tx import Transaction, make_transaction
 from openswarm.net import FAST_RECONNECT, secure_channel
 from openswarm.net.jsonrpc import decode_json, encode_json, json_stub
 from openswarm.pki import Identity, role_host
+from openswarm.protocol import LEDGER_SERVICE as SERVICE
+from openswarm.protocol import NO_QUORUM
 
 #: How long a client with several endpoints waits for one to connect before trying the next.
 CONNECT_WAIT_S = 3.0

@@ -16,8 +16,9 @@ from openswarm.net import caller_identity, require_role
 from openswarm.net.jsonrpc import decode_json, encode_json
 from openswarm.net.limits import CallLimiter, CallLimits, LimitExceeded, Slot
 from openswarm.pki import CertIdentity, PkiError
+from openswarm.protocol import LEDGER_SERVICE, NO_QUORUM
 
-SERVICE = "openswarm.ledger.Ledger"
+SERVICE = LEDGER_SERVICE
 MAX_TX_BYTES = 256 * 1024
 #: Largest request the server reads. A transaction of MAX_TX_BYTES (UTF-8) can take up to
 #: three times that on the wire once clients escape non-ASCII text; gRPC refuses anything
@@ -26,7 +27,6 @@ MAX_REQUEST_BYTES = 3 * MAX_TX_BYTES + 64 * 1024
 STREAM_POLL_S = 0.5
 #: Most rounds of history a contract watch sends with each state.
 WATCH_RECENT = 16
-NO_QUORUM = "no quorum"
 #: Server worker threads: the peers' unary calls and streams (CallLimits.shared_slots and
 #: stream_slots), the rest kept for admins and for refusing calls over a limit.
 MAX_WORKERS = CallLimits().workers

@@ -15,6 +15,9 @@ from typing import Any
 #: How soon the same transaction (a seal, a timeout vote) may be sent again for one round
 #: when the state it should have changed has not come back yet.
 RESEND_S = 1.0
+#: A ready site seals after those before it in name order had their turn (RESEND_S each),
+#: counting at most this many turns.
+SEAL_TURNS = 3
 #: Longest wait without a reason: the view is looked at again (locally) at least this often.
 IDLE_S = 5.0
 
@@ -158,10 +161,18 @@ def _unsealed(view: RoundView, me: Me, now: float) -> Step:
     if len(ready) < me.min_peers:
         until = _earliest_absence(expected, timeout, now)
         return Step("wait", until=until, ready=ready, waiting=waiting, absent=absent)
-    window_end = (me.quorum_since if me.quorum_since is not None else now) + me.extra_window_s
+    quorum_at = me.quorum_since if me.quorum_since is not None else now
+    window_end = quorum_at + me.extra_window_s
     if waiting and now < window_end:
         until = min(window_end, _earliest_absence(expected, timeout, now))
         return Step("wait", until=until, ready=ready, waiting=waiting, absent=absent,
+                    quorum=True)  # fmt: skip
+    # One seal is enough: the first ready site (by name) seals at once, the k-th only
+    # k x RESEND_S later (counting at most SEAL_TURNS), should the ones before it be gone.
+    turn = min(ready.index(me.name) if me.name in ready else len(ready), SEAL_TURNS)
+    seal_at = (window_end if waiting else quorum_at) + turn * RESEND_S
+    if now < seal_at:
+        return Step("wait", until=seal_at, ready=ready, waiting=waiting, absent=absent,
                     quorum=True)  # fmt: skip
     step = _resend("seal", me, now)
     return Step(step.kind, until=step.until, ready=ready, waiting=waiting, absent=absent,

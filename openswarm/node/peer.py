@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -189,9 +190,13 @@ class SwarmPeer:
             except LedgerError as exc:
                 if not exc.transient or time.monotonic() + pause > deadline:
                     raise SwarmError(f"ledger unavailable while {what}: {exc}") from exc
-                log.warning("%s: ledger unavailable while %s (%s); retrying", self.name,
-                            what, exc)  # fmt: skip
-            time.sleep(pause)
+                if "RESOURCE_EXHAUSTED" in str(exc):  # busy or rate-limited: it is there
+                    log.info("%s: ledger busy while %s (%s); retrying", self.name, what, exc)
+                else:
+                    log.warning("%s: ledger unavailable while %s (%s); retrying", self.name,
+                                what, exc)  # fmt: skip
+            # jittered, so that sites refused together do not all come back together
+            time.sleep(pause * random.uniform(0.5, 1.5))
             pause = min(pause * 2, 2.0)
 
     def _submit(
@@ -495,11 +500,11 @@ class SwarmPeer:
             latest = view.get("latest_merged") or {}
             if latest.get("round") == r and latest.get("digest") == digest:
                 sources = [*sources, *latest.get("holders", [])]
+            found = self.server.store.find("merged", r, digest)  # held here already
+            if found:
+                return self._decode_merged(r, digest, found.data)
             for name in dict.fromkeys(sources):
                 if name == self.name:
-                    found = self.server.store.find("merged", r, digest)
-                    if found:
-                        return self._decode_merged(r, digest, found.data)
                     continue
                 member = view["members"].get(name)
                 left = deadline - time.monotonic()
