@@ -21,14 +21,11 @@ def eta_seconds(state: Mapping[str, Any]) -> dict[str, float | None]:
     timestamps); a site that has done fraction p of its epochs needs elapsed·(1-p)/p more.
     """
     history = state.get("history") or []
-    if not history:
-        return {}
-    start = history[0].get("sealed_at")
+    start = history[0].get("sealed_at") if history else None
     stamps = [h.get("merged_at") or h.get("aborted_at") for h in history]
     latest = max((t for t in stamps if t is not None), default=None)
-    if start is None or latest is None or latest <= start:
-        return {}
-    elapsed = latest - start
+    # unknown while the ledger's clock (ticking once a second) has not moved since the start
+    elapsed = None if start is None or latest is None or latest <= start else latest - start
     reports: dict[str, dict[str, Any]] = {}
     for round in sorted(state.get("metrics") or {}, key=int):
         reports.update(state["metrics"][round])
@@ -38,7 +35,7 @@ def eta_seconds(state: Mapping[str, Any]) -> dict[str, float | None]:
         epoch, total = report.get("epoch"), report.get("total_epochs")
         if member.get("finished"):
             etas[name] = 0.0
-        elif epoch and total:
+        elif epoch and total and elapsed is not None:
             done = min(epoch / total, 1.0)
             etas[name] = elapsed * (1 - done) / done
         else:
