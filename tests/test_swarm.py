@@ -121,7 +121,8 @@ def test_site_killed_and_restarted_rejoins_from_the_latest_model(
     swarm = swarm_factory(3, EPOCHS="4", MIN_PEERS="2", BATCH_DELAY_S="0.05",
                           HOLD_FILE=str(hold), HOLD_EPOCH="3")  # fmt: skip
     swarm.start_all()
-    state = swarm.wait_for(lambda s: len(s["history"]) >= 2, what="two merged rounds")
+    state = swarm.wait_for(lambda s: len(s["history"]) >= 2 and len(s["members"]) == 3,
+                           what="two merged rounds, every site a member")  # fmt: skip
     # a site that neither leads the open round nor is the only holder of the last merge
     busy = {state["current"]["leader"], state["latest_merged"]["leader"]}
     victim = next(n for n in swarm.names if n not in busy)

@@ -23,18 +23,17 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
-
-import numpy as np
 
 from openswarm.codec import CodecError, check_finite, decode, digest_encoded, encode
 from openswarm.ledger.client import LedgerClient, LedgerError, Outcome
 from openswarm.ledger.tx import make_transaction
-from openswarm.merge import MergeInputError, mean, merge
+from openswarm.merge import MergeInputError
+from openswarm.node.checks import mismatch, structure
 from openswarm.node.decide import IDLE_S, Me, RoundView, next_step
 from openswarm.node.exchange import CHUNK_BYTES, ExchangeClient, ExchangeError, ExchangeServer
+from openswarm.node.leader import MAX_IDLE_S, Leader
 from openswarm.node.settings import NetworkConfig, SwarmSettings
 from openswarm.node.watch import ContractWatch, WatchError
 from openswarm.pki import CertIdentity, Identity, PkiError
@@ -48,7 +47,6 @@ log = logging.getLogger("openswarm.peer")
 _WAIT_LOG_EVERY_S = 10.0
 _FINAL_HANDOVER_S = 120.0
 _FINAL_ATTEMPTS = 3  # merged models tried (each voided in turn) before giving up at the end
-_MAX_IDLE_S = 10.0  # a snapshot download with no byte for this long has stalled
 _SIZE_SLACK = 4  # no model from another site may encode to more than this times ours
 _AUTHORIZE_WAIT_S = 3.0  # how long a fetch request may wait for a lagging ledger replica
 _NOT_YET = "cannot be declared unavailable for another"  # the contract's "too early"
@@ -102,6 +100,7 @@ class SwarmPeer:
         # `openswarm pki issue --host`), else the listening one.
         self.endpoint = f"{network.advertise or self.server.host}:{self.server.port}"
         self.fetcher = ExchangeClient(self.identity)
+        self._leader = Leader(self.name, settings, self.fetcher, self._timed)
         self.finished = False
         self.rounds_joined = 0
         self.current_digest: str | None = None
@@ -113,8 +112,6 @@ class SwarmPeer:
         self._own_size: int | None = None  # its encoded size: no model from others is larger
         self._latest: RoundResult | None = None
         self._timings: dict[str, float] = {}
-        self._merge_out: Params = {}
-        self._merge_shape: list[Any] = []
         self._last_submit = time.monotonic()
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
@@ -293,7 +290,7 @@ class SwarmPeer:
 
     def _learn(self, data: bytes) -> None:
         """Take this site's model as encoded in `data` as what others' must look like."""
-        self._own_structure = _structure(decode(data))
+        self._own_structure = structure(decode(data))
         self._own_size = len(data)
 
     def latest_merged(self, params: Mapping[str, Any] | None = None) -> RoundResult | None:
@@ -478,7 +475,7 @@ class SwarmPeer:
         if record["leader"] != self.name:
             with contextlib.suppress(SwarmError):  # lets others fetch it from here too
                 self._submit("loaded", r, {"digest": digest})
-        self._reference = _structure(params)
+        self._reference = structure(params)
         self.rounds_joined += 1
         self.current_digest = digest
         return RoundResult(
@@ -513,7 +510,7 @@ class SwarmPeer:
                 try:
                     data = self.fetcher.fetch(member["endpoint"], "merged", r, digest,
                                               max_bytes=self._capped(size), deadline_s=left,
-                                              idle_s=min(_MAX_IDLE_S, timeout / 4),
+                                              idle_s=min(MAX_IDLE_S, timeout / 4),
                                               peer=name)  # fmt: skip
                 except ExchangeError as exc:
                     problems.append(str(exc))
@@ -534,7 +531,7 @@ class SwarmPeer:
         one is reported to the contract as refused (SwarmError)."""
         try:
             params = decode(data)
-            problem = _mismatch(self._own_structure or params, params)
+            problem = mismatch(self._own_structure or params, params)
             if problem is None:
                 check_finite(params)
         except CodecError as exc:
@@ -586,101 +583,21 @@ class SwarmPeer:
     # --- leader work ----------------------------------------------------------------------
     def _lead(self, view: dict[str, Any], local: _Local) -> None:
         r = local.round
-        own = decode(local.data)
-        if view["latest_merged"] is None:  # the initial sync: everyone adopts the leader's
-            merged_params, excluded, used = own, [], [self.name]
-        else:
-            with self._timed("transfer"):
-                sets, weights, used, excluded = self._gather(view, local, own)
-            try:
-                with self._timed("merge"):
-                    merged_params = self._merge(sets, weights)
-            except MergeInputError as exc:
-                log.error("%s: merge of round %d failed: %s", self.name, r, exc)
-                return
-        with self._timed("encode"):
-            data = encode(merged_params)
-            digest = digest_encoded(data)
-        self.server.store.publish("merged", r, digest, data)
-        payload: dict[str, Any] = {"digest": digest, "size": len(data)}
-        if excluded:
-            payload["excluded"] = excluded
+        try:
+            led = self._leader.run(view, r, local.data, self._reference, self._capped(2**62))
+        except MergeInputError as exc:
+            log.error("%s: merge of round %d failed: %s", self.name, r, exc)
+            return
+        self.server.store.publish("merged", r, led.digest, led.data)
+        payload: dict[str, Any] = {"digest": led.digest, "size": len(led.data)}
+        if led.excluded:
+            payload["excluded"] = led.excluded
         outcome = self._submit("merged", r, payload)
         if outcome.applied:
-            log.info("%s led round %d: merged %s%s", self.name, r, ", ".join(used),
-                     f"; left out {excluded}" if excluded else "")  # fmt: skip
+            log.info("%s led round %d: merged %s%s", self.name, r, ", ".join(led.used),
+                     f"; left out {led.excluded}" if led.excluded else "")  # fmt: skip
         else:
             log.warning("%s: merged of round %d refused: %s", self.name, r, outcome.reason)
-
-    def _merge(self, sets: list[Params], weights: list[float]) -> Params:
-        """Merge with the contract's method; `mean` reuses its output arrays across rounds
-        (they are encoded and published right after, so nothing else holds them)."""
-        if self.settings.merge_method == "mean" and not self.settings.merge_options:
-            shape = [(n, v.shape, v.dtype) for n, v in sets[0].items()]
-            if self._merge_shape != shape:
-                self._merge_out = {n: np.empty(v.shape, v.dtype) for n, v in sets[0].items()}
-                self._merge_shape = shape
-            return mean(sets, weights, out=self._merge_out)
-        return merge(sets, weights, method=self.settings.merge_method,
-                     **dict(self.settings.merge_options))  # fmt: skip
-
-    def _gather(
-        self, view: dict[str, Any], local: _Local, own: Params
-    ) -> tuple[list[Params], list[float], list[str], list[dict[str, str]]]:
-        """Pull and check every participant's snapshot; refuse the ones that don't fit."""
-        current = view["current"]
-        names = list(current["participants"])
-        excluded: list[dict[str, str]] = []
-
-        # What every snapshot must look like: the swarm's current model, which all
-        # participants agree on (the leader's own snapshot is checked like any other).
-        reference = self._reference or own
-        # Sites of one model encode to the same size, so the size on the ledger must be ours
-        # (a cap either way); the whole gather ends well inside the leader timeout.
-        expected = len(local.data) if _mismatch(reference, own) is None else None
-        cap = self._capped(2**62)
-        timeout = float(view["settings"]["leader_timeout_s"])
-        deadline = time.monotonic() + timeout / 2
-
-        def pull(name: str) -> Params | str:
-            entry = current["ready"][name]
-            member = view["members"].get(name)
-            try:
-                if name == self.name:
-                    params = own
-                elif member is None:
-                    return "not a member"
-                elif entry["size"] != (expected or entry["size"]) or entry["size"] > cap:
-                    return (f"announced a snapshot of {entry['size']} bytes, but the model's "
-                            f"names, shapes and dtypes encode to {len(local.data)}")  # fmt: skip
-                else:
-                    data = self.fetcher.fetch(
-                        member["endpoint"], "local", local.round, entry["digest"],
-                        max_bytes=entry["size"], deadline_s=deadline - time.monotonic(),
-                        idle_s=min(_MAX_IDLE_S, timeout / 4), peer=name,
-                    )  # fmt: skip
-                    params = decode(data)
-                check_finite(params)
-            except (ExchangeError, CodecError) as exc:
-                return str(exc)
-            return _mismatch(reference, params) or params
-
-        with ThreadPoolExecutor(max_workers=min(8, len(names))) as pool:
-            pulled = dict(zip(names, pool.map(pull, names), strict=True))
-        sets, weights, used = [], [], []
-        for name in names:
-            got = pulled[name]
-            if isinstance(got, str):
-                log.warning("%s: leaving %s out of round %d: %s", self.name, name,
-                            local.round, got)  # fmt: skip
-                excluded.append({"name": name, "reason": got[:500]})
-                continue
-            sets.append(got)
-            weights.append(float(current["ready"][name]["weight"]))
-            used.append(name)
-        if not any(weights):
-            weights = [1.0] * len(sets)
-        return sets, weights, used, excluded
 
     # --- finishing ------------------------------------------------------------------------
     def finish(self, contribution: Callable[[], Mapping[str, Any] | None]) -> RoundResult | None:
@@ -773,29 +690,4 @@ def _fetch_refusal(
     current = state["current"]
     if state["round"] != round or not current["sealed"] or current["leader"] != caller:
         return f"only the current leader of round {round} may fetch its local snapshots"
-    return None
-
-
-def _structure(params: Params) -> Params:
-    """Zero-size stand-ins with the names, shapes and dtypes of `params`."""
-    return {
-        name: np.lib.stride_tricks.as_strided(
-            np.zeros(1, dtype=value.dtype), shape=np.shape(value), strides=(0,) * np.ndim(value)
-        )
-        for name, value in params.items()
-    }
-
-
-def _mismatch(reference: Params, params: Params) -> str | None:
-    """Why `params` cannot be merged with `reference`, or None if it can."""
-    missing = [n for n in reference if n not in params]
-    extra = [n for n in params if n not in reference]
-    if missing or extra:
-        return f"tensor names differ (missing {missing[:3]}, unexpected {extra[:3]})"
-    for name, ref in reference.items():
-        got = params[name]
-        if tuple(np.shape(got)) != tuple(np.shape(ref)):
-            return f"tensor {name!r} has shape {tuple(np.shape(got))}, expected {np.shape(ref)}"
-        if str(got.dtype) != str(ref.dtype):
-            return f"tensor {name!r} has dtype {got.dtype}, expected {ref.dtype}"
     return None

@@ -131,7 +131,9 @@ class ContractWatch:
                     return
                 if exc.code() in (grpc.StatusCode.PERMISSION_DENIED,
                                   grpc.StatusCode.INVALID_ARGUMENT):  # fmt: skip
-                    self._fail(f"the ledger refused to be watched: {exc.details()}")
+                    self._fail(
+                        f"the ledger refused to be watched: {exc.code().name}: {exc.details()}"
+                    )
                     return
                 log.debug("watch of %s broke (%s); reopening", self.contract, exc.details())
             if self._closed:

@@ -1,0 +1,137 @@
+"""A round leader's work: pull every participant's snapshot, check it, merge, encode.
+
+`Leader.run` returns the merged model's bytes and digest and who was used or left out (and
+why); the peer publishes it and records it on the ledger. Nothing a participant sends can
+make it fail: a snapshot that cannot be had, is the wrong size, or does not decode, fit or
+stay finite is left out and named.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from openswarm.codec import CodecError, check_finite, decode, digest_encoded, encode
+from openswarm.merge import mean, merge
+from openswarm.node.checks import Params, mismatch
+from openswarm.node.exchange import ExchangeClient, ExchangeError
+from openswarm.node.settings import SwarmSettings
+
+log = logging.getLogger("openswarm.peer")
+
+MAX_IDLE_S = 10.0  # a snapshot download with no byte for this long has stalled
+Timed = Callable[[str], contextlib.AbstractContextManager[None]]
+
+
+@dataclass(frozen=True)
+class Merged:
+    """What leading one round produced."""
+
+    data: bytes
+    digest: str
+    used: list[str]
+    excluded: list[dict[str, str]]  # {"name", "reason"} of each participant left out
+
+
+class Leader:
+    """Gathers and merges the rounds this site leads; keeps `mean`'s output buffers."""
+
+    def __init__(self, name: str, settings: SwarmSettings, fetcher: ExchangeClient,
+                 timed: Timed) -> None:  # fmt: skip
+        self.name = name
+        self.settings = settings
+        self.fetcher = fetcher
+        self.timed = timed
+        self._out: Params = {}
+        self._out_shape: list[Any] = []
+
+    def run(self, view: Mapping[str, Any], round: int, own_data: bytes,
+            reference: Params | None, cap: int) -> Merged:  # fmt: skip
+        """Lead `round` with this site's snapshot `own_data`; `reference` is the swarm's
+        current model (what every snapshot must look like), `cap` the largest download.
+        In the contract's first round the leader's own model is handed out unmerged.
+        MergeInputError if nothing could be merged."""
+        own = decode(own_data)
+        if view["latest_merged"] is None:  # the initial sync: everyone adopts the leader's
+            merged_params, used, excluded = own, [self.name], []
+        else:
+            with self.timed("transfer"):
+                sets, weights, used, excluded = self._gather(view, round, own_data, own,
+                                                             reference or own, cap)  # fmt: skip
+            with self.timed("merge"):
+                merged_params = self._merge(sets, weights)
+        with self.timed("encode"):
+            data = encode(merged_params)
+            digest = digest_encoded(data)
+        return Merged(data, digest, used, excluded)
+
+    def _merge(self, sets: list[Params], weights: list[float]) -> Params:
+        """Merge with the contract's method; `mean` reuses its output arrays across rounds
+        (they are encoded and published right after, so nothing else holds them)."""
+        if self.settings.merge_method == "mean" and not self.settings.merge_options:
+            shape = [(n, v.shape, v.dtype) for n, v in sets[0].items()]
+            if self._out_shape != shape:
+                self._out = {n: np.empty(v.shape, v.dtype) for n, v in sets[0].items()}
+                self._out_shape = shape
+            return mean(sets, weights, out=self._out)
+        return merge(sets, weights, method=self.settings.merge_method,
+                     **dict(self.settings.merge_options))  # fmt: skip
+
+    def _gather(
+        self, view: Mapping[str, Any], round: int, own_data: bytes, own: Params,
+        reference: Params, cap: int,
+    ) -> tuple[list[Params], list[float], list[str], list[dict[str, str]]]:  # fmt: skip
+        """Pull and check every participant's snapshot; refuse the ones that don't fit."""
+        current = view["current"]
+        names = list(current["participants"])
+        # Sites of one model encode to the same size, so the size on the ledger must be ours
+        # (a cap either way); the whole gather ends well inside the leader timeout.
+        expected = len(own_data) if mismatch(reference, own) is None else None
+        timeout = float(view["settings"]["leader_timeout_s"])
+        deadline = time.monotonic() + timeout / 2
+
+        def pull(name: str) -> Params | str:
+            entry = current["ready"][name]
+            member = view["members"].get(name)
+            try:
+                if name == self.name:
+                    params = own
+                elif member is None:
+                    return "not a member"
+                elif entry["size"] != (expected or entry["size"]) or entry["size"] > cap:
+                    return (f"announced a snapshot of {entry['size']} bytes, but the model's "
+                            f"names, shapes and dtypes encode to {len(own_data)}")  # fmt: skip
+                else:
+                    data = self.fetcher.fetch(
+                        member["endpoint"], "local", round, entry["digest"],
+                        max_bytes=entry["size"], deadline_s=deadline - time.monotonic(),
+                        idle_s=min(MAX_IDLE_S, timeout / 4), peer=name,
+                    )  # fmt: skip
+                    params = decode(data)
+                check_finite(params)
+            except (ExchangeError, CodecError) as exc:
+                return str(exc)
+            return mismatch(reference, params) or params
+
+        with ThreadPoolExecutor(max_workers=min(8, len(names))) as pool:
+            pulled = dict(zip(names, pool.map(pull, names), strict=True))
+        sets, weights, used, excluded = [], [], [], []
+        for name in names:
+            got = pulled[name]
+            if isinstance(got, str):
+                log.warning("%s: leaving %s out of round %d: %s", self.name, name, round, got)
+                excluded.append({"name": name, "reason": got[:500]})
+                continue
+            sets.append(got)
+            weights.append(float(current["ready"][name]["weight"]))
+            used.append(name)
+        if not any(weights):
+            weights = [1.0] * len(sets)
+        return sets, weights, used, excluded
