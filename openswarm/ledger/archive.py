@@ -8,6 +8,7 @@ up from another node's chain) still see every block.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from openswarm.ledger.client import LedgerClient, LedgerError
@@ -29,17 +30,42 @@ def archive(client: LedgerClient, *, keep: int = 0) -> dict[str, Any]:
     if upto < 1:
         return {"upto": 0, "deleted": 0, "before": _sizes(statuses), "after": _sizes(statuses)}
     client.submit("archive", payload={"upto": upto}).raise_for_status()
-    done: dict[str, Any] = {"upto": upto}
-    for index, endpoint in enumerate(client.endpoints):
+    first, *others = client.endpoints
+    with LedgerClient([first], client.identity, timeout_s=ARCHIVE_TIMEOUT_S) as one:
+        purged = one.call("Archive", {"upto": upto, "purge": True})
+        done: dict[str, Any] = {"upto": upto, "deleted": purged.get("deleted", 0)}
+        if done["deleted"]:
+            # Only once every node's watch has passed the deletions may etcd forget them.
+            _wait_applied(client, int(purged["revision"]))
+            done.update(one.call("Archive", {"upto": upto, "compact": purged["revision"]}))
+    for endpoint in others:
         with LedgerClient([endpoint], client.identity, timeout_s=ARCHIVE_TIMEOUT_S) as one:
-            answer = one.call("Archive", {"upto": upto, "purge": index == 0})
-            if index == 0:
-                done.update(answer)
+            one.call("Archive", {"upto": upto, "purge": False})
     after = []
     for endpoint in client.endpoints:
         with LedgerClient([endpoint], client.identity, timeout_s=client.timeout_s) as one:
             after.append(one.status())
     return {**done, "before": _sizes(statuses), "after": _sizes(after)}
+
+
+def _wait_applied(client: LedgerClient, revision: int) -> None:
+    """Until every node that answers has applied everything up to `revision`; a node that
+    is down misses the deletions and, when it comes back, halts and asks for a catch-up."""
+    deadline = time.monotonic() + ARCHIVE_TIMEOUT_S
+    pending = list(client.endpoints)
+    while pending and time.monotonic() < deadline:
+        endpoint = pending[0]
+        try:
+            with LedgerClient([endpoint], client.identity, timeout_s=5) as one:
+                status = one.status()
+        except LedgerError:
+            pending.pop(0)  # down: it cannot lag behind the compaction, only miss it
+            continue
+        # the revision its etcd watch has passed, deletions included
+        if int(status["ordering"].get("position", 0)) >= revision or status.get("halted"):
+            pending.pop(0)
+        else:
+            time.sleep(0.05)
 
 
 def _sizes(statuses: list[dict[str, Any]]) -> dict[str, int]:

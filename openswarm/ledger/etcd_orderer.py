@@ -157,8 +157,9 @@ class EtcdOrderer(Orderer):
         self.archived_upto = max(self.archived_upto, upto)
 
     def purge(self, upto: int) -> dict[str, Any]:
-        """Delete archived records (created at or before `upto`) from etcd, then compact
-        etcd's history past the deletions and defragment this node's member."""
+        """Delete archived records (created at or before `upto`) from etcd. Compacting etcd's
+        history past the deletions (`compact`) waits until every node has seen them: a node
+        whose watch lags would otherwise get a deletion without the record it deletes."""
         if upto > self.archived_upto:
             raise OrderingError(
                 f"records up to {upto} are not archived (an admin's 'archive' transaction "
@@ -188,15 +189,22 @@ class EtcdOrderer(Orderer):
                     continue
                 deleted += len(kvs)
             last = self.client.revision()
-            deadline = time.monotonic() + MEMBERSHIP_WAIT_S
-            while self.applied_revision < last and time.monotonic() < deadline:
-                self._closing.wait(0.05)  # our own watch passes the deletions first
-            if deleted:
-                self.client.compact(last)
-            self.client.defragment(0)
         except EtcdError as exc:
             raise OrderingError(f"archiving failed: {exc}", transient=exc.transient) from exc
-        return {"deleted": deleted, "compacted_at": last if deleted else None}
+        return {"deleted": deleted, "revision": last}
+
+    def compact(self, revision: int) -> dict[str, Any]:
+        """Compact etcd's history up to `revision` (once every node's watch has passed it),
+        then defragment this node's member."""
+        deadline = time.monotonic() + MEMBERSHIP_WAIT_S
+        while self.applied_revision < revision and time.monotonic() < deadline:
+            self._closing.wait(0.05)  # our own watch passes the deletions first
+        try:
+            self.client.compact(revision)
+            self.client.defragment(0)
+        except EtcdError as exc:
+            raise OrderingError(f"compacting failed: {exc}", transient=exc.transient) from exc
+        return {"compacted_at": revision}
 
     def defragment(self) -> None:
         try:

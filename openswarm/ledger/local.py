@@ -230,7 +230,8 @@ class LocalLedger:
     def _wait_serving(self, replica: ReplicaProcess, timeout_s: float = 90.0) -> None:
         """Until the replica answers its status RPC (as itself: a ledger identity). Any
         answer counts, a refusal too: a node that has not applied its own admission yet,
-        or has halted, serves all the same."""
+        or has halted, serves all the same. A replica that a spawner started elsewhere (in
+        a network namespace this process cannot dial) is awaited by its log line instead."""
         deadline = time.monotonic() + timeout_s
         with LedgerClient([replica.grpc_address], self.identity(replica.name),
                           timeout_s=2) as client:  # fmt: skip
@@ -241,6 +242,11 @@ class LocalLedger:
                         f"{replica.name} exited with {replica.process.returncode}: "
                         f"{replica.log_path.read_text(errors='replace')[-2000:]}"
                     )
+                if self.spawner is not None:
+                    if self._logged_serving(replica):
+                        return
+                    time.sleep(0.05)
+                    continue
                 try:
                     client.status()
                     return
@@ -249,6 +255,13 @@ class LocalLedger:
                         return
                     time.sleep(0.05)
         raise LedgerError(f"{replica.name} did not start within {timeout_s:.0f} s")
+
+    @staticmethod
+    def _logged_serving(replica: ReplicaProcess) -> bool:
+        assert replica.log_path is not None
+        with open(replica.log_path, errors="replace") as log:
+            log.seek(replica.log_offset)
+            return "serving on" in log.read()
 
     def wait_ready(self, client_name: str = "admin", timeout_s: float = 60.0) -> None:
         """Block until every running replica has quorum and ledger time."""

@@ -56,7 +56,11 @@ class Orderer(ABC):
 
     def purge(self, upto: int) -> dict[str, Any]:
         """Drop archived records from the ordering layer (nothing to drop when embedded)."""
-        return {"deleted": 0, "compacted_at": None}
+        return {"deleted": 0, "revision": 0}
+
+    def compact(self, revision: int) -> dict[str, Any]:
+        """Forget the ordering layer's history up to `revision` (nothing when embedded)."""
+        return {"compacted_at": None}
 
     def defragment(self) -> None:  # noqa: B027 - nothing to give back by default
         """Give back the space purged records took."""

@@ -372,6 +372,11 @@ class LedgerReplica:
             raise OrderingError(f"this node has applied records only up to {self.position}")
         return self._orderer.purge(upto)
 
+    def compact(self, revision: int) -> dict[str, Any]:
+        """Forget the ordering layer's history up to `revision` (after a purge)."""
+        self._check_running()
+        return self._orderer.compact(revision)
+
     def defragment(self) -> None:
         self._orderer.defragment()
 

@@ -162,13 +162,19 @@ class LedgerService:
         return {**done, "members": members}
 
     def archive(self, request: dict[str, Any], context: grpc.ServicerContext) -> dict:
-        """Drop archived records from etcd (`purge`), then give the space back; the records
-        stay in every node's chain. An admin's 'archive' transaction must allow it first."""
+        """Drop archived records from etcd (`purge`), compact etcd's history past their
+        deletion (`compact`: a revision) or give the space back (neither); the records stay in
+        every node's chain. An admin's 'archive' transaction must allow a purge first."""
         require_role(context, "admin")
         upto = request.get("upto")
         if isinstance(upto, bool) or not isinstance(upto, int) or upto < 1:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "'upto' must be a positive integer")
+        compact = request.get("compact")
+        if compact is not None and (isinstance(compact, bool) or not isinstance(compact, int)):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "'compact' must be a revision")
         try:
+            if compact is not None:
+                return self.replica.compact(compact)
             if request.get("purge", True):
                 return self.replica.purge(upto)
             self.replica.defragment()
