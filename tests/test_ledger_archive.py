@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from pathlib import Path
@@ -196,3 +197,22 @@ def test_an_archive_and_its_deletes_in_one_watch_answer(tmp_path: Path) -> None:
     assert not orderer._consume(late, deliver, halted.append)
     assert halted and "was deleted from etcd" in halted[0]
     client.close()
+
+
+def test_a_backup_of_a_running_node_ends_at_its_signed_head(
+    ledger1: LocalLedger, tmp_path: Path
+) -> None:
+    from openswarm.ledger.catchup import backup, restore
+
+    _submit(ledger1, 3)
+    ledger1.stop()
+    data = ledger1.replicas[0].data_dir
+    chain = data / "chain.jsonl"
+    # what a running node does while a backup copies: a block committed after the head
+    last = json.loads(chain.read_bytes().splitlines()[-1])
+    later = {**last, "height": last["height"] + 1, "hash": "f" * 64}
+    chain.write_bytes(chain.read_bytes() + json.dumps(later).encode() + b"\n")
+    manifest = backup(data, tmp_path / "backup")
+    assert manifest["height"] == last["height"]
+    restore(tmp_path / "backup", tmp_path / "restored")
+    assert read_chain(tmp_path / "restored")[-1]["hash"] == manifest["hash"]

@@ -81,10 +81,11 @@ def backup(data_dir: Path, out: Path, *, etcd_snapshot: bytes | None = None) -> 
     if head is None:
         raise CatchUpError(f"{data_dir} has no signed head ({HEAD_FILE}): is it a ledger node?")
     out.mkdir(parents=True, exist_ok=True)
-    files = {}
-    for name in (CHAIN_FILE, HEAD_FILE):
-        shutil.copy2(data_dir / name, out / name)
-        files[name] = _sha256(out / name)
+    # A running node goes on committing (clock ticks at least) while this copies: the copy
+    # ends at the signed head, whose blocks were on disk before it was signed.
+    _copy_chain_upto(data_dir / CHAIN_FILE, out / CHAIN_FILE, head)
+    shutil.copy2(data_dir / HEAD_FILE, out / HEAD_FILE)
+    files = {name: _sha256(out / name) for name in (CHAIN_FILE, HEAD_FILE)}
     if etcd_snapshot is not None:
         (out / "etcd.snapshot").write_bytes(etcd_snapshot)
         files["etcd.snapshot"] = _sha256(out / "etcd.snapshot")
@@ -113,6 +114,22 @@ def restore(backup_dir: Path, data_dir: Path) -> dict[str, Any]:
     if not blocks or blocks[-1]["hash"] != manifest["hash"]:
         raise CatchUpError(f"{backup_dir}: the chain does not end at the backed-up head")
     return manifest
+
+
+def _copy_chain_upto(source: Path, target: Path, head: dict[str, Any]) -> None:
+    """Copy the chain file's lines up to and including the block of `head`."""
+    height = int(head["height"])
+    with open(source, "rb") as chain, open(target, "wb") as copy:
+        for line in chain:
+            if not line.strip():
+                continue
+            copy.write(line)
+            block = json.loads(line)
+            if block.get("height") == height:
+                if block.get("hash") != head["hash"]:
+                    raise CatchUpError(f"{source}: block {height} is not the signed head's")
+                return
+    raise CatchUpError(f"{source} ends before the signed head's block {height}")
 
 
 def _sha256(path: Path) -> str:
