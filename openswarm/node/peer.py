@@ -417,11 +417,6 @@ class SwarmPeer:
                 if m.active and not m.finished and n != self.name
                 and m.present(now, self.settings.presence_timeout_s)]  # fmt: skip
 
-    def _present(self, name: str, member: Mapping[str, Any]) -> bool:
-        """Whether a member signed anything on the ledger (a heartbeat at least) lately."""
-        silent = time.time() - float(member.get("last_seen", 0.0))
-        return silent < self.settings.presence_timeout_s
-
     def _note_absent(self, absent: tuple[str, ...], view: RoundView, now: float) -> None:
         """Log each member once when it falls silent on the ledger (again after it returns)."""
         for name in absent:
@@ -647,7 +642,7 @@ class SwarmPeer:
                 log.warning("%s: final model of round %d: %s", self.name, r, exc)
                 if attempt == _FINAL_ATTEMPTS:
                     raise
-                view = self._state(-1, 0.0)[1]
+                view = self.view()
         if self.name not in latest["holders"]:
             with contextlib.suppress(SwarmError):
                 self._submit("loaded", r, {"digest": digest})
@@ -655,10 +650,12 @@ class SwarmPeer:
         height, view = self._state()
         while time.monotonic() < deadline:
             holders = set((view["latest_merged"] or {}).get("holders", []))
+            typed, now = RoundView.from_state(view), time.time()
             missing = [
                 name
-                for name, member in view["members"].items()
-                if member["active"] and name not in holders and self._present(name, member)
+                for name, member in typed.members.items()
+                if member.active and name not in holders
+                and member.present(now, self.settings.presence_timeout_s)
             ]  # fmt: skip
             if not missing:
                 break
