@@ -79,7 +79,7 @@ def main() -> None:
         "rounds": cb.rounds,
         "swarm_accuracy": accuracy(model, x_test, y_test),
         "local_accuracy": accuracy(alone, x_test, y_test),
-        "total_epochs": cb.swarm.total_epochs,
+        "total_epochs": cb.total_epochs,
     }
     print(json.dumps(result), flush=True)
     with open(env["OPENSWARM_RESULT"], "w") as handle:

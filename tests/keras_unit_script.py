@@ -57,28 +57,28 @@ def main() -> None:
 
     # A freshly compiled model: its metrics do not exist yet (on TensorFlow and in Keras 2 the
     # first evaluate creates them), as when the initial sync evaluates in on_train_begin.
-    loss, metric = cb.swarm.evaluate()
+    loss, metric = cb.adapter.evaluate()
     assert loss is not None and loss > 0 and metric is not None and 0 <= metric <= 1
     assert all(not v.any() for v in metric_values(model)), "evaluate left its counts behind"
 
     model.fit(x[:64], y[:64], epochs=1, verbose=0)
-    loss, metric = cb.swarm.evaluate()
+    loss, metric = cb.adapter.evaluate()
     expected = model.evaluate(x, y, verbose=0, return_dict=True)
     assert abs(loss - expected["loss"]) <= 1e-5 * expected["loss"], (loss, expected)
     assert abs(metric - expected["accuracy"]) <= 1e-6, (metric, expected)
     model.evaluate(x[:32], y[:32], verbose=0)  # metrics now hold some running values
     before = metric_values(model)
-    cb.swarm.evaluate()
+    cb.adapter.evaluate()
     after = metric_values(model)
     assert all(np.array_equal(a, b) for a, b in zip(before, after, strict=True)), "metrics moved"
 
-    params = cb.swarm.get_params()
+    params = cb.adapter.get_params()
     assert list(params)[:3] == ["000/kernel", "001/bias", "002/gamma"], list(params)
     assert any(k.endswith("/moving_mean") for k in params)  # non-trainable weights too
     other = build(1)
     receiver = SwarmCallback(4, 1, model=other, network=network)
-    receiver.swarm.set_params(params)
-    assert digest(receiver.swarm.get_params()) == digest(params), "set_params is not exact"
+    receiver.adapter.set_params(params)
+    assert digest(receiver.adapter.get_params()) == digest(params), "set_params is not exact"
     print("ok", keras.__name__, file=sys.stderr)
 
 

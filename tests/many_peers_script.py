@@ -1,7 +1,7 @@
 """A light swarm site for many peers on one machine: softmax regression in plain numpy.
 
 No torch and no scikit-learn (both cost a second and 100 MB or more per process): the
-binding is `SwarmCallbackBase` with three small methods, the data a fixed Gaussian mixture
+binding is a three-method model adapter under `LoopCallback`, the data a fixed Gaussian mixture
 that every site draws its own share of. Writes its final digest and rounds to
 OPENSWARM_RESULT. Settings: MAX_EPOCHS (default 3), MIN_PEERS, SYNC_FREQUENCY (default 4).
 """
@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from openswarm.client.base import SwarmCallbackBase
+from openswarm.client import LoopCallback
 
 CLASSES, FEATURES = 4, 8
 SAMPLES, BATCH = 64, 16  # per site: four batches an epoch
@@ -39,13 +39,10 @@ def probabilities(model: Mapping[str, np.ndarray], x: np.ndarray) -> np.ndarray:
     return exp / exp.sum(axis=1, keepdims=True)
 
 
-class NumpySwarmCallback(SwarmCallbackBase):
-    """Syncs a dict of numpy arrays, updated in place by the training loop."""
+class NumpyModel:
+    """The model adapter of a dict of numpy arrays, updated in place by the training loop."""
 
-    def __init__(
-        self, model: dict[str, np.ndarray], val: tuple[np.ndarray, np.ndarray], **options: Any
-    ) -> None:
-        super().__init__(**options)
+    def __init__(self, model: dict[str, np.ndarray], val: tuple[np.ndarray, np.ndarray]) -> None:
         self.model, self.val = model, val
 
     def get_params(self) -> dict[str, np.ndarray]:
@@ -71,9 +68,8 @@ def main() -> None:
     epochs = int(env.get("MAX_EPOCHS", "3"))
     x, y = draw(rank + 1, SAMPLES)
     model = {"w": np.zeros((FEATURES, CLASSES)), "b": np.zeros(CLASSES)}
-    cb = NumpySwarmCallback(
-        model,
-        draw(10_000, 200),
+    cb = LoopCallback(
+        NumpyModel(model, draw(10_000, 200)),
         sync_frequency=int(env.get("SYNC_FREQUENCY", "4")),
         min_peers=int(env["MIN_PEERS"]),
         total_epochs=epochs,

@@ -21,19 +21,25 @@ import numpy as np
 import torch
 from sklearn.datasets import load_digits
 
+from openswarm.client import LoopCallback, SwarmSession
+from openswarm.client.torch import TorchModel
 from openswarm.torch import SwarmCallback
 
+MODEL_OPTIONS = ("val_data", "loss_fn", "metric_fn")
 
-class BrokenSite(SwarmCallback):
-    """A site whose snapshots are malformed after the initial sync."""
+
+class BrokenModel(TorchModel):
+    """A model whose snapshots are malformed after the initial sync."""
 
     def __init__(self, *args, mode: str, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.mode = mode
+        self.session: SwarmSession | None = None
 
     def get_params(self):
         params = super().get_params()
-        if self.rounds >= 1 and not (self.peer and self.peer.finished):
+        session = self.session
+        if session and session.rounds >= 1 and not (session.peer and session.peer.finished):
             name = next(iter(params))
             if self.mode == "nan":
                 params[name] = params[name].clone()
@@ -89,7 +95,13 @@ def main() -> None:
 
         install(env["FAULT"])
     bad = env.get("BAD_PARAMS")
-    cb = BrokenSite(model, mode=bad, **options) if bad else SwarmCallback(model, **options)
+    if bad:
+        broken = BrokenModel(model, mode=bad, **{k: options.pop(k) for k in MODEL_OPTIONS})
+        cb = LoopCallback(broken, options.pop("sync_frequency"), options.pop("min_peers"),
+                          **options)  # fmt: skip
+        broken.session = cb.session
+    else:
+        cb = SwarmCallback(model, **options)
     cb.on_train_begin()
     print(f"joined at round {cb.rounds} digest-ready", flush=True)
     await_members(cb, int(env.get("AWAIT_MEMBERS", "0")))

@@ -115,7 +115,12 @@ def test_hpe_keywords_map_or_fail_clearly(tmp_path: Path, monkeypatch) -> None:
                      hfMode="peft", nodeWeightage=5, mergeMethod="coordmedian", adsValData=val,
                      adsValBatchSize=64, useAdaptiveSync=True, checkinModelOnTrainEnd="active",
                      totalEpochs=4, mlPlatform="HF")  # fmt: skip
-    assert (cb.hf_mode, cb.sync_frequency, cb.val_batch_size, cb.total_epochs) == ("peft", 7, 64, 4)
+    assert (cb.adapter.hf_mode, cb.sync_frequency, cb.adapter.val_batch_size, cb.total_epochs) == (
+        "peft",
+        7,
+        64,
+        4,
+    )
     settings = cb.settings
     assert (settings.min_peers, settings.weight, settings.merge_method) == (3, 5.0, "coordmedian")
     assert settings.contribution == "active" and settings.adaptive_sync is not None
@@ -149,13 +154,13 @@ def test_evaluate_and_peft_params(tmp_path: Path) -> None:
     assert loss == pytest.approx(float(out.loss), rel=1e-5)
     assert accuracy == pytest.approx(float((out.logits.argmax(-1).numpy() == labels[:100]).mean()))
     loader = torch.utils.data.DataLoader(val, batch_size=50)
-    assert SwarmCallback(model, 5, 2, val_data=loader, network=cb.network).evaluate() == (
+    assert SwarmCallback(model, 5, 2, val_data=loader, network=cb.session.network).evaluate() == (
         pytest.approx(loss, rel=1e-5),
         pytest.approx(accuracy),
     )
 
     peft_model = site.with_lora(site.tiny_bert(1))
-    pcb = SwarmCallback(peft_model, 5, 2, hf_mode="peft", network=cb.network)
+    pcb = SwarmCallback(peft_model, 5, 2, hf_mode="peft", network=cb.session.network)
     params = {k: v.numpy() + 1.0 for k, v in pcb.get_params().items()}
     assert all("lora_" in k or ".classifier." in k for k in params)
     pcb.set_params(params)

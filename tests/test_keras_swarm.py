@@ -49,7 +49,7 @@ def test_three_keras_sites_agree_and_beat_training_alone(tmp_path: Path) -> None
 
 
 def test_weights_are_named_in_order_and_load_exactly(tmp_path: Path) -> None:
-    from openswarm.client.keras import KerasSite, named_weights
+    from openswarm.client.keras import KerasModel, named_weights
 
     model, other = _model(0), _model(1)
     params = named_weights(model)
@@ -57,13 +57,13 @@ def test_weights_are_named_in_order_and_load_exactly(tmp_path: Path) -> None:
     assert any(k.endswith("/moving_mean") for k in params)  # non-trainable weights too
     network = NetworkConfig(ledger=("127.0.0.1:1",), identity=tmp_path)
     cb = SwarmCallback(4, 1, model=other, network=network)
-    assert isinstance(cb, keras.callbacks.Callback) and isinstance(cb.swarm, KerasSite)
-    cb.swarm.set_params(params)
-    assert digest(cb.swarm.get_params()) == digest(params)
+    assert isinstance(cb, keras.callbacks.Callback) and isinstance(cb.adapter, KerasModel)
+    cb.adapter.set_params(params)
+    assert digest(cb.adapter.get_params()) == digest(params)
     bad = dict(params)
     bad["001/bias"] = np.zeros(3, np.float32)
     with pytest.raises(SwarmError, match="shape"):
-        cb.swarm.set_params(bad)
+        cb.adapter.set_params(bad)
     with pytest.raises(SwarmError, match="val_data"):
         SwarmCallback(4, 1, val_data=(1, 2, 3, 4), network=network)
     with pytest.raises(SwarmError, match="model must be a keras Model, got dict"):
@@ -76,14 +76,14 @@ def test_evaluate_reports_loss_and_first_metric_and_keeps_fit_metrics(tmp_path: 
     network = NetworkConfig(ledger=("127.0.0.1:1",), identity=tmp_path)
     cb = SwarmCallback(4, 1, model=model, val_data=(x, y), val_batch_size=64, network=network)
     model.fit(x[:64], y[:64], epochs=1, verbose=0)
-    loss, metric = cb.swarm.evaluate()
+    loss, metric = cb.adapter.evaluate()
     assert loss is not None and loss > 0 and metric is not None and 0 <= metric <= 1
     expected = model.evaluate(x, y, verbose=0, return_dict=True)
     assert loss == pytest.approx(expected["loss"], rel=1e-5)
     assert metric == pytest.approx(expected["accuracy"])
     model.evaluate(x[:32], y[:32], verbose=0)  # metrics now hold some running values
     before = [np.array(v.numpy()) for v in model.metrics_variables]
-    cb.swarm.evaluate()
+    cb.adapter.evaluate()
     after = [np.array(v.numpy()) for v in model.metrics_variables]
     assert all(np.array_equal(a, b) for a, b in zip(before, after, strict=True))
 

@@ -1,4 +1,4 @@
-"""The scikit-learn binding, built only on SwarmCallbackBase: a swarm of real processes."""
+"""The scikit-learn binding, a model adapter under LoopCallback: a swarm of real processes."""
 
 from __future__ import annotations
 

@@ -131,13 +131,16 @@ def test_pyt_callback_maps_hpe_keywords(network_env) -> None:
     assert (cb.settings.weight, cb.settings.merge_method, cb.settings.contribution) == (
         5, "coordmedian", "inactive",
     )  # fmt: skip
-    assert cb.total_epochs == 4 and cb.val_data.batch_size == 100
-    assert isinstance(cb.loss_fn, torch.nn.CrossEntropyLoss) and cb.loss_fn.label_smoothing == 0.1
+    assert cb.total_epochs == 4 and cb.adapter.val_data.batch_size == 100
+    assert (
+        isinstance(cb.adapter.loss_fn, torch.nn.CrossEntropyLoss)
+        and cb.adapter.loss_fn.label_smoothing == 0.1
+    )
     loss, accuracy = cb.evaluate()
     with torch.no_grad():
         out = model(torch.tensor(x))
     assert accuracy == pytest.approx(float((out.argmax(1) == torch.tensor(y)).float().mean()))
-    assert loss == pytest.approx(float(cb.loss_fn(out, torch.tensor(y))), rel=1e-5)
+    assert loss == pytest.approx(float(cb.adapter.loss_fn(out, torch.tensor(y))), rel=1e-5)
     cb.logger.setLevel(logging.DEBUG)  # HPE programs do this
     assert cb.logger.isEnabledFor(logging.DEBUG)
 
@@ -166,8 +169,8 @@ def test_tf_callback_is_a_keras_callback_with_hpe_keywords(network_env) -> None:
     cb = SwarmCallback(4, 2, adsValData=(x, y), adsValBatchSize=50, nodeWeightage=7,
                        useAdaptiveSync=True, mlPlatform="TF")  # fmt: skip
     assert isinstance(cb, keras.callbacks.Callback)
-    assert cb.val_batch_size == 50 and cb.swarm.settings.weight == 7
-    assert cb.swarm.settings.adaptive_sync == {"start": 4, "min": 1, "max": 16}
+    assert cb.val_batch_size == 50 and cb.settings.weight == 7
+    assert cb.settings.adaptive_sync == {"start": 4, "min": 1, "max": 16}
     cb.logger.setLevel(logging.WARNING)
     with pytest.raises(TypeError, match="'epochs'"):
         SwarmCallback(4, 2, epochs=3)

@@ -1,5 +1,6 @@
-"""Platform bindings: a platform-neutral SwarmCallback base and one subclass per platform."""
+"""Platform bindings: a `SwarmSession` over a model adapter, with thin hooks per platform."""
 
-from openswarm.client.base import SwarmCallbackBase
+from openswarm.client.base import LoopCallback, ModelMethods, SessionView
+from openswarm.client.session import ModelAdapter, SwarmSession
 
-__all__ = ["SwarmCallbackBase"]
+__all__ = ["LoopCallback", "ModelAdapter", "ModelMethods", "SessionView", "SwarmSession"]

@@ -1,238 +1,134 @@
-"""The platform-neutral SwarmCallback: everything but reading, loading and evaluating a model.
+"""The hook side every binding shares: a callback holds a `SwarmSession` over its adapter.
 
-A platform binding subclasses `SwarmCallbackBase` and supplies three methods:
+`SessionView` gives a callback the session's read-outs (`final_digest`, `rounds`,
+`intervals`, …); `ModelMethods` forwards `get_params` / `set_params` / `evaluate` to the
+adapter; `LoopCallback` is the whole callback of an ordinary training loop, for any
+`ModelAdapter` — the documented way to bring another platform:
 
-- `get_params()` — the model's parameters as an ordered `{name: array or tensor}`;
-- `set_params(params)` — load such a dict (numpy arrays) back into the model in place;
-- `evaluate()` — `(loss, metric)` on the validation data, either may be None;
+```python
+class MyModel:                       # a ModelAdapter
+    def get_params(self): ...        # {name: array}
+    def set_params(self, params): ...
+    def evaluate(self): ...          # (loss, metric), either may be None
 
-and calls `on_train_begin()`, `on_batch_end()`, `on_epoch_end(epoch)` and `on_train_end()`
-from the platform's own hooks. The base class does the rest through the peer runtime.
+cb = LoopCallback(MyModel(), sync_frequency=10, min_peers=3)
+cb.on_train_begin(); ...; cb.on_batch_end(); ...; cb.on_epoch_end(epoch); ...; cb.on_train_end()
+```
 
-For an implementer: parameter values are numpy arrays or torch tensors of a codec dtype
-(`openswarm.codec.SUPPORTED_DTYPES`), with the same names, order, shapes and dtypes on every
-site and in every round. `set_params` gets numpy arrays that may share one buffer: copy them
-into the model, exactly — after the final sync the digest of `get_params()` must equal the
-swarm's. `evaluate()` runs after each merge to report progress; its loss drives adaptive
-sync. A step raises `SwarmError` (`openswarm.node.peer`) when the swarm cannot go on.
-`openswarm/client/sklearn.py` is a complete binding built on this class alone.
+A platform with hooks of its own (Keras, the HF Trainer) mixes `SessionView` into its
+callback class and calls the session's steps from those hooks.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import os
-import time
 from collections.abc import Mapping
 from typing import Any
 
-from openswarm.codec import decode, digest, encode
-from openswarm.node.peer import RoundResult, SwarmError, SwarmPeer
-from openswarm.node.settings import NetworkConfig, SwarmSettings
-from openswarm.protocol import LEADER_TIMEOUT_S, MERGE_METHOD
+from openswarm.client.session import ModelAdapter, SwarmSession
+from openswarm.node.peer import SwarmPeer
+from openswarm.node.settings import SwarmSettings
 
 
-def swarm_loopback() -> bool:
-    """HPE's `SWARM_LOOPBACK=True`: check the parameters, then train alone, with no swarm
-    (HPE's recommended pre-flight check of a program)."""
-    return os.environ.get("SWARM_LOOPBACK", "").strip().lower() in ("true", "1", "yes")
+class SessionView:
+    """Read-outs of the callback's `session` (set in the callback's constructor)."""
+
+    session: SwarmSession
+
+    @property
+    def adapter(self) -> ModelAdapter:
+        """The model adapter the session reads, loads and evaluates."""
+        return self.session.model
+
+    @property
+    def settings(self) -> SwarmSettings:
+        return self.session.settings
+
+    @property
+    def peer(self) -> SwarmPeer | None:
+        return self.session.peer
+
+    @property
+    def loopback(self) -> bool:
+        return self.session.loopback
+
+    @property
+    def logger(self) -> logging.Logger:
+        return self.session.logger
+
+    @property
+    def final_digest(self) -> str | None:
+        """The final model's digest, the same on every site (after training ends)."""
+        return self.session.final_digest
+
+    @property
+    def rounds(self) -> int:
+        return self.session.rounds
+
+    @property
+    def intervals(self) -> list[tuple[int, int]]:
+        return self.session.intervals
+
+    @property
+    def sync_frequency(self) -> int:
+        return self.session.sync_frequency
+
+    @property
+    def round_timings(self) -> list[dict[str, float]]:
+        return self.session.round_timings
+
+    @property
+    def total_epochs(self) -> int | None:
+        return self.session.total_epochs
 
 
-def adaptive_bounds(start: int) -> dict[str, int]:
-    """Adaptive sync's range: from a quarter to four times the starting interval."""
-    return {"start": start, "min": max(1, start // 4), "max": start * 4}
+class ModelMethods(SessionView):
+    """The adapter's three methods on the callback itself (not for Keras, whose
+    `Callback.set_params` is its own). The session calls the adapter, so a subclass that
+    overrides them here would be ignored: that is refused, subclass the adapter instead."""
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        overridden = [m for m in ("get_params", "set_params", "evaluate") if m in vars(cls)]
+        if overridden:
+            raise TypeError(
+                f"{cls.__name__} overrides {', '.join(overridden)} on the callback, which the "
+                "swarm session never calls: override them on the model adapter (e.g. a "
+                "subclass of TorchModel) and pass that to LoopCallback"
+            )
 
-class SwarmCallbackBase:
-    """Swarm learning for a training loop: initial sync, periodic merges, a shared end."""
-
-    def __init__(
-        self,
-        *,
-        sync_frequency: int,
-        min_peers: int,
-        merge_method: str = MERGE_METHOD,
-        merge_options: Mapping[str, Any] | None = None,
-        node_weight: float = 1,
-        training_contract: str | None = None,
-        total_epochs: int | None = None,
-        contribution: str = "snapshot",
-        leader_timeout_s: float = LEADER_TIMEOUT_S,
-        extra_window_s: float = 2.0,
-        use_adaptive_sync: bool = False,
-        presence_timeout_s: float = SwarmSettings.presence_timeout_s,
-        ledger_retry_s: float = SwarmSettings.ledger_retry_s,
-        network: NetworkConfig | None = None,
-        logger: logging.Logger | None = None,
-    ) -> None:
-        if not isinstance(sync_frequency, int) or sync_frequency < 1:
-            raise SwarmError(f"sync_frequency must be an integer ≥ 1, got {sync_frequency!r}")
-        self.loopback = swarm_loopback()
-        # In loopback no ledger is needed, so no network settings either.
-        self.network = network or (None if self.loopback else NetworkConfig.load())
-        network_contract = self.network.contract if self.network is not None else None
-        self.settings = SwarmSettings(
-            contract=training_contract or network_contract or SwarmSettings.contract,
-            min_peers=min_peers,
-            merge_method=merge_method,
-            merge_options=dict(merge_options or {}),
-            weight=float(node_weight),
-            leader_timeout_s=leader_timeout_s,
-            extra_window_s=extra_window_s,
-            contribution=contribution,
-            adaptive_sync=adaptive_bounds(sync_frequency) if use_adaptive_sync else None,
-            presence_timeout_s=presence_timeout_s,
-            heartbeat_s=min(SwarmSettings.heartbeat_s, presence_timeout_s / 3),
-            ledger_retry_s=ledger_retry_s,
-        )
-        self.sync_frequency = sync_frequency
-        self.use_adaptive_sync = use_adaptive_sync
-        self.total_epochs = total_epochs
-        self.logger = logger or logging.getLogger("openswarm")
-        self.peer: SwarmPeer | None = None
-        self.epoch = 0
-        self.rounds = 0
-        self.final_digest: str | None = None
-        self.intervals: list[tuple[int, int]] = []  # (round, batches until the next one)
-        # per round: seconds spent encoding, in the ledger, transferring, merging, loading
-        self.round_timings: list[dict[str, float]] = []
-        self._batches_since_sync = 0
-        self._last_local: dict[str, Any] | None = None
-
-    # --- what a platform supplies ---------------------------------------------------------
     def get_params(self) -> Mapping[str, Any]:
-        raise NotImplementedError
+        return self.session.model.get_params()
 
     def set_params(self, params: Mapping[str, Any]) -> None:
-        raise NotImplementedError
+        self.session.model.set_params(params)
 
     def evaluate(self) -> tuple[float | None, float | None]:
-        return None, None
+        return self.session.model.evaluate()
 
-    # --- the steps ------------------------------------------------------------------------
+
+class LoopCallback(ModelMethods):
+    """The swarm callback of an ordinary training loop, for any model adapter; `options`
+    are `SwarmSession`'s (merge_method, node_weight, total_epochs, …)."""
+
+    def __init__(
+        self, model: ModelAdapter, sync_frequency: int, min_peers: int, **options: Any
+    ) -> None:
+        self.session = SwarmSession(
+            model, sync_frequency=sync_frequency, min_peers=min_peers, **options
+        )
+
     def on_train_begin(self) -> None:
-        """Join the swarm and start from the swarm's model (the latest merged one, if any)."""
-        if self.use_adaptive_sync and self.evaluate()[0] is None:
-            raise SwarmError(
-                "adaptive sync decides from validation loss: give validation data "
-                "(val_data, or adsValData in the HPE API)"
-            )
-        if self.loopback:
-            self._check_loopback()
-            return
-        assert self.network is not None
-        self.peer = SwarmPeer(self.settings, self.network)
-        self.peer.register()
-        latest = self.peer.latest_merged(self.get_params())
-        if latest is not None:
-            self.logger.info("%s: loading the latest merged model (round %d)",
-                             self.peer.name, latest.round)  # fmt: skip
-            self._load(latest)
-        else:
-            result = self.peer.sync(self.get_params())
-            self._load(result)
-            if result.params is not None:
-                self._report(result.round)
+        """Join the swarm and start from the swarm's model."""
+        self.session.train_begin()
 
     def on_batch_end(self) -> None:
         """Count a batch; every `sync_frequency` batches, merge with the swarm."""
-        if self.loopback:
-            return
-        self._batches_since_sync += 1
-        if self._batches_since_sync >= self.sync_frequency:
-            self._sync()
+        self.session.batch_end()
 
     def on_epoch_end(self, epoch: int | None = None) -> None:
-        self.epoch = self.epoch + 1 if epoch is None else epoch + 1
+        self.session.epoch_end(epoch)
 
     def on_train_end(self) -> None:
-        """Final sync, then stay in the swarm until every site is done; the model then holds
-        the final merged parameters, identical on every peer (see `final_digest`)."""
-        if self.loopback:
-            self.final_digest = digest(self.get_params())
-            self.logger.info("SWARM_LOOPBACK: trained alone; model %s", self.final_digest)
-            return
-        peer = self._require_peer()
-        try:
-            # "snapshot" contributes the site's own last local weights: copy them before the
-            # final merge overwrites the model in place.
-            self._last_local = decode(encode(self.get_params()))
-            if self._batches_since_sync or self.rounds == 0:
-                self._sync()
-            result = peer.finish(self._contribution)
-            if result is not None and result.params is not None:
-                self.set_params(result.params)
-                self._report(result.round)  # the final model, after the last epoch
-            self.final_digest = digest(self.get_params())
-            if result is not None and result.digest != self.final_digest:
-                raise SwarmError(
-                    f"loaded final model has digest {self.final_digest[:12]}… but the swarm's "
-                    f"is {str(result.digest)[:12]}…: set_params does not load exactly"
-                )
-            self.logger.info("%s: final model %s", peer.name, self.final_digest)
-        finally:
-            peer.close()
-
-    # --- internals ------------------------------------------------------------------------
-    def _check_loopback(self) -> None:
-        """What a swarm would need of the parameters, without a swarm (SwarmError if not)."""
-        try:
-            data = encode(self.get_params())
-            decode(data)
-        except Exception as exc:  # whatever the codec or the platform raises
-            message = f"SWARM_LOOPBACK: the model's parameters cannot be synced: {exc}"
-            raise SwarmError(message) from exc
-        loss, _ = self.evaluate()
-        self.logger.info(
-            "SWARM_LOOPBACK: parameters checked (%d bytes encoded, loss %s); training alone, "
-            "no swarm", len(data), "n/a" if loss is None else f"{loss:.4f}",
-        )  # fmt: skip
-
-    def _require_peer(self) -> SwarmPeer:
-        if self.peer is None:
-            raise SwarmError("call on_train_begin() before the other SwarmCallback steps")
-        return self.peer
-
-    def _sync(self) -> None:
-        peer = self._require_peer()
-        self._batches_since_sync = 0
-        result = peer.sync(self.get_params())
-        self._load(result)
-        if result.params is not None:
-            self._report(result.round)
-
-    def _load(self, result: RoundResult) -> None:
-        if result.params is not None:
-            started = time.perf_counter()
-            self.set_params(result.params)
-            result.timings["load"] = time.perf_counter() - started
-            self.rounds += 1
-            self.round_timings.append(dict(result.timings))
-        if self.use_adaptive_sync and result.sync_interval:
-            if result.sync_interval != self.sync_frequency:
-                self.logger.info("adaptive sync: next round after %d batches (was %d)",
-                                 result.sync_interval, self.sync_frequency)  # fmt: skip
-            self.sync_frequency = result.sync_interval
-        self.intervals.append((result.round, self.sync_frequency))
-
-    def _report(self, round: int) -> None:
-        loss, metric = self.evaluate()
-        if loss is None or not math.isfinite(loss):
-            return
-        try:
-            self._require_peer().report_metrics(
-                round, loss, metric, min(self.epoch, self.total_epochs or self.epoch),
-                self.total_epochs,
-            )  # fmt: skip
-        except SwarmError as exc:
-            self.logger.warning("could not report metrics: %s", exc)
-
-    def _contribution(self) -> Mapping[str, Any] | None:
-        mode = self.settings.contribution
-        if mode == "inactive":
-            return None
-        if mode == "active":
-            latest = self._require_peer().latest_merged()
-            return self.get_params() if latest is None else latest.params
-        return self._last_local
+        """Final sync; the model then holds the final model, identical on every site."""
+        self.session.train_end()

@@ -26,7 +26,8 @@ from typing import Any
 
 import torch
 
-from openswarm.client.base import SwarmCallbackBase
+from openswarm.client.base import ModelMethods
+from openswarm.client.session import SwarmSession
 from openswarm.client.torch import (
     FAILED,
     LOADED,
@@ -48,30 +49,19 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
 DEFAULT_VAL_BATCH_SIZE = 32
 
 
-class SwarmCallback(SwarmCallbackBase, TrainerCallback):
-    """Swarm learning for a Hugging Face `Trainer`.
-
-    ```python
-    cb = SwarmCallback(model, sync_frequency=20, min_peers=3, val_data=val_dataset)
-    Trainer(model=model, args=args, train_dataset=train, callbacks=[cb]).train()
-    # model now holds the final swarm model, the same on every site
-    ```
-
-    `val_data` is a dataset of examples (dicts of model inputs with `labels`) or a DataLoader
-    of such batches; `evaluate()` reports the model's loss on it, and accuracy when the labels
-    are class indices.
-    """
+class HfModel:
+    """The model adapter of a transformers model: its whole state_dict (`hf_mode="full"`) or
+    a PEFT model's adapter weights (`"peft"`); `evaluate()` reports the model's own loss on
+    `val_data`, and accuracy when the labels are class indices. `loaded` turns True when
+    `set_params` loads (a multi-process site forwards what rank 0 loaded)."""
 
     def __init__(
         self,
         model: torch.nn.Module,
-        sync_frequency: int,
-        min_peers: int,
         *,
         hf_mode: str = "full",
         val_data: Iterable[Any] | None = None,
         val_batch_size: int | None = None,
-        **options: Any,
     ) -> None:
         if not isinstance(model, torch.nn.Module):
             raise SwarmError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -83,15 +73,12 @@ class SwarmCallback(SwarmCallbackBase, TrainerCallback):
             not isinstance(val_batch_size, int) or val_batch_size < 1
         ):
             raise SwarmError(f"val_batch_size must be an integer ≥ 1, got {val_batch_size!r}")
-        super().__init__(sync_frequency=sync_frequency, min_peers=min_peers, **options)
         self.model = model
         self.hf_mode = hf_mode
         self.val_data = val_data
         self.val_batch_size = val_batch_size
         require_bfloat16_support(self._state())
-        self.group: SiteGroup | None = None  # set by on_train_begin for a multi-process job
-        self._group_steps = 0
-        self._loaded = False  # set_params ran since rank 0 last told the others
+        self.loaded = False
 
     # --- parameters -----------------------------------------------------------------------
     def get_params(self) -> dict[str, torch.Tensor]:
@@ -108,7 +95,7 @@ class SwarmCallback(SwarmCallbackBase, TrainerCallback):
                 result = set_peft_model_state_dict(self.model, tensors)
                 if result.unexpected_keys:
                     raise SwarmError(f"PEFT did not load {sorted(result.unexpected_keys)[:5]}")
-        self._loaded = True
+        self.loaded = True
 
     def _state(self) -> Mapping[str, torch.Tensor]:
         """The synced tensors, where the model holds them (any device)."""
@@ -161,6 +148,40 @@ class SwarmCallback(SwarmCallbackBase, TrainerCallback):
             )
         return data  # type: ignore[return-value]  # any iterable of batches
 
+
+class SwarmCallback(ModelMethods, TrainerCallback):
+    """Swarm learning for a Hugging Face `Trainer`.
+
+    ```python
+    cb = SwarmCallback(model, sync_frequency=20, min_peers=3, val_data=val_dataset)
+    Trainer(model=model, args=args, train_dataset=train, callbacks=[cb]).train()
+    # model now holds the final swarm model, the same on every site
+    ```
+
+    `val_data` is a dataset of examples (dicts of model inputs with `labels`) or a DataLoader
+    of such batches; `evaluate()` reports the model's loss on it, and accuracy when the labels
+    are class indices. The model adapter is `HfModel`; other keywords are `SwarmSession`'s.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        sync_frequency: int,
+        min_peers: int,
+        *,
+        hf_mode: str = "full",
+        val_data: Iterable[Any] | None = None,
+        val_batch_size: int | None = None,
+        **options: Any,
+    ) -> None:
+        self.hf = HfModel(model, hf_mode=hf_mode, val_data=val_data, val_batch_size=val_batch_size)
+        self.session = SwarmSession(
+            self.hf, sync_frequency=sync_frequency, min_peers=min_peers, **options
+        )
+        self.model = model
+        self.group: SiteGroup | None = None  # set by on_train_begin for a multi-process job
+        self._group_steps = 0
+
     # --- Trainer hooks --------------------------------------------------------------------
     def on_train_begin(self, args: Any = None, state: Any = None, control: Any = None,
                        **kwargs: Any) -> None:  # fmt: skip
@@ -168,10 +189,10 @@ class SwarmCallback(SwarmCallbackBase, TrainerCallback):
         if trained is not None and trained is not self.model:
             self.logger.warning("the Trainer trains another model object than SwarmCallback's")
         if self.total_epochs is None and getattr(state, "num_train_epochs", 0):
-            self.total_epochs = int(state.num_train_epochs)
+            self.session.total_epochs = int(state.num_train_epochs)
         self.group = None if self.loopback else _site_group(args)
         self._group_steps = 0
-        self._site_step(lambda: SwarmCallbackBase.on_train_begin(self), shared=True)
+        self._site_step(lambda: self.session.train_begin(), shared=True)
 
     def on_step_end(self, args: Any = None, state: Any = None, control: Any = None,
                     **kwargs: Any) -> None:  # fmt: skip
@@ -181,16 +202,16 @@ class SwarmCallback(SwarmCallbackBase, TrainerCallback):
             shared = self._group_steps >= self.sync_frequency
             if shared:
                 self._group_steps = 0
-        self._site_step(lambda: SwarmCallbackBase.on_batch_end(self), shared=shared)
+        self._site_step(lambda: self.session.batch_end(), shared=shared)
 
     def on_epoch_end(self, args: Any = None, state: Any = None, control: Any = None,
                      **kwargs: Any) -> None:  # fmt: skip
         epoch = getattr(state, "epoch", None)
-        SwarmCallbackBase.on_epoch_end(self, None if epoch is None else round(epoch) - 1)
+        self.session.epoch_end(None if epoch is None else round(epoch) - 1)
 
     def on_train_end(self, args: Any = None, state: Any = None, control: Any = None,
                      **kwargs: Any) -> None:  # fmt: skip
-        self._site_step(lambda: SwarmCallbackBase.on_train_end(self), shared=True, final=True)
+        self._site_step(lambda: self.session.train_end(), shared=True, final=True)
 
     # --- several processes as one site ----------------------------------------------------
     def _site_step(self, step: Callable[[], None], *, shared: bool, final: bool = False) -> None:
@@ -216,7 +237,7 @@ class SwarmCallback(SwarmCallbackBase, TrainerCallback):
 
     def _outcome(self, final: bool) -> GroupMessage:
         """Rank 0's message: the parameters it loaded since the last one, if any."""
-        loaded, self._loaded = self._loaded, False
+        loaded, self.hf.loaded = self.hf.loaded, False
         data = encode(self.get_params()) if loaded else None
         return GroupMessage(
             LOADED if loaded else NOTHING, self.rounds, self.sync_frequency,
@@ -227,11 +248,12 @@ class SwarmCallback(SwarmCallbackBase, TrainerCallback):
         """Another rank: load what rank 0 loaded; after the last step, check the digest."""
         if message.status == FAILED:
             raise SwarmError(f"rank {rank}: the site's main process (rank 0) failed; see its log")
-        self.rounds, self.sync_frequency = message.rounds, message.sync_frequency
+        self.session.rounds = message.rounds
+        self.session.sync_frequency = message.sync_frequency
         if message.data is not None:
             self.set_params(decode(message.data, as_torch=True))
         if final:
-            self.final_digest = digest(self.get_params())
+            self.session.final_digest = digest(self.get_params())
             if message.digest is not None and message.digest != self.final_digest:
                 raise SwarmError(
                     f"rank {rank} ends with model {self.final_digest[:12]}… but rank 0 with "

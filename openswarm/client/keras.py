@@ -41,12 +41,12 @@ import keras  # noqa: E402 - after choosing the backend
 
 from openswarm.client.keras_common import (  # noqa: E402
     KerasCallbackMixin,
-    KerasSite,
+    KerasModel,
     named_weights,
     weight_names,
 )
 
-__all__ = ["KerasSite", "SwarmCallback", "named_weights", "weight_names"]
+__all__ = ["KerasModel", "SwarmCallback", "named_weights", "weight_names"]
 
 
 class SwarmCallback(KerasCallbackMixin, keras.callbacks.Callback):
@@ -61,7 +61,7 @@ class SwarmCallback(KerasCallbackMixin, keras.callbacks.Callback):
     `sync_frequency` training batches merge with the swarm, `on_train_end` does the final
     sync. `val_data` — `(x, y)`, `(x, y, sample_weight)` or a dataset — is evaluated with
     `model.evaluate` (loss and the first compiled metric) to report progress and to drive
-    adaptive sync. Other keywords are `SwarmCallbackBase`'s (merge_method, node_weight, …).
+    adaptive sync. Other keywords are `SwarmSession`'s (merge_method, node_weight, …).
 
     If the swarm cannot go on during training (a `SwarmError` in a sync), the callback logs
     the reason, sets `model.stop_training` so `fit` ends after the current batch, and raises

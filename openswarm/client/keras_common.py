@@ -8,14 +8,14 @@ defines `class SwarmCallback(KerasCallbackMixin, <its keras>.callbacks.Callback)
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
-from openswarm.client.base import SwarmCallbackBase
-from openswarm.node.peer import SwarmError
+from openswarm.client.base import SessionView
+from openswarm.client.session import SwarmSession
+from openswarm.protocol import SwarmError
 
 
 def named_weights(model: Any) -> dict[str, np.ndarray]:
@@ -36,16 +36,23 @@ def _short_name(name: str) -> str:
     return name.rsplit("/", 1)[-1].split(":", 1)[0]
 
 
-class KerasSite(SwarmCallbackBase):
-    """The platform part: read, load and evaluate the callback's Keras model."""
+class KerasModel:
+    """The model adapter of a Keras model (either generation): `get_weights()` by name,
+    `set_weights()`, and `evaluate()` on `val_data` (loss and the first compiled metric).
 
-    def __init__(self, callback: KerasCallbackMixin, **options: Any) -> None:
-        super().__init__(**options)
-        self.callback = callback
+    `source` gives the model when it is needed: a callback's `model` property, which on JAX
+    first syncs the training state."""
+
+    def __init__(
+        self, source: Callable[[], Any], val_data: Any = None, val_batch_size: int | None = None
+    ) -> None:
+        check_val_data(val_data)
+        self.source = source
+        self.val_data = val_data
+        self.val_batch_size = val_batch_size
 
     def _model(self) -> Any:
-        # through the Callback's property: on JAX it first syncs the training state
-        model = self.callback.model
+        model = self.source()
         if model is None:
             raise SwarmError("no model: use the callback in model.fit(...) or pass model=")
         return model
@@ -74,7 +81,7 @@ class KerasSite(SwarmCallbackBase):
         model.set_weights(values)
 
     def evaluate(self) -> tuple[float | None, float | None]:
-        data = self.callback.val_data
+        data = self.val_data
         if data is None:
             return None, None
         model = self._model()
@@ -85,7 +92,7 @@ class KerasSite(SwarmCallbackBase):
                     x, y, *weights = data
                     results = model.evaluate(
                         x, y, sample_weight=weights[0] if weights else None,
-                        batch_size=self.callback.val_batch_size, verbose=0, return_dict=True,
+                        batch_size=self.val_batch_size, verbose=0, return_dict=True,
                     )  # fmt: skip
                 else:
                     results = model.evaluate(data, verbose=0, return_dict=True)
@@ -126,18 +133,18 @@ def _metric_variables(model: Any) -> list[Any]:
     return [v for m in model.metrics for v in m.variables]
 
 
-class KerasCallbackMixin:
-    """The callback's constructor, hooks and what the swarm exposes, for either Keras
-    generation: mixed in before that Keras's `Callback`, with `model_class` its `Model`.
+class KerasCallbackMixin(SessionView):
+    """The callback's constructor and hooks, for either Keras generation: mixed in before
+    that Keras's `Callback`, with `model_class` its `Model`. The model adapter is
+    `KerasModel` (`cb.adapter`); `cb.set_params` stays Keras's own (fit's settings).
 
     `SwarmCallback(sync_frequency, min_peers, *, model=None, val_data=None,
-    val_batch_size=None, **options)`; `options` are `SwarmCallbackBase`'s.
+    val_batch_size=None, **options)`; `options` are `SwarmSession`'s.
     """
 
     model_class: type
     model: Any
     params: dict[str, Any]
-    swarm: KerasSite
 
     def __init__(
         self,
@@ -157,70 +164,49 @@ class KerasCallbackMixin:
                     f"got {type(model).__name__}"
                 )
             self.set_model(model)  # type: ignore[attr-defined]
-        check_val_data(val_data)
-        self.val_data = val_data
-        self.val_batch_size = val_batch_size
-        self.swarm = KerasSite(self, sync_frequency=sync_frequency, min_peers=min_peers, **options)
+        adapter = KerasModel(lambda: self.model, val_data, val_batch_size)
+        self.session = SwarmSession(
+            adapter, sync_frequency=sync_frequency, min_peers=min_peers, **options
+        )
         self.error: SwarmError | None = None
 
-    # --- what the swarm exposes -----------------------------------------------------------
     @property
-    def logger(self) -> logging.Logger:
-        return self.swarm.logger
+    def val_data(self) -> Any:
+        return self.session.model.val_data  # type: ignore[attr-defined]
 
     @property
-    def final_digest(self) -> str | None:
-        return self.swarm.final_digest
-
-    @property
-    def rounds(self) -> int:
-        return self.swarm.rounds
-
-    @property
-    def intervals(self) -> list[tuple[int, int]]:
-        return self.swarm.intervals
-
-    @property
-    def sync_frequency(self) -> int:
-        return self.swarm.sync_frequency
-
-    @property
-    def round_timings(self) -> list[dict[str, float]]:
-        return self.swarm.round_timings
+    def val_batch_size(self) -> int | None:
+        return self.session.model.val_batch_size  # type: ignore[attr-defined]
 
     # --- Keras hooks ----------------------------------------------------------------------
     def on_train_begin(self, logs: Mapping[str, Any] | None = None) -> None:
         self.error = None
-        if self.swarm.total_epochs is None and self.params:
-            self.swarm.total_epochs = self.params.get("epochs")
+        if self.session.total_epochs is None and self.params:
+            self.session.total_epochs = self.params.get("epochs")
         try:
-            self.swarm.on_train_begin()
+            self.session.train_begin()
         except BaseException:
-            self._close_peer()
+            self.session.close()
             raise
 
     def on_train_batch_end(self, batch: int, logs: Mapping[str, Any] | None = None) -> None:
         if self.error is not None:
             return
         try:
-            self.swarm.on_batch_end()
+            self.session.batch_end()
         except SwarmError as exc:
             self.error = exc
-            self.swarm.logger.error("the swarm cannot go on: %s; stopping training", exc)
+            self.logger.error("the swarm cannot go on: %s; stopping training", exc)
             self.model.stop_training = True
 
     def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
-        self.swarm.on_epoch_end(epoch)
+        self.session.epoch_end(epoch)
 
     def on_train_end(self, logs: Mapping[str, Any] | None = None) -> None:
         if self.error is not None:
-            self._close_peer()
+            self.session.close()
             raise self.error
-        self.swarm.on_train_end()
-
-    def _close_peer(self) -> None:
-        if self.swarm.peer is not None:
-            self.swarm.peer.close()
+        self.session.train_end()
 
 
 def check_val_data(val_data: Any) -> None:

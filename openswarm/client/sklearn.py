@@ -1,6 +1,7 @@
 """The scikit-learn binding: linear models trained with `partial_fit` (e.g. `SGDClassifier`).
 
-Written only against `SwarmCallbackBase`, as a third party would add a platform.
+A model adapter (`SklearnModel`) and a `LoopCallback` over it: written only against the
+public binding API, as a third party would add a platform.
 """
 
 from __future__ import annotations
@@ -12,44 +13,22 @@ import numpy as np
 from sklearn.base import BaseEstimator, is_classifier
 from sklearn.metrics import accuracy_score, hinge_loss, log_loss, mean_squared_error, r2_score
 
-from openswarm.client.base import SwarmCallbackBase
-from openswarm.node.peer import SwarmError
+from openswarm.client.base import LoopCallback
+from openswarm.protocol import SwarmError
 
 LINEAR_ATTRIBUTES = ("coef_", "intercept_")
 
 
-class SwarmCallback(SwarmCallbackBase):
-    """Sync a scikit-learn estimator's fitted arrays (`coef_`, `intercept_`) with the swarm.
-
-    The estimator must be initialised first — one `partial_fit` with `classes=` (all of them:
-    every site must know the same classes) — so the arrays exist for the initial sync:
-
-    ```python
-    clf = SGDClassifier(loss="log_loss")
-    clf.partial_fit(x[:32], y[:32], classes=np.arange(10))
-    cb = SwarmCallback(clf, sync_frequency=10, min_peers=3, val_data=(x_val, y_val))
-    cb.on_train_begin()
-    for epoch in range(epochs):
-        for xb, yb in batches:
-            clf.partial_fit(xb, yb); cb.on_batch_end()
-        cb.on_epoch_end(epoch)
-    cb.on_train_end()   # clf now holds the final swarm model, the same on every site
-    ```
-
-    `evaluate()` on `val_data=(x, y)` gives log-loss and accuracy for probabilistic
-    classifiers, hinge loss and accuracy for other classifiers, mean squared error and R² for
-    regressors. `attributes` names other fitted arrays to sync, for other estimators.
-    """
+class SklearnModel:
+    """The model adapter of a scikit-learn estimator: its fitted arrays `attributes`
+    (`coef_`, `intercept_` for linear models); `evaluate()` on `val_data=(x, y)`."""
 
     def __init__(
         self,
         estimator: BaseEstimator,
-        sync_frequency: int,
-        min_peers: int,
         *,
         val_data: tuple[Any, Any] | None = None,
         attributes: Sequence[str] = LINEAR_ATTRIBUTES,
-        **options: Any,
     ) -> None:
         if not hasattr(estimator, "partial_fit"):
             raise SwarmError(f"{type(estimator).__name__} has no partial_fit: it cannot train on")
@@ -59,7 +38,6 @@ class SwarmCallback(SwarmCallbackBase):
             )
         if val_data is not None and (not isinstance(val_data, tuple) or len(val_data) != 2):
             raise SwarmError("val_data must be a tuple (x, y)")
-        super().__init__(sync_frequency=sync_frequency, min_peers=min_peers, **options)
         self.estimator = estimator
         self.attributes = tuple(attributes)
         self.val_data = val_data
@@ -101,3 +79,41 @@ class SwarmCallback(SwarmCallbackBase):
         if hasattr(est, "predict_proba"):
             return float(log_loss(y, est.predict_proba(x), labels=est.classes_)), accuracy
         return float(hinge_loss(y, est.decision_function(x), labels=est.classes_)), accuracy
+
+
+class SwarmCallback(LoopCallback):
+    """Sync a scikit-learn estimator's fitted arrays (`coef_`, `intercept_`) with the swarm.
+
+    The estimator must be initialised first — one `partial_fit` with `classes=` (all of them:
+    every site must know the same classes) — so the arrays exist for the initial sync:
+
+    ```python
+    clf = SGDClassifier(loss="log_loss")
+    clf.partial_fit(x[:32], y[:32], classes=np.arange(10))
+    cb = SwarmCallback(clf, sync_frequency=10, min_peers=3, val_data=(x_val, y_val))
+    cb.on_train_begin()
+    for epoch in range(epochs):
+        for xb, yb in batches:
+            clf.partial_fit(xb, yb); cb.on_batch_end()
+        cb.on_epoch_end(epoch)
+    cb.on_train_end()   # clf now holds the final swarm model, the same on every site
+    ```
+
+    `evaluate()` on `val_data=(x, y)` gives log-loss and accuracy for probabilistic
+    classifiers, hinge loss and accuracy for other classifiers, mean squared error and R² for
+    regressors. `attributes` names other fitted arrays to sync, for other estimators.
+    """
+
+    def __init__(
+        self,
+        estimator: BaseEstimator,
+        sync_frequency: int,
+        min_peers: int,
+        *,
+        val_data: tuple[Any, Any] | None = None,
+        attributes: Sequence[str] = LINEAR_ATTRIBUTES,
+        **options: Any,
+    ) -> None:
+        adapter = SklearnModel(estimator, val_data=val_data, attributes=attributes)
+        super().__init__(adapter, sync_frequency, min_peers, **options)
+        self.estimator = estimator

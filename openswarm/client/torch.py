@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from openswarm.client.base import SwarmCallbackBase
+from openswarm.client.base import LoopCallback
 from openswarm.codec import CodecError, to_torch
 from openswarm.protocol import SwarmError
 
@@ -26,7 +26,63 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 MetricFn = Callable[[torch.Tensor, torch.Tensor], float]
 
 
-class SwarmCallback(SwarmCallbackBase):
+class TorchModel:
+    """The model adapter of a `torch.nn.Module`: its whole state_dict (buffers included) on
+    any device; `evaluate()` averages `loss_fn` (and `metric_fn`) over `val_data`'s
+    `(x, y)` batches."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        val_data: Iterable[Any] | None = None,
+        loss_fn: LossFn | str | None = None,
+        loss_args: Mapping[str, Any] | None = None,
+        metric_fn: MetricFn | None = None,
+    ) -> None:
+        if not isinstance(model, torch.nn.Module):
+            raise SwarmError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        require_bfloat16_support(model.state_dict())
+        self.module = model
+        self.val_data = val_data
+        self.loss_fn = _loss(loss_fn, loss_args)
+        self.metric_fn = metric_fn
+
+    def get_params(self) -> dict[str, torch.Tensor]:
+        return host_tensors(self.module.state_dict())
+
+    def set_params(self, params: Mapping[str, Any]) -> None:
+        tensors = matching_tensors(self.module.state_dict(), params)
+        with torch.no_grad():  # copy_ onto each tensor's own device, dtype unchanged
+            self.module.load_state_dict(tensors, strict=True)
+
+    def evaluate(self) -> tuple[float | None, float | None]:
+        if self.val_data is None or self.loss_fn is None:
+            return None, None
+        model = self.module
+        was_training = model.training
+        model.eval()
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        total_loss = total_metric = 0.0
+        count = 0
+        try:
+            with torch.no_grad():
+                for x, y in self.val_data:
+                    x, y = x.to(device), y.to(device)
+                    out = model(x)
+                    n = len(y)
+                    total_loss += float(self.loss_fn(out, y)) * n
+                    if self.metric_fn is not None:
+                        total_metric += float(self.metric_fn(out, y)) * n
+                    count += n
+        finally:
+            model.train(was_training)
+        if count == 0:
+            return None, None
+        return total_loss / count, (total_metric / count if self.metric_fn else None)
+
+
+class SwarmCallback(LoopCallback):
     """Sync a `torch.nn.Module`'s whole state_dict (buffers included) with the swarm.
 
     ```python
@@ -39,6 +95,8 @@ class SwarmCallback(SwarmCallbackBase):
         cb.on_epoch_end(epoch)
     cb.on_train_end()   # model now holds the final swarm model, same on every site
     ```
+
+    A `LoopCallback` over `TorchModel`; other keywords are `SwarmSession`'s.
     """
 
     def __init__(
@@ -53,44 +111,11 @@ class SwarmCallback(SwarmCallbackBase):
         metric_fn: MetricFn | None = None,
         **options: Any,
     ) -> None:
-        if not isinstance(model, torch.nn.Module):
-            raise SwarmError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        require_bfloat16_support(model.state_dict())
-        super().__init__(sync_frequency=sync_frequency, min_peers=min_peers, **options)
+        adapter = TorchModel(
+            model, val_data=val_data, loss_fn=loss_fn, loss_args=loss_args, metric_fn=metric_fn
+        )
+        super().__init__(adapter, sync_frequency, min_peers, **options)
         self.model = model
-        self.val_data = val_data
-        self.loss_fn = _loss(loss_fn, loss_args)
-        self.metric_fn = metric_fn
-
-    def get_params(self) -> dict[str, torch.Tensor]:
-        return host_tensors(self.model.state_dict())
-
-    def set_params(self, params: Mapping[str, Any]) -> None:
-        tensors = matching_tensors(self.model.state_dict(), params)
-        with torch.no_grad():  # copy_ onto each tensor's own device, dtype unchanged
-            self.model.load_state_dict(tensors, strict=True)
-
-    def evaluate(self) -> tuple[float | None, float | None]:
-        if self.val_data is None or self.loss_fn is None:
-            return None, None
-        was_training = self.model.training
-        self.model.eval()
-        device = next((p.device for p in self.model.parameters()), torch.device("cpu"))
-        total_loss = total_metric = 0.0
-        count = 0
-        with torch.no_grad():
-            for x, y in self.val_data:
-                x, y = x.to(device), y.to(device)
-                out = self.model(x)
-                n = len(y)
-                total_loss += float(self.loss_fn(out, y)) * n
-                if self.metric_fn is not None:
-                    total_metric += float(self.metric_fn(out, y)) * n
-                count += n
-        self.model.train(was_training)
-        if count == 0:
-            return None, None
-        return total_loss / count, (total_metric / count if self.metric_fn else None)
 
 
 def _loss(loss_fn: LossFn | str | None, args: Mapping[str, Any] | None) -> LossFn | None:

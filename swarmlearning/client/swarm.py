@@ -6,8 +6,8 @@ own `_verifyAndSetPlatformContext(kwargs)`, then `self._swarmInitialize()`; it i
 `_getValidationDataForAdaptiveSync`, `_verifyAndSetPlatformContext`,
 `_saveModelWeightsToDict`, `_loadModelWeightsFromDict` and `_calculateLocalLossAndMetrics`,
 and calls `_swarmOnTrainBegin()`, `_swarmOnBatchEnd()`, `_swarmOnEpochEnd()` and
-`_swarmOnTrainEnd()` from the platform's own hooks. Here those names map onto openswarm's
-platform-neutral `openswarm.client.base.SwarmCallbackBase`.
+`_swarmOnTrainEnd()` from the platform's own hooks. Here the three weight and loss methods
+make the model adapter of an openswarm `SwarmSession`, and the `_swarmOn…` calls its steps.
 """
 
 from __future__ import annotations
@@ -15,18 +15,36 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from openswarm.client.base import SwarmCallbackBase as _OpenSwarmBase
-from openswarm.node.peer import SwarmError
+from openswarm.client.base import SessionView
+from openswarm.client.session import SwarmSession
+from openswarm.protocol import SwarmError
 from swarmlearning._compat import COMMON_KEYWORDS, hpe_options
 
-#: openswarm base-class options a platform-neutral HPE callback can set.
+#: SwarmSession options a platform-neutral HPE callback can set.
 _BASE_OPTIONS = (
     "sync_frequency", "min_peers", "merge_method", "node_weight", "training_contract",
     "total_epochs", "contribution", "use_adaptive_sync", "logger",
 )  # fmt: skip
 
 
-class SwarmCallbackBase(_OpenSwarmBase):
+class _PlatformMethods:
+    """The model adapter made of an HPE platform subclass's own methods."""
+
+    def __init__(self, callback: SwarmCallbackBase) -> None:
+        self.callback = callback
+
+    def get_params(self) -> Mapping[str, Any]:
+        return self.callback._saveModelWeightsToDict()
+
+    def set_params(self, params: Mapping[str, Any]) -> None:
+        self.callback._loadModelWeightsFromDict(params)
+
+    def evaluate(self) -> tuple[float | None, float | None]:
+        loss, metric = self.callback._calculateLocalLossAndMetrics()
+        return (None if loss is None else float(loss), None if metric is None else float(metric))
+
+
+class SwarmCallbackBase(SessionView):
     """HPE's base class of a platform's SwarmCallback (see the module docstring)."""
 
     def __init__(
@@ -38,7 +56,8 @@ class SwarmCallbackBase(_OpenSwarmBase):
     ) -> None:
         common = {k: v for k, v in kwargs.items() if k in COMMON_KEYWORDS and k != "model"}
         options = hpe_options(syncFrequency, minPeers, trainingContract, common, "base")
-        super().__init__(**{k: v for k, v in options.items() if k in _BASE_OPTIONS})
+        settings = {k: v for k, v in options.items() if k in _BASE_OPTIONS}
+        self.session = SwarmSession(_PlatformMethods(self), **settings)
         (self.valGen, self.validationSteps, self.valX, self.valY, self.valSampleWeight) = (
             self._getValidationDataForAdaptiveSync(
                 options.get("val_data"), options.get("val_batch_size")
@@ -71,28 +90,17 @@ class SwarmCallbackBase(_OpenSwarmBase):
     def _swarmOnTrainBegin(self) -> None:
         if not self._initialized:
             raise SwarmError("call _swarmInitialize() in __init__, as HPE's API says")
-        self.on_train_begin()
+        self.session.train_begin()
 
     def _swarmOnBatchEnd(self) -> None:
-        self.on_batch_end()
+        self.session.batch_end()
 
     def _swarmOnEpochEnd(self, epoch: int | None = None) -> None:
-        self.on_epoch_end(epoch)
+        self.session.epoch_end(epoch)
 
     def _swarmOnTrainEnd(self) -> None:
-        self.on_train_end()
+        self.session.train_end()
 
     @property
     def isSwarmTrainingOver(self) -> bool:
         return self.final_digest is not None
-
-    # --- openswarm's three platform methods, mapped ----------------------------------------
-    def get_params(self) -> Mapping[str, Any]:
-        return self._saveModelWeightsToDict()
-
-    def set_params(self, params: Mapping[str, Any]) -> None:
-        self._loadModelWeightsFromDict(params)
-
-    def evaluate(self) -> tuple[float | None, float | None]:
-        loss, metric = self._calculateLocalLossAndMetrics()
-        return (None if loss is None else float(loss), None if metric is None else float(metric))
