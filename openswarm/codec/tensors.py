@@ -22,25 +22,51 @@ RESERVED_NAME = "__metadata__"
 
 
 @dataclass(frozen=True)
-class TensorView:
-    """One named tensor of a parameter set; ``flat()`` gives its raw values."""
+class TensorSpec:
+    """What one named tensor of a parameter set is: its name, codec dtype and shape. The
+    one description the codec, the merge methods and the peer's checks share."""
 
     name: str
     dtype: DType
     shape: tuple[int, ...]
-    value: Any
+
+    @property
+    def size(self) -> int:
+        """Number of values."""
+        count = 1
+        for dim in self.shape:
+            count *= dim
+        return count
 
     @property
     def nbytes(self) -> int:
         """Bytes of raw data."""
-        count = 1
-        for dim in self.shape:
-            count *= dim
-        return count * self.dtype.itemsize
+        return self.size * self.dtype.itemsize
+
+
+@dataclass(frozen=True)
+class TensorView(TensorSpec):
+    """A `TensorSpec` with its value; ``flat()`` gives the raw values."""
+
+    value: Any
 
     def flat(self) -> np.ndarray:
         """Flat, C-ordered, native-endian raw values (a view when the layout allows)."""
         return flat_storage(self.value, self.dtype)
+
+
+def spec_of(name: str, value: Any) -> TensorSpec:
+    """The `TensorSpec` of `value` (UnsupportedValueError for what the codec cannot hold)."""
+    dtype, shape = describe(value)
+    return TensorSpec(name, dtype, shape)
+
+
+def structure(params: Mapping[str, Any]) -> dict[str, TensorSpec]:
+    """Each tensor's `TensorSpec`, in order (CodecError for a value the codec cannot hold)."""
+    try:
+        return {name: spec_of(name, value) for name, value in params.items()}
+    except UnsupportedValueError as exc:
+        raise CodecError(str(exc)) from None
 
 
 def tensor_views(params: Mapping[str, Any]) -> list[TensorView]:

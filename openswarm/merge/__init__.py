@@ -4,7 +4,8 @@ Every method takes ``(param_sets, weights=None, **options)`` and returns the inp
 (numpy or torch), dtypes, names and order. Names, shapes, dtypes, kinds, weights and
 options are validated before any arithmetic, finiteness too (``mean`` checks it inside
 its single streaming pass, still before anything is returned); MergeInputError names
-the peer and tensor. Zero-weight peers are validated, then dropped.
+the peer and tensor (NonFiniteInput, with the peer's index, for NaN or infinity).
+Zero-weight peers are validated, then dropped.
 
 Shared rules: 16-bit floats compute in float32; integer tensors compute in float64 and
 round half to even; bools are True where the float result is > 0.5 (a strict weighted
@@ -12,7 +13,7 @@ majority for mean and median). ``krum`` copies the chosen peer's tensors, and
 ``geomedian`` merges integer/bool tensors by the weighted coordinate-wise median.
 """
 
-from openswarm.merge.errors import MergeInputError
+from openswarm.merge.errors import MergeInputError, NonFiniteInput
 from openswarm.merge.geomedian import GeomedianResult, geomedian, geomedian_with_info
 from openswarm.merge.krum import krum, multi_krum
 from openswarm.merge.mean import mean
@@ -24,6 +25,7 @@ __all__ = [
     "MERGE_METHODS",
     "GeomedianResult",
     "MergeInputError",
+    "NonFiniteInput",
     "coordmedian",
     "geomedian",
     "geomedian_with_info",

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from openswarm.codec.finite import has_nonfinite
-from openswarm.merge.errors import MergeInputError
+from openswarm.merge.errors import NonFiniteInput
 from openswarm.merge.inputs import Prepared
 from openswarm.merge.numeric import acc_dtype, as_float, store
 
@@ -101,7 +101,7 @@ def _explain(
     spec = prep.specs[t]
     for peer, chunk in zip(prep.peers, chunks, strict=True):
         if has_nonfinite(chunk, spec.dtype):
-            raise MergeInputError(f"peer {peer}, tensor {spec.name!r}: contains NaN or infinity")
+            raise NonFiniteInput(peer, spec.name)
     total = np.zeros(len(chunks[0]), np.float64)
     for chunk, coeff in zip(chunks, coeffs, strict=True):
         total += coeff * as_float(chunk, spec.dtype).astype(np.float64)

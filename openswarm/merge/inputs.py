@@ -6,35 +6,24 @@ except that ``check_finite="dropped"`` leaves the kept peers' finiteness to the 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
 
-from openswarm.codec.arrays import UnsupportedValueError, describe, flat_storage, from_storage
+from openswarm.codec.arrays import UnsupportedValueError, flat_storage, from_storage
 from openswarm.codec.arrays import is_torch as _is_torch
-from openswarm.codec.dtypes import DType
 from openswarm.codec.finite import has_nonfinite
-from openswarm.merge.errors import MergeInputError
-
-
-@dataclass(frozen=True)
-class Spec:
-    """One tensor of the merged parameter set."""
-
-    name: str
-    dtype: DType
-    shape: tuple[int, ...]
-    size: int
+from openswarm.codec.tensors import TensorSpec, spec_of
+from openswarm.merge.errors import MergeInputError, NonFiniteInput
 
 
 @dataclass(frozen=True)
 class Prepared:
     """Validated inputs: the peers with positive weight and their flat raw tensors."""
 
-    specs: tuple[Spec, ...]
+    specs: tuple[TensorSpec, ...]
     flats: tuple[tuple[np.ndarray, ...], ...]  # [peer][tensor], see codec flat_storage
     weights: np.ndarray  # float64, > 0, sums to 1
     peers: tuple[int, ...]  # caller's index of each kept peer
@@ -97,7 +86,7 @@ def prepare(
         flats[i] = _flats(sets[i], specs)
         for spec, flat in zip(specs, flats[i], strict=True):
             if has_nonfinite(flat, spec.dtype):
-                raise MergeInputError(f"peer {i}, tensor {spec.name!r}: contains NaN or infinity")
+                raise NonFiniteInput(i, spec.name)
     kept_w = w[kept]
     return Prepared(
         specs=specs,
@@ -125,7 +114,7 @@ def _sets(param_sets: Any) -> list[Mapping[str, Any]]:
     return list(param_sets)
 
 
-def _structure(sets: list[Mapping[str, Any]]) -> tuple[tuple[Spec, ...], bool]:
+def _structure(sets: list[Mapping[str, Any]]) -> tuple[tuple[TensorSpec, ...], bool]:
     first = sets[0]
     names = list(first)
     for name in names:
@@ -164,12 +153,11 @@ def _structure(sets: list[Mapping[str, Any]]) -> tuple[tuple[Spec, ...], bool]:
     return specs, as_torch
 
 
-def _spec(peer: int, name: str, value: Any) -> Spec:
+def _spec(peer: int, name: str, value: Any) -> TensorSpec:
     try:
-        dtype, shape = describe(value)
+        return spec_of(name, value)
     except UnsupportedValueError as exc:
         raise MergeInputError(f"peer {peer}, tensor {name!r}: {exc}") from None
-    return Spec(name, dtype, shape, math.prod(shape))
 
 
 def _weights(weights: Any, count: int) -> np.ndarray:
@@ -192,7 +180,7 @@ def _weights(weights: Any, count: int) -> np.ndarray:
     return w
 
 
-def _flats(params: Mapping[str, Any], specs: tuple[Spec, ...]) -> tuple[np.ndarray, ...]:
+def _flats(params: Mapping[str, Any], specs: tuple[TensorSpec, ...]) -> tuple[np.ndarray, ...]:
     return tuple(flat_storage(params[s.name], s.dtype) for s in specs)
 
 

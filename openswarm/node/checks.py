@@ -4,31 +4,28 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
+from openswarm.codec.arrays import UnsupportedValueError
+from openswarm.codec.tensors import TensorSpec, spec_of, structure
 
 Params = dict[str, Any]
+Structure = dict[str, TensorSpec]
+
+__all__ = ["Params", "Structure", "mismatch", "structure"]
 
 
-def structure(params: Params) -> Params:
-    """Zero-size stand-ins with the names, shapes and dtypes of `params`."""
-    return {
-        name: np.lib.stride_tricks.as_strided(
-            np.zeros(1, dtype=value.dtype), shape=np.shape(value), strides=(0,) * np.ndim(value)
-        )
-        for name, value in params.items()
-    }
-
-
-def mismatch(reference: Params, params: Params) -> str | None:
-    """Why `params` cannot be merged with `reference`, or None if it can."""
+def mismatch(reference: Structure, params: Params) -> str | None:
+    """Why `params` cannot be merged with a model of structure `reference`, or None."""
     missing = [n for n in reference if n not in params]
     extra = [n for n in params if n not in reference]
     if missing or extra:
         return f"tensor names differ (missing {missing[:3]}, unexpected {extra[:3]})"
     for name, ref in reference.items():
-        got = params[name]
-        if tuple(np.shape(got)) != tuple(np.shape(ref)):
-            return f"tensor {name!r} has shape {tuple(np.shape(got))}, expected {np.shape(ref)}"
-        if str(got.dtype) != str(ref.dtype):
-            return f"tensor {name!r} has dtype {got.dtype}, expected {ref.dtype}"
+        try:
+            got = spec_of(name, params[name])
+        except UnsupportedValueError as exc:
+            return f"tensor {name!r}: {exc}"
+        if got.shape != ref.shape:
+            return f"tensor {name!r} has shape {got.shape}, expected {ref.shape}"
+        if got.dtype != ref.dtype:
+            return f"tensor {name!r} has dtype {got.dtype.name}, expected {ref.dtype.name}"
     return None

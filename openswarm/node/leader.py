@@ -3,7 +3,9 @@
 `Leader.run` returns the merged model's bytes and digest and who was used or left out (and
 why); the peer publishes it and records it on the ledger. Nothing a participant sends can
 make it fail: a snapshot that cannot be had, is the wrong size, or does not decode, fit or
-stay finite is left out and named.
+stay finite is left out and named. Each check runs once: names, shapes and dtypes as a
+snapshot arrives, finiteness inside the merge's own pass over the data (a snapshot it
+finds NaN or infinity in is left out and the rest merged again).
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from typing import Any
 import numpy as np
 
 from openswarm.codec import CodecError, check_finite, decode, digest_encoded, encode
-from openswarm.merge import mean, merge
-from openswarm.node.checks import Params, mismatch
+from openswarm.merge import MergeInputError, NonFiniteInput, mean, merge
+from openswarm.node.checks import Params, Structure, mismatch, structure
 from openswarm.node.exchange import ExchangeClient, ExchangeError
 from openswarm.node.settings import SwarmSettings
 
@@ -53,24 +55,49 @@ class Leader:
         self._out_shape: list[Any] = []
 
     def run(self, view: Mapping[str, Any], round: int, own_data: bytes,
-            reference: Params | None, cap: int) -> Merged:  # fmt: skip
+            reference: Structure | None, cap: int) -> Merged:  # fmt: skip
         """Lead `round` with this site's snapshot `own_data`; `reference` is the swarm's
         current model (what every snapshot must look like), `cap` the largest download.
         In the contract's first round the leader's own model is handed out unmerged.
         MergeInputError if nothing could be merged."""
         own = decode(own_data)
         if view["latest_merged"] is None:  # the initial sync: everyone adopts the leader's
+            try:
+                check_finite(own)
+            except CodecError as exc:
+                raise MergeInputError(
+                    f"this site's own model cannot start the swarm: {exc}"
+                ) from None
             merged_params, used, excluded = own, [self.name], []
         else:
             with self.timed("transfer"):
-                sets, weights, used, excluded = self._gather(view, round, own_data, own,
-                                                             reference or own, cap)  # fmt: skip
+                model = reference or structure(own)
+                sets, weights, used, excluded = self._gather(view, round, own_data, own, model,
+                                                             cap)  # fmt: skip
             with self.timed("merge"):
-                merged_params = self._merge(sets, weights)
+                merged_params = self._merge_finite(round, sets, weights, used, excluded)
         with self.timed("encode"):
             data = encode(merged_params)
             digest = digest_encoded(data)
         return Merged(data, digest, used, excluded)
+
+    def _merge_finite(self, round: int, sets: list[Params], weights: list[float],
+                      used: list[str], excluded: list[dict[str, str]]) -> Params:  # fmt: skip
+        """Merge; a snapshot the merge finds NaN or infinity in is moved from `used` to
+        `excluded` and the others merged again."""
+        while True:
+            try:
+                return self._merge(sets, weights)
+            except NonFiniteInput as exc:
+                name = used.pop(exc.peer)
+                del sets[exc.peer], weights[exc.peer]
+                reason = f"tensor {exc.tensor!r} contains NaN or infinity"
+                log.warning("%s: leaving %s out of round %d: %s", self.name, name, round, reason)
+                excluded.append({"name": name, "reason": reason})
+                if not sets:
+                    raise MergeInputError("no snapshot left to merge") from exc
+                if not any(weights):
+                    weights[:] = [1.0] * len(sets)
 
     def _merge(self, sets: list[Params], weights: list[float]) -> Params:
         """Merge with the contract's method; `mean` reuses its output arrays across rounds
@@ -86,7 +113,7 @@ class Leader:
 
     def _gather(
         self, view: Mapping[str, Any], round: int, own_data: bytes, own: Params,
-        reference: Params, cap: int,
+        reference: Structure, cap: int,
     ) -> tuple[list[Params], list[float], list[str], list[dict[str, str]]]:  # fmt: skip
         """Pull and check every participant's snapshot; refuse the ones that don't fit."""
         current = view["current"]
@@ -115,7 +142,6 @@ class Leader:
                         idle_s=min(MAX_IDLE_S, timeout / 4), peer=name,
                     )  # fmt: skip
                     params = decode(data)
-                check_finite(params)
             except (ExchangeError, CodecError) as exc:
                 return str(exc)
             return mismatch(reference, params) or params

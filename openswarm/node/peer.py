@@ -30,7 +30,7 @@ from openswarm.codec import CodecError, check_finite, decode, digest_encoded, en
 from openswarm.ledger.client import LedgerClient, LedgerError, Outcome
 from openswarm.ledger.tx import make_transaction
 from openswarm.merge import MergeInputError
-from openswarm.node.checks import mismatch, structure
+from openswarm.node.checks import Structure, mismatch, structure
 from openswarm.node.decide import IDLE_S, Me, RoundView, next_step
 from openswarm.node.exchange import CHUNK_BYTES, ExchangeClient, ExchangeError, ExchangeServer
 from openswarm.node.leader import MAX_IDLE_S, Leader
@@ -77,7 +77,16 @@ class _Local:
 class SwarmPeer:
     """One site's presence in the swarm: registration, snapshot server and rounds."""
 
-    def __init__(self, settings: SwarmSettings, network: NetworkConfig) -> None:
+    def __init__(
+        self,
+        settings: SwarmSettings,
+        network: NetworkConfig,
+        *,
+        ledger: LedgerClient | None = None,
+        fetcher: ExchangeClient | None = None,
+    ) -> None:
+        """`ledger` and `fetcher`, the clients this peer talks through, default to ones for
+        `network` and its identity; tests inject others (a failing or slow one)."""
         self.settings = settings
         try:
             self.identity = Identity.load(network.identity)
@@ -91,7 +100,7 @@ class SwarmPeer:
         self.name = self.identity.name
         self.contract = settings.contract
         self.network = network
-        self.ledger = LedgerClient(list(network.ledger), self.identity)
+        self.ledger = ledger or LedgerClient(list(network.ledger), self.identity)
         # The contract's state, pushed by the ledger as it changes (started by register()).
         self._watch: ContractWatch | None = None
         self._watch_lock = threading.Lock()
@@ -99,7 +108,7 @@ class SwarmPeer:
         # What other sites dial: the advertised host (its certificate must name it, see
         # `openswarm pki issue --host`), else the listening one.
         self.endpoint = f"{network.advertise or self.server.host}:{self.server.port}"
-        self.fetcher = ExchangeClient(self.identity)
+        self.fetcher = fetcher or ExchangeClient(self.identity)
         self._leader = Leader(self.name, settings, self.fetcher, self._timed)
         self.finished = False
         self.rounds_joined = 0
@@ -107,8 +116,8 @@ class SwarmPeer:
         self._led: set[int] = set()
         self._last_wait_log = 0.0
         self._local: _Local | None = None
-        self._reference: Params | None = None  # structure of the swarm's current model
-        self._own_structure: Params | None = None  # what this site's model can load
+        self._reference: Structure | None = None  # the swarm's current model
+        self._own_structure: Structure | None = None  # what this site's model can load
         self._own_size: int | None = None  # its encoded size: no model from others is larger
         self._latest: RoundResult | None = None
         self._timings: dict[str, float] = {}
@@ -447,12 +456,11 @@ class SwarmPeer:
             return None
         digest = record["digest"]
         if record["leader"] == self.name:
-            found = self.server.store.find("merged", r, digest)
-            if found is None:
-                return None
             try:
-                params = self._decode_merged(r, digest, found.data)
+                params = self._held_merged(r, digest)
             except SwarmError:
+                return None
+            if params is None:
                 return None
         else:
             latest = view.get("latest_merged") or {}
@@ -492,9 +500,9 @@ class SwarmPeer:
             latest = view.get("latest_merged") or {}
             if latest.get("round") == r and latest.get("digest") == digest:
                 sources = [*sources, *latest.get("holders", [])]
-            found = self.server.store.find("merged", r, digest)  # held here already
-            if found:
-                return self._decode_merged(r, digest, found.data)
+            held = self._held_merged(r, digest)
+            if held is not None:
+                return held
             for name in dict.fromkeys(sources):
                 if name == self.name:
                     continue
@@ -521,13 +529,20 @@ class SwarmPeer:
             f"no peer could hand over the merged model of round {r}: {'; '.join(problems[-3:])}"
         )
 
-    def _decode_merged(self, r: int, digest: str, data: bytes) -> Params:
-        """Decode a merged model and check it fits this site's model and is finite; a bad
-        one is reported to the contract as refused (SwarmError)."""
+    def _held_merged(self, r: int, digest: str) -> Params | None:
+        """The merged model `digest` of round `r` if this site holds it: merged here (the
+        merge checked its finiteness) or fetched and checked before; its structure is
+        checked again (cheap), as what a leader publishes need not be what it merged."""
+        found = self.server.store.find("merged", r, digest)
+        return None if found is None else self._decode_merged(r, digest, found.data, False)
+
+    def _decode_merged(self, r: int, digest: str, data: bytes, finite: bool = True) -> Params:
+        """Decode a merged model and check it fits this site's model and (if `finite`) is
+        finite; a bad one is reported to the contract as refused (SwarmError)."""
         try:
             params = decode(data)
-            problem = mismatch(self._own_structure or params, params)
-            if problem is None:
+            problem = None if self._own_structure is None else mismatch(self._own_structure, params)
+            if problem is None and finite:
                 check_finite(params)
         except CodecError as exc:
             problem = f"malformed: {exc}"
