@@ -2,7 +2,8 @@
 
 One embedded ledger replica (`LocalLedger`, its own process) and K peer processes (spawned
 workers of this file) sync a 10-value float32 model `--rounds` times (default 1,000) through
-`SwarmPeer.sync`, over mutual TLS on loopback, as fast as the protocol goes. At rounds 10,
+`SwarmPeer.sync`, each reporting a loss after every merge as a training site does, over
+mutual TLS on loopback, as fast as the protocol goes. At rounds 10,
 100 and 1,000 (and the last) it reports, for the window since the checkpoint before:
 
 - ledger msgs/round and KB/round: messages and bytes the ledger node sent (its `status`
@@ -57,8 +58,11 @@ def peer_worker(endpoints: list[str], identity: str, peers: int, rounds: int,
         for r in range(1, rounds + 1):
             params = {"w": rng.standard_normal(10).astype(np.float32)}
             started = time.perf_counter()
-            peer.sync(params)
+            result = peer.sync(params)
             queue.put((peer.name, r, time.perf_counter() - started))
+            if result.params is not None:  # as a training site does after each merge
+                loss = float(np.mean(np.square(result.params["w"])))
+                peer.report_metrics(result.round, loss, None, r, rounds)
     finally:
         peer.close()
 

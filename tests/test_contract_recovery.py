@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 from test_contract import PEERS, Driver, digest, event_types
 
-from openswarm.ledger.contract import ContractError, ContractSettings, TrainingContract
+from openswarm.ledger.contract import (
+    HISTORY_KEPT,
+    ContractError,
+    ContractSettings,
+    TrainingContract,
+)
 
 
 def merged_round(d: Driver, names: list[str] = PEERS) -> tuple[str, int, str]:
@@ -136,3 +141,44 @@ def test_in_a_round_of_two_a_refusal_voids_but_does_not_demote() -> None:
     result = d.ok("merge_refused", other, r, {"digest": merged, "reason": "bad"})
     assert event_types(result) == ["merge_refused", "merge_voided"]
     assert d.contract.snapshot()["demoted"] == []
+
+
+def aborted_round(d: Driver, timeout_s: float) -> int:
+    """Seal the current round and time out every leader in turn: it ends without a merge."""
+    ranking = d.sealed_round(PEERS)
+    r = d.contract.current_round
+    for i, leader in enumerate(ranking):
+        d.now += timeout_s
+        d.ok("leader_timeout", ranking[(i + 1) % len(ranking)], r, {"leader": leader})
+    assert d.contract.current_round == r + 1
+    return r
+
+
+def test_a_long_run_keeps_recent_rounds_and_what_a_void_falls_back_to() -> None:
+    d = Driver(leader_timeout_s=10)
+    started = d.now
+    _, r1, first = merged_round(d)
+    _, r2, second = merged_round(d)
+    for _ in range(HISTORY_KEPT + 5):  # r1 and r2 fall out of the window
+        aborted_round(d, 10)
+    metrics = {"loss": 0.5, "epoch": 1}
+    d.ok("metrics", "alice", d.contract.current_round - 1, metrics)
+    old = d.contract.current_round - HISTORY_KEPT - 1
+    d.refused("metrics", "alice", old, metrics, match=f"older than the last {HISTORY_KEPT}")
+    state = d.contract.snapshot()
+    rounds = [h["round"] for h in state["history"]]
+    # the window, plus the latest merge and the one a void would fall back to
+    assert rounds[:2] == [r1, r2] and len(rounds) == HISTORY_KEPT + 2
+    assert rounds[2:] == list(
+        range(d.contract.current_round - HISTORY_KEPT, d.contract.current_round)
+    )
+    assert state["merged_rounds"] == 2 and state["started_at"] == started
+    # the latest merge, long ago, can still be declared unavailable: back to the first
+    leader = state["latest_merged"]["leader"]
+    other = next(n for n in PEERS if n != leader)
+    result = d.ok("merge_unavailable", other, r2, {"digest": second})
+    assert result["events"][0]["fallback"] == r1
+    assert d.contract.snapshot()["latest_merged"]["digest"] == first
+    merged_round(d)  # the next round closes: r2's record, no longer needed, is forgotten
+    rounds = [h["round"] for h in d.contract.snapshot()["history"]]
+    assert r1 in rounds and r2 not in rounds and len(rounds) == HISTORY_KEPT + 1

@@ -290,6 +290,7 @@ def test_interrupt_stops_every_peer_and_the_ledger(
 def test_progress_lines_from_the_contract_state() -> None:
     state = {
         "round": 3,
+        "merged_rounds": 2,
         "members": {"site-1": {"finished": False, "active": True},
                     "site-2": {"finished": True, "active": True}},
         "history": [{"round": 1, "digest": "a", "participants": ["site-1", "site-2"]},

@@ -20,8 +20,8 @@ def eta_seconds(state: Mapping[str, Any]) -> dict[str, float | None]:
     Elapsed time runs from the first round's seal to the latest merge (transaction
     timestamps); a site that has done fraction p of its epochs needs elapsed·(1-p)/p more.
     """
-    history = state.get("history") or []
-    start = history[0].get("sealed_at") if history else None
+    history = state.get("history") or []  # the recent rounds only
+    start = state.get("started_at")
     stamps = [h.get("merged_at") or h.get("aborted_at") for h in history]
     latest = max((t for t in stamps if t is not None), default=None)
     # unknown while the ledger's clock (ticking once a second) has not moved since the start

@@ -87,7 +87,7 @@ def build_progress(
                 metric=last.get("metric"),
             )
         )
-    merged = sum(1 for h in history if h.get("digest"))
+    merged = int(state.get("merged_rounds") or 0)
     return SwarmProgress(tuple(peers), state.get("round"), merged, elapsed_s)
 
 

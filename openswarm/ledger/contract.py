@@ -51,6 +51,9 @@ __all__ = [
 ]
 
 _KEPT_MERGES = 8  # earlier merged models a voided merge can fall back to
+#: Rounds of history and metrics a contract keeps in memory (and shows in its state), so that
+#: a long run's ledger does not grow; the chain keeps every transaction of every round.
+HISTORY_KEPT = 64
 SETTINGS_KEYS = ("adaptive_sync", "leader_timeout_s", "merge_method", "merge_options", "min_peers")
 
 #: Adaptive sync: a round's mean validation loss must fall by this fraction of the one
@@ -189,7 +192,10 @@ class TrainingContract:
         self._members: dict[str, _Member] = {}
         self._round = 1
         self._latest_merged: dict[str, Any] | None = None
-        self._history: list[dict[str, Any]] = []
+        # round -> record, for the last HISTORY_KEPT rounds and the merges one can fall back to
+        self._history: dict[int, dict[str, Any]] = {}
+        self._started_at: float | None = None  # when the first round was sealed
+        self._merged_rounds = 0  # rounds that ended with a merged model (voided ones too)
         self._earlier_merges: list[dict[str, Any]] = []  # latest_merged records it replaced
         self._refusals: dict[str, str] = {}  # who refused the latest merged model, and why
         self._demoted: list[str] = []  # leaders whose merges a majority refused
@@ -273,7 +279,8 @@ class TrainingContract:
         """The state as JSON-safe data with deterministic ordering: all of it, or with only
         the last `recent` rounds of history and metrics (so that what a peer reads each
         round does not grow with the run)."""
-        history = self._history if recent is None else self._history[-recent:] if recent else []
+        records = list(self._history.values())
+        history = records if recent is None else records[-recent:] if recent else []
         rounds = sorted(self._metrics)
         if recent is not None:
             rounds = rounds[-recent:] if recent else []
@@ -296,12 +303,14 @@ class TrainingContract:
             "history": json_copy(history, "history"),
             "latest_merged": self.latest_merged,
             "members": {n: self._members[n].to_dict() for n in sorted(self._members)},
+            "merged_rounds": self._merged_rounds,
             "metrics": {
                 str(r): {n: dict(sorted(v.items())) for n, v in sorted(self._metrics[r].items())}
                 for r in rounds
             },
             "round": self._round,
             "settings": self._settings.to_dict(),
+            "started_at": self._started_at,
             "sync_interval": self._sync_interval,
         }
 
@@ -450,6 +459,8 @@ class TrainingContract:
 
         self._sealed = True
         self._sealed_at = call.timestamp
+        if self._started_at is None:
+            self._started_at = call.timestamp
         self._participants = sorted(self._ready)
         ranking = leader_ranking(call.prev_hash, self._name, call.round, self._participants)
         # Leaders whose merges were refused by a majority lead only when nobody else can.
@@ -500,7 +511,7 @@ class TrainingContract:
             leader=call.sender,
             digest=digest,
             size=size,
-            participants=list(self._history[-1]["participants"]),
+            participants=list(self._history[call.round]["participants"]),
             next_round=self._round,
         )
         return [event]
@@ -561,27 +572,38 @@ class TrainingContract:
     ) -> None:
         """Record the sealed current round in the history and open the next one."""
         merged = digest is not None
-        self._history.append(
-            {
-                "aborted_at": None if merged else call.timestamp,
-                "digest": digest,
-                "excluded": list(excluded or []),
-                "failed_leaders": list(self._failed_leaders),
-                "inputs": {n: dict(sorted(self._ready[n].items())) for n in self._participants},
-                "leader": leader,
-                "merged_at": call.timestamp if merged else None,
-                "participants": list(self._participants),
-                "ranking": list(self._ranking),
-                "round": self._round,
-                "sealed_at": self._sealed_at,
-                "size": size,
-                "status": "merged" if merged else "aborted",
-                "sync_interval": self._sync_interval,
-                "voided_at": None,
-            }
-        )
+        self._history[self._round] = {
+            "aborted_at": None if merged else call.timestamp,
+            "digest": digest,
+            "excluded": list(excluded or []),
+            "failed_leaders": list(self._failed_leaders),
+            "inputs": {n: dict(sorted(self._ready[n].items())) for n in self._participants},
+            "leader": leader,
+            "merged_at": call.timestamp if merged else None,
+            "participants": list(self._participants),
+            "ranking": list(self._ranking),
+            "round": self._round,
+            "sealed_at": self._sealed_at,
+            "size": size,
+            "status": "merged" if merged else "aborted",
+            "sync_interval": self._sync_interval,
+            "voided_at": None,
+        }
+        self._merged_rounds += merged
         self._round += 1
         self._open_round()
+        self._forget_old_rounds()
+
+    def _forget_old_rounds(self) -> None:
+        """Drop history and metrics older than HISTORY_KEPT rounds, except the records of
+        the merges a voided merge can still fall back to."""
+        oldest = self._round - HISTORY_KEPT
+        merges = [self._latest_merged, *self._earlier_merges]
+        needed = {m["round"] for m in merges if m is not None}
+        for round in [r for r in self._history if r < oldest and r not in needed]:
+            del self._history[round]
+        for round in [r for r in self._metrics if r < oldest]:
+            del self._metrics[round]
 
     def _adapted_interval(self, round: int) -> int | None:
         """The sync interval after round `round`, from the mean validation losses that the
@@ -667,6 +689,11 @@ class TrainingContract:
             raise ContractError(
                 f"round {call.round} has not started; current round is {self._round}"
             )
+        if call.round < self._round - HISTORY_KEPT:
+            raise ContractError(
+                f"round {call.round} is older than the last {HISTORY_KEPT} rounds the contract "
+                "keeps: report metrics for a recent round"
+            )
         loss = check_number(payload["loss"], "payload.loss")
         raw_metric = payload.get("metric")
         metric = None if raw_metric is None else check_number(raw_metric, "payload.metric")
@@ -699,7 +726,9 @@ class TrainingContract:
             raise ContractError(
                 f"the merged model of round {call.round} with that digest is not the latest one"
             )
-        record = self._history[call.round - 1]
+        record = self._history.get(call.round)
+        if record is None:  # the latest merge's record is always kept; defensive
+            raise ContractError(f"round {call.round} is no longer in the contract's history")
         if call.sender not in record["participants"] or call.sender == merged["leader"]:
             raise ContractError(
                 f"{call.sender} is not a participant of round {call.round} other than its leader"

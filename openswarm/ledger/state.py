@@ -11,6 +11,7 @@ import datetime as dt
 import heapq
 import json
 import threading
+from collections import deque
 from typing import Any
 
 from openswarm.ledger.block import Certificates, genesis_block, make_block, record_of, tx_block
@@ -64,7 +65,10 @@ class LedgerState:
         # 0 until a majority has ticked.
         self.ledger_time: float = 0.0
         self.latest_ticks: dict[str, float] = {}
+        # tx id -> height of its block, while a replay could still pass the freshness checks;
+        # in commit order with the ledger time of the commit (None: before time was known)
         self.tx_heights: dict[str, int] = {}
+        self._tx_expiry: deque[tuple[float | None, str]] = deque()
         # contract -> height of the last block that changed it (what watchers wait on)
         self.changed_at: dict[str, int] = {}
         head = genesis_block(genesis)
@@ -102,7 +106,9 @@ class LedgerState:
             outcome = {"status": "rejected", "reason": str(exc)}
         stored = {**tx.to_dict(), "cert": self.certs.compact(tx.cert)}
         block = tx_block(height, self.last_hash, stored, tx.tx_id, outcome)
-        self.tx_heights.setdefault(tx.tx_id, height)
+        if tx.tx_id not in self.tx_heights:
+            self.tx_heights[tx.tx_id] = height
+            self._tx_expiry.append((self.ledger_time or None, tx.tx_id))
         return self._advance(block)
 
     def _advance(self, block: dict[str, Any]) -> dict[str, Any]:
@@ -225,8 +231,11 @@ class LedgerState:
         nodes = [name for name, role in self.admitted.items() if role == "ledger"]
         reached = majority_time(self.latest_ticks, nodes)
         if reached is not None and reached > self.ledger_time:
+            if not self.ledger_time:  # time is known now: it is when the earlier ones came
+                self._tx_expiry = deque((t or reached, i) for t, i in self._tx_expiry)
             self.ledger_time = reached
             self._expire_nonces()
+            self._expire_tx_ids()
 
     def _check_fresh(self, tx: Transaction) -> None:
         oldest = self.ledger_time - NONCE_WINDOW_S
@@ -252,6 +261,14 @@ class LedgerState:
             del used[nonce]
             if not used:
                 del self.nonces[sender]
+
+    def _expire_tx_ids(self) -> None:
+        """Forget the ids of transactions committed so long ago that a replay is refused as
+        stale anyway (its timestamp is at most MAX_TX_SKEW_S past its commit's ledger time)."""
+        oldest = self.ledger_time - NONCE_WINDOW_S - MAX_TX_SKEW_S
+        while self._tx_expiry and (self._tx_expiry[0][0] or oldest) < oldest:
+            _, tx_id = self._tx_expiry.popleft()
+            del self.tx_heights[tx_id]
 
     def nonce_count(self) -> int:
         """How many nonces are remembered (bounded by the window)."""

@@ -24,7 +24,7 @@ from openswarm.ledger.client import LedgerClient, LedgerError
 from openswarm.ledger.head import check_head
 from openswarm.ledger.local import LocalLedger
 from openswarm.ledger.service import SERVICE
-from openswarm.ledger.state import NONCE_WINDOW_S, LedgerState
+from openswarm.ledger.state import MAX_TX_SKEW_S, NONCE_WINDOW_S, LedgerState
 from openswarm.ledger.ticks import make_tick
 from openswarm.ledger.tx import Transaction, make_transaction
 from openswarm.net import secure_channel
@@ -206,12 +206,16 @@ def test_nonces_live_only_within_the_window(ledger1: LocalLedger) -> None:
     state.commit(first)
     for step in range(1, 301):
         state.commit(_tick(node, genesis["swarm"], start + 10 * step))
-        outcome = state.commit(_nonce_tx(p1, start + 10 * step))["outcome"]
+        last = _nonce_tx(p1, start + 10 * step)
+        outcome = state.commit(last)["outcome"]
         assert "ledger time" not in (outcome["reason"] or "")
     assert state.nonce_count() <= NONCE_WINDOW_S / 10 + 1  # bounded, not 301
-    stale = state.commit(first)
+    assert len(state.tx_heights) <= (NONCE_WINDOW_S + MAX_TX_SKEW_S) / 10 + 2  # ids too
+    replayed = state.commit(last)
+    assert "replayed transaction" in replayed["outcome"]["reason"]
+    stale = state.commit(first)  # its id is forgotten, its timestamp still refuses it
     assert stale["outcome"]["status"] == "rejected"
-    assert "replayed transaction" in stale["outcome"]["reason"]
+    assert "off ledger time" in stale["outcome"]["reason"]
     again = state.commit(_nonce_tx(p1, start))  # same time, new nonce: far behind ledger time
     assert "off ledger time" in again["outcome"]["reason"]
 
