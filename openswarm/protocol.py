@@ -30,7 +30,8 @@ ROUND_CALLS = frozenset(
 EVENT_KINDS = frozenset(
     {"registered", "ready", "sealed", "merged", "leader_changed", "round_aborted", "loaded",
      "finished", "metrics", "left", "merge_voided", "merge_refused", "merge_unavailable",
-     "all_finished", "sync_interval", "admitted", "revoked", "archived", "contract_created"}
+     "timeout_voted", "all_finished", "sync_interval", "admitted", "revoked", "archived",
+     "contract_created"}
 )  # fmt: skip
 
 #: The ledger's gRPC service, and how a replica says it cannot commit for want of quorum.
@@ -41,6 +42,8 @@ NO_QUORUM = "no quorum"
 MIN_PEERS = 2
 MERGE_METHOD = "mean"
 LEADER_TIMEOUT_S = 20.0
+#: A member that signed nothing on the ledger (not even a heartbeat) for this long is gone.
+PRESENCE_TIMEOUT_S = 30.0
 
 
 class SwarmError(RuntimeError):

@@ -78,6 +78,11 @@ class Driver:
         assert dump(self.contract) == before
         return str(info.value)
 
+    def beat(self, *names: str) -> None:
+        """A heartbeat from each: they count as live at the current time."""
+        for name in names:
+            self.ok("heartbeat", name)
+
     def register(self, *names: str, **payload: Any) -> None:
         for i, name in enumerate(names):
             self.ok("register", name, payload={"endpoint": f"10.0.0.{i + 1}:7000", **payload})
@@ -238,23 +243,33 @@ def test_merged_before_seal_refused() -> None:
     d.refused("merged", "alice", 1, {"digest": digest("m"), "size": 1}, match="not sealed")
 
 
+def vote_out(d: Driver, leader: str, voters: Sequence[str], round: int = 1) -> list[Any]:
+    """Every voter's leader_timeout against `leader`; the events of each."""
+    return [event_types(d.ok("leader_timeout", v, round, {"leader": leader})) for v in voters]
+
+
 def test_leader_timeout_hands_over_and_old_leader_is_refused() -> None:
     d = Driver(leader_timeout_s=30.0)
     ranking = d.sealed_round()
-    first, second = ranking[0], ranking[1]
+    first, second, third = ranking
     d.now += 29.5
     reason = d.refused("leader_timeout", second, 1, {"leader": first}, match="cannot be timed out")
     assert "0.500 s" in reason
     assert d.contract.leader == first
+    d.beat(second, third)  # live (the leader too, for another 0.5 s)
 
     d.now += 0.5  # exactly leader_timeout_s after the seal
-    result = d.ok("leader_timeout", second, 1, {"leader": first})
+    voted = d.ok("leader_timeout", second, 1, {"leader": first})["events"]
+    assert voted[0]["kind"] == "timeout_voted" and voted[0]["needed"] == 2
+    assert d.contract.leader == first  # one of the two others is not a majority
+    result = d.ok("leader_timeout", third, 1, {"leader": first})
     [event] = result["events"]
     assert event["kind"] == "leader_changed"
     assert event["previous"] == first
     assert event["leader"] == second == d.contract.leader
-    assert d.contract.snapshot()["current"]["failed_leaders"] == [first]
-    assert d.contract.snapshot()["current"]["leader_since"] == d.now
+    current = d.contract.snapshot()["current"]
+    assert current["failed_leaders"] == [first] and current["timeout_votes"] == []
+    assert current["leader_since"] == d.now
 
     d.refused("merged", first, 1, {"digest": digest("late"), "size": 1}, match="not the leader")
     d.ok("merged", second, 1, {"digest": digest("m"), "size": 1})
@@ -268,7 +283,7 @@ def test_leader_timeout_clock_restarts_for_the_next_leader() -> None:
     d = Driver(leader_timeout_s=10.0)
     ranking = d.sealed_round()
     d.now += 10
-    d.ok("leader_timeout", ranking[2], 1, {"leader": ranking[0]})
+    assert vote_out(d, ranking[0], ranking[1:]) == [["timeout_voted"], ["leader_changed"]]
     d.now += 9
     d.refused("leader_timeout", ranking[2], 1, {"leader": ranking[1]}, match="1.000 s")
 
@@ -276,14 +291,84 @@ def test_leader_timeout_clock_restarts_for_the_next_leader() -> None:
 def test_concurrent_double_timeout_moves_once() -> None:
     d = Driver()
     ranking = d.sealed_round()
-    d.now += 60
-    d.ok("leader_timeout", ranking[1], 1, {"leader": ranking[0]})
+    d.now += 20
+    vote_out(d, ranking[0], ranking[1:])
     reason = d.refused(
         "leader_timeout", ranking[2], 1, {"leader": ranking[0]}, match="leader already changed"
     )
     assert ranking[1] in reason
     assert d.contract.leader == ranking[1]
     assert d.contract.snapshot()["current"]["failed_leaders"] == [ranking[0]]
+
+
+def test_a_minority_of_votes_moves_no_leader() -> None:
+    five = ["alice", "bob", "carol", "dave", "erin"]
+    d = Driver(leader_timeout_s=5.0)
+    ranking = d.sealed_round(five)
+    d.refused("leader_timeout", ranking[1], 1, {"leader": ranking[0]}, match="another 5.000 s")
+    d.now += 5
+    assert vote_out(d, ranking[0], ranking[1:3]) == [["timeout_voted"]] * 2  # 2 of 4: no
+    d.refused("leader_timeout", ranking[1], 1, {"leader": ranking[0]}, match="already voted")
+    d.refused("leader_timeout", ranking[0], 1, {"leader": ranking[0]}, match="itself out")
+    assert d.contract.leader == ranking[0]
+    assert d.contract.snapshot()["current"]["timeout_votes"] == ranking[1:3]
+    assert vote_out(d, ranking[0], ranking[3:4]) == [["leader_changed"]]  # 3 of 4
+    assert d.contract.leader == ranking[1]
+
+
+def test_gone_participants_neither_vote_nor_lead() -> None:
+    d = Driver(leader_timeout_s=5.0, presence_timeout_s=30.0)
+    ranking = d.sealed_round()
+    d.now += 29
+    d.beat(ranking[0], ranking[2])
+    d.now += 2  # ranking[1] has been silent for longer than presence_timeout_s
+    # The only live other participant is a majority; the next in the ranking is gone and
+    # skipped; two live participants still make min_peers=2.
+    assert vote_out(d, ranking[0], ranking[2:]) == [["leader_changed"]]
+    assert d.contract.leader == ranking[2]
+    assert d.contract.snapshot()["current"]["failed_leaders"] == [ranking[0]]
+
+
+def test_votes_settle_once_a_silent_participant_no_longer_counts() -> None:
+    d = Driver(leader_timeout_s=5.0, presence_timeout_s=30.0)
+    ranking = d.sealed_round()
+    d.now += 5
+    assert vote_out(d, ranking[0], ranking[2:]) == [["timeout_voted"]]  # 1 of 2
+    d.now += 24
+    assert event_types(d.ok("heartbeat", ranking[0])) == []  # ranking[1] may still vote
+    d.now += 1  # ranking[1], which never voted, has now been silent for 30 s
+    # the silent leader's own heartbeat settles it: ranking[1] is skipped as gone
+    assert event_types(d.ok("heartbeat", ranking[0])) == ["leader_changed"]
+    assert d.contract.leader == ranking[2]
+    assert d.contract.snapshot()["current"]["failed_leaders"] == [ranking[0]]
+
+
+def test_too_few_live_participants_abort_the_round() -> None:
+    d = Driver(leader_timeout_s=5.0, presence_timeout_s=30.0, min_peers=3)
+    ranking = d.sealed_round()
+    d.now += 29
+    d.beat(ranking[1])
+    d.now += 2  # the leader and one other are gone: 1 live < min_peers, on any call
+    assert vote_out(d, ranking[0], ranking[1:2]) == [["round_aborted"]]
+    assert d.contract.current_round == 2
+
+
+def test_a_round_nobody_can_finish_is_aborted_on_a_heartbeat() -> None:
+    # Its silent leader heartbeats on; the only other participant is gone: nobody can vote.
+    d = Driver(leader_timeout_s=5.0, presence_timeout_s=30.0)
+    ranking = d.sealed_round(["alice", "bob"])
+    d.now += 29
+    assert event_types(d.ok("heartbeat", ranking[0])) == []  # the other may come back
+    d.now += 1
+    assert event_types(d.ok("heartbeat", ranking[0])) == ["round_aborted"]
+    assert d.contract.current_round == 2
+
+
+def test_of_two_participants_the_other_one_decides() -> None:
+    d = Driver(leader_timeout_s=5.0)
+    ranking = d.sealed_round(["alice", "bob"])
+    d.now += 5
+    assert vote_out(d, ranking[0], ranking[1:]) == [["leader_changed"]]
 
 
 def test_leader_timeout_only_from_participants() -> None:
@@ -303,7 +388,10 @@ def test_ranking_exhausted_aborts_round() -> None:
     results = []
     for leader in ranking:
         d.now += 5
-        results.append(d.ok("leader_timeout", ranking[-1], 1, {"leader": leader}))
+        others = [n for n in ranking if n != leader]
+        d.beat(*others)
+        d.ok("leader_timeout", others[0], 1, {"leader": leader})
+        results.append(d.ok("leader_timeout", others[1], 1, {"leader": leader}))
     assert [event_types(r) for r in results] == [
         ["leader_changed"],
         ["leader_changed"],
@@ -531,6 +619,7 @@ def test_settings_defaults_and_round_trip() -> None:
         "merge_method": "mean",
         "merge_options": {},
         "min_peers": 2,
+        "presence_timeout_s": 30.0,
     }
     # one set of defaults: a peer with default settings fits a contract made with defaults
     assert ContractSettings.from_payload(SwarmSettings().contract_settings()) == s
@@ -691,8 +780,9 @@ DIGESTS = [digest(i) for i in range(3)]
 # random runs get through seals, merges, handovers and aborts, not only refusals.
 OPEN_MIX = ["ready"] * 8 + ["register", "bogus", "seal", "seal", "seal", "loaded", "loaded"]
 OPEN_MIX += ["merged", "leader_timeout", "metrics", "finished", "leave", "register", "register"]
-SEALED_MIX = ["leader_timeout"] * 6 + ["loaded", "register", "ready", "seal", "bogus"]
-SEALED_MIX += ["metrics", "finished", "leave", "loaded"] + ["merged"] * 4
+SEALED_MIX = ["leader_timeout"] * 10 + ["loaded", "register", "ready", "seal", "bogus"]
+SEALED_MIX += ["metrics", "finished", "leave", "loaded"] + ["merged"] * 4 + ["heartbeat"] * 4
+OPEN_MIX += ["heartbeat"] * 2  # keeps members live: timeout votes need live voters
 BAD_PAYLOADS = [
     {},
     {"junk": 1},
@@ -746,7 +836,8 @@ def draw_call(
     if type == "merged" and contract.leader is not None:
         senders = [contract.leader] * 4 + senders
     elif type == "leader_timeout":
-        senders = contract.participants * 2 + senders
+        voters = [n for n in contract.participants if n != contract.leader]
+        senders = voters * 3 + senders
     r = contract.current_round
     rounds = [r, r, r, r, r - 1, r + 1]
     latest = contract.latest_merged
@@ -770,7 +861,12 @@ def check_invariants(snap: dict[str, Any]) -> None:
         assert current["participants"] == sorted(current["participants"])
         assert sorted(current["ranking"]) == current["participants"]
         assert current["ranking"][current["leader_index"]] == current["leader"]
-        assert current["failed_leaders"] == current["ranking"][: current["leader_index"]]
+        # voted out, in ranking order; candidates found gone were skipped, not failed
+        earlier = current["ranking"][: current["leader_index"]]
+        assert current["failed_leaders"] == [n for n in earlier if n in current["failed_leaders"]]
+        votes = current["timeout_votes"]
+        assert len(set(votes)) == len(votes) and current["leader"] not in votes
+        assert set(votes) <= set(current["participants"])
         assert len(current["participants"]) >= snap["settings"]["min_peers"]
     else:
         assert current["leader"] is None and current["participants"] == []
@@ -863,14 +959,16 @@ def test_replicas_agree_and_refusals_change_nothing(
 
 def test_long_random_runs_reach_every_event_and_agree() -> None:
     seen: Counter[str] = Counter()
-    for seed in range(4):
+    for seed in range(8):
         rng = random.Random(seed)
-        setting = ContractSettings(min_peers=1 + seed % 3, leader_timeout_s=5.0 + seed)
+        setting = ContractSettings(min_peers=1 + seed % 3, leader_timeout_s=5.0 + seed,
+                                   presence_timeout_s=90.0 + 30 * seed)  # fmt: skip
         log, replica, seen_here = run_replicas(rng.choice, setting, steps=400)
         assert dump(replay(log, setting)) == dump(replica)
         seen += seen_here
     # Guard for the generator itself: random runs must exercise the whole protocol.
-    for kind in ["sealed", "merged", "leader_changed", "round_aborted", "loaded", "all_finished"]:
+    kinds = ["sealed", "merged", "timeout_voted", "leader_changed", "round_aborted", "loaded"]
+    for kind in [*kinds, "all_finished"]:
         assert seen[kind] >= 3, f"random runs produced too few {kind!r}: {seen}"
 
 

@@ -147,9 +147,12 @@ def aborted_round(d: Driver, timeout_s: float) -> int:
     """Seal the current round and time out every leader in turn: it ends without a merge."""
     ranking = d.sealed_round(PEERS)
     r = d.contract.current_round
-    for i, leader in enumerate(ranking):
+    for leader in ranking:
         d.now += timeout_s
-        d.ok("leader_timeout", ranking[(i + 1) % len(ranking)], r, {"leader": leader})
+        others = [n for n in ranking if n != leader]
+        d.beat(*others)
+        for voter in others:
+            d.ok("leader_timeout", voter, r, {"leader": leader})
     assert d.contract.current_round == r + 1
     return r
 

@@ -44,6 +44,7 @@ def views(draw: st.DrawFn) -> RoundView:
         latest_merged=None,
         history=(),
         leader_timeout_s=20.0,
+        timeout_votes=tuple(draw(st.sets(st.sampled_from(participants)))) if sealed else (),
     )
 
 
@@ -71,7 +72,7 @@ def test_every_step_fits_the_view(view: RoundView, finished: bool, quorum_since)
     if step.kind == "vote_timeout":
         assert view.sealed and step.leader == view.leader != "a"
         assert view.leader_since + view.leader_timeout_s <= NOW
-        assert "a" in view.participants
+        assert "a" in view.participants and "a" not in view.timeout_votes  # one vote each
     if step.kind == "left_out":
         assert view.sealed and "a" not in view.participants
     if step.kind == "over":
@@ -85,6 +86,7 @@ def test_every_step_fits_the_view(view: RoundView, finished: bool, quorum_since)
 def test_a_leader_silent_past_its_timeout_is_voted_out_once_a_second(view: RoundView) -> None:
     if not view.sealed or view.round != 5 or view.leader == "a" or "a" not in view.participants:
         return
+    view = replace(view, timeout_votes=())  # "a" has not voted yet (see the test below)
     late = view.leader_since + view.leader_timeout_s + 0.1
     assert next_step(view, me(), late).kind == "vote_timeout"
     resent = next_step(view, me(sent={"vote_timeout": late}), late + 0.5)
@@ -159,3 +161,15 @@ def test_leader_leads_once_and_late_rounds_close() -> None:
     alone = _open_round(("a",), _member("a"), _member("b", seen_ago=PRESENCE_S + 5))
     step = next_step(alone, me(), NOW)
     assert step.kind == "wait" and step.until == NOW + IDLE_S and step.ready == ("a",)
+
+
+def test_a_peer_votes_a_silent_leader_out_once() -> None:
+    members = {n: _member(n) for n in "abc"}
+    sealed = RoundView(5, True, ("a", "b", "c"), ("a", "b", "c"), "b", NOW - 20, members,
+                       None, (), 20.0)  # fmt: skip
+    step = next_step(sealed, me(), NOW)
+    assert step.kind == "vote_timeout" and step.leader == "b"
+    voted = replace(sealed, timeout_votes=("a",))  # the ledger has it: wait for the others
+    step = next_step(voted, me(), NOW + 3)
+    assert step.kind == "wait" and step.leader == "b"
+    assert next_step(voted, me(name="c"), NOW).kind == "vote_timeout"

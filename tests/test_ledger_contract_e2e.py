@@ -75,9 +75,15 @@ def test_round_leader_ranking_and_timeout_agree_on_every_replica(ledger3: LocalL
     while clients[second].status()["ledger_time"] < sealed_at + 3.0:
         assert time.monotonic() < deadline, "ledger time did not advance"
         time.sleep(0.1)
+    # One vote of the two other participants is not a majority; the second is.
+    third = ranking[2]
+    vote = {"leader": first}
+    voted = clients[second].submit("leader_timeout", contract=contract, round=1, payload=vote)
+    assert voted.raise_for_status().result["events"][0]["kind"] == "timeout_voted"
+    assert voted.result["leader"] == first
     handover = (
-        clients[second]
-        .submit("leader_timeout", contract=contract, round=1, payload={"leader": first})
+        clients[third]
+        .submit("leader_timeout", contract=contract, round=1, payload=vote)
         .raise_for_status()
     )
     assert handover.result["leader"] == second

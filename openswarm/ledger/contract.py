@@ -37,6 +37,7 @@ from openswarm.protocol import (
     LEADER_TIMEOUT_S,
     MERGE_METHOD,
     MIN_PEERS,
+    PRESENCE_TIMEOUT_S,
     ROUND_CALLS,
 )
 
@@ -54,7 +55,10 @@ _KEPT_MERGES = 8  # earlier merged models a voided merge can fall back to
 #: Rounds of history and metrics a contract keeps in memory (and shows in its state), so that
 #: a long run's ledger does not grow; the chain keeps every transaction of every round.
 HISTORY_KEPT = 64
-SETTINGS_KEYS = ("adaptive_sync", "leader_timeout_s", "merge_method", "merge_options", "min_peers")
+SETTINGS_KEYS = (
+    "adaptive_sync", "leader_timeout_s", "merge_method", "merge_options", "min_peers",
+    "presence_timeout_s",
+)  # fmt: skip
 
 #: Adaptive sync: a round's mean validation loss must fall by this fraction of the one
 #: before for the sync interval to lengthen (x1.5, rounded up); otherwise it halves.
@@ -85,6 +89,7 @@ class ContractSettings:
     merge_method: str = MERGE_METHOD
     merge_options: Mapping[str, Any] = field(default_factory=dict)
     leader_timeout_s: float = LEADER_TIMEOUT_S
+    presence_timeout_s: float = PRESENCE_TIMEOUT_S  # who counts as live, in ledger time
     adaptive_sync: Mapping[str, int] | None = None  # {"start", "min", "max"} batches
 
     def __post_init__(self) -> None:
@@ -95,6 +100,10 @@ class ContractSettings:
         timeout = check_number(self.leader_timeout_s, "leader_timeout_s")
         if timeout <= 0:
             raise ContractError(f"leader_timeout_s must be > 0, got {timeout!r}")
+        presence = check_number(self.presence_timeout_s, "presence_timeout_s")
+        if presence <= 0:
+            raise ContractError(f"presence_timeout_s must be > 0, got {presence!r}")
+        object.__setattr__(self, "presence_timeout_s", presence)
         if not isinstance(self.merge_options, Mapping):
             raise ContractError(
                 f"merge_options must be an object, got {type_name(self.merge_options)}"
@@ -118,6 +127,7 @@ class ContractSettings:
             "merge_method": self.merge_method,
             "merge_options": json_copy(self.merge_options, "merge_options"),
             "min_peers": self.min_peers,
+            "presence_timeout_s": self.presence_timeout_s,
         }
 
 
@@ -213,6 +223,7 @@ class TrainingContract:
         self._leader_index: int | None = None
         self._leader_since: float | None = None
         self._failed_leaders: list[str] = []
+        self._timeout_votes: list[str] = []  # who voted the current leader out, in order
 
     # --- read-only views ---
 
@@ -298,6 +309,7 @@ class TrainingContract:
                 "ready": {n: dict(sorted(self._ready[n].items())) for n in sorted(self._ready)},
                 "sealed": self._sealed,
                 "sealed_at": self._sealed_at,
+                "timeout_votes": list(self._timeout_votes),
             },
             "finished": sorted(n for n, m in self._members.items() if m.finished),
             "history": json_copy(history, "history"),
@@ -517,6 +529,8 @@ class TrainingContract:
         return [event]
 
     def _on_leader_timeout(self, call: ContractCall) -> list[dict[str, Any]]:
+        """A participant's vote that the leader has been silent for leader_timeout_s. The
+        leader changes once a majority of the round's live other participants voted."""
         payload = call.payload
         check_fields(payload, "leader_timeout", ("leader",), ())
         self._require_sealed(call.round)
@@ -529,6 +543,8 @@ class TrainingContract:
             raise ContractError(
                 f"leader already changed: leader of round {call.round} is {leader}, not {named}"
             )
+        if call.sender == leader:
+            raise ContractError(f"{leader} cannot vote itself out as leader of round {call.round}")
         waited = call.timestamp - self._leader_since
         limit = self._settings.leader_timeout_s
         if waited < limit:
@@ -536,31 +552,96 @@ class TrainingContract:
                 f"leader {leader} of round {call.round} cannot be timed out for another "
                 f"{limit - waited:.3f} s (leader_timeout_s={limit:g})"
             )
+        if call.sender in self._timeout_votes:
+            raise ContractError(f"{call.sender} already voted {leader} out in round {call.round}")
 
-        assert self._leader_index is not None
+        self._timeout_votes = [*self._timeout_votes, call.sender]
+        settled = self._settle_votes(call)
+        if settled:
+            return settled
+        event = self._event("timeout_voted", call, round=call.round, leader=leader,
+                            votes=list(self._timeout_votes),
+                            needed=self._votes_needed(call))  # fmt: skip
+        return [event]
+
+    def _settle_votes(self, call: ContractCall) -> list[dict[str, Any]]:
+        """Replace the leader if the votes against it are a majority of the electorate at
+        `call`'s time (checked on every vote and heartbeat: a participant that fell silent
+        since no longer counts in the electorate); abort the round once its leader is past
+        its timeout and fewer than min_peers participants are live (no majority may be left
+        to vote). The events, or none."""
+        if not self._sealed:
+            return []
+        assert self._leader_since is not None
+        live = [n for n in self._participants if self._live(n, call)]
+        stuck = (
+            call.timestamp - self._leader_since >= self._settings.leader_timeout_s
+            and len(live) < self._settings.min_peers
+        )  # nobody left to vote, or too few to finish: abort (below)
+        if not stuck and (
+            not self._timeout_votes or len(self._timeout_votes) < self._votes_needed(call)
+        ):
+            return []
+        leader = self.leader
+        assert leader is not None
         self._failed_leaders.append(leader)
-        if self._leader_index + 1 < len(self._ranking):
-            self._leader_index += 1
+        self._timeout_votes = []
+        following = self._next_live_leader(call)
+        if following is not None:
+            self._leader_index = following
             self._leader_since = call.timestamp
             event = self._event(
                 "leader_changed",
                 call,
-                round=call.round,
+                round=self._round,
                 previous=leader,
                 leader=self.leader,
                 failed_leaders=list(self._failed_leaders),
             )
             return [event]
-        failed = list(self._failed_leaders)
+        failed, round = list(self._failed_leaders), self._round
         self._close_round(call, leader=None, digest=None, size=None)
         event = self._event(
             "round_aborted",
             call,
-            round=call.round,
+            round=round,
             failed_leaders=failed,
             next_round=self._round,
         )
         return [event]
+
+    def _live(self, name: str, call: ContractCall) -> bool:
+        """Whether member `name` signed anything (a heartbeat at least) within
+        presence_timeout_s of `call`'s ledger time; `call`'s sender is, by sending it."""
+        member = self._members.get(name)
+        return (
+            member is not None
+            and member.active
+            and (name == call.sender or call.timestamp - member.last_seen
+                 < self._settings.presence_timeout_s)
+        )  # fmt: skip
+
+    def _votes_needed(self, call: ContractCall) -> int:
+        """A majority of the round's other participants that are live or voted already
+        (with two participants: the other one)."""
+        electorate = [
+            n for n in self._participants
+            if n != self.leader and (n in self._timeout_votes or self._live(n, call))
+        ]  # fmt: skip
+        return len(electorate) // 2 + 1
+
+    def _next_live_leader(self, call: ContractCall) -> int | None:
+        """The ranking index of the next leader: the first live candidate after the current
+        one. None (the round is aborted) when there is none, or when fewer than min_peers
+        participants are live: too few to finish the round; they re-seal a new one."""
+        assert self._leader_index is not None
+        live = [n for n in self._participants if self._live(n, call)]
+        if len(live) < self._settings.min_peers:
+            return None
+        for index in range(self._leader_index + 1, len(self._ranking)):
+            if self._ranking[index] in live:
+                return index
+        return None
 
     def _close_round(
         self,
@@ -716,7 +797,7 @@ class TrainingContract:
 
     def _on_heartbeat(self, call: ContractCall) -> list[dict[str, Any]]:
         check_fields(call.payload, "heartbeat", (), ())
-        return []  # apply() records last_seen
+        return self._settle_votes(call)  # apply() records last_seen
 
     def _voidable(self, call: ContractCall) -> tuple[dict[str, Any], dict[str, Any]]:
         """The latest merged model and its history record, if ``call`` may report on it."""

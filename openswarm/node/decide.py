@@ -52,6 +52,7 @@ class RoundView:
     latest_merged: Mapping[str, Any] | None
     history: tuple[Mapping[str, Any], ...]
     leader_timeout_s: float
+    timeout_votes: tuple[str, ...] = ()  # who voted the current leader out so far
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> RoundView:
@@ -74,6 +75,7 @@ class RoundView:
             participants=tuple(current["participants"]),
             leader=current.get("leader"),
             leader_since=float(current.get("leader_since") or 0.0),
+            timeout_votes=tuple(current.get("timeout_votes") or ()),
             members=members,
             latest_merged=state.get("latest_merged"),
             history=tuple(state.get("history") or ()),
@@ -106,11 +108,13 @@ class Step:
 
     closed: the round is over (look up its result); seal: close the round to newcomers;
     lead: gather, merge and publish as the round's leader; vote_timeout: the leader has
-    been silent too long (`leader` names it); left_out: the round was sealed without this
-    peer (wait for its end, keep the local model); over: this peer finished and nobody is
-    left training; wait: nothing to do until the state changes or `until` (seconds of
-    `now`'s clock) passes. `ready`, `waiting` and `absent` say who the round has, may
-    still get, and stopped waiting for (for logging); `quorum` that min_peers are ready.
+    been silent too long (`leader` names it; the leader changes once a majority of the
+    live other participants voted so, and a peer votes once per leader); left_out: the
+    round was sealed without this peer (wait for its end, keep the local model); over: this
+    peer finished and nobody is left training; wait: nothing to do until the state changes
+    or `until` (seconds of `now`'s clock) passes. `ready`, `waiting` and `absent` say who
+    the round has, may still get, and stopped waiting for (for logging); `quorum` that
+    min_peers are ready.
     """
 
     kind: str
@@ -135,6 +139,8 @@ def next_step(view: RoundView, me: Me, now: float) -> Step:
     timeout_at = view.leader_since + view.leader_timeout_s
     if now < timeout_at:
         return Step("wait", until=timeout_at)
+    if me.name in view.timeout_votes:  # voted: the others' votes decide
+        return Step("wait", until=now + IDLE_S, leader=view.leader)
     return _resend("vote_timeout", me, now, leader=view.leader)
 
 

@@ -166,8 +166,11 @@ class SwarmPeer:
         except PkiError as exc:
             raise SwarmError(f"admin identity folder {admin_dir}: {exc}") from exc
         with LedgerClient(list(self.network.ledger), admin) as client:
+            # who counts as live for timeout votes: this site's presence timeout
+            payload = {**self.settings.contract_settings(),
+                       "presence_timeout_s": self.settings.presence_timeout_s}  # fmt: skip
             tx = make_transaction(admin, "contract_create", contract=self.contract,
-                                  payload=self.settings.contract_settings())  # fmt: skip
+                                  payload=payload)  # fmt: skip
             outcome = self._ledger_call(lambda: client.submit_tx(tx))
         if outcome.applied:
             log.info("%s created training contract %s", self.name, self.contract)
@@ -408,8 +411,8 @@ class SwarmPeer:
                 sent["seal"] = now
                 self._see_applied(self._submit("seal", r))
             elif step.kind == "vote_timeout":
-                log.warning("%s: leader %s of round %d silent for %.0f s; moving on", self.name,
-                            step.leader, r, now - view.leader_since)  # fmt: skip
+                log.warning("%s: leader %s of round %d silent for %.0f s; voting it out",
+                            self.name, step.leader, r, now - view.leader_since)  # fmt: skip
                 sent["vote_timeout"] = now
                 self._see_applied(self._submit("leader_timeout", r, {"leader": step.leader}))
             else:  # wait for a new state, or the step's deadline

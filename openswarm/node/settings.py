@@ -16,6 +16,7 @@ from openswarm.protocol import (
     LEADER_TIMEOUT_S,
     MERGE_METHOD,
     MIN_PEERS,
+    PRESENCE_TIMEOUT_S,
     SwarmConfigError,
 )
 
@@ -37,7 +38,7 @@ class SwarmSettings:
     adaptive_sync: Mapping[str, int] | None = None  # {"start", "min", "max"} batches
     ledger_retry_s: float = 60.0  # how long to ride out an unreachable ledger before failing
     heartbeat_s: float = 5.0  # a signed presence call at least this often while running
-    presence_timeout_s: float = 30.0  # a member silent on the ledger this long is gone
+    presence_timeout_s: float = PRESENCE_TIMEOUT_S  # silent on the ledger this long: gone
 
     def __post_init__(self) -> None:
         if not isinstance(self.min_peers, int) or self.min_peers < 1:

@@ -14,6 +14,11 @@ certificate: these are the attacks of a participant, not of an outsider.
   merged model of the wrong shape; or records `merged` and exits at once without handing the
   model over; or records a merged model of 2**62 bytes and answers every fetch of it with
   64 MiB of zeros.
+- `vote_early`: it votes every leader of a round it takes part in out at once, before the
+  leader timeout (and once with a transaction dated an hour ahead); what the ledger
+  answered goes to FAULT_REPORT.
+- `silent_die_under:NAME`: it never leads; the first site (FAULT_MARKER decides) to see a
+  round of three or more it takes part in sealed with NAME as leader exits on the spot.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -29,6 +35,8 @@ import grpc
 import numpy as np
 
 from openswarm.codec import decode, digest_encoded, encode
+from openswarm.ledger.client import LedgerError
+from openswarm.ledger.tx import make_transaction
 from openswarm.node.exchange import CHUNK_BYTES, ExchangeError, ExchangeServer, Snapshot
 from openswarm.node.peer import SwarmPeer
 
@@ -42,6 +50,12 @@ def install(fault: str) -> None:
         _snoop_before_first_ready()
     elif fault in ("bad_merged_once", "die_after_merged_once", "huge_merged_once"):
         _lead_badly_once(fault)
+    elif fault == "vote_early":
+        _after_register(_vote_early)
+    elif fault.startswith("silent_die_under:"):
+        SwarmPeer._lead = lambda self, view, local: None  # type: ignore[method-assign]
+        leader = fault.partition(":")[2]
+        _after_register(lambda peer: _die_when_led_by(peer, leader))
     else:
         raise ValueError(f"unknown FAULT {fault!r}")
 
@@ -122,6 +136,67 @@ def _try_snoop(peer: SwarmPeer) -> dict[str, Any]:
             return {"victim": victim, "refused": False, "bytes": len(data)}
         time.sleep(0.1)
     return {"victim": None, "refused": None, "error": "no other site became ready"}
+
+
+def _after_register(watcher: Any) -> None:
+    """Run `watcher(peer)` on a thread once the peer has registered."""
+    honest = SwarmPeer.register
+
+    def register(self: SwarmPeer) -> None:
+        honest(self)
+        threading.Thread(target=watcher, args=(self,), daemon=True).start()
+
+    SwarmPeer.register = register  # type: ignore[method-assign]
+
+
+def _sealed_under_other(peer: SwarmPeer) -> tuple[int, str] | None:
+    """(round, leader) while a round this peer takes part in is sealed under another."""
+    view = peer.view()
+    current = view["current"]
+    leader = current.get("leader")
+    if (
+        current["sealed"]
+        and leader not in (None, peer.name)
+        and (peer.name in current["participants"])
+    ):
+        return view["round"], leader
+    return None
+
+
+def _vote_early(peer: SwarmPeer) -> None:
+    votes: list[dict[str, Any]] = []
+    voted: set[tuple[int, str]] = set()
+    while not peer._stop.is_set():
+        sealed = _sealed_under_other(peer)
+        if sealed is not None and sealed not in voted:
+            voted.add(sealed)
+            r, leader = sealed
+            if not votes:  # once: dated an hour ahead, as if the timeout had passed
+                tx = make_transaction(peer.identity, "leader_timeout", contract=peer.contract,
+                                      round=r, payload={"leader": leader},
+                                      timestamp=time.time() + 3600)  # fmt: skip
+                try:
+                    outcome = peer.ledger.submit_tx(tx)
+                    votes.append({"forged": True, "status": outcome.status})
+                except LedgerError as exc:
+                    votes.append({"forged": True, "status": "refused", "reason": str(exc)})
+            outcome = peer._submit("leader_timeout", r, {"leader": leader})
+            votes.append({"round": r, "leader": leader, "status": outcome.status,
+                          "reason": outcome.reason})  # fmt: skip
+            _report({"votes": votes})
+        time.sleep(0.01)
+
+
+def _die_when_led_by(peer: SwarmPeer, leader: str) -> None:
+    while not peer._stop.is_set():
+        sealed = _sealed_under_other(peer)
+        crowded = len(peer.view()["current"]["participants"]) >= 3  # someone else to vote
+        if sealed is not None and sealed[1] == leader and crowded and _first_to_misbehave():
+            _report({"died": peer.name, "round": sealed[0], "leader": leader})
+            os._exit(0)
+        if sealed is not None and sealed[1] == leader and crowded:
+            return  # another site died already
+        time.sleep(0.01)
 
 
 def _report(outcome: dict[str, Any]) -> None:
