@@ -5,9 +5,9 @@ EPOCHS, SYNC_FREQUENCY, MIN_PEERS, CONTRIBUTION, LEADER_TIMEOUT, LR, ADAPTIVE (1
 sync), BATCH_DELAY_S (simulated
 compute per batch), BALLAST (extra float32 buffer values: a larger model), and BAD_PARAMS
 (`nan` or `shape`: from the second round on this site offers broken parameters),
-PRESENCE_TIMEOUT (seconds a silent member counts as present), HOLD_FILE and HOLD_EPOCH (wait
-before that epoch until the test creates the file), and FAULT (a hostile or failing
-behaviour from tests/adversarial/faults.py).
+PRESENCE_TIMEOUT (seconds a silent member counts as present), LEAD=0 (never lead),
+HOLD_FILE and HOLD_EPOCH (wait before that epoch until the test creates the file), and FAULT
+(a hostile or failing behaviour from tests/adversarial/faults.py).
 """
 
 from __future__ import annotations
@@ -89,6 +89,7 @@ def main() -> None:
         leader_timeout_s=float(env.get("LEADER_TIMEOUT", "20")),
         use_adaptive_sync=env.get("ADAPTIVE") == "1",
         presence_timeout_s=float(env.get("PRESENCE_TIMEOUT", "30")),
+        lead=False if env.get("LEAD") == "0" else None,  # None: SL_MAKE_ME_ADMIN decides
     )
     if env.get("FAULT"):
         from adversarial.faults import install

@@ -364,6 +364,25 @@ def test_a_round_nobody_can_finish_is_aborted_on_a_heartbeat() -> None:
     assert d.contract.current_round == 2
 
 
+def test_a_site_that_opted_out_of_leading_never_leads() -> None:
+    d = Driver(leader_timeout_s=5.0)
+    d.register("alice", "bob")
+    d.register("carol", lead=False)
+    d.refused("register", "dave", payload={"endpoint": "h:1", "lead": "no"}, match="true or")
+    for round in (1, 2, 3):
+        ranking = d.sealed_round()
+        assert ranking[-1] == "carol" and d.contract.leader != "carol"
+        d.now += 5
+        others = [n for n in ranking if n != ranking[0]]
+        vote_out(d, ranking[0], others, round)  # carol votes; the next leader is not carol
+        assert d.contract.leader == ranking[1] != "carol"
+        d.ok("merged", ranking[1], round, {"digest": digest(round), "size": 1})
+    # carol alone ready with a site that also opted out: nobody may lead, no seal
+    d.register("erin", lead=False)
+    d.ready_all(["carol", "erin"])
+    d.refused("seal", "carol", 4, match="none of the 2 ready in round 4 may lead")
+
+
 def test_of_two_participants_the_other_one_decides() -> None:
     d = Driver(leader_timeout_s=5.0)
     ranking = d.sealed_round(["alice", "bob"])
@@ -494,6 +513,7 @@ def test_non_member_and_left_member_are_refused() -> None:
         "endpoint": "10.9.9.9:7001",
         "last_seen": d.now,
         "finished": False,
+        "leads": True,
         "registered_at": d.now,
         "weight": 1.0,
     }

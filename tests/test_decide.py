@@ -173,3 +173,12 @@ def test_a_peer_votes_a_silent_leader_out_once() -> None:
     step = next_step(voted, me(), NOW + 3)
     assert step.kind == "wait" and step.leader == "b"
     assert next_step(voted, me(name="c"), NOW).kind == "vote_timeout"
+
+
+def test_a_round_is_not_sealed_without_a_site_that_may_lead() -> None:
+    followers = (replace(_member("a"), leads=False), replace(_member("b"), leads=False))
+    view = _open_round(("a", "b"), *followers)
+    step = next_step(view, me(), NOW)
+    assert step.kind == "wait" and not step.quorum
+    view = _open_round(("a", "b"), followers[0], _member("b"))
+    assert next_step(view, me(), NOW).kind == "seal"

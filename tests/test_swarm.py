@@ -148,6 +148,20 @@ def test_site_killed_and_restarted_rejoins_from_the_latest_model(
     assert len({swarm.result(n)["final_digest"] for n in swarm.names}) == 1
 
 
+def test_a_site_that_opts_out_of_leading_trains_but_never_leads(swarm_factory) -> None:
+    swarm = swarm_factory(3, EPOCHS="2", MIN_PEERS="3")
+    swarm.start("site-1", LEAD="0")
+    swarm.start("site-2")
+    swarm.start("site-3", SL_MAKE_ME_ADMIN="False")  # HPE's switch, read by the session
+    swarm.wait()
+    state = swarm.state()
+    assert not state["members"]["site-1"]["leads"] and not state["members"]["site-3"]["leads"]
+    history = _history(state)
+    assert len(history) >= 3 and all(h["participants"] == swarm.names for h in history)
+    assert all(h["leader"] == "site-2" and h["ranking"][0] == "site-2" for h in history)
+    assert len({swarm.result(n)["final_digest"] for n in swarm.names}) == 1
+
+
 def test_malformed_parameters_are_refused_and_named(swarm_factory) -> None:
     swarm = swarm_factory(4, EPOCHS="1", MIN_PEERS="4")
     swarm.start("site-1")

@@ -43,6 +43,11 @@ def swarm_loopback() -> bool:
     return os.environ.get("SWARM_LOOPBACK", "").strip().lower() in ("true", "1", "yes")
 
 
+def may_lead() -> bool:
+    """HPE's `SL_MAKE_ME_ADMIN=False` in the environment: this site never leads a round."""
+    return os.environ.get("SL_MAKE_ME_ADMIN", "").strip().lower() not in ("false", "0", "no")
+
+
 def adaptive_bounds(start: int) -> dict[str, int]:
     """Adaptive sync's range: from a quarter to four times the starting interval."""
     return {"start": start, "min": max(1, start // 4), "max": start * 4}
@@ -79,6 +84,7 @@ class SwarmSession:
         use_adaptive_sync: bool = False,
         presence_timeout_s: float = SwarmSettings.presence_timeout_s,
         ledger_retry_s: float = SwarmSettings.ledger_retry_s,
+        lead: bool | None = None,
         network: NetworkConfig | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
@@ -106,6 +112,7 @@ class SwarmSession:
             presence_timeout_s=presence_timeout_s,
             heartbeat_s=min(SwarmSettings.heartbeat_s, presence_timeout_s / 3),
             ledger_retry_s=ledger_retry_s,
+            lead=may_lead() if lead is None else bool(lead),
         )
         self.sync_frequency = sync_frequency
         self.use_adaptive_sync = use_adaptive_sync

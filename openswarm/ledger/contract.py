@@ -155,6 +155,7 @@ class _Member:
     active: bool = True
     contribution: str | None = None  # what it gives to rounds after finishing
     last_seen: float = 0.0  # timestamp of its latest accepted call (heartbeats included)
+    leads: bool = True  # False: registered with lead=false, never leads a round
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -163,6 +164,7 @@ class _Member:
             "endpoint": self.endpoint,
             "finished": self.finished,
             "last_seen": self.last_seen,
+            "leads": self.leads,
             "registered_at": self.registered_at,
             "weight": self.weight,
         }
@@ -397,8 +399,11 @@ class TrainingContract:
 
     def _on_register(self, call: ContractCall) -> list[dict[str, Any]]:
         payload = call.payload
-        check_fields(payload, "register", ("endpoint",), ("weight", *SETTINGS_KEYS))
+        check_fields(payload, "register", ("endpoint",), ("weight", "lead", *SETTINGS_KEYS))
         endpoint = check_endpoint(payload["endpoint"], "payload.endpoint")
+        leads = payload.get("lead", True)
+        if not isinstance(leads, bool):
+            raise ContractError(f"payload.lead must be true or false, got {type_name(leads)}")
         weight = check_number(payload.get("weight", 1), "payload.weight", minimum=0)
         try:
             offered = ContractSettings.from_payload(payload)
@@ -420,7 +425,7 @@ class TrainingContract:
         if rejoined:
             self._withdraw(call.sender)
         self._members[call.sender] = _Member(
-            endpoint, weight, call.timestamp, last_seen=call.timestamp
+            endpoint, weight, call.timestamp, last_seen=call.timestamp, leads=leads
         )
         event = self._event(
             "registered",
@@ -468,6 +473,11 @@ class TrainingContract:
             raise ContractError(
                 f"round {call.round} has {len(self._ready)} ready, needs min_peers={need}"
             )
+        if not any(self._may_lead(n) for n in self._ready):
+            raise ContractError(
+                f"none of the {len(self._ready)} ready in round {call.round} may lead (each "
+                "registered with lead=false): a round needs one site that may"
+            )
 
         self._sealed = True
         self._sealed_at = call.timestamp
@@ -475,10 +485,14 @@ class TrainingContract:
             self._started_at = call.timestamp
         self._participants = sorted(self._ready)
         ranking = leader_ranking(call.prev_hash, self._name, call.round, self._participants)
-        # Leaders whose merges were refused by a majority lead only when nobody else can.
-        self._ranking = [n for n in ranking if n not in self._demoted] + [
-            n for n in ranking if n in self._demoted
-        ]
+        # Leaders whose merges were refused by a majority lead only when nobody else can;
+        # sites that opted out of leading come last and never lead.
+        leading = [n for n in ranking if self._may_lead(n)]
+        self._ranking = (
+            [n for n in leading if n not in self._demoted]
+            + [n for n in leading if n in self._demoted]
+            + [n for n in ranking if not self._may_lead(n)]
+        )
         self._leader_index = 0
         self._leader_since = call.timestamp
         event = self._event(
@@ -639,9 +653,15 @@ class TrainingContract:
         if len(live) < self._settings.min_peers:
             return None
         for index in range(self._leader_index + 1, len(self._ranking)):
-            if self._ranking[index] in live:
+            name = self._ranking[index]
+            if name in live and self._may_lead(name):
                 return index
         return None
+
+    def _may_lead(self, name: str) -> bool:
+        """Whether `name` did not opt out of leading (a member that left keeps its choice)."""
+        member = self._members.get(name)
+        return member is None or member.leads
 
     def _close_round(
         self,

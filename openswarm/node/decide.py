@@ -32,6 +32,7 @@ class Member:
     contribution: str | None
     last_seen: float
     endpoint: str | None
+    leads: bool = True  # False: it opted out of leading
 
     def present(self, now: float, timeout_s: float) -> bool:
         """Whether it signed anything on the ledger (a heartbeat at least) lately."""
@@ -65,6 +66,7 @@ class RoundView:
                 contribution=m.get("contribution"),
                 last_seen=float(m.get("last_seen") or 0.0),
                 endpoint=m.get("endpoint"),
+                leads=bool(m.get("leads", True)),
             )
             for name, m in state["members"].items()
         }
@@ -164,7 +166,8 @@ def _unsealed(view: RoundView, me: Me, now: float) -> Step:
         and m.present(now, timeout)
     ]  # fmt: skip
     waiting = tuple(m.name for m in expected)
-    if len(ready) < me.min_peers:
+    leaders = [n for n in ready if n in view.members and view.members[n].leads]
+    if len(ready) < me.min_peers or not leaders:  # (the contract seals only with a leader)
         until = _earliest_absence(expected, timeout, now)
         return Step("wait", until=until, ready=ready, waiting=waiting, absent=absent)
     quorum_at = me.quorum_since if me.quorum_since is not None else now

@@ -137,6 +137,8 @@ class SwarmPeer:
             "weight": self.settings.weight,
             **self.settings.contract_settings(),
         }
+        if not self.settings.lead:
+            payload["lead"] = False
         outcome = self._submit("register", 0, payload)
         if not outcome.applied:
             raise SwarmError(

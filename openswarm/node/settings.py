@@ -39,6 +39,7 @@ class SwarmSettings:
     ledger_retry_s: float = 60.0  # how long to ride out an unreachable ledger before failing
     heartbeat_s: float = 5.0  # a signed presence call at least this often while running
     presence_timeout_s: float = PRESENCE_TIMEOUT_S  # silent on the ledger this long: gone
+    lead: bool = True  # False: this site never leads a round (it still trains and votes)
 
     def __post_init__(self) -> None:
         if not isinstance(self.min_peers, int) or self.min_peers < 1:
