@@ -164,19 +164,19 @@ class KerasCallbackMixin(SessionView):
                     f"got {type(model).__name__}"
                 )
             self.set_model(model)  # type: ignore[attr-defined]
-        adapter = KerasModel(lambda: self.model, val_data, val_batch_size)
+        self.keras = KerasModel(lambda: self.model, val_data, val_batch_size)
         self.session = SwarmSession(
-            adapter, sync_frequency=sync_frequency, min_peers=min_peers, **options
+            self.keras, sync_frequency=sync_frequency, min_peers=min_peers, **options
         )
         self.error: SwarmError | None = None
 
     @property
     def val_data(self) -> Any:
-        return self.session.model.val_data  # type: ignore[attr-defined]
+        return self.keras.val_data
 
     @property
     def val_batch_size(self) -> int | None:
-        return self.session.model.val_batch_size  # type: ignore[attr-defined]
+        return self.keras.val_batch_size
 
     # --- Keras hooks ----------------------------------------------------------------------
     def on_train_begin(self, logs: Mapping[str, Any] | None = None) -> None:

@@ -592,15 +592,14 @@ class TrainingContract:
             call.timestamp - self._leader_since >= self._settings.leader_timeout_s
             and len(live) < self._settings.min_peers
         )  # nobody left to vote, or too few to finish: abort (below)
-        if not stuck and (
-            not self._timeout_votes or len(self._timeout_votes) < self._votes_needed(call)
-        ):
+        if not stuck and len(self._timeout_votes) < self._votes_needed(call):
             return []
         leader = self.leader
         assert leader is not None
         self._failed_leaders.append(leader)
         self._timeout_votes = []
-        following = self._next_live_leader(call)
+        # too few live to finish the round: they re-seal a new one
+        following = None if len(live) < self._settings.min_peers else self._next_live_leader(live)
         if following is not None:
             self._leader_index = following
             self._leader_since = call.timestamp
@@ -644,14 +643,10 @@ class TrainingContract:
         ]  # fmt: skip
         return len(electorate) // 2 + 1
 
-    def _next_live_leader(self, call: ContractCall) -> int | None:
-        """The ranking index of the next leader: the first live candidate after the current
-        one. None (the round is aborted) when there is none, or when fewer than min_peers
-        participants are live: too few to finish the round; they re-seal a new one."""
+    def _next_live_leader(self, live: list[str]) -> int | None:
+        """The ranking index of the next leader: the first candidate after the current one
+        that is `live` and may lead. None (the round is aborted) when there is none."""
         assert self._leader_index is not None
-        live = [n for n in self._participants if self._live(n, call)]
-        if len(live) < self._settings.min_peers:
-            return None
         for index in range(self._leader_index + 1, len(self._ranking)):
             name = self._ranking[index]
             if name in live and self._may_lead(name):

@@ -166,8 +166,8 @@ def _unsealed(view: RoundView, me: Me, now: float) -> Step:
         and m.present(now, timeout)
     ]  # fmt: skip
     waiting = tuple(m.name for m in expected)
-    leaders = [n for n in ready if n in view.members and view.members[n].leads]
-    if len(ready) < me.min_peers or not leaders:  # (the contract seals only with a leader)
+    may_lead = any(n in view.members and view.members[n].leads for n in ready)
+    if len(ready) < me.min_peers or not may_lead:  # (the contract seals only with a leader)
         until = _earliest_absence(expected, timeout, now)
         return Step("wait", until=until, ready=ready, waiting=waiting, absent=absent)
     quorum_at = me.quorum_since if me.quorum_since is not None else now
