@@ -31,7 +31,7 @@ EVENT_KINDS = frozenset(
     {"registered", "ready", "sealed", "merged", "leader_changed", "round_aborted", "loaded",
      "finished", "metrics", "left", "merge_voided", "merge_refused", "merge_unavailable",
      "timeout_voted", "all_finished", "sync_interval", "admitted", "revoked", "archived",
-     "contract_created"}
+     "contract_created", "proposed", "approved"}
 )  # fmt: skip
 
 #: The ledger's gRPC service, and how a replica says it cannot commit for want of quorum.
@@ -44,6 +44,11 @@ MERGE_METHOD = "mean"
 LEADER_TIMEOUT_S = 20.0
 #: A member that signed nothing on the ledger (not even a heartbeat) for this long is gone.
 PRESENCE_TIMEOUT_S = 30.0
+#: How a contract weighs its members in merges: all alike; as each declares (HPE's
+#: nodeWeightage, an integer in DECLARED_WEIGHTS); or as its admins fixed them per member.
+WEIGHT_POLICIES = ("equal", "declared", "fixed")
+WEIGHT_POLICY = "declared"
+DECLARED_WEIGHTS = range(1, 101)
 
 
 class SwarmError(RuntimeError):

@@ -41,8 +41,12 @@ def swarm_factory(tmp_path: Path) -> Iterator[Callable[..., Swarm]]:
     """Makes swarms (a ledger and N site processes) under this test's folder; closes them."""
     made: list[Swarm] = []
 
-    def make(sites: int, *, ledger_nodes: int = 1, **env: str) -> Swarm:
-        swarm = Swarm(tmp_path / f"swarm{len(made)}", sites, ledger_nodes=ledger_nodes, **env)
+    def make(
+        sites: int, *, ledger_nodes: int = 1, cas: dict[str, list[str]] | None = None, **env: str
+    ) -> Swarm:
+        swarm = Swarm(
+            tmp_path / f"swarm{len(made)}", sites, ledger_nodes=ledger_nodes, cas=cas, **env
+        )
         made.append(swarm)
         return swarm
 

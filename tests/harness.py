@@ -46,12 +46,21 @@ class Swarm:
     result file in its environment."""
 
     def __init__(
-        self, root: Path, sites: int, *, script: Path = SCRIPT, ledger_nodes: int = 1, **env: str
+        self,
+        root: Path,
+        sites: int,
+        *,
+        script: Path = SCRIPT,
+        ledger_nodes: int = 1,
+        cas: dict[str, list[str]] | None = None,
+        **env: str,
     ) -> None:
         self.root = root
         self.script = script
         self.names = [f"site-{i + 1}" for i in range(sites)]
-        self.ledger = LocalLedger.create(root / "ledger", replicas=ledger_nodes, peers=self.names)
+        self.ledger = LocalLedger.create(
+            root / "ledger", replicas=ledger_nodes, peers=self.names, sites=cas
+        )
         self.ledger.start()
         self.ledger.wait_ready()
         self.env = env

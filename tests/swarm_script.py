@@ -6,6 +6,7 @@ sync), BATCH_DELAY_S (simulated
 compute per batch), BALLAST (extra float32 buffer values: a larger model), and BAD_PARAMS
 (`nan` or `shape`: from the second round on this site offers broken parameters),
 PRESENCE_TIMEOUT (seconds a silent member counts as present), LEAD=0 (never lead),
+MERGE_METHOD, WEIGHT_POLICY and NODE_WEIGHT (the declared weight),
 HOLD_FILE and HOLD_EPOCH (wait before that epoch until the test creates the file), and FAULT
 (a hostile or failing behaviour from tests/adversarial/faults.py).
 """
@@ -90,6 +91,9 @@ def main() -> None:
         use_adaptive_sync=env.get("ADAPTIVE") == "1",
         presence_timeout_s=float(env.get("PRESENCE_TIMEOUT", "30")),
         lead=False if env.get("LEAD") == "0" else None,  # None: SL_MAKE_ME_ADMIN decides
+        merge_method=env.get("MERGE_METHOD", "mean"),
+        weight_policy=env.get("WEIGHT_POLICY") or None,
+        node_weight=int(env.get("NODE_WEIGHT", "1")),
     )
     if env.get("FAULT"):
         from adversarial.faults import install
@@ -122,8 +126,10 @@ def main() -> None:
     cb.on_train_end()
     with torch.no_grad():
         accuracy = float((model(x[test]).argmax(1) == y[test]).float().mean())
+        largest = max(float(p.abs().max()) for p in model.parameters())
     result = {"name": env["OPENSWARM_PEER_NAME"], "final_digest": cb.final_digest,
-              "rounds": cb.rounds, "accuracy": accuracy, "intervals": cb.intervals}  # fmt: skip
+              "rounds": cb.rounds, "accuracy": accuracy, "intervals": cb.intervals,
+              "largest_param": largest}  # fmt: skip
     with open(env["OPENSWARM_RESULT"], "w") as handle:
         json.dump(result, handle)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -203,9 +204,9 @@ def test_ready_weight_defaults_to_member_weight() -> None:
     d.ok("ready", "alice", 1, {"digest": digest(1), "size": 1})
     assert d.contract.snapshot()["current"]["ready"]["alice"]["weight"] == 3.0
     # A weight given with ready is for this round only.
-    d.ok("ready", "alice", 1, {"digest": digest(1), "size": 1, "weight": 0.5})
+    d.ok("ready", "alice", 1, {"digest": digest(1), "size": 1, "weight": 5})
     snap = d.contract.snapshot()
-    assert snap["current"]["ready"]["alice"]["weight"] == 0.5
+    assert snap["current"]["ready"]["alice"]["weight"] == 5.0
     assert snap["members"]["alice"]["weight"] == 3.0
 
 
@@ -640,6 +641,8 @@ def test_settings_defaults_and_round_trip() -> None:
         "merge_options": {},
         "min_peers": 2,
         "presence_timeout_s": 30.0,
+        "weight_policy": "declared",
+        "weights": None,
     }
     # one set of defaults: a peer with default settings fits a contract made with defaults
     assert ContractSettings.from_payload(SwarmSettings().contract_settings()) == s
@@ -652,6 +655,68 @@ def test_settings_defaults_and_round_trip() -> None:
     assert ContractSettings.from_payload(custom.to_dict()) == custom
     with pytest.raises(TypeError):
         custom.merge_options["trim"] = 0.2  # type: ignore[index]
+
+
+# --- weight policies ---------------------------------------------------------------------------
+
+
+def test_equal_weights_refuse_a_declared_weight() -> None:
+    d = Driver(weight_policy="equal")
+    d.refused("register", "alice", payload={"endpoint": "a.example:1", "weight": 100},
+              match="weight_policy 'equal'.*leave out payload.weight")  # fmt: skip
+    d.register("alice")
+    d.refused("ready", "alice", 1, {"digest": digest(1), "size": 1, "weight": 50},
+              match="leave out payload.weight")  # fmt: skip
+    d.ok("ready", "alice", 1, {"digest": digest(1), "size": 1})
+    snap = d.contract.snapshot()
+    assert snap["members"]["alice"]["weight"] == snap["current"]["ready"]["alice"]["weight"] == 1
+
+
+def test_fixed_weights_come_from_the_admins_table_only() -> None:
+    d = Driver(weight_policy="fixed", weights={"alice": 40, "bob": 2.5})
+    d.refused("register", "carol", payload={"endpoint": "c.example:1"},
+              match="carol has no weight in contract .* fixed weights")  # fmt: skip
+    d.refused("register", "alice", payload={"endpoint": "a.example:1", "weight": 1},
+              match="weight_policy 'fixed'.*leave out payload.weight")  # fmt: skip
+    for name in ("alice", "bob"):
+        d.register(name)
+        d.ok("ready", name, 1, {"digest": digest(name), "size": 1})
+    ready = d.contract.snapshot()["current"]["ready"]
+    assert (ready["alice"]["weight"], ready["bob"]["weight"]) == (40.0, 2.5)
+
+
+def test_declared_weights_are_hpe_node_weightages() -> None:
+    d = Driver()
+    d.ok("register", "alice", payload={"endpoint": "a.example:1", "weight": 100})
+    d.refused("ready", "alice", 1, {"digest": digest(1), "size": 1, "weight": 1e9},
+              match="integer from 1 to 100")  # fmt: skip
+    d.ok("ready", "alice", 1, {"digest": digest(1), "size": 1, "weight": 7.0})
+    assert d.contract.snapshot()["current"]["ready"]["alice"]["weight"] == 7.0
+
+
+@pytest.mark.parametrize(
+    ("setting", "reason"),
+    [
+        ({"weight_policy": "loudest"}, "weight_policy must be one of equal, declared, fixed"),
+        ({"weight_policy": "fixed"}, "'fixed' needs weights"),
+        ({"weight_policy": "fixed", "weights": {}}, "'fixed' needs weights"),
+        ({"weight_policy": "fixed", "weights": {"a": 0}}, r"weights\['a'\] must be > 0"),
+        ({"weight_policy": "fixed", "weights": {"a": math.nan}}, "must be finite"),
+        ({"weight_policy": "fixed", "weights": {"a b": 1}}, "is not a valid name"),
+        ({"weights": {"a": 1}}, "weights are set only with weight_policy 'fixed'"),
+    ],
+)
+def test_weight_policy_settings_are_checked(setting: dict[str, Any], reason: str) -> None:
+    with pytest.raises(ContractError, match=reason):
+        ContractSettings.from_payload(setting)
+
+
+def test_fixed_weights_round_trip_and_are_read_only() -> None:
+    s = ContractSettings(weight_policy="fixed", weights={"b": 2, "a": 1.5})
+    assert s.to_dict()["weights"] == {"a": 1.5, "b": 2.0}
+    assert ContractSettings.from_payload(s.to_dict()) == s
+    with pytest.raises(TypeError):
+        s.weights["a"] = 100  # type: ignore[index]
 
 
 def test_settings_merge_options_are_copied() -> None:
@@ -730,8 +795,10 @@ def test_settings_conflict_on_register() -> None:
         ("register", {"endpoint": ":7000"}, "payload.endpoint must be host:port"),
         ("register", {"endpoint": "h:0"}, "port must be in 1..65535"),
         ("register", {"endpoint": "h:70000"}, "port must be in 1..65535"),
-        ("register", {"endpoint": "h:1", "weight": -1}, "payload.weight must be >= 0"),
-        ("register", {"endpoint": "h:1", "weight": "1"}, "payload.weight must be a number"),
+        ("register", {"endpoint": "h:1", "weight": 0}, "payload.weight must be an integer from 1"),
+        ("register", {"endpoint": "h:1", "weight": 2.5}, "payload.weight must be an integer from"),
+        ("register", {"endpoint": "h:1", "weight": 101}, "payload.weight must be an integer from"),
+        ("register", {"endpoint": "h:1", "weight": "1"}, "payload.weight must be an integer"),
         ("register", {"endpoint": "h:1", "colour": "red"}, "unknown payload field 'colour'"),
         ("ready", {"size": 1}, "'digest' is required"),
         ("ready", {"digest": "ab", "size": 1}, "payload.digest must be 64 lowercase hex"),
@@ -812,7 +879,16 @@ BAD_PAYLOADS = [
     {"loss": math.nan, "epoch": 1},
     {"endpoint": "h:1", "min_peers": 99},
 ]
-NUMBERS = [1, 0, 2.5, -1, math.nan, math.inf, -math.inf, 1e308, True]
+NUMBERS = [1, 0, 2.5, -1, math.nan, math.inf, -math.inf, 1e308, True, 7, 100, 101]
+#: A fixed-weight table for the random runs: "d" has none, so it can never register.
+FIXED = {"a": 3.0, "b": 1.5, "c": 1.0}
+
+
+def policy_settings(policy: str) -> dict[str, Any]:
+    """The settings of a contract with weight policy `policy`."""
+    return {"weight_policy": policy, "weights": FIXED if policy == "fixed" else None}
+
+
 CLOCK_STEPS = [1.0, 0.0, 3.0, 10.0, 40.0, -2.0]  # backward too: senders' clocks disagree
 
 
@@ -823,12 +899,12 @@ def draw_payload(pick: Pick, type: str, contract: TrainingContract) -> dict[str,
     match type:
         case "register":
             payload = {"endpoint": pick(["h:2", "h:1", "h:2", "bad"])}
-            if pick([False, True]):
+            if pick([False, False, False, True]):  # refused under two of the three policies
                 payload["weight"] = pick(NUMBERS)
             return payload
         case "ready" | "merged":
             payload = {"digest": pick(DIGESTS), "size": 1}
-            if type == "ready" and pick([False, True]):
+            if type == "ready" and pick([False, False, False, True]):
                 payload["weight"] = pick(NUMBERS)
             return payload
         case "leader_timeout":
@@ -897,8 +973,22 @@ def check_invariants(snap: dict[str, Any]) -> None:
         assert holders == sorted(set(holders))
         [entry] = [h for h in snap["history"] if h["round"] == snap["latest_merged"]["round"]]
         assert entry["digest"] == snap["latest_merged"]["digest"]
+    for name, weight in [*((n, m["weight"]) for n, m in snap["members"].items()),
+                         *((n, r["weight"]) for n, r in current["ready"].items())]:  # fmt: skip
+        assert weight == allowed_weight(snap["settings"], name, weight), (name, weight)
     active = [m for m in snap["members"].values() if m["active"]]
     assert snap["all_finished"] == (bool(active) and all(m["finished"] for m in active))
+
+
+def allowed_weight(settings: Mapping[str, Any], name: str, weight: float) -> float | None:
+    """The weight the policy in `settings` gives `name` (declared: `weight` if allowed)."""
+    match settings["weight_policy"]:
+        case "equal":
+            return 1.0
+        case "fixed":
+            return settings["weights"].get(name)
+        case _:
+            return weight if weight in range(1, 101) else None
 
 
 def run_replicas(
@@ -962,11 +1052,14 @@ def replay(log: list[ContractCall], setting: ContractSettings) -> TrainingContra
     min_peers=st.integers(1, 3),
     timeout=st.sampled_from([5.0, 30.0]),
     steps=st.integers(1, 50),
+    policy=st.sampled_from(["declared", "equal", "fixed"]),
 )
 def test_replicas_agree_and_refusals_change_nothing(
-    data: st.DataObject, min_peers: int, timeout: float, steps: int
+    data: st.DataObject, min_peers: int, timeout: float, steps: int, policy: str
 ) -> None:
-    setting = ContractSettings(min_peers=min_peers, leader_timeout_s=timeout)
+    setting = ContractSettings(
+        min_peers=min_peers, leader_timeout_s=timeout, **policy_settings(policy)
+    )
 
     def pick(options: Sequence[Any]) -> Any:
         # An index, not sampled_from(options): integers() strategies are cached, so this is fast.
@@ -979,10 +1072,11 @@ def test_replicas_agree_and_refusals_change_nothing(
 
 def test_long_random_runs_reach_every_event_and_agree() -> None:
     seen: Counter[str] = Counter()
-    for seed in range(8):
+    for seed, policy in itertools.product(range(8), ("declared", "equal", "fixed")):
         rng = random.Random(seed)
         setting = ContractSettings(min_peers=1 + seed % 3, leader_timeout_s=5.0 + seed,
-                                   presence_timeout_s=90.0 + 30 * seed)  # fmt: skip
+                                   presence_timeout_s=90.0 + 30 * seed,
+                                   **policy_settings(policy))  # fmt: skip
         log, replica, seen_here = run_replicas(rng.choice, setting, steps=400)
         assert dump(replay(log, setting)) == dump(replica)
         seen += seen_here

@@ -77,6 +77,23 @@ def test_manual_single_replica_flow(tmp_path: Path) -> None:
     assert " blocks verified" in _ok("ledger", "verify", str(tmp_path / "data"))
 
 
+def test_genesis_sets_a_contracts_weight_policy(tmp_path: Path) -> None:
+    pki = tmp_path / "pki"
+    _ok("pki", "init", str(pki), "--swarm", "clinic")
+    genesis = tmp_path / "genesis.json"
+    _ok("ledger", "genesis", "--pki", str(pki), "--out", str(genesis), "--contract", "c1",
+        "--weight-policy", "fixed", "--weight", "site-a=3", "--weight", "site-b=1.5")  # fmt: skip
+    settings = json.loads(genesis.read_text())["contracts"]["c1"]
+    assert settings["weight_policy"] == "fixed"
+    assert settings["weights"] == {"site-a": 3.0, "site-b": 1.5}
+    refused = run_cli("ledger", "genesis", "--pki", str(pki), "--out", str(genesis),
+                      "--weight-policy", "fixed")  # fmt: skip
+    assert refused.returncode != 0 and "'fixed' needs weights" in refused.stderr
+    refused = run_cli("ledger", "genesis", "--pki", str(pki), "--out", str(genesis),
+                      "--weight-policy", "fixed", "--weight", "site-a=x")  # fmt: skip
+    assert refused.returncode != 0 and "W must be a number" in refused.stderr
+
+
 def test_bad_config_gets_a_clear_error(tmp_path: Path) -> None:
     config = tmp_path / "bad.yaml"
     config.write_text(yaml.safe_dump({"data_dir": "d", "listen": "nowhere"}))

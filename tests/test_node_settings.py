@@ -44,3 +44,10 @@ def test_swarm_settings_refuse_bad_values() -> None:
         SwarmSettings(contribution="all")
     with pytest.raises(SwarmConfigError, match="min_peers"):
         SwarmSettings(min_peers=0)
+    for weight in (0, 2.5, 101, 1e9):
+        with pytest.raises(SwarmConfigError, match=r"integer from 1 to 100.*nodeWeightage"):
+            SwarmSettings(weight=weight)
+    with pytest.raises(SwarmConfigError, match="weight_policy must be one of equal, declared"):
+        SwarmSettings(weight_policy="loudest")
+    assert "weight_policy" not in SwarmSettings().contract_settings()
+    assert SwarmSettings(weight_policy="equal").contract_settings()["weight_policy"] == "equal"

@@ -162,6 +162,23 @@ def test_a_site_that_opts_out_of_leading_trains_but_never_leads(swarm_factory) -
     assert len({swarm.result(n)["final_digest"] for n in swarm.names}) == 1
 
 
+def test_sites_with_their_own_cas_train_together_under_equal_weights(swarm_factory) -> None:
+    # Each site brings its own CA (the exchange asks the ledger whose CA vouches for a
+    # caller); the contract weighs sites alike, so the declared NODE_WEIGHT is not sent.
+    cas = {"a": ["ledger-1", "admin", "site-1"], "b": ["site-2"]}
+    swarm = swarm_factory(2, cas=cas, EPOCHS="2", WEIGHT_POLICY="equal", NODE_WEIGHT="9")
+    swarm.start_all()
+    swarm.wait()
+    state = swarm.state()
+    assert state["settings"]["weight_policy"] == "equal"
+    history = _history(state)
+    assert len(history) >= 3 and all(h["status"] == "merged" for h in history)
+    # in every round one site fetched the other's model: the ledger vouched for both
+    assert all(h["participants"] == swarm.names and not h["excluded"] for h in history)
+    assert all(entry["weight"] == 1.0 for h in history for entry in h["inputs"].values())
+    assert len({swarm.result(n)["final_digest"] for n in swarm.names}) == 1
+
+
 def test_malformed_parameters_are_refused_and_named(swarm_factory) -> None:
     swarm = swarm_factory(4, EPOCHS="1", MIN_PEERS="4")
     swarm.start("site-1")

@@ -6,7 +6,7 @@ import datetime as dt
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import typer
 
@@ -17,17 +17,25 @@ ledger_app = typer.Typer(help="Permissioned ledger replicas.", no_args_is_help=T
 IDENTITY_HELP = "Identity folder for mTLS (default: $OPENSWARM_IDENTITY)."
 
 
-def _fail(message: str, code: int = 1) -> None:
+def _fail(message: str, code: int = 1) -> NoReturn:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
 
 
 @ledger_app.command()
 def genesis(
-    pki_dir: Path = typer.Option(..., "--pki", help="The CA folder made by 'openswarm pki init'."),
+    pki_dir: Path = typer.Option(
+        None, "--pki", help="The CA folder made by 'openswarm pki init' (one CA for the swarm)."
+    ),
+    site: list[str] = typer.Option(
+        [], "--site", help="NAME=CA_DIR (repeatable): a site and its own CA, instead of --pki."
+    ),
     out: Path = typer.Option(..., "--out", help="Where to write the genesis JSON."),
     admit: list[str] = typer.Option(
-        [], "--admit", help="NAME:ROLE to admit (repeatable). Default: every issued identity."
+        [],
+        "--admit",
+        help="NAME:ROLE to admit, NAME:ROLE@SITE with --site (repeatable). "
+        "Default: every identity issued under the CA folder(s).",
     ),
     contract: list[str] = typer.Option(
         [], "--contract", help=f"Training contract to create (default {DEFAULT_CONTRACT})."
@@ -37,26 +45,37 @@ def genesis(
     leader_timeout: float = typer.Option(
         None, "--leader-timeout", help="Seconds before a silent round leader is replaced."
     ),
+    weight_policy: str = typer.Option(
+        None,
+        "--weight-policy",
+        help="How these contracts weigh sites: equal, declared (each site's 1-100, the "
+        "default) or fixed (by --weight).",
+    ),
+    weight: list[str] = typer.Option(
+        [], "--weight", help="NAME=W (repeatable): a site's fixed weight (--weight-policy fixed)."
+    ),
+    admin_quorum: int = typer.Option(
+        1,
+        "--admin-quorum",
+        help="How many admins must approve each admit, revoke and "
+        "contract_create (k of the n admins).",
+    ),
 ) -> None:
     """Write the genesis file that starts a ledger network."""
-    from openswarm.ledger.genesis import GenesisError, admitted_from_pki, make_genesis
+    from openswarm.ledger.genesis import GenesisError, make_genesis
 
+    if (pki_dir is None) == (not site):
+        _fail("give --pki CA_DIR (one CA for the swarm) or --site NAME=CA_DIR for every site")
     try:
-        swarm = json.loads((pki_dir / "swarm.json").read_text())["swarm"]
-        ca_pem = (pki_dir / "ca.crt").read_bytes()
-    except (OSError, ValueError, KeyError) as exc:
-        _fail(f"{pki_dir} is not a CA folder made by 'openswarm pki init' ({exc})")
-    pairs: list[tuple[str, str]] = []
-    for item in admit:
-        name, sep, role = item.partition(":")
-        if not sep:
-            _fail(f"--admit {item!r}: write NAME:ROLE, e.g. site-1:peer")
-        pairs.append((name, role))
-    try:
-        if not pairs:
-            pairs = admitted_from_pki(pki_dir)
+        if pki_dir is not None:
+            (swarm, ca_pem), sites = _single_ca(pki_dir), None
+        else:
+            ca_pem, sites = None, _site_cas(site)
+            swarm = _ca_swarm(next(iter(sites.values())))
+        pairs = _admitted(admit, pki_dir, dict(_site_dirs(site)))
         chosen = {"min_peers": min_peers, "merge_method": merge_method,
-                  "leader_timeout_s": leader_timeout}  # fmt: skip
+                  "leader_timeout_s": leader_timeout, "weight_policy": weight_policy,
+                  "weights": _fixed_weights(weight)}  # fmt: skip
         settings = {key: value for key, value in chosen.items() if value is not None}
         contracts = {name: dict(settings) for name in (contract or [DEFAULT_CONTRACT])}
         record = make_genesis(
@@ -65,12 +84,95 @@ def genesis(
             pairs,
             contracts=contracts,
             created=dt.datetime.now(dt.UTC).timestamp(),
+            sites=sites,
+            admin_quorum=admin_quorum,
         )
-    except GenesisError as exc:
+    except (GenesisError, OSError) as exc:
         _fail(str(exc))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     typer.echo(f"genesis for swarm {swarm!r} with {len(record['admitted'])} identities → {out}")
+    if sites:
+        typer.echo(f"  sites: {', '.join(sorted(sites))}; give each identity folder the bundle "
+                   f"of their CAs: openswarm pki trust FOLDER --genesis {out}")  # fmt: skip
+    if admin_quorum > 1:
+        typer.echo(f"  admin changes need the approval of {admin_quorum} admins")
+
+
+def _fixed_weights(items: list[str]) -> dict[str, float] | None:
+    """The --weight NAME=W options as a table (None when there are none)."""
+    table: dict[str, float] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name or name in table:
+            _fail(f"--weight {item!r}: write NAME=W, each NAME once, e.g. site-1=3")
+        try:
+            table[name] = float(value)
+        except ValueError:
+            _fail(f"--weight {item!r}: W must be a number, e.g. site-1=3")
+    return table or None
+
+
+def _single_ca(pki_dir: Path) -> tuple[str, bytes]:
+    """The swarm and CA certificate of a CA folder made by 'openswarm pki init'."""
+    try:
+        swarm = json.loads((pki_dir / "swarm.json").read_text())["swarm"]
+        return str(swarm), (pki_dir / "ca.crt").read_bytes()
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        _fail(f"{pki_dir} is not a CA folder made by 'openswarm pki init' ({exc})")
+
+
+def _site_dirs(site: list[str]) -> list[tuple[str, Path]]:
+    """(site name, CA folder or ca.crt) of each --site NAME=CA_DIR."""
+    found = []
+    for item in site:
+        name, sep, where = item.partition("=")
+        if not sep or not name or not where:
+            _fail(f"--site {item!r}: write NAME=CA_DIR, e.g. hospital-a=ca-hospital-a")
+        found.append((name, Path(where)))
+    if len({name for name, _ in found}) != len(found):
+        _fail("each --site NAME is given once")
+    return found
+
+
+def _site_cas(site: list[str]) -> dict[str, bytes]:
+    from openswarm.pki import PkiError, load_ca_cert
+
+    try:
+        return {name: load_ca_cert(where) for name, where in _site_dirs(site)}
+    except PkiError as exc:
+        _fail(f"--site: {exc}")
+
+
+def _ca_swarm(ca_pem: bytes) -> str:
+    from openswarm.pki.certs import ca_swarm, load_certificate
+
+    return ca_swarm(load_certificate(ca_pem)) or ""
+
+
+def _admitted(
+    admit: list[str], pki_dir: Path | None, site_dirs: dict[str, Path]
+) -> list[tuple[str, ...]]:
+    """--admit NAME:ROLE[@SITE] items, or every identity issued under the CA folder(s)."""
+    from openswarm.ledger.genesis import admitted_from_pki
+
+    pairs: list[tuple[str, ...]] = []
+    for item in admit:
+        name, sep, role = item.partition(":")
+        role, at, where = role.partition("@")
+        if not sep or bool(at) != bool(site_dirs):
+            form = "NAME:ROLE@SITE, e.g. site-1:peer@hospital-a" if site_dirs else (
+                "NAME:ROLE, e.g. site-1:peer")  # fmt: skip
+            _fail(f"--admit {item!r}: write {form}")
+        pairs.append((name, role, where) if at else (name, role))
+    if pairs:
+        return pairs
+    if pki_dir is not None:
+        return list(admitted_from_pki(pki_dir))
+    for name, where in site_dirs.items():
+        if where.is_dir():
+            pairs.extend((n, r, name) for n, r in admitted_from_pki(where))
+    return pairs
 
 
 @ledger_app.command()
@@ -289,6 +391,105 @@ def remove_replica(
     except LedgerError as exc:
         _fail(str(exc))
     typer.echo(f"removed etcd member {name}")
+
+
+@ledger_app.command("admit")
+def admit_cmd(
+    name: str = typer.Argument(..., help="The identity's name (as its certificate says)."),
+    role: str = typer.Option(..., "--role", help="peer, ledger or admin."),
+    site: str = typer.Option(None, "--site", help="Its site, whose CA issues its certificate."),
+    connect: str = typer.Option(..., "--connect", help="HOST:PORT[,HOST:PORT…] of nodes."),
+    identity: Path = typer.Option(None, "--identity", help="An admin identity folder."),
+) -> None:
+    """Admit an identity (or approve another admin's proposal to admit it)."""
+    payload = {"name": name, "role": role} | ({"site": site} if site else {})
+    _admin_tx(connect, identity, "admit", payload=payload)
+
+
+@ledger_app.command("revoke")
+def revoke_cmd(
+    name: str = typer.Argument(..., help="The identity to revoke."),
+    connect: str = typer.Option(..., "--connect", help="HOST:PORT[,HOST:PORT…] of nodes."),
+    identity: Path = typer.Option(None, "--identity", help="An admin identity folder."),
+) -> None:
+    """Revoke an identity (or approve another admin's proposal to revoke it)."""
+    _admin_tx(connect, identity, "revoke", payload={"name": name})
+
+
+@ledger_app.command("contract-create")
+def contract_create_cmd(
+    name: str = typer.Argument(..., help="The training contract's name."),
+    settings: str = typer.Option(
+        "{}", "--settings", help="Its settings as JSON, e.g. '{\"min_peers\": 3}'."
+    ),
+    connect: str = typer.Option(..., "--connect", help="HOST:PORT[,HOST:PORT…] of nodes."),
+    identity: Path = typer.Option(None, "--identity", help="An admin identity folder."),
+) -> None:
+    """Create a training contract (or approve another admin's proposal to create it)."""
+    try:
+        payload = json.loads(settings)
+    except ValueError as exc:
+        _fail(f"--settings is not JSON: {exc}")
+    if not isinstance(payload, dict):
+        _fail("--settings must be a JSON object of contract settings")
+    _admin_tx(connect, identity, "contract_create", contract=name, payload=payload)
+
+
+@ledger_app.command("proposals")
+def proposals_cmd(
+    connect: str = typer.Option(..., "--connect", help="HOST:PORT[,HOST:PORT…] of nodes."),
+    identity: Path = typer.Option(None, "--identity", help=IDENTITY_HELP),
+) -> None:
+    """Admin changes that wait for more approvals (with an admin quorum above 1)."""
+    from openswarm.ledger.client import LedgerError
+
+    try:
+        with _client(connect, identity) as client:
+            state = client.state()
+    except LedgerError as exc:
+        _fail(str(exc))
+    quorum, pending = state.get("admin_quorum", 1), state.get("proposals") or {}
+    typer.echo(f"admin quorum {quorum}; {len(pending)} pending proposal(s)")
+    for digest, proposal in pending.items():
+        what = json.dumps(proposal["payload"], sort_keys=True)
+        where = f" {proposal['contract']}" if proposal["contract"] else ""
+        approvers = proposal["approvers"]
+        typer.echo(
+            f"{digest[:12]}… {proposal['type']}{where} {what}  approved by "
+            f"{', '.join(approvers)} ({len(approvers)}/{quorum})"
+        )
+
+
+def _admin_tx(
+    connect: str, identity: Path | None, tx_type: str, *, contract: str = "", payload: dict
+) -> None:
+    """Sign and submit an admin transaction; say what it did, or what it still waits for."""
+    from openswarm.ledger.client import LedgerError
+
+    try:
+        with _client(connect, identity) as client:
+            outcome = client.submit(tx_type, contract=contract, payload=payload)
+    except LedgerError as exc:
+        _fail(str(exc))
+    if not outcome.applied:
+        _fail(f"{tx_type} refused: {outcome.reason}")
+    for event in (outcome.result or {}).get("events", []):
+        typer.echo(describe_admin_event(event))
+
+
+def describe_admin_event(event: dict[str, Any]) -> str:
+    """One line for an admin transaction's event: what changed, or what a proposal awaits."""
+    if event["kind"] in ("proposed", "approved"):
+        left = event["needed"] - len(event["approvers"])
+        return (
+            f"proposal {event['proposal'][:12]}… ({event['type']}) awaits {left} more admin "
+            f"approval(s); approved so far by {', '.join(event['approvers'])}. Other admins "
+            "approve it by sending the same command."
+        )
+    details = ", ".join(f"{k}={v}" for k, v in event.items() if k not in ("kind", "approvers"))
+    approvers = event.get("approvers")
+    by = f" (approved by {', '.join(approvers)})" if approvers else ""
+    return f"{event['kind']}: {details}{by}"
 
 
 @ledger_app.command("archive")

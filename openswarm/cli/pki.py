@@ -14,6 +14,7 @@ from openswarm.pki import (
     PkiError,
     describe_certificate,
     init_ca,
+    install_trust,
     issue_identity,
 )
 from openswarm.pki.files import read_bytes
@@ -32,13 +33,17 @@ def init_command(
     swarm: str = typer.Option(..., "--swarm", help="The swarm's name (a safe identifier)."),
     days: int = typer.Option(3650, "--days", help="CA validity in days."),
     force: bool = typer.Option(False, "--force", help="Replace an existing CA."),
+    site: str | None = typer.Option(
+        None, "--site", help="This CA is one site's own, in a swarm where each site has one."
+    ),
 ) -> None:
-    """Create the swarm's certificate authority."""
+    """Create the swarm's certificate authority (or one site's)."""
     try:
-        init_ca(ca_dir, swarm, days=days, force=force)
+        init_ca(ca_dir, swarm, days=days, force=force, site=site)
     except PkiError as exc:
         raise _fail(exc) from None
-    typer.echo(f"created CA of swarm {swarm!r} in {ca_dir}")
+    whose = f"site {site!r} of swarm {swarm!r}" if site else f"swarm {swarm!r}"
+    typer.echo(f"created CA of {whose} in {ca_dir}")
     typer.echo(f"  certificate: {ca_dir / CA_CERT}")
     typer.echo(f"  private key: {ca_dir / 'ca.key'} (keep it secret)")
 
@@ -67,6 +72,26 @@ def issue_command(
         raise _fail(exc) from None
     typer.echo(f"issued {info['spiffe_id']} into {folder}")
     typer.echo(f"  valid until {info['not_after']}")
+
+
+@pki_app.command("trust")
+def trust_command(
+    folders: list[Path] = typer.Argument(..., help="Identity folders to update."),
+    genesis: Path = typer.Option(
+        ..., "--genesis", help="The swarm's genesis: its 'ca_cert' bundles every site's CA."
+    ),
+) -> None:
+    """Make identity folders trust every site CA of a swarm (their ca.crt := the bundle)."""
+    try:
+        bundle = json.loads(genesis.read_text(encoding="utf-8"))["ca_cert"].encode("ascii")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise _fail(PkiError(f"{genesis} is not a genesis file with a 'ca_cert' ({exc})")) from None
+    try:
+        for folder in folders:
+            install_trust(folder, bundle)
+            typer.echo(f"{folder / CA_CERT} now trusts the CA(s) of {genesis}")
+    except PkiError as exc:
+        raise _fail(exc) from None
 
 
 @pki_app.command("show")

@@ -85,6 +85,7 @@ class SwarmSession:
         presence_timeout_s: float = SwarmSettings.presence_timeout_s,
         ledger_retry_s: float = SwarmSettings.ledger_retry_s,
         lead: bool | None = None,
+        weight_policy: str | None = None,
         network: NetworkConfig | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
@@ -113,6 +114,7 @@ class SwarmSession:
             heartbeat_s=min(SwarmSettings.heartbeat_s, presence_timeout_s / 3),
             ledger_retry_s=ledger_retry_s,
             lead=may_lead() if lead is None else bool(lead),
+            weight_policy=weight_policy,
         )
         self.sync_frequency = sync_frequency
         self.use_adaptive_sync = use_adaptive_sync

@@ -66,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sync_frequency=args.sync_frequency,
         min_peers=args.min_peers,
         merge_method="mean",
-        node_weight=len(shard),
+        node_weight=min(100, max(1, round(len(shard) / 50))),  # 1-100: one per 50 samples
         # the test set is only watched (loss/metric on the ledger), never trained on
         val_data=loader(test, shuffle=False, batch_size=500),
         loss_fn=torch.nn.CrossEntropyLoss(),

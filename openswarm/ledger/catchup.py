@@ -19,7 +19,7 @@ from openswarm.ledger.canonical import canonical_bytes
 from openswarm.ledger.client import LedgerClient, LedgerError
 from openswarm.ledger.head import HEAD_FILE, HeadError, check_head, read_head, write_head
 from openswarm.ledger.store import CHAIN_FILE, POSITION, read_chain
-from openswarm.pki import Identity
+from openswarm.pki import Identity, same_trust
 
 PAGE = 2000
 MANIFEST = "backup.json"
@@ -46,7 +46,7 @@ def catch_up(data_dir: Path, identity: Identity, source: str) -> dict[str, Any]:
             signer = check_head(head, genesis["swarm"], identity.ca_cert_pem)
         except HeadError as exc:
             raise CatchUpError(f"{source}: {exc}") from exc
-        if genesis["ca_cert"].encode("ascii").strip() != identity.ca_cert_pem.strip():
+        if not same_trust(genesis["ca_cert"].encode("ascii"), identity.ca_cert_pem):
             raise CatchUpError(f"{source} serves a ledger of another CA than {identity.name}'s")
         blocks, positions = [], []
         while len(blocks) <= head["height"]:

@@ -209,6 +209,14 @@ class LedgerClient:
     def tx(self, tx_id: str) -> Outcome:
         return Outcome.from_dict(self.call("Tx", {"tx_id": tx_id}))
 
+    def vouch(self, cert_pem: bytes) -> str | None:
+        """None if the ledger vouches for the certificate now (its name admitted with its
+        role, issued by its own site's CA); otherwise the reason it does not."""
+        answer = self.call("Vouch", {"cert": cert_pem.decode("ascii")})
+        if answer.get("vouched") is True:
+            return None
+        return str(answer.get("reason") or "the ledger does not vouch for this certificate")
+
     def add_replica(self, peer_url: str) -> dict[str, Any]:
         """Add an etcd member (its https peer URL) before starting its ledger node."""
         return self.call("AddReplica", {"peer_url": peer_url}, timeout_s=30)

@@ -30,6 +30,7 @@ from openswarm.ledger.contract_checks import (
     json_copy,
     type_name,
 )
+from openswarm.ledger.weights import check_policy, member_weight
 from openswarm.protocol import (
     CALL_TYPES,
     CONTRIBUTIONS,
@@ -39,6 +40,7 @@ from openswarm.protocol import (
     MIN_PEERS,
     PRESENCE_TIMEOUT_S,
     ROUND_CALLS,
+    WEIGHT_POLICY,
 )
 
 __all__ = [
@@ -57,7 +59,7 @@ _KEPT_MERGES = 8  # earlier merged models a voided merge can fall back to
 HISTORY_KEPT = 64
 SETTINGS_KEYS = (
     "adaptive_sync", "leader_timeout_s", "merge_method", "merge_options", "min_peers",
-    "presence_timeout_s",
+    "presence_timeout_s", "weight_policy", "weights",
 )  # fmt: skip
 
 #: Adaptive sync: a round's mean validation loss must fall by this fraction of the one
@@ -91,8 +93,11 @@ class ContractSettings:
     leader_timeout_s: float = LEADER_TIMEOUT_S
     presence_timeout_s: float = PRESENCE_TIMEOUT_S  # who counts as live, in ledger time
     adaptive_sync: Mapping[str, int] | None = None  # {"start", "min", "max"} batches
+    weight_policy: str = WEIGHT_POLICY  # equal, declared or fixed (ledger/weights.py)
+    weights: Mapping[str, float] | None = None  # policy fixed: member -> weight
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "weights", check_policy(self.weight_policy, self.weights))
         if self.adaptive_sync is not None:
             object.__setattr__(self, "adaptive_sync", _check_adaptive(self.adaptive_sync))
         check_int(self.min_peers, "min_peers", minimum=1)
@@ -128,6 +133,8 @@ class ContractSettings:
             "merge_options": json_copy(self.merge_options, "merge_options"),
             "min_peers": self.min_peers,
             "presence_timeout_s": self.presence_timeout_s,
+            "weight_policy": self.weight_policy,
+            "weights": None if self.weights is None else dict(self.weights),
         }
 
 
@@ -404,7 +411,7 @@ class TrainingContract:
         leads = payload.get("lead", True)
         if not isinstance(leads, bool):
             raise ContractError(f"payload.lead must be true or false, got {type_name(leads)}")
-        weight = check_number(payload.get("weight", 1), "payload.weight", minimum=0)
+        weight = self._weight(call.sender, payload, 1.0)
         try:
             offered = ContractSettings.from_payload(payload)
         except ContractError as e:
@@ -437,6 +444,11 @@ class TrainingContract:
         )
         return [event, *self._all_finished_events(call, was_all_finished)]
 
+    def _weight(self, sender: str, payload: Mapping[str, Any], default: float) -> float:
+        """The weight the contract's policy gives `sender` for this register or ready."""
+        policy, fixed = self._settings.weight_policy, self._settings.weights
+        return member_weight(policy, fixed, self._name, sender, payload, default)
+
     def _on_ready(self, call: ContractCall) -> list[dict[str, Any]]:
         payload = call.payload
         check_fields(payload, "ready", ("digest", "size"), ("weight",))
@@ -445,8 +457,7 @@ class TrainingContract:
             raise ContractError(f"round {call.round} is already sealed")
         digest = check_digest(payload["digest"], "payload.digest")
         size = check_int(payload["size"], "payload.size", minimum=0)
-        default_weight = self._members[call.sender].weight
-        weight = check_number(payload.get("weight", default_weight), "payload.weight", minimum=0)
+        weight = self._weight(call.sender, payload, self._members[call.sender].weight)
 
         replaced = call.sender in self._ready
         self._ready[call.sender] = {"digest": digest, "size": size, "weight": weight}

@@ -19,7 +19,7 @@ from openswarm.pki import (
     Identity,
     PkiError,
     certificate_identity,
-    verify_certificate,
+    verify_in_bundle,
     verify_signature,
 )
 
@@ -71,7 +71,8 @@ def read_head(data_dir: Path) -> dict[str, Any] | None:
 
 
 def check_head(head: dict[str, Any], swarm: str, ca_cert_pem: bytes) -> CertIdentity:
-    """Check a head's form, its signer (a ledger identity of the CA) and signature."""
+    """Check a head's form, its signer (a ledger identity of the CA, or of one of the CAs of
+    the bundle `ca_cert_pem`) and signature."""
     height = head.get("height")
     if isinstance(height, bool) or not isinstance(height, int) or height < 0:
         raise HeadError("signed head: 'height' is not a non-negative integer")
@@ -84,7 +85,7 @@ def check_head(head: dict[str, Any], swarm: str, ca_cert_pem: bytes) -> CertIden
     try:
         cert = str(texts["signer"]).encode("ascii")
         # Chain check only: a head signed before the certificate expired stays valid evidence.
-        who = verify_certificate(cert, ca_cert_pem, at=certificate_identity(cert).not_before)
+        who = verify_in_bundle(cert, ca_cert_pem, at=certificate_identity(cert).not_before)
         raw = base64.b64decode(str(texts["signature"]), validate=True)
         verify_signature(cert, _signed_bytes(swarm, height, str(texts["hash"])), raw)
     except (PkiError, UnicodeEncodeError, binascii.Error, ValueError) as exc:

@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +21,7 @@ import yaml
 
 from openswarm.ledger.client import LedgerClient, LedgerError
 from openswarm.net.ports import release_port, reserve_port
-from openswarm.pki import Identity, init_ca, issue_identity
+from openswarm.pki import Identity, init_ca, install_trust, issue_identity, make_bundle
 
 LOOPBACK = "127.0.0.1"
 
@@ -79,6 +79,10 @@ class LocalLedger:
     def identity_dir(self, name: str) -> Path:
         return self.pki_dir / "identities" / name
 
+    def site_ca_dir(self, site: str) -> Path:
+        """The CA folder of `site`, in a network made with `sites`."""
+        return self.root / f"ca-{site}"
+
     def identity(self, name: str) -> Identity:
         return Identity.load(self.pki_dir / "identities" / name)
 
@@ -101,13 +105,17 @@ class LocalLedger:
         replica_settings: dict | None = None,
         backend: str | None = None,
         hosts: Sequence[str] | None = None,
+        sites: Mapping[str, Sequence[str]] | None = None,
+        admin_quorum: int = 1,
     ) -> LocalLedger:
         """Issue identities, write the genesis and one config per replica (nothing runs yet).
 
         `backend` is "embedded" (one replica only; the default for one) or "etcd" (the
         default for several): each replica then runs a managed etcd member. `hosts` gives
         each replica's address (one per replica; default loopback): its identity names it,
-        and it serves gRPC and etcd peer traffic there.
+        and it serves gRPC and etcd peer traffic there. `sites` (site -> the names of its
+        identities) gives each site its own CA (`site_ca_dir`) and puts the bundle of all of
+        them into every identity folder; `admin_quorum` is the genesis's.
         """
         from openswarm import DEFAULT_CONTRACT
         from openswarm.ledger.genesis import make_genesis
@@ -121,8 +129,8 @@ class LocalLedger:
             raise ValueError(f"give one host address per replica ({replicas}), not {len(hosts)}")
         net = cls(root=root, swarm=swarm, backend=backend, hosts=hosts,
                   replica_settings=dict(replica_settings or {}))  # fmt: skip
-        init_ca(net.pki_dir, swarm)
-        admitted = []
+        site_of = net._init_cas(sites)
+        admitted: list[tuple[str, ...]] = []
         for name, role in [
             *((f"ledger-{i}", "ledger") for i in range(1, replicas + 1)),
             *((p, "peer") for p in peers),
@@ -132,9 +140,8 @@ class LocalLedger:
             names = ["localhost", LOOPBACK]
             if role == "ledger":
                 names.append(hosts[int(name.rsplit("-", 1)[1]) - 1])
-            issue_identity(net.pki_dir, name, role, hosts=sorted(set(names)))
-            admitted.append((name, role))
-        ca_pem = (net.pki_dir / "ca.crt").read_bytes()
+            net._issue(name, role, sorted(set(names)), site_of)
+            admitted.append((name, role) if sites is None else (name, role, site_of[name]))
         # Without settings the genesis holds no contract: a local site then creates its own
         # with the admin identity it is handed (OPENSWARM_ADMIN_IDENTITY), with its settings.
         settings = dict(contract_settings or {})
@@ -142,12 +149,44 @@ class LocalLedger:
             settings["min_peers"] = min_peers
         declared = contract_settings is not None or min_peers is not None
         contracts = {DEFAULT_CONTRACT: settings} if declared else {}
-        genesis = make_genesis(swarm, ca_pem, admitted, contracts=contracts)
+        site_cas = {s: (net.site_ca_dir(s) / "ca.crt").read_bytes() for s in sites or ()}
+        genesis = make_genesis(
+            swarm,
+            None if sites else (net.pki_dir / "ca.crt").read_bytes(),
+            admitted,  # type: ignore[arg-type]
+            contracts=contracts,
+            sites=site_cas or None,
+            admin_quorum=admin_quorum,
+        )
+        if sites:
+            bundle = make_bundle(site_cas.values())
+            for name, _, _ in admitted:
+                install_trust(net.identity_dir(name), bundle)
         net.genesis_path.write_text(json.dumps(genesis, indent=2, sort_keys=True))
         peer_urls = [f"https://{host}:{net._port()}" for host in hosts]
         for index in range(replicas):
             net.add_replica_config(index + 1, peer_urls)
         return net
+
+    def _init_cas(self, sites: Mapping[str, Sequence[str]] | None) -> dict[str, str]:
+        """Make the network's CA, or one per site; returns identity name -> its site."""
+        if sites is None:
+            init_ca(self.pki_dir, self.swarm)
+            return {}
+        site_of = {}
+        for site, names in sites.items():
+            init_ca(self.site_ca_dir(site), self.swarm, site=site)
+            site_of.update(dict.fromkeys(names, site))
+        return site_of
+
+    def _issue(self, name: str, role: str, hosts: list[str], site_of: dict[str, str]) -> None:
+        if not site_of:
+            issue_identity(self.pki_dir, name, role, hosts=hosts)
+            return
+        if name not in site_of:
+            raise ValueError(f"identity {name!r} belongs to no site; list it under one of sites")
+        issue_identity(self.site_ca_dir(site_of[name]), name, role, hosts=hosts,
+                       out_dir=self.identity_dir(name))  # fmt: skip
 
     def add_replica_config(
         self, number: int, peer_urls: Sequence[str], *, state: str = "new"

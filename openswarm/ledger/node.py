@@ -26,7 +26,7 @@ from openswarm.ledger.replica import LedgerReplica
 from openswarm.ledger.service import MAX_WORKERS, SERVER_OPTIONS, LedgerService
 from openswarm.net import make_server
 from openswarm.net.limits import CallLimits
-from openswarm.pki import Identity, PkiError
+from openswarm.pki import Identity, PkiError, same_trust
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +75,11 @@ def start_node(config: LedgerConfig) -> LedgerNode:
     identity = _load_identity(config)
     genesis = load_genesis(config.genesis)
     ca_pem = config.ca.read_bytes() if config.ca else identity.ca_cert_pem
-    if genesis["ca_cert"].encode("ascii").strip() != ca_pem.strip():
+    if not same_trust(genesis["ca_cert"].encode("ascii"), ca_pem):
         raise ConfigError(
             f"genesis {config.genesis} names another CA than identity {config.identity}; "
-            "both must come from the same 'openswarm pki init'"
+            "both must come from the same 'openswarm pki init' (with several site CAs, put "
+            "the genesis's bundle into the identity folder: 'openswarm pki trust')"
         )
     config.data_dir.mkdir(parents=True, exist_ok=True)
     member: EtcdMember | None = None

@@ -269,6 +269,11 @@ class LedgerReplica:
         with self._changed:
             return self._state.admits(name, role)
 
+    def vouch(self, cert_pem: str) -> CertIdentity:
+        """`LedgerState.vouch` against the current state (raises Rejected)."""
+        with self._changed:
+            return self._state.vouch(cert_pem)
+
     # --- reads ----------------------------------------------------------------------------
     def signed_head(self) -> dict[str, Any] | None:
         """The last head this node signed (None without a signer)."""

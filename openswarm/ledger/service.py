@@ -12,7 +12,7 @@ from openswarm.ledger.ordering import OrderingError
 from openswarm.ledger.replica import LedgerHalted, LedgerReplica
 from openswarm.ledger.state import NotPermitted, Rejected
 from openswarm.ledger.tx import Transaction, TxFormatError
-from openswarm.net import caller_identity, require_role
+from openswarm.net import caller_certificate, require_role
 from openswarm.net.jsonrpc import decode_json, encode_json
 from openswarm.net.limits import CallLimiter, CallLimits, LimitExceeded, Slot
 from openswarm.pki import CertIdentity, PkiError
@@ -24,6 +24,8 @@ MAX_TX_BYTES = 256 * 1024
 #: three times that on the wire once clients escape non-ASCII text; gRPC refuses anything
 #: larger before it is parsed.
 MAX_REQUEST_BYTES = 3 * MAX_TX_BYTES + 64 * 1024
+#: Largest certificate (PEM characters) a Vouch call asks about.
+MAX_CERT_CHARS = 16 * 1024
 STREAM_POLL_S = 0.5
 #: Most rounds of history a contract watch sends with each state.
 WATCH_RECENT = 16
@@ -68,13 +70,9 @@ class LedgerService:
 
     # --- every call -----------------------------------------------------------------------
     def _admit(self, context: grpc.ServicerContext, *, stream: bool) -> tuple[CertIdentity, Slot]:
-        """The caller, if admitted now with its certificate's role and within its limits."""
-        try:
-            caller = caller_identity(context)
-        except PkiError as exc:
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
-        if not self.replica.admits(caller.name, caller.role):
-            context.abort(grpc.StatusCode.PERMISSION_DENIED, _not_admitted(caller))
+        """The caller, if admitted now with its certificate's role (and from its own site's
+        CA) and within its limits."""
+        caller = self._vouched(context)
         try:
             slot = self.limiter.acquire(
                 caller.name, stream=stream, privileged=caller.role == "admin"
@@ -83,6 +81,22 @@ class LedgerService:
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         context.add_callback(slot.release)  # also when the caller goes away mid-call
         return caller, slot
+
+    def _vouched(self, context: grpc.ServicerContext) -> CertIdentity:
+        """Who the caller is, if the ledger admits it now; aborts the call otherwise. TLS
+        proved that a CA the swarm trusts issued its certificate; with several site CAs,
+        only the ledger knows whether that is the CA of the site its name belongs to."""
+        try:
+            cert = caller_certificate(context).decode("ascii")
+        except (PkiError, UnicodeDecodeError) as exc:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+        try:
+            return self.replica.vouch(cert)
+        except NotPermitted as exc:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        except Rejected as exc:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+        raise AssertionError("unreachable: abort raises")
 
     # --- writes ---------------------------------------------------------------------------
     def submit(self, request: dict[str, Any], context: grpc.ServicerContext) -> dict[str, Any]:
@@ -224,6 +238,21 @@ class LedgerService:
             answer["positions"] = self.replica.positions(start, stop)
         return answer
 
+    def vouch(self, request: dict[str, Any], context: grpc.ServicerContext) -> dict[str, Any]:
+        """Whether the ledger vouches for a certificate (`cert`, PEM) now: its name admitted
+        with its role, issued by its own site's CA. What a peer asks about a caller."""
+        cert = request.get("cert")
+        if not isinstance(cert, str) or not cert or len(cert) > MAX_CERT_CHARS:
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"'cert' must be a PEM certificate of at most {MAX_CERT_CHARS} characters",
+            )
+        try:
+            who = self.replica.vouch(cert)
+        except Rejected as exc:
+            return {"vouched": False, "reason": str(exc)}
+        return {"vouched": True, "name": who.name, "role": who.role, "reason": None}
+
     def tx(self, request: dict[str, Any], context: grpc.ServicerContext) -> dict[str, Any]:
         height = self.replica.height_of_tx(str(request.get("tx_id", "")))
         if height is None:
@@ -244,8 +273,7 @@ class LedgerService:
         next_height = _int(request, "from", 0, context)
         contract = request.get("contract")
         while context.is_active():
-            if not self.replica.admits(caller.name, caller.role):
-                context.abort(grpc.StatusCode.PERMISSION_DENIED, _not_admitted(caller))
+            self._vouched(context)  # ends the stream once the caller is revoked
             for block in self.replica.blocks(next_height):
                 next_height = block["height"] + 1
                 if contract is None or block.get("tx", {}).get("contract") == contract:
@@ -265,8 +293,7 @@ class LedgerService:
         recent = _int(request, "recent", WATCH_RECENT, context)
         seen = _int(request, "from", 0, context)
         while context.is_active():
-            if not self.replica.admits(caller.name, caller.role):
-                context.abort(grpc.StatusCode.PERMISSION_DENIED, _not_admitted(caller))
+            self._vouched(context)  # ends the watch once the caller is revoked
             if self.replica.halted is not None:
                 context.abort(grpc.StatusCode.UNAVAILABLE, f"ledger node halted: "
                               f"{self.replica.halted}")  # fmt: skip
@@ -284,6 +311,7 @@ class LedgerService:
             "State": self.state,
             "Blocks": self.blocks,
             "Tx": self.tx,
+            "Vouch": self.vouch,
             "AddReplica": self.add_replica,
             "RemoveReplica": self.remove_replica,
             "Archive": self.archive,
@@ -350,13 +378,6 @@ def _request(data: bytes, context: grpc.ServicerContext) -> dict[str, Any]:
     if not isinstance(request, dict):
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, "request must be a JSON object")
     return request
-
-
-def _not_admitted(caller: CertIdentity) -> str:
-    return (
-        f"{caller.spiffe_id} is not admitted to this ledger with role {caller.role!r} "
-        "(never admitted, or revoked)"
-    )
 
 
 def _int(request: dict[str, Any], key: str, default: int, context: grpc.ServicerContext) -> int:

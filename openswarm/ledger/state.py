@@ -12,6 +12,7 @@ import heapq
 import json
 import threading
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from openswarm.ledger.block import Certificates, genesis_block, make_block, record_of, tx_block
@@ -22,7 +23,8 @@ from openswarm.ledger.contract import (
     ContractSettings,
     TrainingContract,
 )
-from openswarm.ledger.genesis import check_genesis
+from openswarm.ledger.genesis import check_genesis, genesis_sites
+from openswarm.ledger.quorum import QUORUM_TYPES, Proposals, QuorumError
 from openswarm.ledger.ticks import TickError, check_tick_form, check_tick_signature, majority_time
 from openswarm.ledger.tx import CONTRACT_TYPES, Transaction, TxFormatError, required_role
 from openswarm.pki import ROLES, CertIdentity, PkiError, certificate_identity, verify_certificate
@@ -33,6 +35,8 @@ NONCE_WINDOW_S = 900.0
 #: Largest distance between a transaction's own timestamp and ledger time that is accepted.
 MAX_TX_SKEW_S = 120.0
 _CERT_CACHE_SIZE = 4096
+
+Events = list[dict[str, Any]]
 
 
 class Rejected(Exception):
@@ -52,6 +56,14 @@ class LedgerState:
         self.swarm: str = genesis["swarm"]
         self.ca_cert_pem: bytes = genesis["ca_cert"].encode("ascii")
         self.admitted: dict[str, str] = {e["name"]: e["role"] for e in genesis["admitted"]}
+        # With several site CAs: site -> its CA, and the site each identity is admitted under
+        # (only that site's CA may vouch for it). Empty with the single `ca_cert`.
+        self.sites: dict[str, bytes] = genesis_sites(genesis)
+        self.admitted_sites: dict[str, str] = {
+            e["name"]: e["site"] for e in genesis["admitted"] if "site" in e
+        }
+        # Admin changes approved by fewer than `admin_quorum` admins so far (quorum.py).
+        self.proposals = Proposals(genesis.get("admin_quorum", 1))
         # Contracts exist only as the genesis or an admin's contract_create made them, with
         # their settings (none given: the defaults); a peer can join one, never configure it.
         self.contracts: dict[str, TrainingContract] = {
@@ -76,7 +88,7 @@ class LedgerState:
         self.height: int = 0
         self.last_hash: str = head["hash"]
         self.certs = Certificates()  # certificates stored once, in their first block
-        self._cert_cache: dict[str, CertIdentity | str] = {}
+        self._cert_cache: dict[str, tuple[CertIdentity, str | None] | str] = {}
         self._good_signatures: dict[tuple[str, str], bool] = {}
         self._signature_lock = threading.Lock()
 
@@ -132,11 +144,12 @@ class LedgerState:
         Raises NotPermitted (not admitted, wrong role) or Rejected (anything else).
         """
         self._check_time(tx)
-        who = self._certificate(tx.cert)
+        who, site = self._certificate(tx.cert)
         self._check_validity(who)
         if who.name != tx.sender:
             raise Rejected(f"sender {tx.sender!r} does not match the certificate ({who.name!r})")
         self._check_role(who.name, who.role, required_role(tx.type), tx.type)
+        self._check_site(who.name, site)
         self.check_signature(tx, who.name)
         self._check_fresh(tx)
         return who
@@ -170,9 +183,33 @@ class LedgerState:
         if role != needed:
             raise NotPermitted(f"{tx_type!r} needs role {needed!r}; {name!r} is {role!r}")
 
+    def _check_site(self, name: str, site: str | None) -> None:
+        """NotPermitted unless `site`, whose CA issued the certificate, is `name`'s own."""
+        if not self.sites:
+            return
+        own = self.admitted_sites.get(name)
+        if site != own:
+            raise NotPermitted(
+                f"identity {name!r} is admitted under site {own!r}, but its certificate was "
+                f"issued by the CA of site {site!r}; only a site's own CA can vouch for its "
+                "identities"
+            )
+
     def admits(self, name: str, role: str) -> bool:
         """True if `name` is admitted now, with `role`."""
         return self.admitted.get(name) == role
+
+    def vouch(self, cert_pem: str) -> CertIdentity:
+        """Who `cert_pem` names, if the ledger admits it now: its name admitted with its role,
+        the certificate issued by that name's site CA. NotPermitted or Rejected otherwise."""
+        who, site = self._certificate(cert_pem)
+        if not self.admits(who.name, who.role):
+            raise NotPermitted(
+                f"{who.spiffe_id} is not admitted to this ledger with role {who.role!r} "
+                "(never admitted, or revoked)"
+            )
+        self._check_site(who.name, site)
+        return who
 
     # --- nonces and ledger time -----------------------------------------------------------
     @property
@@ -213,10 +250,11 @@ class LedgerState:
 
     def _apply_tick(self, tick: Any) -> dict[str, Any]:
         node, when, cert = check_tick_form(tick, self.swarm)
-        who = self._certificate(cert)
+        who, site = self._certificate(cert)
         if who.name != node:
             raise Rejected(f"tick of {node!r} carries the certificate of {who.name!r}")
         self._check_role(who.name, who.role, "ledger", "tick")
+        self._check_site(who.name, site)
         if self.time_established:
             self._check_validity(who)
         previous = self.latest_ticks.get(node)
@@ -236,6 +274,7 @@ class LedgerState:
             self.ledger_time = reached
             self._expire_nonces()
             self._expire_tx_ids()
+            self.proposals.expire(reached)
 
     def _check_fresh(self, tx: Transaction) -> None:
         oldest = self.ledger_time - NONCE_WINDOW_S
@@ -274,24 +313,37 @@ class LedgerState:
         """How many nonces are remembered (bounded by the window)."""
         return len(self._nonce_expiry)
 
-    def _certificate(self, cert_pem: str) -> CertIdentity:
+    def _certificate(self, cert_pem: str) -> tuple[CertIdentity, str | None]:
+        """Who the certificate names and the site whose CA issued it (None with one CA)."""
         cached = self._cert_cache.get(cert_pem)
         if cached is None:
             if len(self._cert_cache) >= _CERT_CACHE_SIZE:
                 # Drop the oldest entry: callers may send any number of distinct certificates.
                 del self._cert_cache[next(iter(self._cert_cache))]
             try:
-                info = certificate_identity(cert_pem.encode("ascii"))
-                # Chain check only: validity is judged at the transaction's own time.
-                cached = verify_certificate(
-                    cert_pem.encode("ascii"), self.ca_cert_pem, at=info.not_before
-                )
+                cached = self._issuer(cert_pem.encode("ascii"))
             except (PkiError, UnicodeEncodeError, ValueError) as exc:
                 cached = f"certificate refused: {exc}"
             self._cert_cache[cert_pem] = cached
         if isinstance(cached, str):
             raise Rejected(cached)
         return cached
+
+    def _issuer(self, cert: bytes) -> tuple[CertIdentity, str | None]:
+        # Chain check only: validity is judged at the transaction's own time.
+        at = certificate_identity(cert).not_before
+        if not self.sites:
+            return verify_certificate(cert, self.ca_cert_pem, at=at), None
+        for site, ca in sorted(self.sites.items()):
+            try:
+                return verify_certificate(cert, ca, at=at), site
+            except PkiError:
+                continue
+        name = certificate_identity(cert).spiffe_id
+        raise PkiError(
+            f"certificate of {name} is issued by none of this swarm's site CAs "
+            f"({', '.join(sorted(self.sites))})"
+        )
 
     # --- application ----------------------------------------------------------------------
     def _apply_contract(self, tx: Transaction, height: int) -> dict[str, Any]:
@@ -321,37 +373,104 @@ class LedgerState:
         return result
 
     def _apply_admin(self, tx: Transaction) -> dict[str, Any]:
-        payload = tx.payload
+        """Check the admin change; apply it now, or count it towards the admin quorum."""
+        if tx.type == "archive":
+            return {"events": self._archive(tx.payload)}
+        change = self._admin_change(tx)  # every check first: a refusal changes nothing
+        if tx.type not in QUORUM_TYPES or self.proposals.quorum == 1:
+            return {"events": self._applied(change)}
+        try:
+            digest, approvers, reached = self.proposals.approve(
+                tx.type, tx.contract, tx.payload, tx.sender, self.ledger_time
+            )
+        except QuorumError as exc:
+            raise Rejected(str(exc)) from exc
+        if reached:
+            return {"events": [{**e, "approvers": approvers} for e in self._applied(change)]}
+        kind = "proposed" if len(approvers) == 1 else "approved"
+        event = {"kind": kind, "proposal": digest, "type": tx.type, "contract": tx.contract,
+                 "approvers": approvers, "needed": self.proposals.quorum}  # fmt: skip
+        return {"events": [event]}
+
+    def _applied(self, change: Callable[[], Events]) -> Events:
+        """Apply a checked change; approvals of those it leaves without the admin role go."""
+        events = change()
+        self.proposals.keep_approvers(lambda name: self.admitted.get(name) == "admin")
+        return events
+
+    def _admin_change(self, tx: Transaction) -> Callable[[], Events]:
         if tx.type == "admit":
-            name, role = payload.get("name"), payload.get("role")
-            if not isinstance(name, str) or not name or role not in ROLES:
-                raise Rejected(f"'admit' needs payload name (string) and role in {ROLES}")
-            self.admitted[name] = role
-            self._advance_time()
-            return {"events": [{"kind": "admitted", "name": name, "role": role}]}
+            return self._admit(tx.payload)
         if tx.type == "revoke":
-            name = payload.get("name")
-            if name not in self.admitted:
-                raise Rejected(f"cannot revoke {name!r}: not admitted")
+            return self._revoke(tx.payload)
+        return self._create_contract(tx.contract, tx.payload)
+
+    def _admit(self, payload: Any) -> Callable[[], Events]:
+        name, role = payload.get("name"), payload.get("role")
+        if not isinstance(name, str) or not name or role not in ROLES:
+            raise Rejected(f"'admit' needs payload name (string) and role in {ROLES}")
+        site = self._admit_site(name, payload.get("site"))
+        if role != "admin":
+            self._check_admins_left(name)
+
+        def apply() -> Events:
+            self.admitted[name] = role
+            if site is not None:
+                self.admitted_sites[name] = site
+            self._advance_time()
+            event = {"kind": "admitted", "name": name, "role": role}
+            return [event if site is None else {**event, "site": site}]
+
+        return apply
+
+    def _admit_site(self, name: str, site: Any) -> str | None:
+        if not self.sites:
+            if site is not None:
+                raise Rejected(f"'admit' of {name!r} names site {site!r}, but this swarm "
+                               "has one CA and no sites")  # fmt: skip
+            return None
+        if not isinstance(site, str) or site not in self.sites:
+            raise Rejected(
+                f"'admit' of {name!r} must name the site whose CA issues its certificate "
+                f"(payload site, one of {', '.join(sorted(self.sites))})"
+            )
+        return str(site)
+
+    def _revoke(self, payload: Any) -> Callable[[], Events]:
+        name = payload.get("name")
+        if not isinstance(name, str) or name not in self.admitted:
+            raise Rejected(f"cannot revoke {name!r}: not admitted")
+        self._check_admins_left(name)
+
+        def apply() -> Events:
             del self.admitted[name]
+            self.admitted_sites.pop(name, None)
             self.latest_ticks.pop(name, None)
             self._advance_time()
             for contract in self.contracts.values():  # revocation takes effect at once
                 contract.expel(name)
                 self.changed_at[contract.name] = self.height + 1
-            return {"events": [{"kind": "revoked", "name": name}]}
-        if tx.type == "archive":
-            # Allows the ordering layer to drop records ordered at or before position `upto`
-            # (every node holds them in its chain file); the chain itself loses nothing.
-            upto = payload.get("upto")
-            if isinstance(upto, bool) or not isinstance(upto, int) or upto < 1:
-                raise Rejected("'archive' needs payload upto: a positive ordering position")
-            return {"events": [{"kind": "archived", "upto": upto}]}
-        # contract_create
-        if not tx.contract:
+            return [{"kind": "revoked", "name": name}]
+
+        return apply
+
+    def _check_admins_left(self, name: str) -> None:
+        """Rejected if taking `name`'s admin role would leave fewer admins than the quorum."""
+        if self.admitted.get(name) != "admin":
+            return
+        left = sum(role == "admin" for role in self.admitted.values()) - 1
+        if left < self.proposals.quorum:
+            raise Rejected(
+                f"cannot take the admin role from {name!r}: {self.proposals.quorum} admin "
+                f"approval(s) are needed for admin changes and only {left} admin(s) would be "
+                "left; admit another admin first"
+            )
+
+    def _create_contract(self, name: str, payload: Any) -> Callable[[], Events]:
+        if not name:
             raise Rejected("'contract_create' needs a contract name")
-        if tx.contract in self.contracts:
-            raise Rejected(f"training contract {tx.contract!r} already exists")
+        if name in self.contracts:
+            raise Rejected(f"training contract {name!r} already exists")
         try:
             unknown = sorted(set(payload) - set(SETTINGS_KEYS))
             if unknown:
@@ -359,12 +478,25 @@ class LedgerState:
                     f"contract_create: unknown setting(s) {', '.join(unknown)}; known: "
                     f"{', '.join(SETTINGS_KEYS)}"
                 )
-            contract = TrainingContract(tx.contract, ContractSettings.from_payload(payload))
+            contract = TrainingContract(name, ContractSettings.from_payload(payload))
         except ContractError as exc:
             raise Rejected(str(exc)) from exc
-        self.contracts[tx.contract] = contract
-        self.changed_at[tx.contract] = self.height + 1
-        return {"events": [{"kind": "contract_created", "contract": tx.contract}]}
+
+        def apply() -> Events:
+            self.contracts[name] = contract
+            self.changed_at[name] = self.height + 1
+            return [{"kind": "contract_created", "contract": name}]
+
+        return apply
+
+    @staticmethod
+    def _archive(payload: Any) -> Events:
+        # Allows the ordering layer to drop records ordered at or before position `upto`
+        # (every node holds them in its chain file); the chain itself loses nothing.
+        upto = payload.get("upto")
+        if isinstance(upto, bool) or not isinstance(upto, int) or upto < 1:
+            raise Rejected("'archive' needs payload upto: a positive ordering position")
+        return [{"kind": "archived", "upto": upto}]
 
     def record_of(self, block: dict[str, Any]) -> str:
         """The record of `block`, the next block to apply (certificates expanded)."""
@@ -389,6 +521,9 @@ class LedgerState:
             "swarm": self.swarm,
             "genesis_hash": self.genesis_hash,
             "admitted": dict(sorted(self.admitted.items())),
+            "sites": dict(sorted(self.admitted_sites.items())),
+            "admin_quorum": self.proposals.quorum,
+            "proposals": self.proposals.snapshot(),
             "contracts": {name: c.snapshot() for name, c in sorted(self.contracts.items())},
         }
 

@@ -5,7 +5,10 @@ Every method takes ``(param_sets, weights=None, **options)`` and returns the inp
 options are validated before any arithmetic, finiteness too (``mean`` checks it inside
 its single streaming pass, still before anything is returned); MergeInputError names
 the peer and tensor (NonFiniteInput, with the peer's index, for NaN or infinity).
-Zero-weight peers are validated, then dropped.
+Zero-weight peers are validated, then dropped. The robust methods (coordmedian, geomedian,
+trimmed_mean, multi_krum) cap every weight at the weights' lower median first, so that no
+one peer outweighs the rest whatever it declared; krum ignores weights; mean uses them as
+they are.
 
 Shared rules: 16-bit floats compute in float32; integer tensors compute in float64 and
 round half to even; bools are True where the float result is > 0.5 (a strict weighted

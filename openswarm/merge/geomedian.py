@@ -48,13 +48,14 @@ def geomedian_with_info(
     with a peer (distance <= 1e-10 of the peers' RMS spread) the Vardi-Zhang rule is
     used instead of dividing by zero: the peer is kept if optimal, else the step is
     damped. Integer and bool tensors take the weighted
-    coordinate-wise median (the 1-D geometric median). Zero-weight peers are dropped.
+    coordinate-wise median (the 1-D geometric median). Zero-weight peers are dropped;
+    weights are capped at their lower median first (``Prepared.capped``).
     """
     if not (isinstance(tol, int | float) and math.isfinite(tol) and tol > 0):
         raise MergeInputError(f"tol must be a positive finite number, got {tol!r}")
     if not isinstance(max_iter, int) or isinstance(max_iter, bool) or max_iter < 0:
         raise MergeInputError(f"max_iter must be an int >= 0, got {max_iter!r}")
-    prep = prepare(param_sets, weights)
+    prep = prepare(param_sets, weights).capped()
     w = prep.weights
     if prep.count == 1:
         coeffs, iterations, converged, step = w, 0, True, 0.0

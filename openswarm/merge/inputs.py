@@ -39,6 +39,17 @@ class Prepared:
         """True if all kept peers have the same weight."""
         return bool(np.all(self.weights == self.weights[0]))
 
+    def capped(self) -> Prepared:
+        """Every weight capped at the weights' lower median, renormalised.
+
+        A strict majority of the peers then holds the largest weight there is, so no single
+        peer, whatever it declared, outweighs all the others (with three peers or more it
+        holds under half the total): what keeps the robust methods robust to weight gaming.
+        """
+        cap = np.sort(self.weights)[(self.count - 1) // 2]
+        weights = np.minimum(self.weights, cap)
+        return replace(self, weights=weights / weights.sum())
+
     def select(self, rows: Sequence[int]) -> Prepared:
         """Only the given peers (rows of this object), weights renormalised."""
         weights = self.weights[list(rows)]

@@ -39,9 +39,10 @@ def multi_krum(
 ) -> dict[str, Any]:
     """Weighted mean of the ``m`` sets with the lowest Krum scores (default ``m = K - f``).
 
-    Scores and ``f`` as in :func:`krum`; ties go to the lower index.
+    Scores and ``f`` as in :func:`krum`; ties go to the lower index. Weights are capped at
+    their lower median (over all peers, ``Prepared.capped``) before the chosen are averaged.
     """
-    prep = prepare(param_sets, weights)
+    prep = prepare(param_sets, weights).capped()
     f = _byzantine(prep.count, f)
     m = prep.count - f if m is None else m
     if not isinstance(m, int) or isinstance(m, bool) or not 1 <= m <= prep.count:

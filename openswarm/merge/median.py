@@ -23,9 +23,10 @@ def coordmedian(
     is the smallest value whose cumulative weight reaches W/2; if that cumulative weight
     equals W/2 exactly (within 1e-12 W), the mean of that value and the next one. With
     equal weights this is the ordinary median (mean of the two middle values for an
-    even count). Integers and bools follow ``numeric.store``; zero-weight peers are dropped.
+    even count). Integers and bools follow ``numeric.store``; zero-weight peers are dropped;
+    weights are capped at their lower median first (``Prepared.capped``).
     """
-    prep = prepare(param_sets, weights)
+    prep = prepare(param_sets, weights).capped()
     w = prep.weights
     if prep.equal_weights():
         return prep.build(coordinatewise(prep, median_rows))

@@ -21,26 +21,30 @@ def trimmed_mean(
 ) -> dict[str, Any]:
     """Coordinate-wise trimmed mean.
 
-    With K peers of positive weight, ``floor(beta * K)`` values are dropped from each end of
-    every coordinate (``0 <= beta <= 0.5``; an error if nothing would remain, which only
-    beta = 0.5 with an even K can cause; beta = 0.5 with odd K is the median); the result is
-    the weighted mean of the rest, each value with its peer's weight. Equal values are
-    ordered by ascending weight, which keeps the result independent of peer order.
+    With K peers of positive weight, ``ceil(beta * K)`` values are dropped from each end of
+    every coordinate, at most ``(K - 1) // 2`` so that one or two remain (``0 <= beta <=
+    0.5``; beta = 0.5 is the median). Rounding up means any beta > 0 drops at least the
+    extremes, so one hostile peer among three or more never reaches the result unless its
+    value lies among the honest ones. The result is the weighted mean of the rest, each
+    value with its peer's weight, weights capped at their lower median first
+    (``Prepared.capped``). Equal values are ordered by ascending weight, which keeps the
+    result independent of peer order.
     """
     if not isinstance(beta, int | float) or not 0 <= beta <= 0.5:
         raise MergeInputError(f"beta must be a number in [0, 0.5], got {beta!r}")
-    prep = prepare(param_sets, weights)
-    cut = math.floor(beta * prep.count)
-    if prep.count - 2 * cut < 1:
-        raise MergeInputError(
-            f"trimmed_mean: beta={beta} drops {cut} of {prep.count} values from each end, "
-            "leaving none"
-        )
+    prep = prepare(param_sets, weights).capped()
+    cut = trimmed_count(beta, prep.count)
     if prep.equal_weights():
         return prep.build(coordinatewise(prep, lambda rows: trimmed_rows(rows, cut)))
     prep = prep.select(np.argsort(prep.weights, kind="stable").tolist())
     w = prep.weights
     return prep.build(coordinatewise(prep, lambda rows: weighted_trimmed_rows(rows, w, cut)))
+
+
+def trimmed_count(beta: float, count: int) -> int:
+    """How many values trimmed_mean drops from each end of `count` (see its rule)."""
+    wanted = math.ceil(beta * count - 1e-9)  # 0.1 * 30 is 3.0000000000000004, not above 3
+    return max(0, min(wanted, (count - 1) // 2))
 
 
 def trimmed_rows(rows: np.ndarray, cut: int) -> np.ndarray:

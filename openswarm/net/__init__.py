@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from openswarm.net.auth import caller_identity, require_role
+from openswarm.net.auth import caller_certificate, caller_identity, require_role
 from openswarm.net.errors import NetError
 from openswarm.net.jsonrpc import json_method_handlers, json_stub, json_unary
 from openswarm.net.server import make_server
@@ -18,6 +18,7 @@ __all__ = [
     "FAST_RECONNECT",
     "MAX_MESSAGE_BYTES",
     "NetError",
+    "caller_certificate",
     "caller_identity",
     "channel_credentials",
     "json_method_handlers",

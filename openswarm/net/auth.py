@@ -9,15 +9,22 @@ from openswarm.pki import CertIdentity, PkiError, certificate_identity
 PEER_CERT_KEY = "x509_pem_cert"
 
 
-def caller_identity(context: grpc.ServicerContext) -> CertIdentity:
-    """The identity in the caller's TLS client certificate; PkiError if there is none.
-
-    The TLS handshake has already checked the certificate against the server's CA.
-    """
+def caller_certificate(context: grpc.ServicerContext) -> bytes:
+    """The caller's TLS client certificate (PEM); PkiError if there is none."""
     certs = context.auth_context().get(PEER_CERT_KEY) or []
     if not certs:
         raise PkiError("the caller presented no client certificate")
-    return certificate_identity(certs[0])
+    return bytes(certs[0])
+
+
+def caller_identity(context: grpc.ServicerContext) -> CertIdentity:
+    """The identity in the caller's TLS client certificate; PkiError if there is none.
+
+    The TLS handshake has already checked the certificate against the server's trusted
+    CA(s). With several site CAs, which of them may vouch for the name is the ledger's to
+    say (`LedgerState.vouch`): TLS only proves that one of them issued it.
+    """
+    return certificate_identity(caller_certificate(context))
 
 
 def require_role(context: grpc.ServicerContext, *roles: str) -> CertIdentity:

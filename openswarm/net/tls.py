@@ -22,7 +22,8 @@ CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
 
 
 def server_credentials(identity: Identity) -> grpc.ServerCredentials:
-    """Server side of mutual TLS: present `identity`, require a client cert from its CA."""
+    """Server side of mutual TLS: present `identity`, require a client cert from its CA (or
+    from any CA of its trust bundle: ca.crt may hold every site CA of the swarm)."""
     return grpc.ssl_server_credentials(
         [(identity.key_pem, identity.cert_pem)],
         root_certificates=identity.ca_cert_pem,
@@ -31,7 +32,7 @@ def server_credentials(identity: Identity) -> grpc.ServerCredentials:
 
 
 def channel_credentials(identity: Identity) -> grpc.ChannelCredentials:
-    """Client side of mutual TLS: present `identity`, trust only servers from its CA."""
+    """Client side of mutual TLS: present `identity`, trust only servers from its CA(s)."""
     return grpc.ssl_channel_credentials(
         root_certificates=identity.ca_cert_pem,
         private_key=identity.key_pem,

@@ -6,7 +6,9 @@ arrival, so a peer can never be handed other parameters than the ledger recorded
 
 Neither side trusts the other with its resources: a fetch stops at the size the ledger
 recorded, when the server goes silent and at a deadline; a server asks an `authorize` hook
-about every fetch and serves each caller at most MAX_FETCHES_PER_CALLER at a time.
+about every fetch and serves each caller at most MAX_FETCHES_PER_CALLER at a time. Where the
+swarm trusts several site CAs, a `vouch` hook (the ledger: `node/vouch.py`) must also confirm
+that the caller's certificate comes from its own site's CA, or the fetch is refused.
 """
 
 from __future__ import annotations
@@ -21,8 +23,14 @@ from typing import Any
 import grpc
 
 from openswarm.codec import CodecError, digest_encoded
-from openswarm.net import FAST_RECONNECT, make_server, require_role, secure_channel
-from openswarm.pki import CertIdentity, Identity, identity_host
+from openswarm.net import (
+    FAST_RECONNECT,
+    caller_certificate,
+    make_server,
+    require_role,
+    secure_channel,
+)
+from openswarm.pki import CertIdentity, Identity, PkiError, identity_host, split_bundle
 
 SERVICE = "openswarm.node.Exchange"
 CHUNK_BYTES = 1 << 20
@@ -36,6 +44,8 @@ _CLIENT_OPTIONS = (*FAST_RECONNECT, ("grpc.max_receive_message_length", MAX_CHUN
 
 Authorize = Callable[[CertIdentity, str, int], str | None]
 """authorize(caller, kind, round): None allows the fetch; a string is the reason to refuse."""
+Vouch = Callable[[bytes], str | None]
+"""vouch(caller's certificate PEM): None if its own site's CA issued it; else the reason."""
 
 
 class ExchangeError(RuntimeError):
@@ -102,11 +112,21 @@ class ExchangeServer:
 
     `authorize(caller, kind, round)`, if given, is asked about every fetch after the role
     check: None allows it, a string refuses it with PERMISSION_DENIED and that reason.
+    When `identity` trusts several site CAs, `vouch(certificate)` is asked first (without
+    it, every fetch is refused: TLS alone cannot tell whose CA may vouch for a name).
     """
 
-    def __init__(self, identity: Identity, listen: str, authorize: Authorize | None = None) -> None:
+    def __init__(
+        self,
+        identity: Identity,
+        listen: str,
+        authorize: Authorize | None = None,
+        vouch: Vouch | None = None,
+    ) -> None:
         self.store = SnapshotStore()
         self._authorize = authorize
+        self._vouch = vouch
+        self._several_cas = len(split_bundle(identity.ca_cert_pem)) > 1
         self._slots = _CallerSlots(MAX_FETCHES_PER_CALLER)
         handler = grpc.method_handlers_generic_handler(
             SERVICE,
@@ -137,7 +157,9 @@ class ExchangeServer:
         self, caller: CertIdentity, request: bytes, context: grpc.ServicerContext
     ) -> Iterator[bytes]:
         kind, round, digest = _parse_ask(request, context)
-        reason = self._authorize(caller, kind, round) if self._authorize is not None else None
+        reason = self._site_refusal(context)
+        if reason is None and self._authorize is not None:
+            reason = self._authorize(caller, kind, round)
         if reason is not None:
             context.abort(grpc.StatusCode.PERMISSION_DENIED, reason)
         snapshot = self.store.find(kind, round, digest)
@@ -148,6 +170,20 @@ class ExchangeServer:
         view = memoryview(snapshot.data)
         for start in range(0, len(view), CHUNK_BYTES):
             yield bytes(view[start : start + CHUNK_BYTES])
+
+    def _site_refusal(self, context: grpc.ServicerContext) -> str | None:
+        """With several site CAs: why the caller's certificate is not its own site's, if so."""
+        if not self._several_cas:
+            return None  # one CA: the TLS handshake checked the issuer
+        if self._vouch is None:
+            return (
+                "this site trusts several site CAs but has no ledger to ask which of them may "
+                "vouch for the caller; refusing (the exchange server needs a vouch hook)"
+            )
+        try:
+            return self._vouch(caller_certificate(context))
+        except PkiError as exc:
+            return str(exc)
 
     def _take_slot(self, caller: str, context: grpc.ServicerContext) -> Callable[[], None]:
         """Take one of the caller's slots (or abort); returns its once-only release."""

@@ -35,6 +35,7 @@ from openswarm.node.decide import IDLE_S, Me, RoundView, next_step
 from openswarm.node.exchange import CHUNK_BYTES, ExchangeClient, ExchangeError, ExchangeServer
 from openswarm.node.leader import MAX_IDLE_S, Leader
 from openswarm.node.settings import NetworkConfig, SwarmSettings
+from openswarm.node.vouch import LedgerVouch
 from openswarm.node.watch import ContractWatch, WatchError
 from openswarm.pki import CertIdentity, Identity, PkiError
 from openswarm.protocol import MergedModelLost, SwarmError
@@ -104,7 +105,9 @@ class SwarmPeer:
         # The contract's state, pushed by the ledger as it changes (started by register()).
         self._watch: ContractWatch | None = None
         self._watch_lock = threading.Lock()
-        self.server = ExchangeServer(self.identity, network.listen, authorize=self._authorize)
+        # With several site CAs, the ledger says whose CA may vouch for a caller.
+        self.server = ExchangeServer(self.identity, network.listen, authorize=self._authorize,
+                                     vouch=LedgerVouch(self.ledger))  # fmt: skip
         # What other sites dial: the advertised host (its certificate must name it, see
         # `openswarm pki issue --host`), else the listening one.
         self.endpoint = f"{network.advertise or self.server.host}:{self.server.port}"
@@ -125,18 +128,24 @@ class SwarmPeer:
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
         self._absent: set[str] = set()  # members logged as silent on the ledger
+        self._declares_weight = True  # the contract's weight_policy is "declared"
 
     # --- lifecycle ------------------------------------------------------------------------
     def register(self) -> None:
         """Join the training contract (created first where this site may and must), then
         keep a heartbeat on the ledger until `close()`."""
-        if self._ledger_call(lambda: self.ledger.state(self.contract, recent=0))["state"] is None:
+        state = self._ledger_call(lambda: self.ledger.state(self.contract, recent=0))["state"]
+        if state is None:
             self._create_contract()
-        payload = {
-            "endpoint": self.endpoint,
-            "weight": self.settings.weight,
-            **self.settings.contract_settings(),
-        }
+            state = self._ledger_call(lambda: self.ledger.state(self.contract, recent=0))["state"]
+        self._declares_weight = state is None or state["settings"]["weight_policy"] == "declared"
+        payload = {"endpoint": self.endpoint, **self.settings.contract_settings()}
+        if self._declares_weight:
+            payload["weight"] = self.settings.weight
+        elif self.settings.weight != 1:
+            log.warning("%s: contract %s has weight_policy %s: this site's weight %g is not "
+                        "used", self.name, self.contract, state["settings"]["weight_policy"],
+                        self.settings.weight)  # fmt: skip
         if not self.settings.lead:
             payload["lead"] = False
         outcome = self._submit("register", 0, payload)
@@ -174,6 +183,13 @@ class SwarmPeer:
             tx = make_transaction(admin, "contract_create", contract=self.contract,
                                   payload=payload)  # fmt: skip
             outcome = self._ledger_call(lambda: client.submit_tx(tx))
+        events = (outcome.result or {}).get("events", []) if outcome.applied else []
+        if any(e.get("kind") == "proposed" for e in events):
+            raise SwarmError(
+                f"training contract {self.contract!r} awaits approval by more admins (this "
+                "swarm's admin_quorum): have them send the same contract_create "
+                f"('openswarm ledger contract-create {self.contract} …'), then start again"
+            )
         if outcome.applied:
             log.info("%s created training contract %s", self.name, self.contract)
         elif "already exists" not in (outcome.reason or ""):  # another site was first
@@ -340,8 +356,9 @@ class SwarmPeer:
         with self._timed("encode"):
             data = encode(params)
             digest = digest_encoded(data)
-        payload = {"digest": digest, "size": len(data),
-                   "weight": self.settings.weight if weight is None else weight}  # fmt: skip
+        payload: dict[str, Any] = {"digest": digest, "size": len(data)}
+        if self._declares_weight:
+            payload["weight"] = self.settings.weight if weight is None else weight
         while True:
             round = self.view()["round"]
             self.server.store.publish("local", round, digest, data)

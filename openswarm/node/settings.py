@@ -17,6 +17,7 @@ from openswarm.protocol import (
     MERGE_METHOD,
     MIN_PEERS,
     PRESENCE_TIMEOUT_S,
+    WEIGHT_POLICIES,
     SwarmConfigError,
 )
 
@@ -31,7 +32,7 @@ class SwarmSettings:
     min_peers: int = MIN_PEERS
     merge_method: str = MERGE_METHOD
     merge_options: Mapping[str, Any] = field(default_factory=dict)
-    weight: float = 1.0
+    weight: float = 1.0  # declared weight (contracts with weight_policy declared): 1 to 100
     leader_timeout_s: float = LEADER_TIMEOUT_S
     extra_window_s: float = 2.0
     contribution: str = "snapshot"
@@ -40,12 +41,21 @@ class SwarmSettings:
     heartbeat_s: float = 5.0  # a signed presence call at least this often while running
     presence_timeout_s: float = PRESENCE_TIMEOUT_S  # silent on the ledger this long: gone
     lead: bool = True  # False: this site never leads a round (it still trains and votes)
+    weight_policy: str | None = None  # for a contract this site creates; None: the default
 
     def __post_init__(self) -> None:
         if not isinstance(self.min_peers, int) or self.min_peers < 1:
             raise SwarmConfigError(f"min_peers must be an integer ≥ 1, got {self.min_peers!r}")
-        if self.weight < 0:
-            raise SwarmConfigError(f"node weight must be ≥ 0, got {self.weight!r}")
+        if not (1 <= self.weight <= 100 and float(self.weight).is_integer()):
+            raise SwarmConfigError(
+                f"node weight must be an integer from 1 to 100 (HPE's nodeWeightage range), "
+                f"got {self.weight!r}"
+            )
+        if self.weight_policy is not None and self.weight_policy not in WEIGHT_POLICIES:
+            raise SwarmConfigError(
+                f"weight_policy must be one of {', '.join(WEIGHT_POLICIES)}, "
+                f"got {self.weight_policy!r}"
+            )
         if self.contribution not in CONTRIBUTIONS:
             raise SwarmConfigError(
                 f"contribution after finishing must be one of {CONTRIBUTIONS}, "
@@ -69,14 +79,18 @@ class SwarmSettings:
             )
 
     def contract_settings(self) -> dict[str, Any]:
-        """What the contract records and every peer must agree on."""
-        return {
+        """What the contract records and every peer must agree on (the weight policy only
+        when this site names one)."""
+        chosen = {
             "min_peers": self.min_peers,
             "merge_method": self.merge_method,
             "merge_options": dict(self.merge_options),
             "leader_timeout_s": self.leader_timeout_s,
             "adaptive_sync": None if self.adaptive_sync is None else dict(self.adaptive_sync),
         }
+        if self.weight_policy is not None:
+            chosen["weight_policy"] = self.weight_policy
+        return chosen
 
 
 @dataclass(frozen=True)

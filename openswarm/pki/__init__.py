@@ -3,6 +3,7 @@
 `init_ca` creates the CA, `issue_identity` issues an identity folder (identity.crt,
 identity.key, ca.crt), `Identity.load` reads one back, `verify_certificate` decides whether
 a certificate belongs to the swarm, `Identity.sign` / `verify_signature` sign and check data.
+A swarm whose sites bring their own CAs trusts a bundle of them (`trust.py`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,13 @@ from openswarm.pki.names import (
     role_host,
     spiffe_id,
 )
+from openswarm.pki.trust import (
+    install_trust,
+    make_bundle,
+    same_trust,
+    split_bundle,
+    verify_in_bundle,
+)
 
 __all__ = [
     "CA_CERT",
@@ -51,11 +59,16 @@ __all__ = [
     "describe_certificate",
     "identity_host",
     "init_ca",
+    "install_trust",
     "issue_identity",
     "load_ca_cert",
+    "make_bundle",
     "parse_spiffe_id",
     "role_host",
+    "same_trust",
     "spiffe_id",
+    "split_bundle",
     "verify_certificate",
+    "verify_in_bundle",
     "verify_signature",
 ]

@@ -45,13 +45,19 @@ DEFAULT_HOSTS = ("localhost", "127.0.0.1")
 _HOSTNAME = re.compile(r"(\*\.)?[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_-]{1,63})*\.?")
 
 
-def init_ca(ca_dir: Path, swarm: str, *, days: int = 3650, force: bool = False) -> Path:
+def init_ca(
+    ca_dir: Path, swarm: str, *, days: int = 3650, force: bool = False, site: str | None = None
+) -> Path:
     """Create the swarm's CA in `ca_dir`: ca.crt, ca.key (mode 0600) and swarm.json.
 
-    Refuses (PkiError) if a CA already exists there, unless `force`. Returns `ca_dir`.
+    With `site`, the CA is that site's own (one of several of the swarm): its subject names
+    the site, so that every site CA of a trust bundle is told apart. Refuses (PkiError) if
+    a CA already exists there, unless `force`. Returns `ca_dir`.
     """
     ca_dir = Path(ca_dir)
     check_name(swarm, "swarm name")
+    if site is not None:
+        check_name(site, "site name")
     _check_days(days)
     existing = [p for p in (ca_dir / CA_CERT, ca_dir / CA_KEY) if p.exists()]
     if existing and not force:
@@ -62,12 +68,14 @@ def init_ca(ca_dir: Path, swarm: str, *, days: int = 3650, force: bool = False) 
     make_dir(ca_dir)
     key = generate_key()
     now = datetime.now(UTC)
-    subject = x509.Name(
-        [
-            x509.NameAttribute(NameOID.COMMON_NAME, f"openswarm CA {swarm}"),
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, swarm),
-        ]
-    )
+    names = [
+        x509.NameAttribute(NameOID.COMMON_NAME, f"openswarm CA {swarm}"),
+        x509.NameAttribute(NameOID.ORGANIZATION_NAME, swarm),
+    ]
+    if site is not None:
+        names[0] = x509.NameAttribute(NameOID.COMMON_NAME, f"openswarm CA {swarm} site {site}")
+        names.append(x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, site))
+    subject = x509.Name(names)
     ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
     cert = (
         x509.CertificateBuilder()
@@ -88,7 +96,8 @@ def init_ca(ca_dir: Path, swarm: str, *, days: int = 3650, force: bool = False) 
     )
     write_private(ca_dir / CA_KEY, key_to_pem(key))
     write_atomic(ca_dir / CA_CERT, cert.public_bytes(Encoding.PEM))
-    write_atomic(ca_dir / SWARM_FILE, (json.dumps({"swarm": swarm}, indent=2) + "\n").encode())
+    about = {"swarm": swarm} if site is None else {"swarm": swarm, "site": site}
+    write_atomic(ca_dir / SWARM_FILE, (json.dumps(about, indent=2) + "\n").encode())
     return ca_dir
 
 

@@ -19,6 +19,9 @@ certificate: these are the attacks of a participant, not of an outsider.
   answered goes to FAULT_REPORT.
 - `silent_die_under:NAME`: it never leads; the first site (FAULT_MARKER decides) to see a
   round of three or more it takes part in sealed with NAME as leader exits on the spot.
+- `heavy_far`: it games the weights: first it declares a weight of 1e9 with `ready` (what
+  the ledger answered goes to FAULT_REPORT), then offers, every round, its model pushed
+  1000 away in random directions at the largest weight allowed (100).
 """
 
 from __future__ import annotations
@@ -52,6 +55,8 @@ def install(fault: str) -> None:
         _lead_badly_once(fault)
     elif fault == "vote_early":
         _after_register(_vote_early)
+    elif fault == "heavy_far":
+        _game_weights()
     elif fault.startswith("silent_die_under:"):
         SwarmPeer._lead = lambda self, view, local: None  # type: ignore[method-assign]
         leader = fault.partition(":")[2]
@@ -197,6 +202,36 @@ def _die_when_led_by(peer: SwarmPeer, leader: str) -> None:
         if sealed is not None and sealed[1] == leader and crowded:
             return  # another site died already
         time.sleep(0.01)
+
+
+def _game_weights() -> None:
+    honest = SwarmPeer.sync
+    noise: dict[str, np.ndarray] = {}
+
+    def sync(self: SwarmPeer, params: Any, *, weight: float | None = None, retry: bool = True):
+        if not noise:
+            _report({"heavy": _declare_heavy(self)})
+        far = {}
+        for name, value in params.items():
+            array = np.array(value.detach().cpu() if hasattr(value, "detach") else value)
+            if name not in noise:
+                signs = np.random.default_rng(len(noise)).choice([-1.0, 1.0], array.shape)
+                noise[name] = (1000.0 * signs).astype(array.dtype)
+            far[name] = array + noise[name]
+        return honest(self, far, weight=100, retry=retry)
+
+    SwarmPeer.sync = sync  # type: ignore[method-assign]
+
+
+def _declare_heavy(peer: SwarmPeer) -> dict[str, Any]:
+    """Offer a weight of 1e9 for the open round; the ledger's answer."""
+    payload = {"digest": "0" * 64, "size": 1, "weight": 1e9}
+    for _ in range(100):  # until it meets an open round (not one sealed a moment ago)
+        outcome = peer._submit("ready", peer.view()["round"], payload)
+        if outcome.applied or "sealed" not in (outcome.reason or ""):
+            break
+        time.sleep(0.05)
+    return {"status": outcome.status, "reason": outcome.reason}
 
 
 def _report(outcome: dict[str, Any]) -> None:
