@@ -15,6 +15,7 @@ from openswarm.merge.errors import MergeInputError
 from openswarm.merge.gram import Gram, gram
 from openswarm.merge.inputs import prepare
 from openswarm.merge.median import weighted_median_rows
+from openswarm.merge.sums import exact, quad
 
 COINCIDENCE = 1e-10  # estimate "is" a peer within this fraction of the peers' spread
 
@@ -88,7 +89,7 @@ def weiszfeld(
 ) -> tuple[np.ndarray, int, bool, float]:
     """Weiszfeld on the estimate's peer coefficients: (coeffs, iterations, converged, step)."""
     count = len(weights)
-    spread = math.sqrt(max(float(np.trace(g.centered)), 0.0) / count)
+    spread = math.sqrt(max(exact(np.diag(g.centered)), 0.0) / count)
     coeffs = weights.copy()
     if spread == 0.0:
         return coeffs, 0, True, 0.0
@@ -100,14 +101,15 @@ def weiszfeld(
     step = math.inf
     for iteration in range(1, max_iter + 1):
         offsets = coeffs[None, :] - eye  # row j: estimate - x_j
-        dist = np.sqrt(np.maximum(np.einsum("jk,kl,jl->j", offsets, g.centered, offsets), 0.0))
+        dist = np.sqrt(np.maximum([quad(row, g.centered) for row in offsets], 0.0))
         near = dist <= COINCIDENCE * spread
         pull = np.where(near, 0.0, weights / np.where(near, 1.0, dist))
-        target = pull / pull.sum()
+        pulled = exact(pull)
+        target = pull / pulled
         if near.any():
             # Vardi-Zhang: at a peer, move only if the others' pull beats its weight.
-            residual = math.sqrt(g.quad(pull - pull.sum() * coeffs))
-            own = float(weights[near].sum())
+            residual = math.sqrt(g.quad(pull - pulled * coeffs))
+            own = exact(weights[near])
             if residual <= own:
                 return coeffs, iteration, True, 0.0
             damp = own / residual
@@ -131,5 +133,5 @@ def _peer_is_optimal(g: Gram, weights: np.ndarray, k: int, dist: np.ndarray, eps
     """
     same = dist <= eps
     pull = np.where(same, 0.0, weights / np.where(same, 1.0, dist))
-    pull[k] = -pull.sum()
-    return math.sqrt(g.quad(pull)) < float(weights[same].sum()) * (1.0 - 1e-9)
+    pull[k] = -exact(pull)
+    return math.sqrt(g.quad(pull)) < exact(weights[same]) * (1.0 - 1e-9)

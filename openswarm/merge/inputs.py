@@ -17,6 +17,7 @@ from openswarm.codec.arrays import is_torch as _is_torch
 from openswarm.codec.finite import has_nonfinite
 from openswarm.codec.tensors import TensorSpec, spec_of
 from openswarm.merge.errors import MergeInputError, NonFiniteInput
+from openswarm.merge.sums import exact
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ class Prepared:
         """
         cap = np.sort(self.weights)[(self.count - 1) // 2]
         weights = np.minimum(self.weights, cap)
-        return replace(self, weights=weights / weights.sum())
+        return replace(self, weights=weights / exact(weights))
 
     def select(self, rows: Sequence[int]) -> Prepared:
         """Only the given peers (rows of this object), weights renormalised."""
@@ -56,7 +57,7 @@ class Prepared:
         return replace(
             self,
             flats=tuple(self.flats[r] for r in rows),
-            weights=weights / weights.sum(),
+            weights=weights / exact(weights),
             peers=tuple(self.peers[r] for r in rows),
         )
 
@@ -102,7 +103,7 @@ def prepare(
     return Prepared(
         specs=specs,
         flats=tuple(flats[i] if i in flats else _flats(sets[i], specs) for i in kept),
-        weights=kept_w / kept_w.sum(),
+        weights=kept_w / exact(kept_w),
         peers=tuple(kept),
         template=sets[0],
         as_torch=as_torch,

@@ -11,6 +11,7 @@ from openswarm.merge.combine import combine
 from openswarm.merge.errors import MergeInputError
 from openswarm.merge.gram import gram
 from openswarm.merge.inputs import Prepared, prepare
+from openswarm.merge.sums import exact_rows
 
 
 def krum(
@@ -57,7 +58,7 @@ def krum_scores(prep: Prepared, f: int) -> np.ndarray:
     dist = gram(prep).pairwise_sq()
     np.fill_diagonal(dist, np.inf)
     nearest = prep.count - f - 2
-    return np.sort(dist, axis=1)[:, :nearest].sum(axis=1)
+    return exact_rows(np.sort(dist, axis=1)[:, :nearest])
 
 
 def _byzantine(count: int, f: int | None) -> int:

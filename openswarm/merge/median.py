@@ -10,6 +10,7 @@ import numpy as np
 from openswarm.merge.coordinatewise import coordinatewise
 from openswarm.merge.inputs import prepare
 from openswarm.merge.network import sorted_lanes
+from openswarm.merge.sums import exact
 
 _HALF_TOLERANCE = 1e-12
 
@@ -48,14 +49,14 @@ def weighted_median_rows(rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
     count, width = rows.shape
     if count == 1:
         return rows[0]
-    order = np.argsort(rows, axis=0)
+    order = np.argsort(rows, axis=0, kind="stable")  # ties in one order on every CPU
     values = np.take_along_axis(rows, order, axis=0)
     cumulative = np.cumsum(weights[order], axis=0)
-    total = float(weights.sum())
+    total = exact(weights)
     half, tol = 0.5 * total, _HALF_TOLERANCE * total
     first = np.argmax(cumulative >= half - tol, axis=0)
     cols = np.arange(width)
     low = values[first, cols]
     high = values[np.minimum(first + 1, count - 1), cols]
-    exact = np.abs(cumulative[first, cols] - half) <= tol
-    return np.where(exact, 0.5 * low + 0.5 * high, low)
+    at_half = np.abs(cumulative[first, cols] - half) <= tol
+    return np.where(at_half, 0.5 * low + 0.5 * high, low)
