@@ -47,6 +47,12 @@ Run:
                                                              # (~6 min on 2 busy cores)
     .venv/bin/python benchmarks/round_bench.py --sizes 50M --peers 8 --rounds 3 \\
         [--keep-rounds N] [--mem-fraction 0.8] [--json PATH]
+    .venv/bin/python benchmarks/round_bench.py --sizes 1M,10M --peers 4 --audit 0,1,3
+
+`--audit` runs each cell once per auditor count (the contract's `audit`); column aud says
+which, and MB how many megabytes all peers pulled from each other in a round (snapshots for
+the leader and the auditors, the merged model for the rest): the cost of audits is the
+difference between rows.
 """
 
 from __future__ import annotations
@@ -158,6 +164,7 @@ class WorkerConfig:
     endpoints: tuple[str, ...]
     identity: str
     keep_rounds: int
+    audit: int = 0
 
 
 class RpcTimer:
@@ -179,11 +186,12 @@ class RpcTimer:
         return timed
 
 
-def bench_settings(peers: int) -> Any:
+def bench_settings(peers: int, audit: int = 0) -> Any:
     """The swarm settings of every benchmark peer (and so of the contract)."""
     from openswarm.node.settings import SwarmSettings
 
-    return SwarmSettings(min_peers=peers, extra_window_s=0.0, leader_timeout_s=600.0)
+    return SwarmSettings(min_peers=peers, extra_window_s=0.0, leader_timeout_s=600.0,
+                         audit=audit or None)  # fmt: skip
 
 
 def connect_all(peer: Any, timeout_s: float = 120.0) -> None:
@@ -230,12 +238,21 @@ def peer_worker(cfg: WorkerConfig, queue: MpQueue[Message], barrier: MpBarrier) 
             for i, n in enumerate(tensor_sizes(cfg.count))
         }
         model = {key: torch.from_numpy(value.copy()) for key, value in params.items()}
-        settings = bench_settings(cfg.peers)
+        settings = bench_settings(cfg.peers, cfg.audit)
         network = NetworkConfig(ledger=cfg.endpoints, identity=Path(cfg.identity))
         peer = SwarmPeer(settings, network)
         rpc = RpcTimer()
         for method in ("call",):  # every ledger RPC goes through call()
             setattr(peer.ledger, method, rpc.wrap(getattr(peer.ledger, method)))
+        fetched = [0]  # bytes this peer pulled from others (snapshots, merged models)
+        honest_fetch = peer.fetcher.fetch
+
+        def counted_fetch(*args: Any, **kwargs: Any) -> bytes:
+            data = honest_fetch(*args, **kwargs)
+            fetched[0] += len(data)
+            return data
+
+        peer.fetcher.fetch = counted_fetch  # type: ignore[method-assign]
         peer.register()
         queue.put({"kind": "registered", "peer": name})
         barrier.wait(ROUND_TIMEOUT_S)  # all registered: every endpoint is on the ledger
@@ -244,6 +261,7 @@ def peer_worker(cfg: WorkerConfig, queue: MpQueue[Message], barrier: MpBarrier) 
         for round_index in range(cfg.rounds + 1):
             barrier.wait(ROUND_TIMEOUT_S)
             rpc.seconds = 0.0
+            fetched[0] = 0
             result = peer.sync(params)
             if result.params is None:
                 raise RuntimeError(f"round {result.round} ended without a merged model")
@@ -254,7 +272,7 @@ def peer_worker(cfg: WorkerConfig, queue: MpQueue[Message], barrier: MpBarrier) 
             queue.put({
                 "kind": "round", "peer": name, "index": round_index, "round": result.round,
                 "leader": result.leader, "timings": {**result.timings, "load": load},
-                "rpc": rpc.seconds,
+                "rpc": rpc.seconds, "fetched": fetched[0],
             })  # fmt: skip
             del result
         barrier.wait(ROUND_TIMEOUT_S)  # everyone has the last merged model: stop serving
@@ -276,6 +294,8 @@ class CellError(RuntimeError):
 class Cell:
     count: int
     peers: int
+    audit: int = 0
+    fetched_mb: float = 0.0  # MB all peers pulled in a round (median over rounds)
     floor_s: float = 0.0
     round_s: float = 0.0
     wall_s: float = 0.0
@@ -361,17 +381,18 @@ def summarize(cell: Cell, rounds: list[list[Message]]) -> None:
         for key, values in followers.items():
             follower_rows.setdefault(key, []).append(statistics.median(values))
     cell.round_s = statistics.median(totals)
+    cell.fetched_mb = statistics.median(sum(m["fetched"] for m in ms) / 1e6 for ms in rounds)
     cell.leader = {k: statistics.median(v) for k, v in leader_rows.items()}
     cell.follower = {k: statistics.median(v) for k, v in follower_rows.items()}
 
 
-def run_cell(count: int, peers: int, rounds: int, keep_rounds: int) -> Cell:
-    cell = Cell(count, peers, load1=os.getloadavg()[0])
+def run_cell(count: int, peers: int, rounds: int, keep_rounds: int, audit: int = 0) -> Cell:
+    cell = Cell(count, peers, audit=audit, load1=os.getloadavg()[0])
     started = time.perf_counter()
     cell.floor_s = copy_floor(count, peers)
     names = [f"b{i}" for i in range(1, peers + 1)]
     with tempfile.TemporaryDirectory(prefix="round_bench_") as tmp:
-        contract = bench_settings(peers).contract_settings()
+        contract = bench_settings(peers, audit).contract_settings()
         net = LocalLedger.create(
             Path(tmp) / "ledger", replicas=1, peers=names, contract_settings=contract
         )
@@ -385,7 +406,7 @@ def run_cell(count: int, peers: int, rounds: int, keep_rounds: int) -> Cell:
             for index in range(peers):
                 cfg = WorkerConfig(
                     index, peers, count, rounds, tuple(net.endpoints),
-                    str(net.pki_dir / "identities" / names[index]), keep_rounds,
+                    str(net.pki_dir / "identities" / names[index]), keep_rounds, audit,
                 )  # fmt: skip
                 proc = ctx.Process(target=peer_worker, args=(cfg, queue, barrier), daemon=True)
                 proc.start()
@@ -446,7 +467,7 @@ def fmt_phase(view: dict[str, float], key: str) -> str:
 
 def print_table(cells: list[Cell]) -> None:
     head = (
-        f"{'P':>4} {'K':>2} {'round':>7} {'floor':>7} {'xfloor':>6} |"
+        f"{'P':>4} {'K':>2} {'aud':>3} {'round':>7} {'MB':>6} {'floor':>7} {'xfloor':>6} |"
         f"{'L.enc':>7} {'L.xfer':>7} {'L.merge':>7} {'L.load':>7} {'L.ledger(rpc)':>14} |"
         f"{'F.enc':>7} {'F.xfer':>7} {'F.load':>7} {'F.ledger(rpc)':>14} |"
         f"{'n':>2} {'rssGB':>6} {'load1':>5}"
@@ -458,7 +479,8 @@ def print_table(cells: list[Cell]) -> None:
             continue
         lead, fol = c.leader, c.follower
         print(
-            f"{label(c.count):>4} {c.peers:>2} {c.round_s:7.3f} {c.floor_s:7.4f} "
+            f"{label(c.count):>4} {c.peers:>2} {c.audit:>3} {c.round_s:7.3f} {c.fetched_mb:6.1f} "
+            f"{c.floor_s:7.4f} "
             f"{c.round_s / c.floor_s:6.0f} |"
             f"{fmt_phase(lead, 'encode')} {fmt_phase(lead, 'transfer')} "
             f"{fmt_phase(lead, 'merge')} {fmt_phase(lead, 'load')} "
@@ -481,12 +503,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--mem-fraction", type=float, default=0.8, help="skip cells over this share of MemAvailable"
     )
+    parser.add_argument("--audit", default="0", help="auditors per merge, e.g. 0,1,3")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     if args.quick:
         args.sizes, args.peers = "1M,10M", "2,4"
     sizes = [parse_count(s) for s in args.sizes.split(",") if s]
     peer_counts = [int(k) for k in args.peers.split(",") if k]
+    audits = [int(a) for a in args.audit.split(",") if a]
     if args.rounds < 1 or any(k < 2 for k in peer_counts):
         parser.error("--rounds must be >= 1 and every K >= 2")
 
@@ -498,35 +522,36 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     cells: list[Cell] = []
-    for count in sizes:
-        for peers in peer_counts:
-            estimate = max(estimate_bytes(count, peers, args.keep_rounds), 2 * peers * count * 4)
-            budget = args.mem_fraction * mem_available()
-            cell = Cell(count, peers, estimate_gb=estimate / GB)
-            if estimate > budget:
-                cell.skipped = (
-                    f"needs ~{estimate / GB:.1f} GB, over {args.mem_fraction:.0%} of "
-                    f"{budget / args.mem_fraction / GB:.1f} GB available"
-                )
-            else:
-                try:
-                    cell = run_cell(count, peers, args.rounds, args.keep_rounds)
-                    cell.estimate_gb = estimate / GB
-                except (CellError, RuntimeError, OSError, TimeoutError) as exc:
-                    cell.skipped = f"failed: {str(exc)[-2000:]}"
-            cells.append(cell)
-            if cell.skipped:
-                print(f"  P={label(count)} K={peers}: skipped ({cell.skipped})", flush=True)
-            else:
-                print(
-                    f"  P={label(count)} K={peers}: round {cell.round_s:.3f} s, "
-                    f"floor {cell.floor_s:.4f} s, cell took {cell.seconds:.0f} s, peers' peak "
-                    f"RSS {cell.rss_peak_gb:.1f} GB (est. {cell.estimate_gb:.1f}), leaders "
-                    f"{','.join(cell.leaders)}, load1 {cell.load1:.2f} -> {cell.load1_end:.2f}",
-                    flush=True,
-                )
-                for note in cell.left_out:
-                    print(f"    not counted, {note}", flush=True)
+    for count, peers, audit in [(c, k, a) for c in sizes for k in peer_counts for a in audits]:
+        estimate = max(estimate_bytes(count, peers, args.keep_rounds), 2 * peers * count * 4)
+        budget = args.mem_fraction * mem_available()
+        cell = Cell(count, peers, audit=audit, estimate_gb=estimate / GB)
+        if estimate > budget:
+            cell.skipped = (
+                f"needs ~{estimate / GB:.1f} GB, over {args.mem_fraction:.0%} of "
+                f"{budget / args.mem_fraction / GB:.1f} GB available"
+            )
+        else:
+            try:
+                cell = run_cell(count, peers, args.rounds, args.keep_rounds, audit)
+                cell.estimate_gb = estimate / GB
+            except (CellError, RuntimeError, OSError, TimeoutError) as exc:
+                cell.skipped = f"failed: {str(exc)[-2000:]}"
+        cells.append(cell)
+        if cell.skipped:
+            print(f"  P={label(count)} K={peers} audit={audit}: skipped ({cell.skipped})",
+                  flush=True)  # fmt: skip
+        else:
+            print(
+                f"  P={label(count)} K={peers} audit={audit}: round {cell.round_s:.3f} s, "
+                f"{cell.fetched_mb:.1f} MB fetched, "
+                f"floor {cell.floor_s:.4f} s, cell took {cell.seconds:.0f} s, peers' peak "
+                f"RSS {cell.rss_peak_gb:.1f} GB (est. {cell.estimate_gb:.1f}), leaders "
+                f"{','.join(cell.leaders)}, load1 {cell.load1:.2f} -> {cell.load1_end:.2f}",
+                flush=True,
+            )
+            for note in cell.left_out:
+                print(f"    not counted, {note}", flush=True)
     print()
     print("seconds per round, medians over measured rounds (L = leader, F = followers)")
     print_table(cells)

@@ -19,19 +19,20 @@ MODEL_KINDS = ("local", "merged")
 #: Contract calls (ledger transactions naming a training contract).
 CALL_TYPES = frozenset(
     {"register", "ready", "seal", "merged", "leader_timeout", "loaded", "finished", "metrics",
-     "leave", "heartbeat", "merge_unavailable", "merge_refused"}
+     "leave", "heartbeat", "merge_unavailable", "merge_refused", "attest"}
 )  # fmt: skip
 #: Calls that name a round; the others ignore the round.
 ROUND_CALLS = frozenset(
     {"ready", "seal", "merged", "leader_timeout", "loaded", "metrics", "merge_unavailable",
-     "merge_refused"}
+     "merge_refused", "attest"}
 )  # fmt: skip
 #: Every event (in a transaction's result, `{"kind": ..., ...}`) is one of these.
 EVENT_KINDS = frozenset(
     {"registered", "ready", "sealed", "merged", "leader_changed", "round_aborted", "loaded",
      "finished", "metrics", "left", "merge_voided", "merge_refused", "merge_unavailable",
      "timeout_voted", "all_finished", "sync_interval", "admitted", "revoked", "archived",
-     "contract_created", "proposed", "approved"}
+     "contract_created", "proposed", "approved", "merge_proposed", "attested",
+     "merge_rejected", "auditors_replaced"}
 )  # fmt: skip
 
 #: The ledger's gRPC service, and how a replica says it cannot commit for want of quorum.

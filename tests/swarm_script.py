@@ -6,7 +6,8 @@ sync), BATCH_DELAY_S (simulated
 compute per batch), BALLAST (extra float32 buffer values: a larger model), and BAD_PARAMS
 (`nan` or `shape`: from the second round on this site offers broken parameters),
 PRESENCE_TIMEOUT (seconds a silent member counts as present), LEAD=0 (never lead),
-MERGE_METHOD, WEIGHT_POLICY and NODE_WEIGHT (the declared weight),
+MERGE_METHOD, WEIGHT_POLICY and NODE_WEIGHT (the declared weight), AUDIT (auditors per
+merge) and MAY_AUDIT=0 (never audit),
 HOLD_FILE and HOLD_EPOCH (wait before that epoch until the test creates the file), and FAULT
 (a hostile or failing behaviour from tests/adversarial/faults.py).
 """
@@ -94,6 +95,8 @@ def main() -> None:
         merge_method=env.get("MERGE_METHOD", "mean"),
         weight_policy=env.get("WEIGHT_POLICY") or None,
         node_weight=int(env.get("NODE_WEIGHT", "1")),
+        audit=int(env["AUDIT"]) if env.get("AUDIT") else None,
+        may_audit=env.get("MAY_AUDIT") != "0",
     )
     if env.get("FAULT"):
         from adversarial.faults import install

@@ -510,6 +510,7 @@ def test_non_member_and_left_member_are_refused() -> None:
     member = d.contract.snapshot()["members"]["alice"]
     assert member == {
         "active": True,
+        "audits": True,
         "contribution": None,
         "endpoint": "10.9.9.9:7001",
         "last_seen": d.now,
@@ -636,6 +637,7 @@ def test_settings_defaults_and_round_trip() -> None:
     s = ContractSettings()
     assert s.to_dict() == {
         "adaptive_sync": None,
+        "audit": 0,
         "leader_timeout_s": 20.0,
         "merge_method": "mean",
         "merge_options": {},
@@ -655,6 +657,123 @@ def test_settings_defaults_and_round_trip() -> None:
     assert ContractSettings.from_payload(custom.to_dict()) == custom
     with pytest.raises(TypeError):
         custom.merge_options["trim"] = 0.2  # type: ignore[index]
+
+
+# --- audits ------------------------------------------------------------------------------------
+
+FIVE = ["a1", "a2", "a3", "a4", "a5"]
+
+
+def audited_round(d: Driver, names: list[str] = FIVE) -> list[str]:
+    """A round after the hand-out one, sealed: its ranking."""
+    ranking = d.sealed_round(names)
+    d.ok("merged", ranking[0], 1, {"digest": digest((ranking[0], 1)), "size": 100})  # hand-out
+    return d.sealed_round(names)
+
+
+def test_a_merge_counts_once_a_majority_of_its_auditors_attests_it() -> None:
+    d = Driver(audit=3)
+    ranking = audited_round(d)
+    leader, others = ranking[0], ranking[1:]
+    proposed = d.ok("merged", leader, 2, {"digest": digest("m2"), "size": 100})["events"][0]
+    assert proposed["kind"] == "merge_proposed" and proposed["auditors"] == others[:3]
+    assert d.contract.current_round == 2 and d.contract.latest_merged["round"] == 1
+    d.now += 60
+    d.refused("leader_timeout", others[0], 2, {"leader": leader}, match="awaits its audit")
+    d.refused("attest", others[3], 2, {"digest": digest("m2")}, match="not an auditor")
+    d.refused("attest", others[0], 2, {"digest": "x"}, match="payload.digest must be")
+    d.refused("attest", others[0], 2, {}, match="either payload.digest or payload.refused")
+    d.ok("attest", others[0], 2, {"digest": digest("m2")})
+    d.refused("attest", others[0], 2, {"digest": digest("m2")}, match="attested .* already")
+    d.ok("attest", others[1], 2, {"refused": "snapshot of a4 would not decode"})
+    result = d.ok("attest", others[2], 2, {"digest": digest("m2")})
+    assert event_types(result) == ["attested", "merged"]
+    record = d.contract.snapshot()["history"][1]
+    assert record["leader"] == leader and record["digest"] == digest("m2")
+    assert record["audit"]["contradicted"] == [others[1]]
+    assert record["audit"]["attestations"][others[1]].startswith("refused: ")
+    assert d.contract.snapshot()["bad_auditors"] == [others[1]]
+    # a contradicted auditor is asked last from then on
+    ranking = d.sealed_round(FIVE)
+    proposed = d.ok("merged", ranking[0], 3, {"digest": digest("m3"), "size": 100})["events"][0]
+    eligible = [n for n in ranking[1:] if n != others[1]]
+    assert proposed["auditors"] == [*eligible, others[1]][:3]
+
+
+def test_a_merge_the_majority_recomputes_otherwise_replaces_its_leader() -> None:
+    d = Driver(audit=3)
+    ranking = audited_round(d)
+    leader, others = ranking[0], ranking[1:]
+    d.ok("merged", leader, 2, {"digest": digest("own model"), "size": 100})
+    d.ok("attest", others[0], 2, {"digest": digest("own model")})  # a lying auditor
+    d.ok("attest", others[1], 2, {"digest": digest("honest")})
+    result = d.ok("attest", others[2], 2, {"digest": digest("honest")})
+    assert event_types(result) == ["attested", "merge_rejected", "leader_changed"]
+    assert d.contract.leader == others[0] and d.contract.current_round == 2
+    snap = d.contract.snapshot()
+    assert snap["demoted"] == [leader] and snap["bad_auditors"] == [others[0]]
+    d.refused("merged", leader, 2, {"digest": digest("late"), "size": 1}, match="not the leader")
+    # the new leader's merge gets auditors of its own (never itself)
+    proposed = d.ok("merged", others[0], 2, {"digest": digest("honest"), "size": 100})
+    auditors = proposed["events"][0]["auditors"]
+    assert others[0] not in auditors and len(auditors) == 3
+    for name in auditors[:2]:
+        d.ok("attest", name, 2, {"digest": digest("honest")})
+    record = d.contract.snapshot()["history"][1]
+    assert record["failed_leaders"] == [leader] and record["leader"] == others[0]
+    [rejected] = record["rejected_merges"]
+    assert rejected["leader"] == leader and rejected["digest"] == digest("own model")
+    assert rejected["contradicted"] == [others[0]]
+
+
+def test_the_hand_out_round_must_hand_out_the_leaders_own_model() -> None:
+    d = Driver(audit=1)
+    ranking = d.sealed_round(FIVE)
+    d.refused("merged", ranking[0], 1, {"digest": digest("another"), "size": 100},
+              match="the one it sent with ready")  # fmt: skip
+    result = d.ok("merged", ranking[0], 1, {"digest": digest((ranking[0], 1)), "size": 100})
+    assert event_types(result) == ["merged"]
+
+
+def test_silent_auditors_are_replaced_and_with_none_left_the_round_is_aborted() -> None:
+    d = Driver(audit=1, leader_timeout_s=10.0)
+    ranking = audited_round(d, FIVE[:3])
+    leader, first, second = ranking
+    assert d.ok("merged", leader, 2, {"digest": digest("m"), "size": 1})["events"][0][
+        "auditors"
+    ] == [first]
+    d.now += 5
+    d.beat(leader, second)
+    assert d.contract.snapshot()["current"]["audit"]["auditors"] == [first]
+    d.now += 6  # past the deadline: first is silent, second is live
+    result = d.ok("heartbeat", second)
+    assert event_types(result) == ["auditors_replaced"]
+    assert d.contract.snapshot()["current"]["audit"]["auditors"] == [second]
+    d.now += 40  # second falls silent too, and nobody is left to ask
+    assert event_types(d.ok("heartbeat", leader)) == ["round_aborted"]
+    assert d.contract.snapshot()["history"][1]["status"] == "aborted"
+
+
+def test_a_site_may_opt_out_of_auditing() -> None:
+    d = Driver(audit=3)
+    d.register(*FIVE[:2], audits=False)
+    d.ok("register", "a3", payload={"endpoint": "10.0.0.3:7000"})
+    d.refused("register", "a4", payload={"endpoint": "h:1", "audits": "no"},
+              match="payload.audits must be true or false")  # fmt: skip
+    ranking = audited_round(d, FIVE[:3])
+    proposed = d.ok("merged", ranking[0], 2, {"digest": digest("m"), "size": 1})["events"][0]
+    expected = [n for n in ranking[1:] if n == "a3"]
+    if expected:
+        assert proposed["kind"] == "merge_proposed" and proposed["auditors"] == expected
+    else:  # a3 leads and nobody else audits: its word counts, and says so
+        assert proposed["kind"] == "merged"
+        assert d.contract.snapshot()["history"][1]["audit"]["auditors"] == []
+
+
+@pytest.mark.parametrize("audit", [2, 17, -1, True])
+def test_audit_setting_is_checked(audit: Any) -> None:
+    with pytest.raises(ContractError, match="audit"):
+        ContractSettings(audit=audit)
 
 
 # --- weight policies ---------------------------------------------------------------------------
@@ -869,6 +988,7 @@ OPEN_MIX = ["ready"] * 8 + ["register", "bogus", "seal", "seal", "seal", "loaded
 OPEN_MIX += ["merged", "leader_timeout", "metrics", "finished", "leave", "register", "register"]
 SEALED_MIX = ["leader_timeout"] * 10 + ["loaded", "register", "ready", "seal", "bogus"]
 SEALED_MIX += ["metrics", "finished", "leave", "loaded"] + ["merged"] * 4 + ["heartbeat"] * 4
+SEALED_MIX += ["attest"] * 6
 OPEN_MIX += ["heartbeat"] * 2  # keeps members live: timeout votes need live voters
 BAD_PAYLOADS = [
     {},
@@ -910,6 +1030,11 @@ def draw_payload(pick: Pick, type: str, contract: TrainingContract) -> dict[str,
         case "leader_timeout":
             leader = contract.leader or "a"
             return {"leader": pick([leader, leader, *NAMES])}
+        case "attest":
+            audit = contract.snapshot(recent=0)["current"]["audit"]
+            if pick(range(6)) == 0:
+                return {"refused": "could not fetch a snapshot"}
+            return {"digest": pick(DIGESTS if audit is None else [audit["digest"], *DIGESTS])}
         case "loaded":
             latest = contract.latest_merged
             return {"digest": pick(DIGESTS if latest is None else [latest["digest"], *DIGESTS])}
@@ -934,6 +1059,9 @@ def draw_call(
     elif type == "leader_timeout":
         voters = [n for n in contract.participants if n != contract.leader]
         senders = voters * 3 + senders
+    elif type == "attest":
+        audit = contract.snapshot(recent=0)["current"]["audit"]
+        senders = (audit["auditors"] * 4 if audit else []) + senders
     r = contract.current_round
     rounds = [r, r, r, r, r - 1, r + 1]
     latest = contract.latest_merged
@@ -963,6 +1091,15 @@ def check_invariants(snap: dict[str, Any]) -> None:
         votes = current["timeout_votes"]
         assert len(set(votes)) == len(votes) and current["leader"] not in votes
         assert set(votes) <= set(current["participants"])
+        audit = current["audit"]
+        if audit is not None:
+            auditors = audit["auditors"]
+            assert 1 <= len(auditors) <= snap["settings"]["audit"]
+            assert len(set(auditors)) == len(auditors) and current["leader"] not in auditors
+            assert set(auditors) <= set(current["participants"])
+            assert (
+                set(audit["attestations"]) <= set(auditors) and audit["leader"] == current["leader"]
+            )
         assert len(current["participants"]) >= snap["settings"]["min_peers"]
     else:
         assert current["leader"] is None and current["participants"] == []
@@ -1053,12 +1190,13 @@ def replay(log: list[ContractCall], setting: ContractSettings) -> TrainingContra
     timeout=st.sampled_from([5.0, 30.0]),
     steps=st.integers(1, 50),
     policy=st.sampled_from(["declared", "equal", "fixed"]),
+    audit=st.sampled_from([0, 1, 3]),
 )
 def test_replicas_agree_and_refusals_change_nothing(
-    data: st.DataObject, min_peers: int, timeout: float, steps: int, policy: str
+    data: st.DataObject, min_peers: int, timeout: float, steps: int, policy: str, audit: int
 ) -> None:
     setting = ContractSettings(
-        min_peers=min_peers, leader_timeout_s=timeout, **policy_settings(policy)
+        min_peers=min_peers, leader_timeout_s=timeout, audit=audit, **policy_settings(policy)
     )
 
     def pick(options: Sequence[Any]) -> Any:
@@ -1075,13 +1213,14 @@ def test_long_random_runs_reach_every_event_and_agree() -> None:
     for seed, policy in itertools.product(range(8), ("declared", "equal", "fixed")):
         rng = random.Random(seed)
         setting = ContractSettings(min_peers=1 + seed % 3, leader_timeout_s=5.0 + seed,
-                                   presence_timeout_s=90.0 + 30 * seed,
+                                   presence_timeout_s=90.0 + 30 * seed, audit=(0, 1, 3)[seed % 3],
                                    **policy_settings(policy))  # fmt: skip
         log, replica, seen_here = run_replicas(rng.choice, setting, steps=400)
         assert dump(replay(log, setting)) == dump(replica)
         seen += seen_here
     # Guard for the generator itself: random runs must exercise the whole protocol.
     kinds = ["sealed", "merged", "timeout_voted", "leader_changed", "round_aborted", "loaded"]
+    kinds += ["merge_proposed", "attested", "merge_rejected", "auditors_replaced"]
     for kind in [*kinds, "all_finished"]:
         assert seen[kind] >= 3, f"random runs produced too few {kind!r}: {seen}"
 

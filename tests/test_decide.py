@@ -45,7 +45,19 @@ def views(draw: st.DrawFn) -> RoundView:
         history=(),
         leader_timeout_s=20.0,
         timeout_votes=tuple(draw(st.sets(st.sampled_from(participants)))) if sealed else (),
+        audit=_audit(draw, participants, leader) if sealed and draw(st.booleans()) else None,
     )
+
+
+def _audit(draw: st.DrawFn, participants: tuple[str, ...], leader: str | None) -> dict | None:
+    """A merge of `leader` awaiting some of the other participants as its auditors."""
+    others = [n for n in participants if n != leader]
+    if not others:
+        return None
+    auditors = draw(st.lists(st.sampled_from(others), unique=True, min_size=1))
+    attested = draw(st.sets(st.sampled_from(auditors)))
+    return {"auditors": auditors, "attestations": {n: "d" * 64 for n in attested},
+            "digest": "d" * 64, "leader": leader}  # fmt: skip
 
 
 def me(**changes: object) -> Me:
@@ -68,7 +80,9 @@ def test_every_step_fits_the_view(view: RoundView, finished: bool, quorum_since)
     if step.kind == "seal":
         assert not view.sealed and len(view.ready) >= facts.min_peers and not finished
     if step.kind == "lead":
-        assert view.sealed and view.leader == "a"
+        assert view.sealed and view.leader == "a" and view.audit is None
+    if step.kind == "audit":
+        assert view.audit is not None and "a" in view.audit["auditors"]
     if step.kind == "vote_timeout":
         assert view.sealed and step.leader == view.leader != "a"
         assert view.leader_since + view.leader_timeout_s <= NOW
@@ -86,7 +100,7 @@ def test_every_step_fits_the_view(view: RoundView, finished: bool, quorum_since)
 def test_a_leader_silent_past_its_timeout_is_voted_out_once_a_second(view: RoundView) -> None:
     if not view.sealed or view.round != 5 or view.leader == "a" or "a" not in view.participants:
         return
-    view = replace(view, timeout_votes=())  # "a" has not voted yet (see the test below)
+    view = replace(view, timeout_votes=(), audit=None)  # "a" has not voted yet (see below)
     late = view.leader_since + view.leader_timeout_s + 0.1
     assert next_step(view, me(), late).kind == "vote_timeout"
     resent = next_step(view, me(sent={"vote_timeout": late}), late + 0.5)
@@ -182,3 +196,19 @@ def test_a_round_is_not_sealed_without_a_site_that_may_lead() -> None:
     assert step.kind == "wait" and not step.quorum
     view = _open_round(("a", "b"), followers[0], _member("b"))
     assert next_step(view, me(), NOW).kind == "seal"
+
+
+def test_while_a_merge_awaits_its_audit_auditors_recompute_it_once_and_nobody_votes() -> None:
+    members = {n: _member(n) for n in "abc"}
+    audit = {"auditors": ["a"], "attestations": {}, "digest": "d" * 64, "leader": "b"}
+    sealed = RoundView(5, True, ("a", "b", "c"), ("a", "b", "c"), "b", NOW - 60, members,
+                       None, (), 20.0, audit=audit)  # fmt: skip
+    assert next_step(sealed, me(), NOW).kind == "audit"
+    # recomputed already (its attestation not on the ledger yet): it waits
+    assert next_step(sealed, me(audited=frozenset({(5, "d" * 64)})), NOW).kind == "wait"
+    # the leader is long past its timeout, but it delivered: others wait, nobody votes
+    for name in ("b", "c"):
+        step = next_step(sealed, me(name=name), NOW)
+        assert step.kind == "wait" and step.until == NOW + IDLE_S
+    attested = replace(sealed, audit={**audit, "attestations": {"a": "d" * 64}})
+    assert next_step(attested, me(), NOW).kind == "wait"

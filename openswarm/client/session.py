@@ -86,6 +86,8 @@ class SwarmSession:
         ledger_retry_s: float = SwarmSettings.ledger_retry_s,
         lead: bool | None = None,
         weight_policy: str | None = None,
+        audit: int | None = None,
+        may_audit: bool = True,
         network: NetworkConfig | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
@@ -115,6 +117,8 @@ class SwarmSession:
             ledger_retry_s=ledger_retry_s,
             lead=may_lead() if lead is None else bool(lead),
             weight_policy=weight_policy,
+            audit=audit,
+            audits=bool(may_audit),
         )
         self.sync_frequency = sync_frequency
         self.use_adaptive_sync = use_adaptive_sync

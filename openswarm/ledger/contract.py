@@ -58,9 +58,11 @@ _KEPT_MERGES = 8  # earlier merged models a voided merge can fall back to
 #: a long run's ledger does not grow; the chain keeps every transaction of every round.
 HISTORY_KEPT = 64
 SETTINGS_KEYS = (
-    "adaptive_sync", "leader_timeout_s", "merge_method", "merge_options", "min_peers",
+    "adaptive_sync", "audit", "leader_timeout_s", "merge_method", "merge_options", "min_peers",
     "presence_timeout_s", "weight_policy", "weights",
 )  # fmt: skip
+#: The most auditors a contract may ask for per merge.
+MAX_AUDITORS = 15
 
 #: Adaptive sync: a round's mean validation loss must fall by this fraction of the one
 #: before for the sync interval to lengthen (x1.5, rounded up); otherwise it halves.
@@ -95,8 +97,15 @@ class ContractSettings:
     adaptive_sync: Mapping[str, int] | None = None  # {"start", "min", "max"} batches
     weight_policy: str = WEIGHT_POLICY  # equal, declared or fixed (ledger/weights.py)
     weights: Mapping[str, float] | None = None  # policy fixed: member -> weight
+    audit: int = 0  # auditors who recompute each merge (odd); 0: the leader's word counts
 
     def __post_init__(self) -> None:
+        audit = check_int(self.audit, "audit", minimum=0)
+        if audit > MAX_AUDITORS or (audit and audit % 2 == 0):
+            raise ContractError(
+                f"audit must be 0 or an odd number up to {MAX_AUDITORS} (a majority of the "
+                f"auditors decides), got {audit}"
+            )
         object.__setattr__(self, "weights", check_policy(self.weight_policy, self.weights))
         if self.adaptive_sync is not None:
             object.__setattr__(self, "adaptive_sync", _check_adaptive(self.adaptive_sync))
@@ -128,6 +137,7 @@ class ContractSettings:
         """A JSON-safe copy, keys sorted."""
         return {
             "adaptive_sync": None if self.adaptive_sync is None else dict(self.adaptive_sync),
+            "audit": self.audit,
             "leader_timeout_s": self.leader_timeout_s,
             "merge_method": self.merge_method,
             "merge_options": json_copy(self.merge_options, "merge_options"),
@@ -163,10 +173,12 @@ class _Member:
     contribution: str | None = None  # what it gives to rounds after finishing
     last_seen: float = 0.0  # timestamp of its latest accepted call (heartbeats included)
     leads: bool = True  # False: registered with lead=false, never leads a round
+    audits: bool = True  # False: registered with audits=false, never audits a merge
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "active": self.active,
+            "audits": self.audits,
             "contribution": self.contribution,
             "endpoint": self.endpoint,
             "finished": self.finished,
@@ -217,7 +229,8 @@ class TrainingContract:
         self._merged_rounds = 0  # rounds that ended with a merged model (voided ones too)
         self._earlier_merges: list[dict[str, Any]] = []  # latest_merged records it replaced
         self._refusals: dict[str, str] = {}  # who refused the latest merged model, and why
-        self._demoted: list[str] = []  # leaders whose merges a majority refused
+        self._demoted: list[str] = []  # leaders whose merges a majority refused or rejected
+        self._bad_auditors: list[str] = []  # auditors the majority of an audit contradicted
         self._metrics: dict[int, dict[str, dict[str, Any]]] = {}
         adaptive = settings.adaptive_sync
         self._sync_interval: int | None = None if adaptive is None else adaptive["start"]
@@ -233,6 +246,8 @@ class TrainingContract:
         self._leader_since: float | None = None
         self._failed_leaders: list[str] = []
         self._timeout_votes: list[str] = []  # who voted the current leader out, in order
+        self._audit: dict[str, Any] | None = None  # the leader's merge awaiting its auditors
+        self._rejected: list[dict[str, Any]] = []  # merges of this round its audits rejected
 
     # --- read-only views ---
 
@@ -306,9 +321,11 @@ class TrainingContract:
             rounds = rounds[-recent:] if recent else []
         return {
             "all_finished": self.all_finished,
+            "bad_auditors": list(self._bad_auditors),
             "contract": self._name,
             "demoted": list(self._demoted),
             "current": {
+                "audit": json_copy(self._audit, "audit"),
                 "failed_leaders": list(self._failed_leaders),
                 "leader": self.leader,
                 "leader_index": self._leader_index,
@@ -406,11 +423,15 @@ class TrainingContract:
 
     def _on_register(self, call: ContractCall) -> list[dict[str, Any]]:
         payload = call.payload
-        check_fields(payload, "register", ("endpoint",), ("weight", "lead", *SETTINGS_KEYS))
+        check_fields(payload, "register", ("endpoint",),
+                     ("weight", "lead", "audits", *SETTINGS_KEYS))  # fmt: skip
         endpoint = check_endpoint(payload["endpoint"], "payload.endpoint")
         leads = payload.get("lead", True)
         if not isinstance(leads, bool):
             raise ContractError(f"payload.lead must be true or false, got {type_name(leads)}")
+        audits = payload.get("audits", True)
+        if not isinstance(audits, bool):
+            raise ContractError(f"payload.audits must be true or false, got {type_name(audits)}")
         weight = self._weight(call.sender, payload, 1.0)
         try:
             offered = ContractSettings.from_payload(payload)
@@ -432,8 +453,9 @@ class TrainingContract:
         if rejoined:
             self._withdraw(call.sender)
         self._members[call.sender] = _Member(
-            endpoint, weight, call.timestamp, last_seen=call.timestamp, leads=leads
-        )
+            endpoint, weight, call.timestamp, last_seen=call.timestamp, leads=leads,
+            audits=audits,
+        )  # fmt: skip
         event = self._event(
             "registered",
             call,
@@ -528,29 +550,157 @@ class TrainingContract:
         digest = check_digest(payload["digest"], "payload.digest")
         size = check_int(payload["size"], "payload.size", minimum=0)
         excluded = _check_excluded(payload.get("excluded", []), self._participants)
+        if not self._settings.audit:
+            return self._accept_merge(call, leader, digest, size, excluded, None)
+        if self._audit is not None:
+            raise ContractError(
+                f"the merge of round {call.round} by {leader} awaits its auditors already"
+            )
+        if self._latest_merged is None:
+            # No merge yet: the leader hands its own model out, which the ledger can check.
+            if digest != self._ready[leader]["digest"] or excluded:
+                raise ContractError(
+                    f"round {call.round} starts the swarm: its leader hands out its own model, "
+                    "so payload.digest must be the one it sent with ready (nothing excluded)"
+                )
+            return self._accept_merge(call, leader, digest, size, excluded, None)
+        auditors = self._auditor_candidates(call)[: self._settings.audit]
+        if not auditors:  # nobody else may audit: the leader's word counts (recorded)
+            return self._accept_merge(call, leader, digest, size, excluded, _audit_record([]))
+        self._audit = {"attestations": {}, "auditors": auditors, "digest": digest,
+                       "excluded": excluded, "leader": leader, "proposed_at": call.timestamp,
+                       "size": size}  # fmt: skip
+        event = self._event("merge_proposed", call, round=call.round, leader=leader,
+                            digest=digest, auditors=list(auditors))  # fmt: skip
+        return [event]
 
+    def _accept_merge(
+        self,
+        call: ContractCall,
+        leader: str,
+        digest: str,
+        size: int,
+        excluded: list[dict[str, str]],
+        audit: dict[str, Any] | None,
+    ) -> list[dict[str, Any]]:
+        """`leader`'s merge counts: it is the latest merged model and the round is over."""
         if self._latest_merged is not None:
             self._earlier_merges = [*self._earlier_merges, self._latest_merged][-_KEPT_MERGES:]
         self._refusals = {}
         self._latest_merged = {
             "digest": digest,
-            "holders": [call.sender],
-            "leader": call.sender,
+            "holders": [leader],
+            "leader": leader,
             "round": call.round,
             "size": size,
         }
         self._sync_interval = self._adapted_interval(call.round)
-        self._close_round(call, leader=call.sender, digest=digest, size=size, excluded=excluded)
+        round = call.round
+        self._close_round(call, leader=leader, digest=digest, size=size, excluded=excluded,
+                          audit=audit)  # fmt: skip
         event = self._event(
             "merged",
             call,
-            round=call.round,
-            leader=call.sender,
+            round=round,
+            leader=leader,
             digest=digest,
             size=size,
-            participants=list(self._history[call.round]["participants"]),
+            participants=list(self._history[round]["participants"]),
             next_round=self._round,
         )
+        return [event]
+
+    # --- audits ---
+
+    def _auditor_candidates(self, call: ContractCall) -> list[str]:
+        """Who may audit the current leader's merge, in the order they are asked: the
+        round's other participants in ranking order that are live and did not opt out,
+        those an earlier audit's majority contradicted last. Not chosen by the leader."""
+        audit = self._audit or {}
+        taken = {self.leader, *audit.get("auditors", ())}
+        eligible = [
+            n for n in self._ranking
+            if n not in taken and self._live(n, call) and self._members[n].audits
+        ]  # fmt: skip
+        return [n for n in eligible if n not in self._bad_auditors] + [
+            n for n in eligible if n in self._bad_auditors
+        ]
+
+    def _on_attest(self, call: ContractCall) -> list[dict[str, Any]]:
+        """An auditor's verdict on the merge awaiting audit: the digest of its own
+        recomputation, or why it could not recompute it (which counts against the merge)."""
+        payload = call.payload
+        check_fields(payload, "attest", (), ("digest", "refused"))
+        self._require_sealed(call.round)
+        audit = self._audit
+        if audit is None:
+            raise ContractError(f"no merge of round {call.round} awaits an audit")
+        if call.sender not in audit["auditors"]:
+            auditors = ", ".join(audit["auditors"])
+            raise ContractError(f"{call.sender} is not an auditor of the merge of round "
+                                f"{call.round} (auditors: {auditors})")  # fmt: skip
+        if call.sender in audit["attestations"]:
+            raise ContractError(f"{call.sender} attested the merge of round {call.round} already")
+        if ("digest" in payload) == ("refused" in payload):
+            raise ContractError("attest carries either payload.digest or payload.refused")
+        if "digest" in payload:
+            verdict = check_digest(payload["digest"], "payload.digest")
+        else:
+            verdict = "refused: " + check_str(payload["refused"], "payload.refused")[:500]
+
+        audit["attestations"] = {**audit["attestations"], call.sender: verdict}
+        event = self._event("attested", call, round=call.round, member=call.sender,
+                            agrees=verdict == audit["digest"])  # fmt: skip
+        return [event, *self._settle_audit(call)]
+
+    def _settle_audit(self, call: ContractCall) -> list[dict[str, Any]]:
+        """Decide the audit once a majority of its auditors agrees or disagrees with the
+        leader's digest; those the majority contradicts are recorded as bad auditors."""
+        audit = self._audit
+        assert audit is not None
+        needed = len(audit["auditors"]) // 2 + 1
+        verdicts = audit["attestations"]
+        agree = sorted(n for n, v in verdicts.items() if v == audit["digest"])
+        disagree = sorted(n for n in verdicts if n not in agree)
+        if len(agree) < needed and len(disagree) < needed:
+            return []
+        passed = len(agree) >= needed
+        contradicted = disagree if passed else agree
+        self._bad_auditors = sorted({*self._bad_auditors, *contradicted})
+        record = _audit_record(audit["auditors"], verdicts, contradicted)
+        self._audit = None
+        leader = audit["leader"]
+        if passed:
+            return self._accept_merge(call, leader, audit["digest"], audit["size"],
+                                      audit["excluded"], record)  # fmt: skip
+        # The majority recomputed something else: the leader is replaced and recorded.
+        self._demoted = sorted({*self._demoted, leader})
+        rejected = self._event("merge_rejected", call, round=call.round, leader=leader,
+                               digest=audit["digest"], audit=record)  # fmt: skip
+        self._rejected.append({"leader": leader, "digest": audit["digest"], **record})
+        return [rejected, *self._replace_leader(call)]
+
+    def _audit_deadline(self, call: ContractCall) -> list[dict[str, Any]]:
+        """Once leader_timeout_s passed since the merge was proposed (or its auditors last
+        replaced), auditors that have not attested are replaced by the next candidates; if
+        none are left to replace them, the round is aborted (the sites re-seal a new one)."""
+        audit = self._audit
+        assert audit is not None
+        if call.timestamp - audit["proposed_at"] < self._settings.leader_timeout_s:
+            return []
+        silent = [n for n in audit["auditors"] if n not in audit["attestations"]]
+        candidates = self._auditor_candidates(call)
+        if len(candidates) < len(silent):
+            self._audit = None
+            failed, round = list(self._failed_leaders), self._round
+            self._close_round(call, leader=None, digest=None, size=None)
+            return [self._event("round_aborted", call, round=round, failed_leaders=failed,
+                                next_round=self._round)]  # fmt: skip
+        replaced = dict(zip(silent, candidates, strict=False))
+        audit["auditors"] = [replaced.get(n, n) for n in audit["auditors"]]
+        audit["proposed_at"] = call.timestamp
+        event = self._event("auditors_replaced", call, round=self._round,
+                            replaced=dict(replaced), auditors=list(audit["auditors"]))  # fmt: skip
         return [event]
 
     def _on_leader_timeout(self, call: ContractCall) -> list[dict[str, Any]]:
@@ -570,6 +720,10 @@ class TrainingContract:
             )
         if call.sender == leader:
             raise ContractError(f"{leader} cannot vote itself out as leader of round {call.round}")
+        if self._audit is not None:
+            raise ContractError(
+                f"leader {leader} of round {call.round} delivered its merge; it awaits its audit"
+            )
         waited = call.timestamp - self._leader_since
         limit = self._settings.leader_timeout_s
         if waited < limit:
@@ -594,9 +748,12 @@ class TrainingContract:
         `call`'s time (checked on every vote and heartbeat: a participant that fell silent
         since no longer counts in the electorate); abort the round once its leader is past
         its timeout and fewer than min_peers participants are live (no majority may be left
-        to vote). The events, or none."""
+        to vote). While the leader's merge awaits its audit, only the audit's deadline is
+        checked instead (the leader delivered). The events, or none."""
         if not self._sealed:
             return []
+        if self._audit is not None:
+            return self._audit_deadline(call)
         assert self._leader_since is not None
         live = [n for n in self._participants if self._live(n, call)]
         stuck = (
@@ -605,10 +762,16 @@ class TrainingContract:
         )  # nobody left to vote, or too few to finish: abort (below)
         if not stuck and len(self._timeout_votes) < self._votes_needed(call):
             return []
+        return self._replace_leader(call)
+
+    def _replace_leader(self, call: ContractCall) -> list[dict[str, Any]]:
+        """The current leader failed: the next live candidate in the ranking leads; with
+        none, or too few live participants to finish, the round is aborted."""
         leader = self.leader
         assert leader is not None
         self._failed_leaders.append(leader)
         self._timeout_votes = []
+        live = [n for n in self._participants if self._live(n, call)]
         # too few live to finish the round: they re-seal a new one
         following = None if len(live) < self._settings.min_peers else self._next_live_leader(live)
         if following is not None:
@@ -676,11 +839,14 @@ class TrainingContract:
         digest: str | None,
         size: int | None,
         excluded: list[dict[str, str]] | None = None,
+        audit: dict[str, Any] | None = None,
     ) -> None:
-        """Record the sealed current round in the history and open the next one."""
+        """Record the sealed current round in the history and open the next one (`audit`:
+        who audited the merge and what each found; None without audits)."""
         merged = digest is not None
         self._history[self._round] = {
             "aborted_at": None if merged else call.timestamp,
+            "audit": audit,
             "digest": digest,
             "excluded": list(excluded or []),
             "failed_leaders": list(self._failed_leaders),
@@ -689,6 +855,7 @@ class TrainingContract:
             "merged_at": call.timestamp if merged else None,
             "participants": list(self._participants),
             "ranking": list(self._ranking),
+            "rejected_merges": list(self._rejected),
             "round": self._round,
             "sealed_at": self._sealed_at,
             "size": size,
@@ -893,6 +1060,17 @@ class TrainingContract:
         self._refusals = {}
         fallback = None if self._latest_merged is None else self._latest_merged["round"]
         return self._event("merge_voided", call, round=call.round, why=why, fallback=fallback)
+
+
+def _audit_record(
+    auditors: Sequence[str],
+    attestations: Mapping[str, str] | None = None,
+    contradicted: Sequence[str] = (),
+) -> dict[str, Any]:
+    """How a merge was audited, for the history: who audited, what each attested (a digest
+    or "refused: why"), and whom the majority contradicted."""
+    return {"attestations": dict(sorted((attestations or {}).items())),
+            "auditors": list(auditors), "contradicted": list(contradicted)}  # fmt: skip
 
 
 def _check_excluded(value: Any, participants: Sequence[str]) -> list[dict[str, str]]:

@@ -54,6 +54,7 @@ class RoundView:
     history: tuple[Mapping[str, Any], ...]
     leader_timeout_s: float
     timeout_votes: tuple[str, ...] = ()  # who voted the current leader out so far
+    audit: Mapping[str, Any] | None = None  # the leader's merge awaiting its auditors
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> RoundView:
@@ -78,6 +79,7 @@ class RoundView:
             leader=current.get("leader"),
             leader_since=float(current.get("leader_since") or 0.0),
             timeout_votes=tuple(current.get("timeout_votes") or ()),
+            audit=current.get("audit"),
             members=members,
             latest_merged=state.get("latest_merged"),
             history=tuple(state.get("history") or ()),
@@ -100,6 +102,7 @@ class Me:
     presence_timeout_s: float
     finished: bool = False
     led: frozenset[int] = frozenset()  # rounds this peer has led already
+    audited: frozenset[tuple[int, str]] = frozenset()  # (round, digest) it recomputed
     quorum_since: float | None = None  # when it first saw min_peers ready in this round
     sent: Mapping[str, float] = field(default_factory=dict)  # step name -> when last sent
 
@@ -109,7 +112,8 @@ class Step:
     """One thing to do. `kind` is one of:
 
     closed: the round is over (look up its result); seal: close the round to newcomers;
-    lead: gather, merge and publish as the round's leader; vote_timeout: the leader has
+    lead: gather, merge and publish as the round's leader; audit: recompute the leader's
+    merge as one of its auditors and attest what it found; vote_timeout: the leader has
     been silent too long (`leader` names it; the leader changes once a majority of the
     live other participants voted so, and a peer votes once per leader); left_out: the
     round was sealed without this peer (wait for its end, keep the local model); over: this
@@ -134,6 +138,11 @@ def next_step(view: RoundView, me: Me, now: float) -> Step:
         return Step("closed")
     if not view.sealed:
         return _unsealed(view, me, now)
+    if view.audit is not None:  # the leader delivered; its auditors decide (or time out)
+        mine = me.name in view.audit["auditors"] and me.name not in view.audit["attestations"]
+        if mine and (me.round, view.audit["digest"]) not in me.audited:
+            return Step("audit")
+        return Step("wait", until=now + IDLE_S)
     if view.leader == me.name:
         return Step("wait", until=now + IDLE_S) if me.round in me.led else Step("lead")
     if me.name not in view.participants:

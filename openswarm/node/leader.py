@@ -5,7 +5,9 @@ why); the peer publishes it and records it on the ledger. Nothing a participant 
 make it fail: a snapshot that cannot be had, is the wrong size, or does not decode, fit or
 stay finite is left out and named. Each check runs once: names, shapes and dtypes as a
 snapshot arrives, finiteness inside the merge's own pass over the data (a snapshot it
-finds NaN or infinity in is left out and the rest merged again).
+finds NaN or infinity in is left out and the rest merged again). Snapshots are merged in
+the ledger's ranking order, so an auditor (`Leader.recompute`) that pulls the same ones gets
+the same bits (merges are deterministic, see openswarm.merge.sums).
 """
 
 from __future__ import annotations
@@ -72,14 +74,41 @@ class Leader:
         else:
             with self.timed("transfer"):
                 model = reference or structure(own)
-                sets, weights, used, excluded = self._gather(view, round, own_data, own, model,
-                                                             cap)  # fmt: skip
+                names = list(view["current"]["ranking"])
+                sets, weights, used, excluded = self._gather(view, round, names, own_data, own,
+                                                             model, cap)  # fmt: skip
             with self.timed("merge"):
                 merged_params = self._merge_finite(round, sets, weights, used, excluded)
         with self.timed("encode"):
             data = encode(merged_params)
             digest = digest_encoded(data)
         return Merged(data, digest, used, excluded)
+
+    def recompute(self, view: Mapping[str, Any], round: int, own_data: bytes,
+                  reference: Structure | None, cap: int) -> Merged:  # fmt: skip
+        """As an auditor of `round`: the merge awaiting audit recomputed from the same
+        snapshots (every participant but those its leader left out) in the same order.
+        MergeInputError, naming why, if one of them cannot be had, does not fit, or holds
+        NaN or infinity: then the leader's merge cannot be what it claims."""
+        audit = view["current"]["audit"]
+        left_out = {entry["name"] for entry in audit["excluded"]}
+        names = [n for n in view["current"]["ranking"] if n not in left_out]
+        own = decode(own_data)
+        with self.timed("transfer"):
+            model = reference or structure(own)
+            sets, weights, used, excluded = self._gather(view, round, names, own_data, own,
+                                                         model, cap)  # fmt: skip
+        if excluded:
+            raise MergeInputError(f"snapshot of {excluded[0]['name']}: {excluded[0]['reason']}")
+        with self.timed("merge"):
+            try:
+                params = self._merge(sets, weights)
+            except NonFiniteInput as exc:
+                raise MergeInputError(f"snapshot of {used[exc.peer]}: tensor {exc.tensor!r} "
+                                      "contains NaN or infinity") from None  # fmt: skip
+        with self.timed("encode"):
+            data = encode(params)
+        return Merged(data, digest_encoded(data), used, [])
 
     def _merge_finite(self, round: int, sets: list[Params], weights: list[float],
                       used: list[str], excluded: list[dict[str, str]]) -> Params:  # fmt: skip
@@ -112,12 +141,12 @@ class Leader:
                      **dict(self.settings.merge_options))  # fmt: skip
 
     def _gather(
-        self, view: Mapping[str, Any], round: int, own_data: bytes, own: Params,
-        reference: Structure, cap: int,
+        self, view: Mapping[str, Any], round: int, names: list[str], own_data: bytes,
+        own: Params, reference: Structure, cap: int,
     ) -> tuple[list[Params], list[float], list[str], list[dict[str, str]]]:  # fmt: skip
-        """Pull and check every participant's snapshot; refuse the ones that don't fit."""
+        """Pull and check the snapshots of `names` (participants, in this order); refuse
+        the ones that don't fit."""
         current = view["current"]
-        names = list(current["participants"])
         # Sites of one model encode to the same size, so the size on the ledger must be ours
         # (a cap either way); the whole gather ends well inside the leader timeout.
         expected = len(own_data) if mismatch(reference, own) is None else None

@@ -117,6 +117,7 @@ class SwarmPeer:
         self.rounds_joined = 0
         self.current_digest: str | None = None
         self._led: set[int] = set()
+        self._audited: set[tuple[int, str]] = set()  # (round, digest) of merges recomputed
         self._last_wait_log = 0.0
         self._local: _Local | None = None
         self._reference: Structure | None = None  # the swarm's current model
@@ -148,6 +149,8 @@ class SwarmPeer:
                         self.settings.weight)  # fmt: skip
         if not self.settings.lead:
             payload["lead"] = False
+        if not self.settings.audits:
+            payload["audits"] = False
         outcome = self._submit("register", 0, payload)
         if not outcome.applied:
             raise SwarmError(
@@ -409,7 +412,7 @@ class SwarmPeer:
             now = time.time()
             me = Me(self.name, r, self.settings.min_peers, self.settings.extra_window_s,
                     self.settings.presence_timeout_s, self.finished, frozenset(self._led),
-                    quorum_since, sent)  # fmt: skip
+                    frozenset(self._audited), quorum_since, sent)  # fmt: skip
             step = next_step(view, me, now)
             self._note_absent(step.absent, view, now)
             if step.quorum and quorum_since is None:
@@ -426,6 +429,9 @@ class SwarmPeer:
             if step.kind == "lead":
                 self._led.add(r)
                 self._lead(state, local)
+            elif step.kind == "audit":
+                self._audited.add((r, view.audit["digest"] if view.audit else ""))
+                self._audit(state, local)
             elif step.kind == "seal":
                 sent["seal"] = now
                 self._see_applied(self._submit("seal", r))
@@ -631,6 +637,31 @@ class SwarmPeer:
         else:
             log.warning("%s: merged of round %d refused: %s", self.name, r, outcome.reason)
 
+    def _audit(self, view: dict[str, Any], local: _Local) -> None:
+        """Recompute the merge awaiting audit from the same snapshots and attest the digest
+        found (or why it could not be recomputed). A merge found identical is kept, so this
+        site need not fetch it once it counts."""
+        r, audit = local.round, view["current"]["audit"]
+        try:
+            found = self._leader.recompute(view, r, local.data, self._reference,
+                                           self._capped(2**62))  # fmt: skip
+        except MergeInputError as exc:
+            log.warning("%s: cannot recompute the merge of round %d by %s: %s", self.name, r,
+                        audit["leader"], exc)  # fmt: skip
+            payload: dict[str, Any] = {"refused": str(exc)[:500]}
+        else:
+            payload = {"digest": found.digest}
+            if found.digest == audit["digest"]:
+                self.server.store.publish("merged", r, found.digest, found.data)
+            else:
+                log.warning("%s: the merge of round %d by %s is not what its inputs give "
+                            "(recomputed %s…, published %s…)", self.name, r, audit["leader"],
+                            found.digest[:12], audit["digest"][:12])  # fmt: skip
+        outcome = self._submit("attest", r, payload)
+        if not outcome.applied:
+            log.info("%s: attestation for round %d refused: %s", self.name, r, outcome.reason)
+        self._see_applied(outcome)
+
     # --- finishing ------------------------------------------------------------------------
     def finish(self, contribution: Callable[[], Mapping[str, Any] | None]) -> RoundResult | None:
         """Say this peer is done, keep contributing `contribution()` (None: nothing) to rounds
@@ -722,6 +753,12 @@ def _fetch_refusal(
     if kind == "merged":
         return None
     current = state["current"]
-    if state["round"] != round or not current["sealed"] or current["leader"] != caller:
-        return f"only the current leader of round {round} may fetch its local snapshots"
+    auditors = (current.get("audit") or {}).get("auditors", ())
+    if (
+        state["round"] != round
+        or not current["sealed"]
+        or (current["leader"] != caller and caller not in auditors)
+    ):
+        return (f"only the current leader of round {round} and the auditors of its merge "
+                "may fetch its local snapshots")  # fmt: skip
     return None

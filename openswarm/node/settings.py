@@ -42,6 +42,8 @@ class SwarmSettings:
     presence_timeout_s: float = PRESENCE_TIMEOUT_S  # silent on the ledger this long: gone
     lead: bool = True  # False: this site never leads a round (it still trains and votes)
     weight_policy: str | None = None  # for a contract this site creates; None: the default
+    audit: int | None = None  # auditors per merge, for a contract this site creates
+    audits: bool = True  # False: this site never audits a merge (it still trains and votes)
 
     def __post_init__(self) -> None:
         if not isinstance(self.min_peers, int) or self.min_peers < 1:
@@ -79,8 +81,8 @@ class SwarmSettings:
             )
 
     def contract_settings(self) -> dict[str, Any]:
-        """What the contract records and every peer must agree on (the weight policy only
-        when this site names one)."""
+        """What the contract records and every peer must agree on (the weight policy and
+        the audit only when this site names them)."""
         chosen = {
             "min_peers": self.min_peers,
             "merge_method": self.merge_method,
@@ -90,6 +92,8 @@ class SwarmSettings:
         }
         if self.weight_policy is not None:
             chosen["weight_policy"] = self.weight_policy
+        if self.audit is not None:
+            chosen["audit"] = self.audit
         return chosen
 
 

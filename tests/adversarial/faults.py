@@ -19,6 +19,11 @@ certificate: these are the attacks of a participant, not of an outsider.
   answered goes to FAULT_REPORT.
 - `silent_die_under:NAME`: it never leads; the first site (FAULT_MARKER decides) to see a
   round of three or more it takes part in sealed with NAME as leader exits on the spot.
+- `own_as_merge_once`: the first time it leads a round after the first, it publishes its own
+  local snapshot as the merge (round and digest go to FAULT_REPORT).
+- `lying_auditor`: as an auditor it recomputes the merge honestly, then attests the
+  opposite: another digest for an honest merge, the leader's for a dishonest one (each lie
+  is appended to FAULT_REPORT).
 - `heavy_far`: it games the weights: first it declares a weight of 1e9 with `ready` (what
   the ledger answered goes to FAULT_REPORT), then offers, every round, its model pushed
   1000 away in random directions at the largest weight allowed (100).
@@ -55,6 +60,10 @@ def install(fault: str) -> None:
         _lead_badly_once(fault)
     elif fault == "vote_early":
         _after_register(_vote_early)
+    elif fault == "own_as_merge_once":
+        _publish_own_once()
+    elif fault == "lying_auditor":
+        _lie_as_auditor()
     elif fault == "heavy_far":
         _game_weights()
     elif fault.startswith("silent_die_under:"):
@@ -202,6 +211,35 @@ def _die_when_led_by(peer: SwarmPeer, leader: str) -> None:
         if sealed is not None and sealed[1] == leader and crowded:
             return  # another site died already
         time.sleep(0.01)
+
+
+def _publish_own_once() -> None:
+    honest = SwarmPeer._lead
+
+    def lead(self: SwarmPeer, view: dict[str, Any], local: Any) -> None:
+        if view["latest_merged"] is None or not _first_to_misbehave():
+            honest(self, view, local)
+            return
+        digest = digest_encoded(local.data)
+        self.server.store.publish("merged", local.round, digest, local.data)
+        _report({"leader": self.name, "round": local.round, "digest": digest})
+        self._submit("merged", local.round, {"digest": digest, "size": len(local.data)})
+
+    SwarmPeer._lead = lead  # type: ignore[method-assign]
+
+
+def _lie_as_auditor() -> None:
+    lies: list[dict[str, Any]] = []
+
+    def audit(self: SwarmPeer, view: dict[str, Any], local: Any) -> None:
+        r, claimed = local.round, view["current"]["audit"]["digest"]
+        found = self._leader.recompute(view, r, local.data, self._reference, 2**40)
+        lie = claimed if found.digest != claimed else "f" * 64
+        lies.append({"round": r, "honest": found.digest == claimed, "attested": lie})
+        _report({"lies": lies})
+        self._submit("attest", r, {"digest": lie})
+
+    SwarmPeer._audit = audit  # type: ignore[method-assign]
 
 
 def _game_weights() -> None:
