@@ -35,6 +35,11 @@ EVENT_KINDS = frozenset(
      "merge_rejected", "auditors_replaced"}
 )  # fmt: skip
 
+#: The phases of a round a site times and reports with its metrics (seconds each): encoding
+#: its snapshot and the merge, pulling models, merging (an auditor's recomputation too),
+#: loading the merged model, the ledger (transactions, and waiting on the others), and all.
+ROUND_PHASES = ("encode", "transfer", "merge", "load", "ledger", "total")
+
 #: The ledger's gRPC service, and how a replica says it cannot commit for want of quorum.
 LEDGER_SERVICE = "openswarm.ledger.Ledger"
 NO_QUORUM = "no quorum"

@@ -596,12 +596,13 @@ def test_metrics_are_stored_per_round_and_member() -> None:
     d.ok("metrics", "alice", 1, {"loss": 0.25, "metric": None, "epoch": 2, "total_epochs": 5})
     d.ok("metrics", "carol", 2, {"loss": 0.1, "metric": 1, "epoch": 2, "total_epochs": None})
     metrics = d.contract.snapshot()["metrics"]
+    none = {"phases": None, "traffic": None}
     assert metrics == {
         "1": {
-            "alice": {"epoch": 2, "loss": 0.25, "metric": None, "total_epochs": 5},
-            "bob": {"epoch": 0, "loss": 1.0, "metric": None, "total_epochs": None},
+            "alice": {"epoch": 2, "loss": 0.25, "metric": None, "total_epochs": 5, **none},
+            "bob": {"epoch": 0, "loss": 1.0, "metric": None, "total_epochs": None, **none},
         },
-        "2": {"carol": {"epoch": 2, "loss": 0.1, "metric": 1.0, "total_epochs": None}},
+        "2": {"carol": {"epoch": 2, "loss": 0.1, "metric": 1.0, "total_epochs": None, **none}},
     }
     d.refused("metrics", "alice", 3, {"loss": 0.1, "epoch": 1}, match="has not started")
 
@@ -622,12 +623,31 @@ def test_metrics_are_stored_per_round_and_member() -> None:
         ({"epoch": 1}, "'loss' is required"),
         ({"loss": 0.1}, "'epoch' is required"),
         ({"loss": 0.1, "epoch": 1, "accuracy": 1}, "unknown payload field 'accuracy'"),
+        ({"loss": 0.1, "epoch": 1, "phases": {"think": 1.0}}, "payload.phases must map some"),
+        ({"loss": 0.1, "epoch": 1, "phases": [1.0]}, "payload.phases must map some"),
+        ({"loss": 0.1, "epoch": 1, "phases": {"merge": -1}}, "payload.phases.merge must be >="),
+        ({"loss": 0.1, "epoch": 1, "phases": {"merge": math.nan}}, "must be finite"),
+        ({"loss": 0.1, "epoch": 1, "traffic": {"sent": 1}}, "payload.traffic must be {sent"),
+        ({"loss": 0.1, "epoch": 1, "traffic": {"sent": 1, "received": -1}}, "received must be"),
+        ({"loss": 0.1, "epoch": 1, "traffic": {"sent": 1.5, "received": 0}}, "sent must be an"),
     ],
 )
 def test_metrics_validation(payload: dict[str, Any], reason: str) -> None:
     d = Driver()
     d.register("alice")
     d.refused("metrics", "alice", 1, payload, match=reason)
+
+
+def test_metrics_carry_where_the_rounds_time_and_bytes_went() -> None:
+    d = Driver()
+    d.register("alice")
+    phases = {"transfer": 0.25, "merge": 0.5, "total": 1.0}
+    traffic = {"sent": 4_000_000, "received": 12_000_000}
+    d.ok("metrics", "alice", 1, {"loss": 0.5, "epoch": 1, "phases": phases, "traffic": traffic})
+    record = d.contract.snapshot()["metrics"]["1"]["alice"]
+    assert record["phases"] == phases and record["traffic"] == traffic
+    d.ok("metrics", "alice", 1, {"loss": 0.4, "epoch": 1})
+    assert d.contract.snapshot()["metrics"]["1"]["alice"]["phases"] is None
 
 
 # --- settings ----------------------------------------------------------------------------------

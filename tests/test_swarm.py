@@ -58,6 +58,16 @@ def test_three_sites_end_with_identical_models_and_a_verified_ledger(
         line = next(x for x in shown.stdout.splitlines() if x.startswith(name))
         assert "finished" in line and "epoch     3/3" in line and "eta 0s" in line, line
     assert "all sites finished" in shown.stdout
+    # where time goes: each site reports its round's phases and model traffic with its metrics
+    reports = [r for by_site in state["metrics"].values() for r in by_site.values()]
+    timed = [r for r in reports if r["phases"]]
+    assert len(timed) >= len(reports) // 2, reports  # not the final model's report
+    for r in timed:  # (a round's leader that hands its own model out transfers nothing)
+        assert {"encode", "ledger", "load", "total"} <= set(r["phases"]), r
+        assert r["phases"]["total"] >= r["phases"].get("transfer", 0) >= 0 and r["traffic"], r
+    assert sum("transfer" in r["phases"] for r in timed) >= len(timed) // 2
+    assert sum(r["traffic"]["received"] for r in timed) > 0
+    assert "where time goes, round" in shown.stdout and "MB received per site" in shown.stdout
 
 
 def test_a_round_waits_for_min_peers(swarm_factory) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 import typer
 
 from openswarm import DEFAULT_CONTRACT
+from openswarm.protocol import ROUND_PHASES
 
 
 def eta_seconds(state: Mapping[str, Any]) -> dict[str, float | None]:
@@ -43,6 +44,31 @@ def eta_seconds(state: Mapping[str, Any]) -> dict[str, float | None]:
     return etas
 
 
+def where_time_goes(state: Mapping[str, Any]) -> str | None:
+    """The latest round whose sites reported phases: the mean seconds per phase over its
+    sites, and the megabytes each sent and received on average (None: no report yet)."""
+    for round in sorted(state.get("metrics") or {}, key=int, reverse=True):
+        reports = [r for r in state["metrics"][round].values() if r.get("phases")]
+        if not reports:
+            continue
+        parts = []
+        for phase in ROUND_PHASES:
+            values = [r["phases"][phase] for r in reports if phase in r["phases"]]
+            if values and phase != "total":
+                parts.append(f"{phase} {sum(values) / len(values):.3f} s")
+        totals = [r["phases"]["total"] for r in reports if "total" in r["phases"]]
+        line = f"round {round} (mean of {len(reports)} sites): " + ", ".join(parts)
+        if totals:
+            line += f" of {sum(totals) / len(totals):.3f} s"
+        moved = [r["traffic"] for r in reports if r.get("traffic")]
+        if moved:
+            sent = sum(t["sent"] for t in moved) / len(moved) / 1e6
+            received = sum(t["received"] for t in moved) / len(moved) / 1e6
+            line += f"; {sent:.1f} MB sent, {received:.1f} MB received per site"
+        return line
+    return None
+
+
 def _duration(seconds: float | None) -> str:
     if seconds is None:
         return "?"
@@ -64,6 +90,9 @@ def render(state: Mapping[str, Any], contract: str) -> str:
     ]
     for peer in progress.peers:
         lines.append(f"{peer.line()}  eta {_duration(etas.get(peer.name))}")
+    spent = where_time_goes(state)
+    if spent:
+        lines.append(f"where time goes, {spent}")
     known = [e for e in etas.values() if e is not None]
     if state.get("all_finished"):
         lines.append("all sites finished")

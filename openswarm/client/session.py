@@ -132,6 +132,7 @@ class SwarmSession:
         self.intervals: list[tuple[int, int]] = []  # (round, batches until the next one)
         # per round: seconds spent encoding, in the ledger, transferring, merging, loading
         self.round_timings: list[dict[str, float]] = []
+        self._traffic_reported: dict[str, int] = {}  # peer.traffic() at the last report
         self._batches_since_sync = 0
         self._last_local: dict[str, Any] | None = None
 
@@ -158,7 +159,7 @@ class SwarmSession:
             result = self.peer.sync(self.model.get_params())
             self._load(result)
             if result.params is not None:
-                self._report(result.round)
+                self._report(result)
 
     def batch_end(self) -> None:
         """Count a batch; every `sync_frequency` batches, merge with the swarm."""
@@ -188,7 +189,7 @@ class SwarmSession:
             result = peer.finish(self._contribution)
             if result is not None and result.params is not None:
                 self.model.set_params(result.params)
-                self._report(result.round)  # the final model, after the last epoch
+                self._report(result)  # the final model, after the last epoch
             self.final_digest = digest(self.model.get_params())
             if result is not None and result.digest != self.final_digest:
                 raise SwarmError(
@@ -230,7 +231,7 @@ class SwarmSession:
         result = peer.sync(self.model.get_params())
         self._load(result)
         if result.params is not None:
-            self._report(result.round)
+            self._report(result)
 
     def _load(self, result: RoundResult) -> None:
         if result.params is not None:
@@ -246,15 +247,20 @@ class SwarmSession:
             self.sync_frequency = result.sync_interval
         self.intervals.append((result.round, self.sync_frequency))
 
-    def _report(self, round: int) -> None:
+    def _report(self, result: RoundResult) -> None:
+        """Report the validation loss after `result`'s round, with its phases and traffic."""
         loss, metric = self.model.evaluate()
         if loss is None or not math.isfinite(loss):
             return
+        peer = self._require_peer()
+        total = peer.traffic()
+        traffic = {k: total[k] - self._traffic_reported.get(k, 0) for k in total}
         try:
-            self._require_peer().report_metrics(
-                round, loss, metric, min(self.epoch, self.total_epochs or self.epoch),
-                self.total_epochs,
+            peer.report_metrics(
+                result.round, loss, metric, min(self.epoch, self.total_epochs or self.epoch),
+                self.total_epochs, phases=result.timings, traffic=traffic,
             )  # fmt: skip
+            self._traffic_reported = total
         except SwarmError as exc:
             self.logger.warning("could not report metrics: %s", exc)
 

@@ -40,6 +40,7 @@ from openswarm.protocol import (
     MIN_PEERS,
     PRESENCE_TIMEOUT_S,
     ROUND_CALLS,
+    ROUND_PHASES,
     WEIGHT_POLICY,
 )
 
@@ -958,7 +959,8 @@ class TrainingContract:
 
     def _on_metrics(self, call: ContractCall) -> list[dict[str, Any]]:
         payload = call.payload
-        check_fields(payload, "metrics", ("loss", "epoch"), ("metric", "total_epochs"))
+        check_fields(payload, "metrics", ("loss", "epoch"),
+                     ("metric", "total_epochs", "phases", "traffic"))  # fmt: skip
         if call.round > self._round:
             raise ContractError(
                 f"round {call.round} has not started; current round is {self._round}"
@@ -980,8 +982,11 @@ class TrainingContract:
             raise ContractError(
                 f"payload.epoch ({epoch}) must not exceed payload.total_epochs ({total})"
             )
+        phases = _check_phases(payload.get("phases"))
+        traffic = _check_traffic(payload.get("traffic"))
 
-        record = {"epoch": epoch, "loss": loss, "metric": metric, "total_epochs": total}
+        record = {"epoch": epoch, "loss": loss, "metric": metric, "total_epochs": total,
+                  "phases": phases, "traffic": traffic}  # fmt: skip
         self._metrics.setdefault(call.round, {})[call.sender] = record
         event = self._event("metrics", call, round=call.round, member=call.sender, **record)
         return [event]
@@ -1091,6 +1096,29 @@ def _check_excluded(value: Any, participants: Sequence[str]) -> list[dict[str, s
     if len(checked) >= len(participants):
         raise ContractError("payload.excluded leaves no participant in the merge")
     return checked
+
+
+def _check_phases(value: Any) -> dict[str, float] | None:
+    """A round's seconds by phase (ROUND_PHASES), as a site reports it with its metrics."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping) or not set(value) <= set(ROUND_PHASES):
+        raise ContractError(f"payload.phases must map some of {', '.join(ROUND_PHASES)} to seconds")
+    phases = {}
+    for name in ROUND_PHASES:
+        if name in value:
+            seconds = check_number(value[name], f"payload.phases.{name}", minimum=0)
+            phases[name] = min(seconds, 1e9)
+    return phases
+
+
+def _check_traffic(value: Any) -> dict[str, int] | None:
+    """Bytes a site sent and received in model transfers since its previous report."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping) or set(value) != {"sent", "received"}:
+        raise ContractError("payload.traffic must be {sent, received} (bytes)")
+    return {k: check_int(value[k], f"payload.traffic.{k}", minimum=0) for k in ("received", "sent")}
 
 
 def _check_adaptive(value: Any) -> dict[str, int]:

@@ -107,6 +107,22 @@ class _CallerSlots:
                 self._busy[caller] = left
 
 
+class ByteCount:
+    """A running count of bytes moved, safe to add to from several threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._total = 0
+
+    def add(self, count: int) -> None:
+        with self._lock:
+            self._total += count
+
+    @property
+    def total(self) -> int:
+        return self._total
+
+
 class ExchangeServer:
     """gRPC server of one peer's snapshots; only peers of the same swarm may fetch.
 
@@ -124,6 +140,7 @@ class ExchangeServer:
         vouch: Vouch | None = None,
     ) -> None:
         self.store = SnapshotStore()
+        self.sent = ByteCount()  # bytes of models served to other peers
         self._authorize = authorize
         self._vouch = vouch
         self._several_cas = len(split_bundle(identity.ca_cert_pem)) > 1
@@ -169,7 +186,9 @@ class ExchangeServer:
             )
         view = memoryview(snapshot.data)
         for start in range(0, len(view), CHUNK_BYTES):
-            yield bytes(view[start : start + CHUNK_BYTES])
+            chunk = bytes(view[start : start + CHUNK_BYTES])
+            yield chunk
+            self.sent.add(len(chunk))
 
     def _site_refusal(self, context: grpc.ServicerContext) -> str | None:
         """With several site CAs: why the caller's certificate is not its own site's, if so."""
@@ -247,6 +266,7 @@ class ExchangeClient:
 
     def __init__(self, identity: Identity) -> None:
         self.identity = identity
+        self.received = ByteCount()  # bytes of models fetched from other peers
         self._channels: dict[tuple[str, str | None], grpc.Channel] = {}
         self._lock = threading.Lock()
 
@@ -286,6 +306,7 @@ class ExchangeClient:
             raise ExchangeError(_rpc_failure(exc, what, deadline_s)) from exc
         finally:
             watch.stop()
+        self.received.add(len(buffer))
         _check_digest(buffer, digest, endpoint, kind, round)
         return bytes(buffer)
 

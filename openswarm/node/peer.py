@@ -38,7 +38,7 @@ from openswarm.node.settings import NetworkConfig, SwarmSettings
 from openswarm.node.vouch import LedgerVouch
 from openswarm.node.watch import ContractWatch, WatchError
 from openswarm.pki import CertIdentity, Identity, PkiError
-from openswarm.protocol import MergedModelLost, SwarmError
+from openswarm.protocol import ROUND_PHASES, MergedModelLost, SwarmError
 
 __all__ = ["MergedModelLost", "RoundResult", "SwarmError", "SwarmPeer"]
 
@@ -239,17 +239,38 @@ class SwarmPeer:
         return self._ledger_call(lambda: self.ledger.submit_tx(tx), f"sending {tx_type!r}")
 
     def report_metrics(
-        self, round: int, loss: float, metric: float | None, epoch: int, total_epochs: int | None
+        self,
+        round: int,
+        loss: float,
+        metric: float | None,
+        epoch: int,
+        total_epochs: int | None,
+        *,
+        phases: Mapping[str, float] | None = None,
+        traffic: Mapping[str, int] | None = None,
     ) -> None:
         """Record this site's validation loss (and metric) after `round` on the ledger: the
-        progress every site sees, and what adaptive sync decides from."""
-        payload = {
+        progress every site sees, and what adaptive sync decides from; with where the
+        round's time went (`phases`, seconds by ROUND_PHASES) and the bytes of models it
+        sent and received since its previous report (`traffic`)."""
+        payload: dict[str, Any] = {
             "loss": float(loss),
             "metric": None if metric is None or not math.isfinite(metric) else float(metric),
             "epoch": epoch,
             "total_epochs": total_epochs,
         }
+        if phases:
+            payload["phases"] = {k: float(v) for k, v in phases.items() if k in ROUND_PHASES}
+        if traffic is not None:
+            payload["traffic"] = {"sent": int(traffic["sent"]),
+                                  "received": int(traffic["received"])}  # fmt: skip
         self._submit("metrics", round, payload)
+
+    def traffic(self) -> dict[str, int]:
+        """Bytes of models this site has sent to others and received from them so far."""
+        received = getattr(self.fetcher, "received", None)  # an injected fetcher may not count
+        return {"sent": self.server.sent.total,
+                "received": 0 if received is None else received.total}  # fmt: skip
 
     def _beat(self) -> None:
         """Say 'still here' on the ledger whenever nothing else did for `heartbeat_s`."""
