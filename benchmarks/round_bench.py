@@ -48,7 +48,10 @@ Run:
     .venv/bin/python benchmarks/round_bench.py --sizes 50M --peers 8 --rounds 3 \\
         [--keep-rounds N] [--mem-fraction 0.8] [--json PATH]
     .venv/bin/python benchmarks/round_bench.py --sizes 1M,10M --peers 4 --audit 0,1,3
+    .venv/bin/python benchmarks/round_bench.py --sizes 10M --peers 4 \\
+        --compression none,zstd,float16,int8+zstd
 
+`--compression` likewise runs each cell once per mode (the contract's `compression`).
 `--audit` runs each cell once per auditor count (the contract's `audit`); column aud says
 which, and MB how many megabytes all peers pulled from each other in a round (snapshots for
 the leader and the auditors, the merged model for the rest): the cost of audits is the
@@ -165,6 +168,7 @@ class WorkerConfig:
     identity: str
     keep_rounds: int
     audit: int = 0
+    compression: str = "none"
 
 
 class RpcTimer:
@@ -186,12 +190,12 @@ class RpcTimer:
         return timed
 
 
-def bench_settings(peers: int, audit: int = 0) -> Any:
+def bench_settings(peers: int, audit: int = 0, compression: str = "none") -> Any:
     """The swarm settings of every benchmark peer (and so of the contract)."""
     from openswarm.node.settings import SwarmSettings
 
     return SwarmSettings(min_peers=peers, extra_window_s=0.0, leader_timeout_s=600.0,
-                         audit=audit or None)  # fmt: skip
+                         audit=audit or None, compression=compression)  # fmt: skip
 
 
 def connect_all(peer: Any, timeout_s: float = 120.0) -> None:
@@ -238,7 +242,7 @@ def peer_worker(cfg: WorkerConfig, queue: MpQueue[Message], barrier: MpBarrier) 
             for i, n in enumerate(tensor_sizes(cfg.count))
         }
         model = {key: torch.from_numpy(value.copy()) for key, value in params.items()}
-        settings = bench_settings(cfg.peers, cfg.audit)
+        settings = bench_settings(cfg.peers, cfg.audit, cfg.compression)
         network = NetworkConfig(ledger=cfg.endpoints, identity=Path(cfg.identity))
         peer = SwarmPeer(settings, network)
         rpc = RpcTimer()
@@ -295,6 +299,7 @@ class Cell:
     count: int
     peers: int
     audit: int = 0
+    compression: str = "none"
     fetched_mb: float = 0.0  # MB all peers pulled in a round (median over rounds)
     floor_s: float = 0.0
     round_s: float = 0.0
@@ -386,13 +391,15 @@ def summarize(cell: Cell, rounds: list[list[Message]]) -> None:
     cell.follower = {k: statistics.median(v) for k, v in follower_rows.items()}
 
 
-def run_cell(count: int, peers: int, rounds: int, keep_rounds: int, audit: int = 0) -> Cell:
-    cell = Cell(count, peers, audit=audit, load1=os.getloadavg()[0])
+def run_cell(
+    count: int, peers: int, rounds: int, keep_rounds: int, audit: int = 0, compression: str = "none"
+) -> Cell:
+    cell = Cell(count, peers, audit=audit, compression=compression, load1=os.getloadavg()[0])
     started = time.perf_counter()
     cell.floor_s = copy_floor(count, peers)
     names = [f"b{i}" for i in range(1, peers + 1)]
     with tempfile.TemporaryDirectory(prefix="round_bench_") as tmp:
-        contract = bench_settings(peers, audit).contract_settings()
+        contract = bench_settings(peers, audit, compression).contract_settings()
         net = LocalLedger.create(
             Path(tmp) / "ledger", replicas=1, peers=names, contract_settings=contract
         )
@@ -407,6 +414,7 @@ def run_cell(count: int, peers: int, rounds: int, keep_rounds: int, audit: int =
                 cfg = WorkerConfig(
                     index, peers, count, rounds, tuple(net.endpoints),
                     str(net.pki_dir / "identities" / names[index]), keep_rounds, audit,
+                    compression,
                 )  # fmt: skip
                 proc = ctx.Process(target=peer_worker, args=(cfg, queue, barrier), daemon=True)
                 proc.start()
@@ -467,7 +475,8 @@ def fmt_phase(view: dict[str, float], key: str) -> str:
 
 def print_table(cells: list[Cell]) -> None:
     head = (
-        f"{'P':>4} {'K':>2} {'aud':>3} {'round':>7} {'MB':>6} {'floor':>7} {'xfloor':>6} |"
+        f"{'P':>4} {'K':>2} {'aud':>3} {'compression':>13} {'round':>7} {'MB':>6} {'floor':>7} "
+        f"{'xfloor':>6} |"
         f"{'L.enc':>7} {'L.xfer':>7} {'L.merge':>7} {'L.load':>7} {'L.ledger(rpc)':>14} |"
         f"{'F.enc':>7} {'F.xfer':>7} {'F.load':>7} {'F.ledger(rpc)':>14} |"
         f"{'n':>2} {'rssGB':>6} {'load1':>5}"
@@ -479,7 +488,8 @@ def print_table(cells: list[Cell]) -> None:
             continue
         lead, fol = c.leader, c.follower
         print(
-            f"{label(c.count):>4} {c.peers:>2} {c.audit:>3} {c.round_s:7.3f} {c.fetched_mb:6.1f} "
+            f"{label(c.count):>4} {c.peers:>2} {c.audit:>3} {c.compression:>13} {c.round_s:7.3f} "
+            f"{c.fetched_mb:6.1f} "
             f"{c.floor_s:7.4f} "
             f"{c.round_s / c.floor_s:6.0f} |"
             f"{fmt_phase(lead, 'encode')} {fmt_phase(lead, 'transfer')} "
@@ -504,6 +514,9 @@ def main(argv: list[str] | None = None) -> int:
         "--mem-fraction", type=float, default=0.8, help="skip cells over this share of MemAvailable"
     )
     parser.add_argument("--audit", default="0", help="auditors per merge, e.g. 0,1,3")
+    parser.add_argument(
+        "--compression", default="none", help="how models travel, e.g. none,zstd,int8+zstd"
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     if args.quick:
@@ -511,6 +524,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [parse_count(s) for s in args.sizes.split(",") if s]
     peer_counts = [int(k) for k in args.peers.split(",") if k]
     audits = [int(a) for a in args.audit.split(",") if a]
+    compressions = [z for z in args.compression.split(",") if z]
     if args.rounds < 1 or any(k < 2 for k in peer_counts):
         parser.error("--rounds must be >= 1 and every K >= 2")
 
@@ -522,10 +536,11 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     cells: list[Cell] = []
-    for count, peers, audit in [(c, k, a) for c in sizes for k in peer_counts for a in audits]:
+    grid = [(c, k, a, z) for c in sizes for k in peer_counts for a in audits for z in compressions]
+    for count, peers, audit, compression in grid:
         estimate = max(estimate_bytes(count, peers, args.keep_rounds), 2 * peers * count * 4)
         budget = args.mem_fraction * mem_available()
-        cell = Cell(count, peers, audit=audit, estimate_gb=estimate / GB)
+        cell = Cell(count, peers, audit=audit, compression=compression, estimate_gb=estimate / GB)
         if estimate > budget:
             cell.skipped = (
                 f"needs ~{estimate / GB:.1f} GB, over {args.mem_fraction:.0%} of "
@@ -533,17 +548,19 @@ def main(argv: list[str] | None = None) -> int:
             )
         else:
             try:
-                cell = run_cell(count, peers, args.rounds, args.keep_rounds, audit)
+                cell = run_cell(count, peers, args.rounds, args.keep_rounds, audit, compression)
                 cell.estimate_gb = estimate / GB
             except (CellError, RuntimeError, OSError, TimeoutError) as exc:
                 cell.skipped = f"failed: {str(exc)[-2000:]}"
         cells.append(cell)
         if cell.skipped:
-            print(f"  P={label(count)} K={peers} audit={audit}: skipped ({cell.skipped})",
+            print(f"  P={label(count)} K={peers} audit={audit} {compression}: skipped "
+                  f"({cell.skipped})",
                   flush=True)  # fmt: skip
         else:
             print(
-                f"  P={label(count)} K={peers} audit={audit}: round {cell.round_s:.3f} s, "
+                f"  P={label(count)} K={peers} audit={audit} {compression}: "
+                f"round {cell.round_s:.3f} s, "
                 f"{cell.fetched_mb:.1f} MB fetched, "
                 f"floor {cell.floor_s:.4f} s, cell took {cell.seconds:.0f} s, peers' peak "
                 f"RSS {cell.rss_peak_gb:.1f} GB (est. {cell.estimate_gb:.1f}), leaders "

@@ -13,8 +13,9 @@ CONTRIBUTIONS = ("inactive", "snapshot", "active")
 HF_MODES = ("full", "peft")
 #: How a round ends, in the contract's history.
 ROUND_STATUSES = ("merged", "aborted")
-#: The two kinds of model a site serves to others: its snapshot of a round, a merged model.
-MODEL_KINDS = ("local", "merged")
+#: The kinds of model a site serves to others: its snapshot of a round, a merged model, and
+#: (as a round's leader, for the auditors) the other participants' snapshots it pulled.
+MODEL_KINDS = ("local", "merged", "mirror")
 
 #: Contract calls (ledger transactions naming a training contract).
 CALL_TYPES = frozenset(
@@ -34,6 +35,11 @@ EVENT_KINDS = frozenset(
      "contract_created", "proposed", "approved", "merge_proposed", "attested",
      "merge_rejected", "auditors_replaced"}
 )  # fmt: skip
+
+#: How models travel between sites (codec/transport.py): as they are, zstd-compressed,
+#: or with float tensors as 16-bit floats or int8 with a scale (lossy), optionally zstd too.
+COMPRESSIONS = ("none", "zstd", "float16", "float16+zstd", "bfloat16", "bfloat16+zstd",
+                "int8", "int8+zstd")  # fmt: skip
 
 #: The phases of a round a site times and reports with its metrics (seconds each): encoding
 #: its snapshot and the merge, pulling models, merging (an auditor's recomputation too),

@@ -7,7 +7,7 @@ compute per batch), BALLAST (extra float32 buffer values: a larger model), and B
 (`nan` or `shape`: from the second round on this site offers broken parameters),
 PRESENCE_TIMEOUT (seconds a silent member counts as present), LEAD=0 (never lead),
 MERGE_METHOD, WEIGHT_POLICY and NODE_WEIGHT (the declared weight), AUDIT (auditors per
-merge) and MAY_AUDIT=0 (never audit),
+merge) and MAY_AUDIT=0 (never audit), COMPRESSION (how models travel),
 HOLD_FILE and HOLD_EPOCH (wait before that epoch until the test creates the file), and FAULT
 (a hostile or failing behaviour from tests/adversarial/faults.py).
 """
@@ -97,6 +97,7 @@ def main() -> None:
         node_weight=int(env.get("NODE_WEIGHT", "1")),
         audit=int(env["AUDIT"]) if env.get("AUDIT") else None,
         may_audit=env.get("MAY_AUDIT") != "0",
+        compression=env.get("COMPRESSION") or None,
     )
     if env.get("FAULT"):
         from adversarial.faults import install

@@ -658,6 +658,7 @@ def test_settings_defaults_and_round_trip() -> None:
     assert s.to_dict() == {
         "adaptive_sync": None,
         "audit": 0,
+        "compression": "none",
         "leader_timeout_s": 20.0,
         "merge_method": "mean",
         "merge_options": {},
@@ -691,6 +692,11 @@ def audited_round(d: Driver, names: list[str] = FIVE) -> list[str]:
     return d.sealed_round(names)
 
 
+def attest(name: object, size: int = 100) -> dict[str, Any]:
+    """An auditor's verdict: the digest and size it recomputed."""
+    return {"digest": digest(name), "size": size}
+
+
 def test_a_merge_counts_once_a_majority_of_its_auditors_attests_it() -> None:
     d = Driver(audit=3)
     ranking = audited_round(d)
@@ -698,20 +704,20 @@ def test_a_merge_counts_once_a_majority_of_its_auditors_attests_it() -> None:
     proposed = d.ok("merged", leader, 2, {"digest": digest("m2"), "size": 100})["events"][0]
     assert proposed["kind"] == "merge_proposed" and proposed["auditors"] == others[:3]
     assert d.contract.current_round == 2 and d.contract.latest_merged["round"] == 1
-    d.now += 60
+    d.now += 1
     d.refused("leader_timeout", others[0], 2, {"leader": leader}, match="awaits its audit")
-    d.refused("attest", others[3], 2, {"digest": digest("m2")}, match="not an auditor")
-    d.refused("attest", others[0], 2, {"digest": "x"}, match="payload.digest must be")
-    d.refused("attest", others[0], 2, {}, match="either payload.digest or payload.refused")
-    d.ok("attest", others[0], 2, {"digest": digest("m2")})
-    d.refused("attest", others[0], 2, {"digest": digest("m2")}, match="attested .* already")
-    d.ok("attest", others[1], 2, {"refused": "snapshot of a4 would not decode"})
-    result = d.ok("attest", others[2], 2, {"digest": digest("m2")})
+    d.refused("attest", others[3], 2, attest("m2"), match="not an auditor")
+    d.refused("attest", others[0], 2, {"digest": "x", "size": 1}, match="payload.digest must be")
+    d.refused("attest", others[0], 2, {"digest": digest("m2")}, match="digest and size, or")
+    d.refused("attest", others[0], 2, {}, match="digest and size, or payload.refused")
+    d.ok("attest", others[0], 2, attest("m2"))
+    d.refused("attest", others[0], 2, attest("m2"), match="attested .* already")
+    d.ok("attest", others[1], 2, attest("m2", size=99))  # the size is part of the verdict
+    result = d.ok("attest", others[2], 2, attest("m2"))
     assert event_types(result) == ["attested", "merged"]
     record = d.contract.snapshot()["history"][1]
     assert record["leader"] == leader and record["digest"] == digest("m2")
     assert record["audit"]["contradicted"] == [others[1]]
-    assert record["audit"]["attestations"][others[1]].startswith("refused: ")
     assert d.contract.snapshot()["bad_auditors"] == [others[1]]
     # a contradicted auditor is asked last from then on
     ranking = d.sealed_round(FIVE)
@@ -725,25 +731,88 @@ def test_a_merge_the_majority_recomputes_otherwise_replaces_its_leader() -> None
     ranking = audited_round(d)
     leader, others = ranking[0], ranking[1:]
     d.ok("merged", leader, 2, {"digest": digest("own model"), "size": 100})
-    d.ok("attest", others[0], 2, {"digest": digest("own model")})  # a lying auditor
-    d.ok("attest", others[1], 2, {"digest": digest("honest")})
-    result = d.ok("attest", others[2], 2, {"digest": digest("honest")})
+    d.ok("attest", others[0], 2, attest("own model"))  # a lying auditor
+    d.ok("attest", others[1], 2, attest("honest"))
+    result = d.ok("attest", others[2], 2, attest("honest"))
     assert event_types(result) == ["attested", "merge_rejected", "leader_changed"]
     assert d.contract.leader == others[0] and d.contract.current_round == 2
     snap = d.contract.snapshot()
     assert snap["demoted"] == [leader] and snap["bad_auditors"] == [others[0]]
     d.refused("merged", leader, 2, {"digest": digest("late"), "size": 1}, match="not the leader")
-    # the new leader's merge gets auditors of its own (never itself)
+    # the new leader's merge gets auditors of its own: never itself nor the failed leader
     proposed = d.ok("merged", others[0], 2, {"digest": digest("honest"), "size": 100})
-    auditors = proposed["events"][0]["auditors"]
-    assert others[0] not in auditors and len(auditors) == 3
-    for name in auditors[:2]:
-        d.ok("attest", name, 2, {"digest": digest("honest")})
+    assert proposed["events"][0]["auditors"] == others[1:4]
+    d.ok("attest", others[1], 2, attest("honest"))
+    d.ok("attest", others[3], 2, attest("honest"))
     record = d.contract.snapshot()["history"][1]
     assert record["failed_leaders"] == [leader] and record["leader"] == others[0]
     [rejected] = record["rejected_merges"]
     assert rejected["leader"] == leader and rejected["digest"] == digest("own model")
     assert rejected["contradicted"] == [others[0]]
+
+
+def test_who_backed_a_merge_two_others_rejected_audits_no_more_that_round() -> None:
+    d = Driver(audit=3)
+    ranking = audited_round(d, [*FIVE, "a6"])
+    leader, others = ranking[0], ranking[1:]
+    d.ok("merged", leader, 2, {"digest": digest("own model"), "size": 100})
+    d.ok("attest", others[1], 2, attest("own model"))  # backs it
+    d.ok("attest", others[0], 2, attest("honest"))
+    d.ok("attest", others[2], 2, attest("honest"))
+    assert d.contract.leader == others[0]
+    proposed = d.ok("merged", others[0], 2, {"digest": digest("honest"), "size": 100})
+    assert proposed["events"][0]["auditors"] == [others[2], others[3], others[4]]
+
+
+def test_one_auditor_cannot_veto_leader_after_leader() -> None:
+    # audit=1: a hostile first candidate rejects an honest merge. Its word alone replaces
+    # the leader but demotes nobody; it may not audit again in that round, and once the
+    # next leader's identical merge passes another auditor, it is the one contradicted.
+    d = Driver(audit=1)
+    ranking = audited_round(d, FIVE[:4])
+    first, hostile = ranking[0], ranking[1]
+    d.ok("merged", first, 2, {"digest": digest("honest"), "size": 100})
+    result = d.ok("attest", hostile, 2, attest("anything else"))
+    assert event_types(result) == ["attested", "merge_rejected", "leader_changed"]
+    assert d.contract.snapshot()["demoted"] == []
+    second = d.contract.leader
+    proposed = d.ok("merged", second, 2, {"digest": digest("honest"), "size": 100})["events"][0]
+    [auditor] = proposed["auditors"]
+    assert auditor not in (hostile, second)
+    assert event_types(d.ok("attest", auditor, 2, attest("honest"))) == ["attested", "merged"]
+    assert d.contract.snapshot()["bad_auditors"] == [hostile]
+
+
+def test_an_auditor_that_cannot_recompute_abstains_and_is_replaced() -> None:
+    d = Driver(audit=1)
+    ranking = audited_round(d, FIVE[:3])
+    leader, first, second = ranking
+    d.ok("merged", leader, 2, {"digest": digest("m"), "size": 100})
+    result = d.ok("attest", first, 2, {"refused": "a1's snapshot would not download"})
+    assert event_types(result) == ["auditors_replaced"]
+    audit = d.contract.snapshot()["current"]["audit"]
+    assert audit["auditors"] == [second] and first in audit["abstained"]
+    assert event_types(d.ok("attest", second, 2, attest("m"))) == ["attested", "merged"]
+    # with nobody left to ask, a round whose audit cannot end is aborted
+    ranking = d.sealed_round(FIVE[:3])
+    d.ok("merged", ranking[0], 3, {"digest": digest("m3"), "size": 100})
+    auditor = d.contract.snapshot()["current"]["audit"]["auditors"][0]
+    d.ok("attest", auditor, 3, {"refused": "no"})
+    auditor = d.contract.snapshot()["current"]["audit"]["auditors"][0]
+    assert event_types(d.ok("attest", auditor, 3, {"refused": "no"}))[-1] == "round_aborted"
+
+
+def test_with_audits_a_leader_may_leave_out_only_a_minority() -> None:
+    d = Driver(audit=3)
+    ranking = audited_round(d, FIVE[:4])
+    left_out = [{"name": n, "reason": "unreachable"} for n in ranking[1:3]]
+    d.refused("merged", ranking[0], 2, {"digest": digest("m"), "size": 1, "excluded": left_out},
+              match="only a minority")  # fmt: skip
+    proposed = d.ok("merged", ranking[0], 2,
+                    {"digest": digest("m"), "size": 1, "excluded": left_out[:1]})  # fmt: skip
+    assert event_types(proposed) == ["merge_proposed"]
+    # auditors are never an even number (a tie could not be decided): 3 others -> 3
+    assert len(proposed["events"][0]["auditors"]) == 3
 
 
 def test_the_hand_out_round_must_hand_out_the_leaders_own_model() -> None:
@@ -770,8 +839,18 @@ def test_silent_auditors_are_replaced_and_with_none_left_the_round_is_aborted() 
     assert event_types(result) == ["auditors_replaced"]
     assert d.contract.snapshot()["current"]["audit"]["auditors"] == [second]
     d.now += 40  # second falls silent too, and nobody is left to ask
-    assert event_types(d.ok("heartbeat", leader)) == ["round_aborted"]
+    assert event_types(d.ok("heartbeat", leader)) == ["auditors_replaced", "round_aborted"]
     assert d.contract.snapshot()["history"][1]["status"] == "aborted"
+
+
+def test_a_leader_revoked_while_its_merge_is_audited_does_not_get_it_counted() -> None:
+    d = Driver(audit=1)
+    ranking = audited_round(d, FIVE[:3])
+    d.ok("merged", ranking[0], 2, {"digest": digest("m"), "size": 1})
+    d.contract.expel(ranking[0])
+    result = d.ok("attest", ranking[1], 2, attest("m", size=1))
+    assert event_types(result) == ["attested", "merge_rejected", "leader_changed"]
+    assert d.contract.snapshot()["bad_auditors"] == []
 
 
 def test_a_site_may_opt_out_of_auditing() -> None:
@@ -788,6 +867,12 @@ def test_a_site_may_opt_out_of_auditing() -> None:
     else:  # a3 leads and nobody else audits: its word counts, and says so
         assert proposed["kind"] == "merged"
         assert d.contract.snapshot()["history"][1]["audit"]["auditors"] == []
+
+
+def test_compression_setting_is_checked() -> None:
+    assert ContractSettings(compression="int8+zstd").to_dict()["compression"] == "int8+zstd"
+    with pytest.raises(ContractError, match="compression must be one of none, zstd"):
+        ContractSettings(compression="gzip")
 
 
 @pytest.mark.parametrize("audit", [2, 17, -1, True])
@@ -1008,7 +1093,7 @@ OPEN_MIX = ["ready"] * 8 + ["register", "bogus", "seal", "seal", "seal", "loaded
 OPEN_MIX += ["merged", "leader_timeout", "metrics", "finished", "leave", "register", "register"]
 SEALED_MIX = ["leader_timeout"] * 10 + ["loaded", "register", "ready", "seal", "bogus"]
 SEALED_MIX += ["metrics", "finished", "leave", "loaded"] + ["merged"] * 4 + ["heartbeat"] * 4
-SEALED_MIX += ["attest"] * 6
+SEALED_MIX += ["attest"] * 12
 OPEN_MIX += ["heartbeat"] * 2  # keeps members live: timeout votes need live voters
 BAD_PAYLOADS = [
     {},
@@ -1054,7 +1139,9 @@ def draw_payload(pick: Pick, type: str, contract: TrainingContract) -> dict[str,
             audit = contract.snapshot(recent=0)["current"]["audit"]
             if pick(range(6)) == 0:
                 return {"refused": "could not fetch a snapshot"}
-            return {"digest": pick(DIGESTS if audit is None else [audit["digest"], *DIGESTS])}
+            if audit is None:
+                return {"digest": pick(DIGESTS), "size": 1}
+            return {"digest": pick([audit["digest"], *DIGESTS]), "size": pick([audit["size"], 1])}
         case "loaded":
             latest = contract.latest_merged
             return {"digest": pick(DIGESTS if latest is None else [latest["digest"], *DIGESTS])}

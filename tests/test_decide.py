@@ -205,7 +205,10 @@ def test_while_a_merge_awaits_its_audit_auditors_recompute_it_once_and_nobody_vo
                        None, (), 20.0, audit=audit)  # fmt: skip
     assert next_step(sealed, me(), NOW).kind == "audit"
     # recomputed already (its attestation not on the ledger yet): it waits
-    assert next_step(sealed, me(audited=frozenset({(5, "d" * 64)})), NOW).kind == "wait"
+    assert next_step(sealed, me(audited=frozenset({(5, "b", "d" * 64)})), NOW).kind == "wait"
+    # the same digest proposed by the next leader is recomputed again
+    again = replace(sealed, leader="c", audit={**audit, "leader": "c"})
+    assert next_step(again, me(audited=frozenset({(5, "b", "d" * 64)})), NOW).kind == "audit"
     # the leader is long past its timeout, but it delivered: others wait, nobody votes
     for name in ("b", "c"):
         step = next_step(sealed, me(name=name), NOW)

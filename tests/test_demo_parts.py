@@ -98,7 +98,8 @@ def test_report_json_shape_and_table(tmp_path: Path) -> None:
         ledger_dir=tmp_path / "ledger",
     )
     data = json.loads(json.dumps(report.to_json()))
-    assert set(data) == {"peers", "centralized_accuracy", "rounds", "seconds", "ledger_dir"}
+    assert set(data) == {"peers", "centralized_accuracy", "rounds", "seconds", "ledger_dir",
+                         "compression", "received_mb"}  # fmt: skip
     assert [set(p) for p in data["peers"]] == [
         {"name", "local_accuracy", "swarm_accuracy", "final_digest"}
     ] * 3
@@ -133,3 +134,4 @@ def test_demo_swarm_beats_local_models(tmp_path: Path) -> None:
     assert all(swarm > p["local_accuracy"] + 0.15 for p in peers), data
     assert swarm > data["centralized_accuracy"] - 0.06, data
     assert data["rounds"] >= 10 and Path(data["ledger_dir"]).is_dir()
+    assert data["compression"] == "none" and data["received_mb"] > 0

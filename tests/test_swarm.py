@@ -189,6 +189,25 @@ def test_sites_with_their_own_cas_train_together_under_equal_weights(swarm_facto
     assert len({swarm.result(n)["final_digest"] for n in swarm.names}) == 1
 
 
+def test_compressed_and_audited_rounds_end_identical_and_trained(swarm_factory) -> None:
+    # Models travel as int8 with a scale per tensor, zstd on the wire; each merge is
+    # recomputed by an auditor from the same quantized snapshots and counts once it agrees.
+    swarm = swarm_factory(3, EPOCHS="3", MIN_PEERS="3", COMPRESSION="int8+zstd", AUDIT="1")
+    swarm.start_all()
+    swarm.wait()
+    results = [swarm.result(n) for n in swarm.names]
+    assert len({r["final_digest"] for r in results}) == 1
+    assert all(r["accuracy"] > 0.5 for r in results), results  # trained (chance is 0.1)
+    state = swarm.state()
+    assert state["settings"]["compression"] == "int8+zstd"
+    history = _history(state)
+    assert len(history) >= 5 and all(h["status"] == "merged" for h in history)
+    audited = [h for h in history if h["audit"] and h["audit"]["auditors"]]
+    assert len(audited) >= len(history) - 1  # every merge after the hand-out
+    # 2,410 float32 parameters encode to about 10 KB; as int8 to about a quarter of that
+    assert all(h["size"] < 4_000 for h in history), [h["size"] for h in history]
+
+
 def test_malformed_parameters_are_refused_and_named(swarm_factory) -> None:
     swarm = swarm_factory(4, EPOCHS="1", MIN_PEERS="4")
     swarm.start("site-1")

@@ -73,6 +73,12 @@ def demo(
     workdir: Path | None = typer.Option(
         None, "--workdir", help="Run folder (default ./runs/demo-YYYYmmdd-HHMMSS)."
     ),
+    compression: str | None = typer.Option(
+        None,
+        "--compression",
+        help="How models travel: none, zstd, float16, bfloat16, int8 "
+        "(lossy ones optionally +zstd).",
+    ),
 ) -> None:
     """Skewed MNIST shards on N sites: local-only vs swarm vs centralized accuracy."""
     from openswarm.demo.data import DataError
@@ -83,7 +89,7 @@ def demo(
         _fail(f"--epochs must be at least 1, got {epochs}")
     try:
         run_demo(peers=peers, epochs=epochs, workdir=workdir, json_path=json_path,
-                 echo=typer.echo)  # fmt: skip
+                 echo=typer.echo, compression=compression)  # fmt: skip
     except (DataError, LaunchError) as exc:
         _fail(str(exc))
     except DemoFailed as exc:

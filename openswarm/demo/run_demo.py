@@ -42,6 +42,8 @@ class DemoReport:
     rounds: int
     seconds: float
     ledger_dir: Path
+    compression: str = "none"
+    received_mb: float | None = None  # models all sites received over the run
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -58,6 +60,8 @@ class DemoReport:
             "rounds": self.rounds,
             "seconds": round(self.seconds, 1),
             "ledger_dir": str(self.ledger_dir),
+            "compression": self.compression,
+            "received_mb": None if self.received_mb is None else round(self.received_mb, 2),
         }
 
 
@@ -79,6 +83,7 @@ def run_demo(
     json_path: Path | None = None,
     echo: Echo = print,
     show_progress: bool = True,
+    compression: str | None = None,
 ) -> DemoReport:
     """Prepare the data, train the baselines, run the swarm, print the table.
 
@@ -105,7 +110,13 @@ def run_demo(
         peers,
         module=True,
         data_dirs=data.shard_dirs,
-        script_args=["--test", str(data.test_path), "--sync-frequency", str(sync_frequency)],
+        script_args=[
+            "--test",
+            str(data.test_path),
+            "--sync-frequency",
+            str(sync_frequency),
+            *(["--compression", compression] if compression else []),
+        ],
         workdir=root / "swarm",
         epochs=epochs,
         on_progress=ProgressPrinter() if show_progress else None,
@@ -127,6 +138,8 @@ def run_demo(
         rounds=run.rounds,
         seconds=run.seconds,
         ledger_dir=run.ledger_dir,
+        compression=compression or "none",
+        received_mb=_received_mb(run),
     )
     echo(format_report(report))
     echo(f"demo took {time.monotonic() - started:.0f} s; files in {root}")
@@ -157,7 +170,16 @@ def format_report(report: DemoReport) -> str:
     rows.append(
         f"rounds: {report.rounds}, swarm time: {report.seconds:.1f} s, ledger: {report.ledger_dir}"
     )
+    if report.received_mb is not None:
+        rows.append(f"models moved: {report.received_mb:.1f} MB received by all sites "
+                    f"(compression: {report.compression})")  # fmt: skip
     return "\n".join(rows)
+
+
+def _received_mb(run: SwarmRunResult) -> float | None:
+    """MB of models all sites received over the run, as each counted it (None: unknown)."""
+    counts = [((p.result or {}).get("traffic") or {}).get("received") for p in run.peers]
+    return None if None in counts else sum(counts) / 1e6
 
 
 def failure_text(error: DemoFailed) -> str:

@@ -31,6 +31,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--min-peers", type=int, default=int(os.environ.get("OPENSWARM_MIN_PEERS", "2"))
     )
     parser.add_argument("--result", type=Path, default=os.environ.get("OPENSWARM_RESULT"))
+    parser.add_argument("--compression", default=None, help="how models travel (contract)")
     args = parser.parse_args(argv)
     if args.data_dir is None:
         parser.error("no data: pass --data-dir or set OPENSWARM_DATA_DIR (openswarm run does)")
@@ -72,6 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         loss_fn=torch.nn.CrossEntropyLoss(),
         metric_fn=accuracy_of,
         total_epochs=args.epochs,
+        compression=args.compression,
     )
     callback.on_train_begin()
     for epoch in range(args.epochs):
@@ -87,6 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "swarm_accuracy": accuracy,
         "final_digest": callback.final_digest,
         "rounds": callback.rounds,
+        "traffic": None if callback.peer is None else callback.peer.traffic(),
     }
     print(json.dumps(result), flush=True)
     if args.result is not None:

@@ -33,6 +33,7 @@ from openswarm.ledger.contract_checks import (
 from openswarm.ledger.weights import check_policy, member_weight
 from openswarm.protocol import (
     CALL_TYPES,
+    COMPRESSIONS,
     CONTRIBUTIONS,
     EVENT_KINDS,
     LEADER_TIMEOUT_S,
@@ -59,8 +60,8 @@ _KEPT_MERGES = 8  # earlier merged models a voided merge can fall back to
 #: a long run's ledger does not grow; the chain keeps every transaction of every round.
 HISTORY_KEPT = 64
 SETTINGS_KEYS = (
-    "adaptive_sync", "audit", "leader_timeout_s", "merge_method", "merge_options", "min_peers",
-    "presence_timeout_s", "weight_policy", "weights",
+    "adaptive_sync", "audit", "compression", "leader_timeout_s", "merge_method",
+    "merge_options", "min_peers", "presence_timeout_s", "weight_policy", "weights",
 )  # fmt: skip
 #: The most auditors a contract may ask for per merge.
 MAX_AUDITORS = 15
@@ -99,8 +100,13 @@ class ContractSettings:
     weight_policy: str = WEIGHT_POLICY  # equal, declared or fixed (ledger/weights.py)
     weights: Mapping[str, float] | None = None  # policy fixed: member -> weight
     audit: int = 0  # auditors who recompute each merge (odd); 0: the leader's word counts
+    compression: str = "none"  # how models travel (codec/transport.py COMPRESSIONS)
 
     def __post_init__(self) -> None:
+        if self.compression not in COMPRESSIONS:
+            raise ContractError(
+                f"compression must be one of {', '.join(COMPRESSIONS)}, got {self.compression!r}"
+            )
         audit = check_int(self.audit, "audit", minimum=0)
         if audit > MAX_AUDITORS or (audit and audit % 2 == 0):
             raise ContractError(
@@ -139,6 +145,7 @@ class ContractSettings:
         return {
             "adaptive_sync": None if self.adaptive_sync is None else dict(self.adaptive_sync),
             "audit": self.audit,
+            "compression": self.compression,
             "leader_timeout_s": self.leader_timeout_s,
             "merge_method": self.merge_method,
             "merge_options": json_copy(self.merge_options, "merge_options"),
@@ -249,6 +256,7 @@ class TrainingContract:
         self._timeout_votes: list[str] = []  # who voted the current leader out, in order
         self._audit: dict[str, Any] | None = None  # the leader's merge awaiting its auditors
         self._rejected: list[dict[str, Any]] = []  # merges of this round its audits rejected
+        self._vetoers: list[str] = []  # barred from auditing again this round (see _settle_audit)
 
     # --- read-only views ---
 
@@ -565,12 +573,19 @@ class TrainingContract:
                     "so payload.digest must be the one it sent with ready (nothing excluded)"
                 )
             return self._accept_merge(call, leader, digest, size, excluded, None)
+        if 2 * len(excluded) >= len(self._participants):
+            raise ContractError(
+                f"with audits a leader may leave out only a minority of the round's "
+                f"{len(self._participants)} participants (it left out {len(excluded)}): "
+                "auditors recompute the merge of the others, so exclusions rest on its word"
+            )
         auditors = self._auditor_candidates(call)[: self._settings.audit]
+        auditors = auditors[: len(auditors) - 1 + len(auditors) % 2]  # odd: no ties
         if not auditors:  # nobody else may audit: the leader's word counts (recorded)
             return self._accept_merge(call, leader, digest, size, excluded, _audit_record([]))
-        self._audit = {"attestations": {}, "auditors": auditors, "digest": digest,
-                       "excluded": excluded, "leader": leader, "proposed_at": call.timestamp,
-                       "size": size}  # fmt: skip
+        self._audit = {"abstained": {}, "attestations": {}, "auditors": auditors,
+                       "digest": digest, "excluded": excluded, "leader": leader,
+                       "proposed_at": call.timestamp, "size": size}  # fmt: skip
         event = self._event("merge_proposed", call, round=call.round, leader=leader,
                             digest=digest, auditors=list(auditors))  # fmt: skip
         return [event]
@@ -616,9 +631,13 @@ class TrainingContract:
     def _auditor_candidates(self, call: ContractCall) -> list[str]:
         """Who may audit the current leader's merge, in the order they are asked: the
         round's other participants in ranking order that are live and did not opt out,
-        those an earlier audit's majority contradicted last. Not chosen by the leader."""
+        those an earlier audit's majority contradicted last. Not chosen by the leader; not
+        those that abstained from this audit, failed to lead this round, rejected a merge of
+        this round alone (so one auditor cannot veto leader after leader) or backed one that
+        two others rejected."""
         audit = self._audit or {}
-        taken = {self.leader, *audit.get("auditors", ())}
+        taken = {self.leader, *audit.get("auditors", ()), *audit.get("abstained", {}),
+                 *self._vetoers, *self._failed_leaders}  # fmt: skip
         eligible = [
             n for n in self._ranking
             if n not in taken and self._live(n, call) and self._members[n].audits
@@ -628,10 +647,11 @@ class TrainingContract:
         ]
 
     def _on_attest(self, call: ContractCall) -> list[dict[str, Any]]:
-        """An auditor's verdict on the merge awaiting audit: the digest of its own
-        recomputation, or why it could not recompute it (which counts against the merge)."""
+        """An auditor's verdict on the merge awaiting audit: the digest and size of its own
+        recomputation; or why it could not recompute it, an abstention (another candidate
+        takes its place)."""
         payload = call.payload
-        check_fields(payload, "attest", (), ("digest", "refused"))
+        check_fields(payload, "attest", (), ("digest", "size", "refused"))
         self._require_sealed(call.round)
         audit = self._audit
         if audit is None:
@@ -642,67 +662,106 @@ class TrainingContract:
                                 f"{call.round} (auditors: {auditors})")  # fmt: skip
         if call.sender in audit["attestations"]:
             raise ContractError(f"{call.sender} attested the merge of round {call.round} already")
-        if ("digest" in payload) == ("refused" in payload):
-            raise ContractError("attest carries either payload.digest or payload.refused")
-        if "digest" in payload:
-            verdict = check_digest(payload["digest"], "payload.digest")
-        else:
-            verdict = "refused: " + check_str(payload["refused"], "payload.refused")[:500]
+        if "refused" in payload:
+            if set(payload) != {"refused"}:
+                raise ContractError("attest carries payload.digest and size, or payload.refused")
+            reason = check_str(payload["refused"], "payload.refused")[:500]
+            return self._abstain(call, call.sender, reason)
+        if set(payload) != {"digest", "size"}:
+            raise ContractError("attest carries payload.digest and size, or payload.refused")
+        digest = check_digest(payload["digest"], "payload.digest")
+        size = check_int(payload["size"], "payload.size", minimum=0)
 
+        verdict = _verdict(digest, size)
         audit["attestations"] = {**audit["attestations"], call.sender: verdict}
+        agrees = verdict == _verdict(audit["digest"], audit["size"])
         event = self._event("attested", call, round=call.round, member=call.sender,
-                            agrees=verdict == audit["digest"])  # fmt: skip
+                            agrees=agrees)  # fmt: skip
+        return [event, *self._settle_audit(call)]
+
+    def _abstain(self, call: ContractCall, name: str, reason: str) -> list[dict[str, Any]]:
+        """`name` leaves the audit (it could not recompute, or stayed silent): the next
+        candidate takes its place; with none, the audit goes on without it."""
+        audit = self._audit
+        assert audit is not None
+        audit["abstained"] = {**audit["abstained"], name: reason}
+        candidates = self._auditor_candidates(call)
+        if candidates:
+            audit["auditors"] = [candidates[0] if n == name else n for n in audit["auditors"]]
+        else:
+            audit["auditors"] = [n for n in audit["auditors"] if n != name]
+        event = self._event("auditors_replaced", call, round=self._round, replaced={name: (
+            candidates[0] if candidates else None)}, auditors=list(audit["auditors"]))  # fmt: skip
         return [event, *self._settle_audit(call)]
 
     def _settle_audit(self, call: ContractCall) -> list[dict[str, Any]]:
-        """Decide the audit once a majority of its auditors agrees or disagrees with the
-        leader's digest; those the majority contradicts are recorded as bad auditors."""
+        """Decide the audit once a majority of its auditors attests the leader's digest and
+        size (it counts) or something else (it is rejected); abort the round when no
+        decision can come any more (no auditor left, or all attested and tied)."""
         audit = self._audit
         assert audit is not None
-        needed = len(audit["auditors"]) // 2 + 1
-        verdicts = audit["attestations"]
-        agree = sorted(n for n, v in verdicts.items() if v == audit["digest"])
+        auditors = audit["auditors"]
+        needed = len(auditors) // 2 + 1
+        verdicts = {n: v for n, v in audit["attestations"].items() if n in auditors}
+        claimed = _verdict(audit["digest"], audit["size"])
+        agree = sorted(n for n, v in verdicts.items() if v == claimed)
         disagree = sorted(n for n in verdicts if n not in agree)
-        if len(agree) < needed and len(disagree) < needed:
-            return []
-        passed = len(agree) >= needed
-        contradicted = disagree if passed else agree
-        self._bad_auditors = sorted({*self._bad_auditors, *contradicted})
-        record = _audit_record(audit["auditors"], verdicts, contradicted)
-        self._audit = None
         leader = audit["leader"]
-        if passed:
+        gone = not self._members[leader].active  # revoked or left since it merged
+        if not gone and len(agree) >= needed:
+            contradicted = list(disagree)
+            for earlier in self._rejected:  # rejected before, now found right by others
+                if earlier["digest"] == audit["digest"]:
+                    contradicted += [n for n, v in earlier["attestations"].items() if v != claimed]
+            record = self._audit_record(contradicted)
             return self._accept_merge(call, leader, audit["digest"], audit["size"],
                                       audit["excluded"], record)  # fmt: skip
-        # The majority recomputed something else: the leader is replaced and recorded.
-        self._demoted = sorted({*self._demoted, leader})
-        rejected = self._event("merge_rejected", call, round=call.round, leader=leader,
-                               digest=audit["digest"], audit=record)  # fmt: skip
-        self._rejected.append({"leader": leader, "digest": audit["digest"], **record})
-        return [rejected, *self._replace_leader(call)]
+        if gone or len(disagree) >= needed:
+            record = self._audit_record([] if gone else agree)
+            if len(disagree) >= 2:  # the word of two sites at least: the leader is demoted,
+                self._demoted = sorted({*self._demoted, leader})  # and who agreed barred
+                self._vetoers = sorted({*self._vetoers, *agree})
+            else:  # one auditor's word: it replaces the leader, then audits no more this round
+                self._vetoers = sorted({*self._vetoers, *disagree})
+            self._rejected.append({"leader": leader, "digest": audit["digest"], **record})
+            rejected = self._event("merge_rejected", call, round=call.round, leader=leader,
+                                   digest=audit["digest"], audit=record)  # fmt: skip
+            return [rejected, *self._replace_leader(call)]
+        if not auditors or len(verdicts) == len(auditors):  # nobody left, or a tie
+            self._audit = None
+            return [self._abort_round(call)]
+        return []
+
+    def _audit_record(self, contradicted: Sequence[str]) -> dict[str, Any]:
+        """The decided audit for the history (auditors the majority contradicted become
+        bad auditors, asked last from then on); the audit is over."""
+        audit = self._audit
+        assert audit is not None
+        self._bad_auditors = sorted({*self._bad_auditors, *contradicted})
+        self._audit = None
+        return _audit_record(audit["auditors"], audit["attestations"], sorted(set(contradicted)),
+                             audit["abstained"])  # fmt: skip
 
     def _audit_deadline(self, call: ContractCall) -> list[dict[str, Any]]:
         """Once leader_timeout_s passed since the merge was proposed (or its auditors last
-        replaced), auditors that have not attested are replaced by the next candidates; if
-        none are left to replace them, the round is aborted (the sites re-seal a new one)."""
+        changed), auditors that have not attested abstain (see `_abstain`)."""
         audit = self._audit
         assert audit is not None
         if call.timestamp - audit["proposed_at"] < self._settings.leader_timeout_s:
             return []
-        silent = [n for n in audit["auditors"] if n not in audit["attestations"]]
-        candidates = self._auditor_candidates(call)
-        if len(candidates) < len(silent):
-            self._audit = None
-            failed, round = list(self._failed_leaders), self._round
-            self._close_round(call, leader=None, digest=None, size=None)
-            return [self._event("round_aborted", call, round=round, failed_leaders=failed,
-                                next_round=self._round)]  # fmt: skip
-        replaced = dict(zip(silent, candidates, strict=False))
-        audit["auditors"] = [replaced.get(n, n) for n in audit["auditors"]]
         audit["proposed_at"] = call.timestamp
-        event = self._event("auditors_replaced", call, round=self._round,
-                            replaced=dict(replaced), auditors=list(audit["auditors"]))  # fmt: skip
-        return [event]
+        events: list[dict[str, Any]] = []
+        for name in [n for n in audit["auditors"] if n not in audit["attestations"]]:
+            if self._audit is None:
+                break
+            events += self._abstain(call, name, f"silent for {self._settings.leader_timeout_s:g} s")
+        return events
+
+    def _abort_round(self, call: ContractCall) -> dict[str, Any]:
+        failed, round = list(self._failed_leaders), self._round
+        self._close_round(call, leader=None, digest=None, size=None)
+        return self._event("round_aborted", call, round=round, failed_leaders=failed,
+                           next_round=self._round)  # fmt: skip
 
     def _on_leader_timeout(self, call: ContractCall) -> list[dict[str, Any]]:
         """A participant's vote that the leader has been silent for leader_timeout_s. The
@@ -1071,11 +1130,18 @@ def _audit_record(
     auditors: Sequence[str],
     attestations: Mapping[str, str] | None = None,
     contradicted: Sequence[str] = (),
+    abstained: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """How a merge was audited, for the history: who audited, what each attested (a digest
-    or "refused: why"), and whom the majority contradicted."""
-    return {"attestations": dict(sorted((attestations or {}).items())),
+    """How a merge was audited, for the history: who audited, what each attested
+    ("digest:size"), whom the majority contradicted, and who abstained (and why)."""
+    return {"abstained": dict(sorted((abstained or {}).items())),
+            "attestations": dict(sorted((attestations or {}).items())),
             "auditors": list(auditors), "contradicted": list(contradicted)}  # fmt: skip
+
+
+def _verdict(digest: str, size: int) -> str:
+    """What an auditor attests: the recomputed merge's digest and encoded size."""
+    return f"{digest}:{size}"
 
 
 def _check_excluded(value: Any, participants: Sequence[str]) -> list[dict[str, str]]:

@@ -102,7 +102,9 @@ class Me:
     presence_timeout_s: float
     finished: bool = False
     led: frozenset[int] = frozenset()  # rounds this peer has led already
-    audited: frozenset[tuple[int, str]] = frozenset()  # (round, digest) it recomputed
+    # (round, leader, digest) of the merges it recomputed (a rejected merge's next leader
+    # may propose the same digest, which its new auditors recompute again)
+    audited: frozenset[tuple[int, str, str]] = frozenset()
     quorum_since: float | None = None  # when it first saw min_peers ready in this round
     sent: Mapping[str, float] = field(default_factory=dict)  # step name -> when last sent
 
@@ -140,7 +142,7 @@ def next_step(view: RoundView, me: Me, now: float) -> Step:
         return _unsealed(view, me, now)
     if view.audit is not None:  # the leader delivered; its auditors decide (or time out)
         mine = me.name in view.audit["auditors"] and me.name not in view.audit["attestations"]
-        if mine and (me.round, view.audit["digest"]) not in me.audited:
+        if mine and (me.round, view.audit["leader"], view.audit["digest"]) not in me.audited:
             return Step("audit")
         return Step("wait", until=now + IDLE_S)
     if view.leader == me.name:

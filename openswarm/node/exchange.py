@@ -31,10 +31,12 @@ from openswarm.net import (
     secure_channel,
 )
 from openswarm.pki import CertIdentity, Identity, PkiError, identity_host, split_bundle
+from openswarm.protocol import MODEL_KINDS
 
 SERVICE = "openswarm.node.Exchange"
 CHUNK_BYTES = 1 << 20
-KINDS = ("local", "merged")
+KINDS = MODEL_KINDS
+_WIRED_KEPT = 4  # compressed models a server keeps ready
 MAX_FETCHES_PER_CALLER = 2
 """Fetches one caller (by SPIFFE id) may have in flight at one server; more are refused."""
 MAX_CHUNK_BYTES = 4 * CHUNK_BYTES
@@ -61,28 +63,34 @@ class Snapshot:
 
 
 class SnapshotStore:
-    """What this peer serves: a few recent snapshots, keyed by (kind, round)."""
+    """What this peer serves: its snapshot and the merged model of a few recent rounds (one
+    of each kind per round), and, as a round's leader, the other participants' snapshots
+    of the newest round it pulled ("mirror", for the round's auditors)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._items: dict[tuple[str, int], Snapshot] = {}
+        self._items: dict[tuple[str, int, str], Snapshot] = {}
 
     def publish(self, kind: str, round: int, digest: str, data: bytes) -> None:
         with self._lock:
-            self._items[(kind, round)] = Snapshot(kind, round, digest, data)
-            newest = max(r for _, r in self._items)
-            for key in [k for k in self._items if k[1] < newest - _KEEP_ROUNDS]:
+            if kind != "mirror":
+                for key in [k for k in self._items if k[:2] == (kind, round)]:
+                    del self._items[key]
+            self._items[(kind, round, digest)] = Snapshot(kind, round, digest, data)
+            newest = max(r for _, r, _ in self._items)
+            for key in [k for k in self._items if k[1] < newest - _KEEP_ROUNDS
+                        or (k[0] == "mirror" and k[1] < newest)]:  # fmt: skip
                 del self._items[key]
 
     def find(self, kind: str, round: int, digest: str) -> Snapshot | None:
         with self._lock:
-            found = self._items.get((kind, round))
+            found = self._items.get((kind, round, digest))
             if found is None:  # the merged model of an older round is asked for by digest
                 found = next(
                     (s for s in self._items.values() if s.kind == kind and s.digest == digest),
                     None,
                 )
-        return found if found is not None and found.digest == digest else None
+        return found
 
 
 class _CallerSlots:
@@ -141,6 +149,11 @@ class ExchangeServer:
     ) -> None:
         self.store = SnapshotStore()
         self.sent = ByteCount()  # bytes of models served to other peers
+        # What goes over the wire for a model's bytes (the contract's compression), if not
+        # the bytes themselves; the last few results are kept, as several fetch each model.
+        self.compress: Callable[[bytes], bytes] | None = None
+        self._wired: dict[tuple[str, int, str], bytes] = {}
+        self._wired_lock = threading.Lock()
         self._authorize = authorize
         self._vouch = vouch
         self._several_cas = len(split_bundle(identity.ca_cert_pem)) > 1
@@ -184,11 +197,27 @@ class ExchangeServer:
             context.abort(
                 grpc.StatusCode.NOT_FOUND, f"no {kind} snapshot of round {round} with that digest"
             )
-        view = memoryview(snapshot.data)
+        view = memoryview(self._on_wire(snapshot))
         for start in range(0, len(view), CHUNK_BYTES):
             chunk = bytes(view[start : start + CHUNK_BYTES])
             yield chunk
             self.sent.add(len(chunk))
+
+    def _on_wire(self, snapshot: Snapshot) -> bytes:
+        """The bytes that go over the wire for `snapshot`."""
+        compress = self.compress
+        if compress is None:
+            return snapshot.data
+        key = (snapshot.kind, snapshot.round, snapshot.digest)
+        with self._wired_lock:
+            found = self._wired.get(key)
+        if found is None:
+            found = compress(snapshot.data)
+            with self._wired_lock:
+                self._wired[key] = found
+                while len(self._wired) > _WIRED_KEPT:
+                    del self._wired[next(iter(self._wired))]
+        return found
 
     def _site_refusal(self, context: grpc.ServicerContext) -> str | None:
         """With several site CAs: why the caller's certificate is not its own site's, if so."""
@@ -281,13 +310,15 @@ class ExchangeClient:
         deadline_s: float = 120.0,
         idle_s: float = 30.0,
         peer: str | None = None,
+        unwire: Callable[[bytes], bytes] | None = None,
     ) -> bytes:
         """The snapshot's bytes, checked against `digest`; ExchangeError otherwise.
 
         The call is cancelled as soon as more than `max_bytes` arrive, when no chunk comes
         for `idle_s` seconds, and in any case after `deadline_s` seconds. With `peer`, the
         server must hold that peer's identity (so a site cannot register another's address
-        and have its snapshot counted as its own).
+        and have its snapshot counted as its own). `unwire` undoes the wire's compression
+        (bounded; CodecError if the bytes are not what it expects) before the digest check.
         """
         _check_limits(max_bytes, deadline_s, idle_s)
         what = f"the {kind} model of round {round} from {peer or endpoint}"
@@ -307,6 +338,11 @@ class ExchangeClient:
         finally:
             watch.stop()
         self.received.add(len(buffer))
+        if unwire is not None:
+            try:
+                buffer = bytearray(unwire(bytes(buffer)))
+            except CodecError as exc:
+                raise ExchangeError(f"{what} arrived malformed: {exc}") from None
         _check_digest(buffer, digest, endpoint, kind, round)
         return bytes(buffer)
 

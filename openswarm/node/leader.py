@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from openswarm.codec import CodecError, check_finite, decode, digest_encoded, encode
+from openswarm.codec import CodecError, check_finite, digest_encoded
+from openswarm.codec.transport import Transport
 from openswarm.merge import MergeInputError, NonFiniteInput, mean, merge
 from openswarm.node.checks import Params, Structure, mismatch, structure
 from openswarm.node.exchange import ExchangeClient, ExchangeError
@@ -55,6 +56,9 @@ class Leader:
         self.timed = timed
         self._out: Params = {}
         self._out_shape: list[Any] = []
+        self.transport = Transport()  # how models travel (the contract's compression)
+        # where a leader keeps the snapshots it pulled, for its auditors: (round, digest, data)
+        self.mirror: Callable[[int, str, bytes], None] | None = None
 
     def run(self, view: Mapping[str, Any], round: int, own_data: bytes,
             reference: Structure | None, cap: int) -> Merged:  # fmt: skip
@@ -62,7 +66,7 @@ class Leader:
         current model (what every snapshot must look like), `cap` the largest download.
         In the contract's first round the leader's own model is handed out unmerged.
         MergeInputError if nothing could be merged."""
-        own = decode(own_data)
+        own = self.transport.unpack(own_data, reference)
         if view["latest_merged"] is None:  # the initial sync: everyone adopts the leader's
             try:
                 check_finite(own)
@@ -70,17 +74,16 @@ class Leader:
                 raise MergeInputError(
                     f"this site's own model cannot start the swarm: {exc}"
                 ) from None
-            merged_params, used, excluded = own, [self.name], []
-        else:
-            with self.timed("transfer"):
-                model = reference or structure(own)
-                names = list(view["current"]["ranking"])
-                sets, weights, used, excluded = self._gather(view, round, names, own_data, own,
-                                                             model, cap)  # fmt: skip
-            with self.timed("merge"):
-                merged_params = self._merge_finite(round, sets, weights, used, excluded)
+            return Merged(own_data, digest_encoded(own_data), [self.name], [])
+        with self.timed("transfer"):
+            model = reference or structure(own)
+            names = list(view["current"]["ranking"])
+            sets, weights, used, excluded = self._gather(view, round, names, own_data, own,
+                                                         model, cap)  # fmt: skip
+        with self.timed("merge"):
+            merged_params = self._merge_finite(round, sets, weights, used, excluded)
         with self.timed("encode"):
-            data = encode(merged_params)
+            data = self.transport.pack(merged_params)
             digest = digest_encoded(data)
         return Merged(data, digest, used, excluded)
 
@@ -93,11 +96,11 @@ class Leader:
         audit = view["current"]["audit"]
         left_out = {entry["name"] for entry in audit["excluded"]}
         names = [n for n in view["current"]["ranking"] if n not in left_out]
-        own = decode(own_data)
+        own = self.transport.unpack(own_data, reference)
         with self.timed("transfer"):
             model = reference or structure(own)
             sets, weights, used, excluded = self._gather(view, round, names, own_data, own,
-                                                         model, cap)  # fmt: skip
+                                                         model, cap, audit["leader"])  # fmt: skip
         if excluded:
             raise MergeInputError(f"snapshot of {excluded[0]['name']}: {excluded[0]['reason']}")
         with self.timed("merge"):
@@ -107,7 +110,7 @@ class Leader:
                 raise MergeInputError(f"snapshot of {used[exc.peer]}: tensor {exc.tensor!r} "
                                       "contains NaN or infinity") from None  # fmt: skip
         with self.timed("encode"):
-            data = encode(params)
+            data = self.transport.pack(params)
         return Merged(data, digest_encoded(data), used, [])
 
     def _merge_finite(self, round: int, sets: list[Params], weights: list[float],
@@ -142,10 +145,12 @@ class Leader:
 
     def _gather(
         self, view: Mapping[str, Any], round: int, names: list[str], own_data: bytes,
-        own: Params, reference: Structure, cap: int,
+        own: Params, reference: Structure, cap: int, mirror_from: str | None = None,
     ) -> tuple[list[Params], list[float], list[str], list[dict[str, str]]]:  # fmt: skip
         """Pull and check the snapshots of `names` (participants, in this order); refuse
-        the ones that don't fit."""
+        the ones that don't fit. An auditor tries the round's leader (`mirror_from`) for a
+        snapshot its owner does not hand over; a leader of an audited round keeps what it
+        pulled for them (`mirror`)."""
         current = view["current"]
         # Sites of one model encode to the same size, so the size on the ledger must be ours
         # (a cap either way); the whole gather ends well inside the leader timeout.
@@ -165,15 +170,46 @@ class Leader:
                     return (f"announced a snapshot of {entry['size']} bytes, but the model's "
                             f"names, shapes and dtypes encode to {len(own_data)}")  # fmt: skip
                 else:
-                    data = self.fetcher.fetch(
-                        member["endpoint"], "local", round, entry["digest"],
-                        max_bytes=entry["size"], deadline_s=deadline - time.monotonic(),
-                        idle_s=min(MAX_IDLE_S, timeout / 4), peer=name,
-                    )  # fmt: skip
-                    params = decode(data)
+                    data = fetch(name, member, entry)
+                    params = self.transport.unpack(data, reference)
             except (ExchangeError, CodecError) as exc:
                 return str(exc)
             return mismatch(reference, params) or params
+
+        def fetch(name: str, member: Mapping[str, Any], entry: Mapping[str, Any]) -> bytes:
+            size = int(entry["size"])
+            options = dict(
+                max_bytes=self.transport.wire_cap(size),
+                idle_s=min(MAX_IDLE_S, timeout / 4),
+                unwire=lambda data: self.transport.unwire(data, size),
+            )
+            sources = [(name, member["endpoint"], "local")]
+            holder = view["members"].get(mirror_from or "")
+            if mirror_from not in (None, name, self.name) and holder is not None:
+                sources.append((mirror_from, holder["endpoint"], "mirror"))
+            problems = []
+            for peer, endpoint, kind in sources:
+                try:
+                    data = self.fetcher.fetch(
+                        endpoint,
+                        kind,
+                        round,
+                        entry["digest"],
+                        peer=peer,
+                        deadline_s=deadline - time.monotonic(),
+                        **options,
+                    )
+                except ExchangeError as exc:
+                    problems.append(str(exc))
+                    continue
+                if (
+                    self.mirror is not None
+                    and mirror_from is None
+                    and view["settings"].get("audit")
+                ):  # a leader of an audited round
+                    self.mirror(round, entry["digest"], data)
+                return data
+            raise ExchangeError("; ".join(problems))
 
         with ThreadPoolExecutor(max_workers=min(8, len(names))) as pool:
             pulled = dict(zip(names, pool.map(pull, names), strict=True))

@@ -17,6 +17,7 @@ a site's local snapshot, and only active members a merged one.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import random
@@ -26,7 +27,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from openswarm.codec import CodecError, check_finite, decode, digest_encoded, encode
+from openswarm.codec import CodecError, check_finite, digest_encoded
+from openswarm.codec.transport import Transport
 from openswarm.ledger.client import LedgerClient, LedgerError, Outcome
 from openswarm.ledger.tx import make_transaction
 from openswarm.merge import MergeInputError
@@ -117,7 +119,7 @@ class SwarmPeer:
         self.rounds_joined = 0
         self.current_digest: str | None = None
         self._led: set[int] = set()
-        self._audited: set[tuple[int, str]] = set()  # (round, digest) of merges recomputed
+        self._audited: set[tuple[int, str, str]] = set()  # (round, leader, digest) recomputed
         self._last_wait_log = 0.0
         self._local: _Local | None = None
         self._reference: Structure | None = None  # the swarm's current model
@@ -130,6 +132,10 @@ class SwarmPeer:
         self._heartbeat: threading.Thread | None = None
         self._absent: set[str] = set()  # members logged as silent on the ledger
         self._declares_weight = True  # the contract's weight_policy is "declared"
+        self.transport = Transport()  # how models travel: the contract's compression
+        self._leader.mirror = lambda r, digest, data: self.server.store.publish(
+            "mirror", r, digest, data
+        )
 
     # --- lifecycle ------------------------------------------------------------------------
     def register(self) -> None:
@@ -140,6 +146,8 @@ class SwarmPeer:
             self._create_contract()
             state = self._ledger_call(lambda: self.ledger.state(self.contract, recent=0))["state"]
         self._declares_weight = state is None or state["settings"]["weight_policy"] == "declared"
+        compression = "none" if state is None else state["settings"]["compression"]
+        self._use_transport(Transport.parse(compression))
         payload = {"endpoint": self.endpoint, **self.settings.contract_settings()}
         if self._declares_weight:
             payload["weight"] = self.settings.weight
@@ -165,6 +173,12 @@ class SwarmPeer:
                 target=self._beat, name=f"{self.name}-heartbeat", daemon=True
             )
             self._heartbeat.start()
+
+    def _use_transport(self, transport: Transport) -> None:
+        """Send and receive models as the contract's compression says."""
+        self.transport = transport
+        self._leader.transport = transport
+        self.server.compress = transport.wire if transport.zstd else None
 
     def _create_contract(self) -> None:
         admin_dir = self.network.admin_identity
@@ -340,11 +354,12 @@ class SwarmPeer:
         """Learn what this site's model looks like (names, shapes, dtypes, encoded size), so
         that models from other sites are checked, and their downloads capped, against it."""
         if self._own_structure is None:
-            self._learn(encode(params))
+            self._learn(params, self.transport.pack(params))
 
-    def _learn(self, data: bytes) -> None:
-        """Take this site's model as encoded in `data` as what others' must look like."""
-        self._own_structure = structure(decode(data))
+    def _learn(self, params: Mapping[str, Any], data: bytes) -> None:
+        """Take this site's model, `params` (packed for the wire: `data`), as what others'
+        must look like."""
+        self._own_structure = structure(params)
         self._own_size = len(data)
 
     def latest_merged(self, params: Mapping[str, Any] | None = None) -> RoundResult | None:
@@ -378,7 +393,7 @@ class SwarmPeer:
         started = time.perf_counter()
         self._timings = {}
         with self._timed("encode"):
-            data = encode(params)
+            data = self.transport.pack(params)
             digest = digest_encoded(data)
         payload: dict[str, Any] = {"digest": digest, "size": len(data)}
         if self._declares_weight:
@@ -389,7 +404,7 @@ class SwarmPeer:
             local = _Local(round, data, digest)
             self._local = local
             if self._own_structure is None:
-                self._learn(data)
+                self._learn(params, data)
             outcome = self._submit("ready", round, payload)
             if outcome.applied:
                 self._see_applied(outcome)
@@ -451,7 +466,8 @@ class SwarmPeer:
                 self._led.add(r)
                 self._lead(state, local)
             elif step.kind == "audit":
-                self._audited.add((r, view.audit["digest"] if view.audit else ""))
+                audit = view.audit or {}
+                self._audited.add((r, audit.get("leader", ""), audit.get("digest", "")))
                 self._audit(state, local)
             elif step.kind == "seal":
                 sent["seal"] = now
@@ -541,6 +557,8 @@ class SwarmPeer:
         within `leader_timeout_s` (reported to the contract, which then falls back to the
         merge before it); SwarmError if it is malformed (reported as refused)."""
         r, digest, size = merged["round"], merged["digest"], int(merged["size"])
+        cap = self._capped(size)
+        unwire = functools.partial(self.transport.unwire, max_bytes=cap)
         timeout = self.settings.leader_timeout_s
         deadline = time.monotonic() + timeout
         problems: list[str] = []
@@ -561,9 +579,9 @@ class SwarmPeer:
                     continue
                 try:
                     data = self.fetcher.fetch(member["endpoint"], "merged", r, digest,
-                                              max_bytes=self._capped(size), deadline_s=left,
-                                              idle_s=min(MAX_IDLE_S, timeout / 4),
-                                              peer=name)  # fmt: skip
+                                              max_bytes=self.transport.wire_cap(cap),
+                                              deadline_s=left, peer=name, unwire=unwire,
+                                              idle_s=min(MAX_IDLE_S, timeout / 4))  # fmt: skip
                 except ExchangeError as exc:
                     problems.append(str(exc))
                     continue
@@ -589,7 +607,7 @@ class SwarmPeer:
         """Decode a merged model and check it fits this site's model and (if `finite`) is
         finite; a bad one is reported to the contract as refused (SwarmError)."""
         try:
-            params = decode(data)
+            params = self.transport.unpack(data, self._own_structure)
             problem = None if self._own_structure is None else mismatch(self._own_structure, params)
             if problem is None and finite:
                 check_finite(params)
@@ -600,6 +618,10 @@ class SwarmPeer:
         log.error("%s: merged model of round %d refused: %s", self.name, r, problem)
         self._report_refused(r, digest, problem)
         raise SwarmError(f"the merged model of round {r} is refused: {problem}")
+
+    def _model_structure(self) -> Structure | None:
+        """What a model must look like here: the swarm's current one, else this site's."""
+        return self._reference or self._own_structure
 
     def _capped(self, size: int) -> int:
         """A download cap: the size the ledger recorded, at most a few times this site's."""
@@ -643,7 +665,8 @@ class SwarmPeer:
     def _lead(self, view: dict[str, Any], local: _Local) -> None:
         r = local.round
         try:
-            led = self._leader.run(view, r, local.data, self._reference, self._capped(2**62))
+            led = self._leader.run(view, r, local.data, self._model_structure(),
+                                   self._capped(2**62))  # fmt: skip
         except MergeInputError as exc:
             log.error("%s: merge of round %d failed: %s", self.name, r, exc)
             return
@@ -664,14 +687,14 @@ class SwarmPeer:
         site need not fetch it once it counts."""
         r, audit = local.round, view["current"]["audit"]
         try:
-            found = self._leader.recompute(view, r, local.data, self._reference,
+            found = self._leader.recompute(view, r, local.data, self._model_structure(),
                                            self._capped(2**62))  # fmt: skip
         except MergeInputError as exc:
             log.warning("%s: cannot recompute the merge of round %d by %s: %s", self.name, r,
                         audit["leader"], exc)  # fmt: skip
             payload: dict[str, Any] = {"refused": str(exc)[:500]}
         else:
-            payload = {"digest": found.digest}
+            payload = {"digest": found.digest, "size": len(found.data)}
             if found.digest == audit["digest"]:
                 self.server.store.publish("merged", r, found.digest, found.data)
             else:

@@ -12,6 +12,7 @@ import yaml
 
 from openswarm import DEFAULT_CONTRACT
 from openswarm.protocol import (
+    COMPRESSIONS,
     CONTRIBUTIONS,
     LEADER_TIMEOUT_S,
     MERGE_METHOD,
@@ -43,6 +44,7 @@ class SwarmSettings:
     lead: bool = True  # False: this site never leads a round (it still trains and votes)
     weight_policy: str | None = None  # for a contract this site creates; None: the default
     audit: int | None = None  # auditors per merge, for a contract this site creates
+    compression: str | None = None  # how models travel, for a contract this site creates
     audits: bool = True  # False: this site never audits a merge (it still trains and votes)
 
     def __post_init__(self) -> None:
@@ -52,6 +54,10 @@ class SwarmSettings:
             raise SwarmConfigError(
                 f"node weight must be an integer from 1 to 100 (HPE's nodeWeightage range), "
                 f"got {self.weight!r}"
+            )
+        if self.compression is not None and self.compression not in COMPRESSIONS:
+            raise SwarmConfigError(
+                f"compression must be one of {', '.join(COMPRESSIONS)}, got {self.compression!r}"
             )
         if self.weight_policy is not None and self.weight_policy not in WEIGHT_POLICIES:
             raise SwarmConfigError(
@@ -81,8 +87,8 @@ class SwarmSettings:
             )
 
     def contract_settings(self) -> dict[str, Any]:
-        """What the contract records and every peer must agree on (the weight policy and
-        the audit only when this site names them)."""
+        """What the contract records and every peer must agree on (the weight policy, the
+        audit and the compression only when this site names them)."""
         chosen = {
             "min_peers": self.min_peers,
             "merge_method": self.merge_method,
@@ -94,6 +100,8 @@ class SwarmSettings:
             chosen["weight_policy"] = self.weight_policy
         if self.audit is not None:
             chosen["audit"] = self.audit
+        if self.compression is not None:
+            chosen["compression"] = self.compression
         return chosen
 
 

@@ -36,12 +36,18 @@ def test_a_leader_publishing_its_own_model_is_caught_replaced_and_recorded(
     [rejected] = record["rejected_merges"]
     assert rejected["leader"] == "site-1" and rejected["digest"] == bad["digest"]
     [auditor] = rejected["auditors"]
-    assert rejected["attestations"][auditor] != bad["digest"] and not rejected["contradicted"]
-    assert state["demoted"] == ["site-1"] and state["bad_auditors"] == []
-    audited = [h for h in state["history"] if h["round"] > 1 and h["status"] == "merged"]
-    for h in audited:  # every merge after the hand-out was recomputed by its auditor
+    assert not rejected["attestations"][auditor].startswith(bad["digest"])
+    assert not rejected["contradicted"]
+    # one auditor's word replaces a leader but demotes it only with a second one's
+    assert state["demoted"] == [] and state["bad_auditors"] == []
+    # every merge after the hand-out was recomputed by its auditor, but the one that replaced
+    # the rejected merge: site-1 failed that round and site-3 does not audit, so nobody could
+    audited = [h for h in state["history"]
+               if h["round"] not in (1, bad["round"]) and h["status"] == "merged"]  # fmt: skip
+    assert record["audit"]["auditors"] == []
+    for h in audited:
         [(name, verdict)] = h["audit"]["attestations"].items()
-        assert verdict == h["digest"] and name not in (h["leader"], "site-3"), h
+        assert verdict == f"{h['digest']}:{h['size']}" and name not in (h["leader"], "site-3"), h
     assert not state["members"]["site-3"]["audits"]
     identical_final(swarm, swarm.names)
 
@@ -67,13 +73,13 @@ def test_a_hostile_auditor_neither_passes_a_bad_merge_nor_blocks_a_good_one(
     # Its auditors attest as they finish recomputing; the first majority decides, so the
     # liar's attestation counts only where it came in time: then it was contradicted.
     if "site-2" in rejected["attestations"]:
-        assert rejected["attestations"]["site-2"] == bad["digest"]  # it did not pass it
+        assert rejected["attestations"]["site-2"].startswith(bad["digest"])  # it did not pass it
         assert rejected["contradicted"] == ["site-2"]
     told = json.loads(lies.read_text())["lies"]
     blocked = [
         h for h in history.values()
-        if h["status"] == "merged" and (h["audit"] or {}).get("attestations", {}).get("site-2")
-        == "f" * 64
+        if h["status"] == "merged"
+        and (h["audit"] or {}).get("attestations", {}).get("site-2", "").startswith("f" * 64)
     ]  # fmt: skip
     # In about 15 rounds its lie about a good merge came in time at least once (each round
     # it is one of the first two of three with odds of two in three).

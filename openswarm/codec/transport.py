@@ -1,0 +1,172 @@
+"""How models travel between sites: a contract's `compression`, lossless or lossy.
+
+- ``zstd`` (lossless): the bytes of a snapshot or merged model are zstd-compressed on the
+  wire and decompressed (bounded) on arrival; digests cover the uncompressed bytes.
+- ``float16`` / ``bfloat16`` (lossy): float32 and float64 tensors travel as 16-bit floats
+  (round to nearest even; float16 turns values beyond ±65504 into infinities, which the
+  merge then refuses as non-finite: use bfloat16 for such models).
+- ``int8`` (lossy): each float32/float64 tensor travels as int8 with one scale per tensor,
+  ``scale = max|x| / 127`` and ``q = rint(x / scale)``, so ``|x - q * scale| <= scale / 2``
+  (a tensor holding NaN or infinity travels as NaN, for the merge to refuse).
+- a lossy mode plus ``+zstd`` does both.
+
+Other tensors (integers, bools, 16-bit floats) travel as they are. A receiving site turns a
+lossy model back into its own model's dtypes (`unpack`), and a leader publishes the merge in
+the same lossy form and loads it back from there, so every site holds the same merged bits.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from openswarm.codec.arrays import numpy_bfloat16
+from openswarm.codec.decode import decode
+from openswarm.codec.encode import encode
+from openswarm.codec.errors import CodecError
+from openswarm.codec.tensors import TensorSpec
+from openswarm.protocol import COMPRESSIONS
+
+LOSSY = ("none", "float16", "bfloat16", "int8")
+#: The tensor that carries the int8 scales (one per quantized tensor, in tensor order).
+SCALES = "__int8_scales__"
+_QUANTIZED = ("float32", "float64")
+_ZSTD_LEVEL = 3
+
+
+@dataclass(frozen=True)
+class Transport:
+    """One of COMPRESSIONS: `lossy` (a LOSSY mode) and whether the wire is zstd."""
+
+    lossy: str = "none"
+    zstd: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> Transport:
+        """The transport named `text`; ValueError naming the valid ones otherwise."""
+        if text not in COMPRESSIONS:
+            raise ValueError(f"compression must be one of {', '.join(COMPRESSIONS)}, got {text!r}")
+        lossy, _, wire = text.partition("+")
+        if lossy == "zstd":
+            return cls("none", True)
+        return cls(lossy, wire == "zstd")
+
+    @property
+    def lossy_mode(self) -> bool:
+        """Whether models arrive other than they were sent (quantized)."""
+        return self.lossy != "none"
+
+    def pack(self, params: Mapping[str, Any]) -> bytes:
+        """The bytes that digests cover: `params` encoded, lossy tensors quantized."""
+        if self.lossy == "none":
+            return encode(params)
+        return encode(_quantize(params, self.lossy))
+
+    def unpack(self, data: bytes, structure: Mapping[str, TensorSpec] | None) -> dict[str, Any]:
+        """Decode `data` (from `pack`); lossy tensors back in `structure`'s dtypes (None:
+        this site's model is not known yet, so they stay as they travelled)."""
+        params = decode(data)
+        if self.lossy == "none" or structure is None:
+            return params
+        return _dequantize(params, self.lossy, structure)
+
+    def wire(self, data: bytes) -> bytes:
+        """What goes over the network for `data`."""
+        if not self.zstd:
+            return data
+        import zstandard
+
+        return zstandard.ZstdCompressor(level=_ZSTD_LEVEL).compress(data)
+
+    def unwire(self, data: bytes, max_bytes: int) -> bytes:
+        """`data` as `wire` made it, back; CodecError if it is not, or exceeds max_bytes."""
+        if not self.zstd:
+            return data
+        import zstandard
+
+        try:
+            with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)) as reader:
+                plain = reader.read(max_bytes + 1)
+        except zstandard.ZstdError as exc:
+            raise CodecError(f"not a zstd stream: {exc}") from None
+        if len(plain) > max_bytes:
+            raise CodecError(f"decompresses to more than {max_bytes} bytes")
+        return plain
+
+    def wire_cap(self, max_bytes: int) -> int:
+        """The most wire bytes that can carry `max_bytes` (zstd adds a little at worst)."""
+        return max_bytes + (max_bytes >> 7) + 4096 if self.zstd else max_bytes
+
+
+def _quantize(params: Mapping[str, Any], lossy: str) -> dict[str, Any]:
+    if SCALES in params:
+        raise CodecError(f"a tensor named {SCALES!r} cannot travel with compression {lossy}")
+    out: dict[str, Any] = {}
+    scales = []
+    for name, value in params.items():
+        array = _float_array(value)
+        if array is None:
+            out[name] = value
+        elif lossy == "float16":
+            with np.errstate(over="ignore"):
+                out[name] = array.astype(np.float16)
+        elif lossy == "bfloat16":
+            out[name] = array.astype(numpy_bfloat16())
+        else:
+            out[name], scale = _to_int8(array)
+            scales.append(scale)
+    if lossy == "int8":
+        out[SCALES] = np.array(scales, np.float64)
+    return out
+
+
+def _float_array(value: Any) -> np.ndarray | None:
+    """`value` as a numpy array if it is a float32/float64 tensor, else None."""
+    if hasattr(value, "detach"):  # torch
+        if str(value.dtype) not in ("torch.float32", "torch.float64"):
+            return None
+        value = value.detach().cpu().numpy()
+    array = np.asarray(value)
+    return array if array.dtype.name in _QUANTIZED else None
+
+
+def _to_int8(array: np.ndarray) -> tuple[np.ndarray, float]:
+    if array.size == 0:
+        return np.zeros(array.shape, np.int8), 1.0
+    largest = float(np.max(np.abs(array)))
+    if not np.isfinite(largest):
+        return np.zeros(array.shape, np.int8), float("nan")
+    scale = largest / 127.0 if largest > 0 else 1.0
+    quotient = np.rint(array / array.dtype.type(scale))
+    return np.clip(quotient, -127, 127).astype(np.int8), scale
+
+
+def _dequantize(
+    params: dict[str, Any], lossy: str, structure: Mapping[str, TensorSpec]
+) -> dict[str, Any]:
+    scales = (
+        list(np.asarray(params.pop(SCALES, np.zeros(0)), np.float64)) if lossy == "int8" else []
+    )
+    out: dict[str, Any] = {}
+    for name, value in params.items():
+        spec = structure.get(name)
+        if spec is None or spec.dtype.name not in _QUANTIZED:
+            out[name] = value
+            continue
+        target = spec.dtype.storage
+        if lossy == "int8":
+            if not scales or np.asarray(value).dtype != np.int8:
+                raise CodecError(f"tensor {name!r} did not travel as int8 with a scale")
+            out[name] = np.asarray(value).astype(target) * target.type(scales.pop(0))
+        else:
+            out[name] = np.asarray(value).astype(target)
+    if scales:
+        raise CodecError(f"{len(scales)} int8 scale(s) left over: the model's tensors differ")
+    return out
+
+
+__all__ = ["COMPRESSIONS", "SCALES", "Transport"]
