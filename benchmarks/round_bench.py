@@ -53,9 +53,9 @@ Run:
 
 `--compression` likewise runs each cell once per mode (the contract's `compression`).
 `--audit` runs each cell once per auditor count (the contract's `audit`); column aud says
-which, and MB how many megabytes all peers pulled from each other in a round (snapshots for
-the leader and the auditors, the merged model for the rest): the cost of audits is the
-difference between rows.
+which, and MB how many megabytes all peers pulled from each other in a round, as they went
+over the wire (snapshots for the leader and the auditors, the merged model for the rest):
+the cost of audits, or the saving of a compression, is the difference between rows.
 """
 
 from __future__ import annotations
@@ -248,15 +248,7 @@ def peer_worker(cfg: WorkerConfig, queue: MpQueue[Message], barrier: MpBarrier) 
         rpc = RpcTimer()
         for method in ("call",):  # every ledger RPC goes through call()
             setattr(peer.ledger, method, rpc.wrap(getattr(peer.ledger, method)))
-        fetched = [0]  # bytes this peer pulled from others (snapshots, merged models)
-        honest_fetch = peer.fetcher.fetch
-
-        def counted_fetch(*args: Any, **kwargs: Any) -> bytes:
-            data = honest_fetch(*args, **kwargs)
-            fetched[0] += len(data)
-            return data
-
-        peer.fetcher.fetch = counted_fetch  # type: ignore[method-assign]
+        received = peer.fetcher.received  # bytes on the wire this peer pulled from others
         peer.register()
         queue.put({"kind": "registered", "peer": name})
         barrier.wait(ROUND_TIMEOUT_S)  # all registered: every endpoint is on the ledger
@@ -265,7 +257,7 @@ def peer_worker(cfg: WorkerConfig, queue: MpQueue[Message], barrier: MpBarrier) 
         for round_index in range(cfg.rounds + 1):
             barrier.wait(ROUND_TIMEOUT_S)
             rpc.seconds = 0.0
-            fetched[0] = 0
+            before = received.total
             result = peer.sync(params)
             if result.params is None:
                 raise RuntimeError(f"round {result.round} ended without a merged model")
@@ -276,7 +268,7 @@ def peer_worker(cfg: WorkerConfig, queue: MpQueue[Message], barrier: MpBarrier) 
             queue.put({
                 "kind": "round", "peer": name, "index": round_index, "round": result.round,
                 "leader": result.leader, "timings": {**result.timings, "load": load},
-                "rpc": rpc.seconds, "fetched": fetched[0],
+                "rpc": rpc.seconds, "fetched": received.total - before,
             })  # fmt: skip
             del result
         barrier.wait(ROUND_TIMEOUT_S)  # everyone has the last merged model: stop serving
