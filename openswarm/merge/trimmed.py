@@ -44,6 +44,8 @@ def trimmed_mean(
 def trimmed_count(beta: float, count: int) -> int:
     """How many values trimmed_mean drops from each end of `count` (see its rule)."""
     wanted = math.ceil(beta * count - 1e-9)  # 0.1 * 30 is 3.0000000000000004, not above 3
+    if beta > 0:
+        wanted = max(wanted, 1)
     return max(0, min(wanted, (count - 1) // 2))
 
 
