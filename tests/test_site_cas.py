@@ -32,7 +32,18 @@ SITES = {
     "a": [("ledger-1", "ledger"), ("adm-a", "admin"), ("pa", "peer")],
     "b": [("adm-b", "admin"), ("pb", "peer")],
 }
-NOW = round(time.time(), 3)
+NOW = round(time.time(), 3)  # ledger time: set again as each test starts (below)
+
+
+@pytest.fixture(autouse=True)
+def _ledger_time_now() -> None:
+    """Ledger time is the test's own start: certificates issued for the module a while ago
+    (a loaded run can take minutes to get here) are valid then, and so are those a test
+    issues itself (each is valid from five minutes before its issue)."""
+    global NOW
+    NOW = round(time.time(), 3)
+
+
 REGISTER = {"endpoint": "127.0.0.1:1", "weight": 1}
 
 
