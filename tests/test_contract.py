@@ -802,6 +802,20 @@ def test_an_auditor_that_cannot_recompute_abstains_and_is_replaced() -> None:
     assert event_types(d.ok("attest", auditor, 3, {"refused": "no"}))[-1] == "round_aborted"
 
 
+def test_an_auditor_that_leaves_or_restarts_is_replaced_at_once() -> None:
+    d = Driver(audit=1)
+    ranking = audited_round(d, FIVE[:4])
+    d.ok("merged", ranking[0], 2, {"digest": digest("m"), "size": 100})
+    first = d.contract.snapshot()["current"]["audit"]["auditors"][0]
+    result = d.ok("register", first, payload={"endpoint": "10.9.9.9:1", "audits": False})
+    assert event_types(result) == ["registered", "auditors_replaced"]
+    second = d.contract.snapshot()["current"]["audit"]["auditors"][0]
+    assert second != first
+    assert event_types(d.ok("leave", second)) == ["left", "auditors_replaced"]
+    third = d.contract.snapshot()["current"]["audit"]["auditors"]
+    assert third and third[0] not in (first, second)
+
+
 def test_with_audits_a_leader_may_leave_out_only_a_minority() -> None:
     d = Driver(audit=3)
     ranking = audited_round(d, FIVE[:4])

@@ -473,7 +473,9 @@ class TrainingContract:
             weight=weight,
             rejoined=rejoined,
         )
-        return [event, *self._all_finished_events(call, was_all_finished)]
+        # a new process does not carry on the old one's audit
+        gone = self._leave_audit(call, "registered again") if rejoined else []
+        return [event, *gone, *self._all_finished_events(call, was_all_finished)]
 
     def _weight(self, sender: str, payload: Mapping[str, Any], default: float) -> float:
         """The weight the contract's policy gives `sender` for this register or ready."""
@@ -693,6 +695,15 @@ class TrainingContract:
         event = self._event("auditors_replaced", call, round=self._round, replaced={name: (
             candidates[0] if candidates else None)}, auditors=list(audit["auditors"]))  # fmt: skip
         return [event, *self._settle_audit(call)]
+
+    def _leave_audit(self, call: ContractCall, why: str) -> list[dict[str, Any]]:
+        """The sender abstains from the audit it has not attested yet, if any (another
+        candidate takes its place at once instead of after the audit's deadline)."""
+        audit = self._audit
+        sender = call.sender
+        if audit is None or sender not in audit["auditors"] or sender in audit["attestations"]:
+            return []
+        return self._abstain(call, sender, why)
 
     def _settle_audit(self, call: ContractCall) -> list[dict[str, Any]]:
         """Decide the audit once a majority of its auditors attests the leader's digest and
@@ -1014,7 +1025,8 @@ class TrainingContract:
         self._withdraw(call.sender)
         self._members[call.sender].active = False
         event = self._event("left", call, member=call.sender)
-        return [event, *self._all_finished_events(call, was_all_finished)]
+        gone = self._leave_audit(call, "left the contract")
+        return [event, *gone, *self._all_finished_events(call, was_all_finished)]
 
     def _on_metrics(self, call: ContractCall) -> list[dict[str, Any]]:
         payload = call.payload
