@@ -740,15 +740,32 @@ def test_a_merge_the_majority_recomputes_otherwise_replaces_its_leader() -> None
     assert snap["demoted"] == [leader] and snap["bad_auditors"] == [others[0]]
     d.refused("merged", leader, 2, {"digest": digest("late"), "size": 1}, match="not the leader")
     # the new leader's merge gets auditors of its own: never itself nor the failed leader
-    proposed = d.ok("merged", others[0], 2, {"digest": digest("honest"), "size": 100})
+    proposed = d.ok("merged", others[0], 2, {"digest": digest("other"), "size": 100})
     assert proposed["events"][0]["auditors"] == others[1:4]
-    d.ok("attest", others[1], 2, attest("honest"))
-    d.ok("attest", others[3], 2, attest("honest"))
+    d.ok("attest", others[1], 2, attest("other"))
+    d.ok("attest", others[3], 2, attest("other"))
     record = d.contract.snapshot()["history"][1]
     assert record["failed_leaders"] == [leader] and record["leader"] == others[0]
     [rejected] = record["rejected_merges"]
     assert rejected["leader"] == leader and rejected["digest"] == digest("own model")
     assert rejected["contradicted"] == [others[0]]
+
+
+def test_a_merge_the_rejecting_majority_recomputed_counts_at_once() -> None:
+    # Merges are deterministic: when the next leader's merge is what the majority that
+    # rejected the first one recomputed, that majority has audited it already (and a hostile
+    # auditor left over cannot veto it).
+    d = Driver(audit=3)
+    ranking = audited_round(d, FIVE[:4])
+    leader, others = ranking[0], ranking[1:]
+    d.ok("merged", leader, 2, {"digest": digest("own model"), "size": 100})
+    d.ok("attest", others[1], 2, attest("honest"))
+    d.ok("attest", others[2], 2, attest("honest"))
+    assert d.contract.leader == others[0]
+    result = d.ok("merged", others[0], 2, {"digest": digest("honest"), "size": 100})
+    assert event_types(result) == ["merged"]
+    record = d.contract.snapshot()["history"][1]
+    assert sorted(record["audit"]["attestations"]) == sorted(others[1:3])
 
 
 def test_who_backed_a_merge_two_others_rejected_audits_no_more_that_round() -> None:
@@ -760,7 +777,7 @@ def test_who_backed_a_merge_two_others_rejected_audits_no_more_that_round() -> N
     d.ok("attest", others[0], 2, attest("honest"))
     d.ok("attest", others[2], 2, attest("honest"))
     assert d.contract.leader == others[0]
-    proposed = d.ok("merged", others[0], 2, {"digest": digest("honest"), "size": 100})
+    proposed = d.ok("merged", others[0], 2, {"digest": digest("other"), "size": 100})
     assert proposed["events"][0]["auditors"] == [others[2], others[3], others[4]]
 
 

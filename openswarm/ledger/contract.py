@@ -581,6 +581,14 @@ class TrainingContract:
                 f"{len(self._participants)} participants (it left out {len(excluded)}): "
                 "auditors recompute the merge of the others, so exclusions rest on its word"
             )
+        for earlier in self._rejected:
+            # the majority that rejected an earlier merge of this round recomputed this very
+            # merge (merges are deterministic): it is audited already
+            backers = {n: v for n, v in earlier["attestations"].items()
+                       if v == _verdict(digest, size)}  # fmt: skip
+            if len(backers) >= len(earlier["auditors"]) // 2 + 1:
+                record = _audit_record(earlier["auditors"], backers)
+                return self._accept_merge(call, leader, digest, size, excluded, record)
         auditors = self._auditor_candidates(call)[: self._settings.audit]
         auditors = auditors[: len(auditors) - 1 + len(auditors) % 2]  # odd: no ties
         if not auditors:  # nobody else may audit: the leader's word counts (recorded)
