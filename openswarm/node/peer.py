@@ -466,8 +466,8 @@ class SwarmPeer:
                 self._led.add(r)
                 self._lead(state, local)
             elif step.kind == "audit":
-                audit = view.audit or {}
-                self._audited.add((r, audit.get("leader", ""), audit.get("digest", "")))
+                assert view.audit is not None  # next_step audits only a pending audit
+                self._audited.add((r, view.audit["leader"], view.audit["digest"]))
                 self._audit(state, local)
             elif step.kind == "seal":
                 sent["seal"] = now
