@@ -28,7 +28,14 @@ Reported per cell, medians over the measured rounds:
   gather/merge), and the untimed checks (decodes, finiteness); in brackets the part spent
   inside ledger RPCs (`submit` and `state`, timed by wrapping the peer's LedgerClient);
 - rssGB: the peak of the K peer processes' summed RSS (sampled every 0.1 s), and load1:
-  the 1-minute load average when the cell started (other work on the machine shows here).
+  the 1-minute load average when the cell started (other work on the machine shows here);
+- L.mem and F.mem: each peer's own peak RSS in a round (the kernel's VmHWM, reset before
+  the round through /proc/self/clear_refs, so no peak is missed between samples) above its
+  baseline, in copies of the model (P * 4 bytes): the most over the measured rounds of the
+  leader, and of the followers. The baseline is the RSS a peer has once its parameters,
+  its torch copy of them and its channels exist, before the first round; so everything
+  the swarm holds for it (its snapshot, the merged model as bytes and decoded, buffers in
+  flight) counts, nothing it inherited from an earlier round is hidden.
 
 Memory: at P=50M a snapshot is 200 MB. The peers' snapshot stores keep 3 rounds of history
 by default (`openswarm.node.exchange._KEEP_ROUNDS`), about 8 snapshots per peer over the
@@ -224,6 +231,14 @@ def connect_all(peer: Any, timeout_s: float = 120.0) -> None:
                 time.sleep(0.2)
 
 
+def load_into(model: dict[str, Any], params: dict[str, Any]) -> None:
+    """Copy merged parameters into the torch tensors."""
+    import torch
+
+    for key, value in params.items():
+        model[key].copy_(torch.from_numpy(value))
+
+
 def peer_worker(cfg: WorkerConfig, queue: MpQueue[Message], barrier: MpBarrier) -> None:
     """One peer: register, then sync `1 + rounds` times, loading each merged model."""
     name = f"b{cfg.index + 1}"
@@ -254,21 +269,23 @@ def peer_worker(cfg: WorkerConfig, queue: MpQueue[Message], barrier: MpBarrier) 
         barrier.wait(ROUND_TIMEOUT_S)  # all registered: every endpoint is on the ledger
         connect_all(peer)
         queue.put({"kind": "connected", "peer": name})
+        baseline = own_memory("VmRSS")
         for round_index in range(cfg.rounds + 1):
             barrier.wait(ROUND_TIMEOUT_S)
             rpc.seconds = 0.0
             before = received.total
+            reset_peak()
             result = peer.sync(params)
             if result.params is None:
                 raise RuntimeError(f"round {result.round} ended without a merged model")
             start = time.perf_counter()
-            for key, value in result.params.items():
-                model[key].copy_(torch.from_numpy(value))
+            load_into(model, result.params)  # (no tensor of it outlives the round here)
             load = time.perf_counter() - start
             queue.put({
                 "kind": "round", "peer": name, "index": round_index, "round": result.round,
                 "leader": result.leader, "timings": {**result.timings, "load": load},
                 "rpc": rpc.seconds, "fetched": received.total - before,
+                "peak_copies": (own_memory("VmHWM") - baseline) / (cfg.count * 4),
             })  # fmt: skip
             del result
         barrier.wait(ROUND_TIMEOUT_S)  # everyone has the last merged model: stop serving
@@ -293,6 +310,8 @@ class Cell:
     audit: int = 0
     compression: str = "none"
     fetched_mb: float = 0.0  # MB all peers pulled in a round (median over rounds)
+    leader_copies: float = 0.0  # the leader's peak RSS above its baseline, in model copies
+    follower_copies: float = 0.0  # the same for the followers (the most of any)
     floor_s: float = 0.0
     round_s: float = 0.0
     wall_s: float = 0.0
@@ -307,6 +326,21 @@ class Cell:
     load1_end: float = 0.0
     seconds: float = 0.0
     skipped: str | None = None
+
+
+def own_memory(field: str) -> int:
+    """This process's `field` (VmRSS, VmHWM) of /proc/self/status, in bytes."""
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def reset_peak() -> None:
+    """Restart this process's VmHWM from its current RSS."""
+    with open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")
 
 
 def rss_bytes(pid: int) -> int:
@@ -378,6 +412,12 @@ def summarize(cell: Cell, rounds: list[list[Message]]) -> None:
         for key, values in followers.items():
             follower_rows.setdefault(key, []).append(statistics.median(values))
     cell.round_s = statistics.median(totals)
+    cell.leader_copies = max(
+        m["peak_copies"] for ms in rounds for m in ms if m["peer"] == m["leader"]
+    )
+    cell.follower_copies = max(
+        (m["peak_copies"] for ms in rounds for m in ms if m["peer"] != m["leader"]), default=0.0
+    )
     cell.fetched_mb = statistics.median(sum(m["fetched"] for m in ms) / 1e6 for ms in rounds)
     cell.leader = {k: statistics.median(v) for k, v in leader_rows.items()}
     cell.follower = {k: statistics.median(v) for k, v in follower_rows.items()}
@@ -471,7 +511,7 @@ def print_table(cells: list[Cell]) -> None:
         f"{'xfloor':>6} |"
         f"{'L.enc':>7} {'L.xfer':>7} {'L.merge':>7} {'L.load':>7} {'L.ledger(rpc)':>14} |"
         f"{'F.enc':>7} {'F.xfer':>7} {'F.load':>7} {'F.ledger(rpc)':>14} |"
-        f"{'n':>2} {'rssGB':>6} {'load1':>5}"
+        f"{'L.mem':>5} {'F.mem':>5} {'n':>2} {'rssGB':>6} {'load1':>5}"
     )
     print(head)
     print("-" * len(head))
@@ -489,6 +529,7 @@ def print_table(cells: list[Cell]) -> None:
             f"{lead['ledger']:7.3f}({lead['rpc']:5.3f}) |"
             f"{fmt_phase(fol, 'encode')} {fmt_phase(fol, 'transfer')} {fmt_phase(fol, 'load')} "
             f"{fol['ledger']:7.3f}({fol['rpc']:5.3f}) |"
+            f"{c.leader_copies:5.1f} {c.follower_copies:5.1f} "
             f"{c.rounds_used:>2} {c.rss_peak_gb:6.1f} {c.load1:5.2f}"
         )
 

@@ -13,23 +13,46 @@ from openswarm.codec.errors import CodecError
 from openswarm.codec.header import Entry, Layout
 from openswarm.codec.layout import as_byte_view, check_bool_bytes, read_layout, read_layout_file
 
+_ALIGN = 64  # where each decoded tensor starts in the block they share
 
-def decode(data: bytes | bytearray | memoryview, *, as_torch: bool = False) -> dict[str, Any]:
+
+def decode(
+    data: bytes | bytearray | memoryview, *, as_torch: bool = False, copy: bool = True
+) -> dict[str, Any]:
     """Tensors from safetensors bytes, in their original order (one copy of the data).
+
+    With ``copy=False`` (numpy only) the arrays are views of ``data``, read-only if it is
+    (no copy: for reading a model once, e.g. into a merge, while ``data`` is kept).
 
     bfloat16 rule: with ``as_torch`` it decodes exactly to ``torch.bfloat16``; as numpy it
     needs the ``ml_dtypes`` package and otherwise raises CodecError.
     """
+    if as_torch and not copy:
+        raise CodecError("copy=False decodes to numpy views; decode torch tensors with a copy")
     view = as_byte_view(data)
     layout = read_layout(view)
     _check_backend(layout, as_torch)
-    out: dict[str, Any] = {}
+    # The copies share one block (each tensor aligned), so a large model is one allocation
+    # that goes back to the system as a whole once its tensors are dropped.
+    offsets, total = [], 0
     for entry in layout.entries:
+        offsets.append(total)
+        total += -(-(entry.end - entry.begin) // _ALIGN) * _ALIGN
+    block = np.empty(total, np.uint8) if copy and sys.byteorder == "little" else None
+    out: dict[str, Any] = {}
+    for entry, offset in zip(layout.entries, offsets, strict=True):
         start = layout.data_start + entry.begin
         raw = view[start : layout.data_start + entry.end]
         check_bool_bytes(entry, raw)
-        flat = np.frombuffer(raw, dtype=entry.dtype.storage.newbyteorder("<"))
-        out[entry.name] = _wrap(flat.astype(entry.dtype.storage), entry, as_torch)
+        if block is not None:
+            target = block[offset : offset + len(raw)]
+            target[:] = np.frombuffer(raw, np.uint8)
+            flat = target.view(entry.dtype.storage)
+        else:
+            flat = np.frombuffer(raw, dtype=entry.dtype.storage.newbyteorder("<"))
+            if copy or not flat.dtype.isnative:
+                flat = flat.astype(entry.dtype.storage)
+        out[entry.name] = _wrap(flat, entry, as_torch)
     return out
 
 

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from openswarm.codec.errors import CodecError
 from openswarm.codec.finite import has_nonfinite
 from openswarm.codec.header import build_header
-from openswarm.codec.tensors import TensorView, iter_raw, tensor_views
+from openswarm.codec.tensors import TensorSpec, TensorView, iter_raw, tensor_views
 
 DEFAULT_CHUNK_SIZE = 1 << 20
 
@@ -24,6 +26,20 @@ def encode(params: Mapping[str, Any], *, require_finite: bool = False) -> bytes:
     """
     views = _checked(params, require_finite)
     return b"".join([build_header(views), *(raw for _, raw in iter_raw(views))])
+
+
+def allocate_encoded(specs: Sequence[TensorSpec]) -> tuple[bytearray, list[np.ndarray]]:
+    """The encoding of tensors `specs` with their values still to be written: the buffer
+    (header filled in) and each tensor's flat raw array, a view into it (bfloat16 as its
+    uint16 bits). Writing a result straight into these encodes it without a copy."""
+    header = build_header(specs)
+    buffer = bytearray(len(header) + sum(spec.nbytes for spec in specs))
+    buffer[: len(header)] = header
+    flats, offset = [], len(header)
+    for spec in specs:
+        flats.append(np.frombuffer(buffer, spec.dtype.storage, spec.size, offset))
+        offset += spec.nbytes
+    return buffer, flats
 
 
 def iter_encoded_chunks(

@@ -23,7 +23,7 @@ from openswarm.codec.limits import (
     check_tensor_count,
     shown,
 )
-from openswarm.codec.tensors import RESERVED_NAME, TensorView
+from openswarm.codec.tensors import RESERVED_NAME, TensorSpec
 
 ORDER_KEY = "openswarm.order"
 MAX_HEADER_BYTES = 100_000_000
@@ -49,7 +49,7 @@ class Layout:
     data_start: int
 
 
-def build_header(views: Sequence[TensorView]) -> bytes:
+def build_header(views: Sequence[TensorSpec]) -> bytes:
     """The length prefix and JSON header for tensors stored back to back in this order."""
     header: dict[str, Any] = {
         RESERVED_NAME: {ORDER_KEY: json.dumps([v.name for v in views], ensure_ascii=True)}

@@ -1,7 +1,8 @@
 """How models travel between sites: a contract's `compression`, lossless or lossy.
 
 - ``zstd`` (lossless): the bytes of a snapshot or merged model are zstd-compressed on the
-  wire and decompressed (bounded) on arrival; digests cover the uncompressed bytes.
+  wire and decompressed (bounded, openswarm.node.receive) as they arrive; digests and chunk
+  roots cover the uncompressed bytes.
 - ``float16`` / ``bfloat16`` (lossy): float32 and float64 tensors travel as 16-bit floats
   (round to nearest even; float16 turns values beyond ±65504 into infinities, which the
   merge then refuses as non-finite: use bfloat16 for such models).
@@ -17,7 +18,6 @@ the same lossy form and loads it back from there, so every site holds the same m
 
 from __future__ import annotations
 
-import io
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -66,10 +66,12 @@ class Transport:
             return encode(params)
         return encode(_quantize(params, self.lossy))
 
-    def unpack(self, data: bytes, structure: Mapping[str, TensorSpec] | None) -> dict[str, Any]:
+    def unpack(self, data: bytes | bytearray, structure: Mapping[str, TensorSpec] | None,
+               copy: bool = True) -> dict[str, Any]:  # fmt: skip
         """Decode `data` (from `pack`); lossy tensors back in `structure`'s dtypes (None:
-        this site's model is not known yet, so they stay as they travelled)."""
-        params = decode(data)
+        this site's model is not known yet, so they stay as they travelled). `copy=False`:
+        tensors that travelled as they are stay views of `data` (see `decode`)."""
+        params = decode(data, copy=copy)
         if self.lossy == "none" or structure is None:
             return params
         return _dequantize(params, self.lossy, structure)
@@ -81,25 +83,6 @@ class Transport:
         import zstandard
 
         return zstandard.ZstdCompressor(level=_ZSTD_LEVEL).compress(data)
-
-    def unwire(self, data: bytes, max_bytes: int) -> bytes:
-        """`data` as `wire` made it, back; CodecError if it is not, or exceeds max_bytes."""
-        if not self.zstd:
-            return data
-        import zstandard
-
-        try:
-            with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)) as reader:
-                plain = reader.read(max_bytes + 1)
-        except zstandard.ZstdError as exc:
-            raise CodecError(f"not a zstd stream: {exc}") from None
-        if len(plain) > max_bytes:
-            raise CodecError(f"decompresses to more than {max_bytes} bytes")
-        return plain
-
-    def wire_cap(self, max_bytes: int) -> int:
-        """The most wire bytes that can carry `max_bytes` (zstd adds a little at worst)."""
-        return max_bytes + (max_bytes >> 7) + 4096 if self.zstd else max_bytes
 
 
 def _quantize(params: Mapping[str, Any], lossy: str) -> dict[str, Any]:

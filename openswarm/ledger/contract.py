@@ -484,7 +484,7 @@ class TrainingContract:
 
     def _on_ready(self, call: ContractCall) -> list[dict[str, Any]]:
         payload = call.payload
-        check_fields(payload, "ready", ("digest", "size"), ("weight",))
+        check_fields(payload, "ready", ("digest", "size"), ("weight", "root"))
         self._require_current(call.round)
         if self._sealed:
             raise ContractError(f"round {call.round} is already sealed")
@@ -494,6 +494,8 @@ class TrainingContract:
 
         replaced = call.sender in self._ready
         self._ready[call.sender] = {"digest": digest, "size": size, "weight": weight}
+        if "root" in payload:  # the chunk root fetchers check each chunk against
+            self._ready[call.sender]["root"] = check_digest(payload["root"], "payload.root")
         event = self._event(
             "ready",
             call,

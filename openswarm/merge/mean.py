@@ -9,9 +9,9 @@ import numpy as np
 
 from openswarm.codec.arrays import numpy_bfloat16
 from openswarm.codec.dtypes import DType
-from openswarm.merge.combine import combine
 from openswarm.merge.errors import MergeInputError
 from openswarm.merge.inputs import Prepared, prepare
+from openswarm.merge.running_mean import RunningMean, redo_in_float64, weight_scale
 
 
 def mean(
@@ -20,21 +20,31 @@ def mean(
     *,
     out: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
-    """Weighted mean, streamed: extra memory is about one parameter set for any peer count.
+    """Weighted mean ``sum(w_i * x_i) / sum(w_i)``, added up set by set in the given order
+    (openswarm.merge.running_mean, which a leader streaming snapshots uses too): extra
+    memory is about one parameter set for any peer count.
 
     Floats accumulate in float32 (16/32-bit) or float64; integers in float64, then round
-    half to even; bools are True on a strict weighted majority. The finiteness of the
-    peers taking part is checked within the same pass over the data (zero-weight peers
-    beforehand); a NaN or infinity raises MergeInputError naming the peer and tensor.
+    half to even; bools are True on a strict weighted majority. Every input is checked to
+    be finite first; a NaN or infinity raises MergeInputError naming the peer and tensor.
 
     `out` (numpy inputs only): C-contiguous arrays of the inputs' names, shapes and dtypes
     (bfloat16 as ``ml_dtypes`` arrays or their uint16 bits) to write the result into, e.g.
     kept from one round to the next so that no fresh memory is touched; the returned arrays
     are views of them.
     """
-    prep = prepare(param_sets, weights, check_finite="dropped")
+    prep = prepare(param_sets, weights)
+    raw = [1.0] * len(param_sets) if weights is None else [float(w) for w in weights]
+    kept = [raw[i] for i in prep.peers]
+    scale = weight_scale(kept)
     outputs = None if out is None else _flat_outputs(prep, out)
-    return prep.build(combine(prep, prep.weights, outputs))
+    running = RunningMean(prep.specs, scale, outputs)
+    for flats, weight in zip(prep.flats, kept, strict=True):
+        running.add(flats, weight)
+    for t in running.finish():
+        redo_in_float64(prep.specs[t], [flats[t] for flats in prep.flats], kept, scale,
+                        running.outputs[t])  # fmt: skip
+    return prep.build(running.outputs)
 
 
 def _flat_outputs(prep: Prepared, out: Mapping[str, np.ndarray]) -> list[np.ndarray]:

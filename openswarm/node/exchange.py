@@ -2,7 +2,9 @@
 
 Each peer serves the snapshots it has published (its local parameters for a round, and the
 merged parameters when it led one). Fetchers name the digest they expect and check it on
-arrival, so a peer can never be handed other parameters than the ledger recorded.
+arrival, so a peer can never be handed other parameters than the ledger recorded. A fetcher
+that knows the snapshot's chunk root (from `ready`) asks for its chunk digests first and
+checks every chunk as it arrives (openswarm.node.receive), instead of the whole at the end.
 
 Neither side trusts the other with its resources: a fetch stops at the size the ledger
 recorded, when the server goes silent and at a deadline; a server asks an `authorize` hook
@@ -17,12 +19,12 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
 
 import grpc
 
 from openswarm.codec import CodecError, digest_encoded
+from openswarm.codec.chunks import CHUNK_BYTES, leaves
 from openswarm.net import (
     FAST_RECONNECT,
     caller_certificate,
@@ -30,11 +32,11 @@ from openswarm.net import (
     require_role,
     secure_channel,
 )
+from openswarm.node.receive import ReceiveError, Receiver
 from openswarm.pki import CertIdentity, Identity, PkiError, identity_host, split_bundle
 from openswarm.protocol import MODEL_KINDS
 
 SERVICE = "openswarm.node.Exchange"
-CHUNK_BYTES = 1 << 20
 KINDS = MODEL_KINDS
 _WIRED_KEPT = 4  # compressed models a server keeps ready
 MAX_FETCHES_PER_CALLER = 2
@@ -54,32 +56,49 @@ class ExchangeError(RuntimeError):
     """A snapshot could not be fetched, or arrived other than the ledger recorded."""
 
 
-@dataclass(frozen=True)
+@dataclass
 class Snapshot:
     kind: str
     round: int
     digest: str
-    data: bytes
+    data: bytes | bytearray
+    _leaves: bytes | None = field(default=None, repr=False)
+
+    @property
+    def leaves(self) -> bytes:
+        """Its chunk digests (openswarm.codec.chunks), computed once."""
+        if self._leaves is None:
+            self._leaves = leaves(self.data)
+        return self._leaves
 
 
 class SnapshotStore:
-    """What this peer serves: its snapshot and the merged model of a few recent rounds (one
-    of each kind per round), and, as a round's leader, the other participants' snapshots
-    of the newest round it pulled ("mirror", for the round's auditors)."""
+    """What this peer serves: its snapshot of the newest round, the merged model of a few
+    recent rounds (one per round), and, as a round's leader, the other participants'
+    snapshots of the newest round it pulled ("mirror", for the round's auditors)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._items: dict[tuple[str, int, str], Snapshot] = {}
 
-    def publish(self, kind: str, round: int, digest: str, data: bytes) -> None:
+    def publish(self, kind: str, round: int, digest: str, data: bytes | bytearray,
+                leaves: bytes | None = None) -> None:  # fmt: skip
+        """Serve `data` as `kind` of `round`; `leaves`, its chunk digests, if known."""
         with self._lock:
             if kind != "mirror":
                 for key in [k for k in self._items if k[:2] == (kind, round)]:
                     del self._items[key]
-            self._items[(kind, round, digest)] = Snapshot(kind, round, digest, data)
+            self._items[(kind, round, digest)] = Snapshot(kind, round, digest, data, leaves)
             newest = max(r for _, r, _ in self._items)
+            # a local snapshot (and its mirror) is fetched only in its own round
             for key in [k for k in self._items if k[1] < newest - _KEEP_ROUNDS
-                        or (k[0] == "mirror" and k[1] < newest)]:  # fmt: skip
+                        or (k[0] in ("local", "mirror") and k[1] < newest)]:  # fmt: skip
+                del self._items[key]
+
+    def forget(self, kind: str, round: int) -> None:
+        """Stop serving `kind` of `round` (e.g. a local snapshot once its round is over)."""
+        with self._lock:
+            for key in [k for k in self._items if k[:2] == (kind, round)]:
                 del self._items[key]
 
     def find(self, kind: str, round: int, digest: str) -> Snapshot | None:
@@ -186,7 +205,7 @@ class ExchangeServer:
     def _serve(
         self, caller: CertIdentity, request: bytes, context: grpc.ServicerContext
     ) -> Iterator[bytes]:
-        kind, round, digest = _parse_ask(request, context)
+        kind, round, digest, with_leaves = _parse_ask(request, context)
         reason = self._site_refusal(context)
         if reason is None and self._authorize is not None:
             reason = self._authorize(caller, kind, round)
@@ -197,6 +216,8 @@ class ExchangeServer:
             context.abort(
                 grpc.StatusCode.NOT_FOUND, f"no {kind} snapshot of round {round} with that digest"
             )
+        if with_leaves:
+            yield snapshot.leaves
         view = memoryview(self._on_wire(snapshot))
         for start in range(0, len(view), CHUNK_BYTES):
             chunk = bytes(view[start : start + CHUNK_BYTES])
@@ -255,12 +276,15 @@ class ExchangeServer:
         self.server.stop(0.5).wait()
 
 
-def _parse_ask(request: bytes, context: grpc.ServicerContext) -> tuple[str, int, str]:
+def _parse_ask(request: bytes, context: grpc.ServicerContext) -> tuple[str, int, str, bool]:
     try:
         asked = json.loads(request)
-        return str(asked["kind"]), int(asked["round"]), str(asked["digest"])
-    except (ValueError, KeyError, TypeError, OverflowError, RecursionError):
-        context.abort(grpc.StatusCode.INVALID_ARGUMENT, "ask for {kind, round, digest}")
+        with_leaves = asked.get("leaves", False)
+        if not isinstance(with_leaves, bool):
+            raise TypeError("leaves must be true or false")
+        return str(asked["kind"]), int(asked["round"]), str(asked["digest"]), with_leaves
+    except (ValueError, KeyError, TypeError, OverflowError, RecursionError, AttributeError):
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, "ask for {kind, round, digest, leaves?}")
         raise  # unreachable: abort raises
 
 
@@ -310,25 +334,46 @@ class ExchangeClient:
         deadline_s: float = 120.0,
         idle_s: float = 30.0,
         peer: str | None = None,
-        unwire: Callable[[bytes], bytes] | None = None,
-    ) -> bytes:
-        """The snapshot's bytes, checked against `digest`; ExchangeError otherwise.
+        size: int | None = None,
+        root: str | None = None,
+        zstd: bool = False,
+    ) -> bytearray:
+        """The snapshot's bytes, checked; ExchangeError otherwise.
 
-        The call is cancelled as soon as more than `max_bytes` arrive, when no chunk comes
+        `max_bytes` bounds the model's bytes, `size` (if known: the ledger's record) fixes
+        them, so the buffer is allocated once. With `root` (the snapshot's chunk root) every
+        chunk is checked against it as it arrives and no digest is computed; without it the
+        whole is checked against `digest`. `zstd`: the wire is zstd-compressed (it is
+        decompressed as it comes, never past the bound).
+
+        The call is cancelled as soon as more bytes arrive than that, when no chunk comes
         for `idle_s` seconds, and in any case after `deadline_s` seconds. With `peer`, the
         server must hold that peer's identity (so a site cannot register another's address
-        and have its snapshot counted as its own). `unwire` undoes the wire's compression
-        (bounded; CodecError if the bytes are not what it expects) before the digest check.
+        and have its snapshot counted as its own).
         """
         _check_limits(max_bytes, deadline_s, idle_s)
         what = f"the {kind} model of round {round} from {peer or endpoint}"
-        call = self._stub(endpoint, peer)(
-            json.dumps({"kind": kind, "round": round, "digest": digest}).encode(),
-            timeout=deadline_s,
-        )
+        if size is not None and not 0 <= size <= max_bytes:
+            raise ExchangeError(
+                f"fetching {what}: the ledger records {size} bytes, more than the {max_bytes} "
+                "this site accepts"
+            )
+        if root is not None and size is None:
+            raise ExchangeError(f"fetching {what}: checking chunks needs the model's size")
+        receiver = Receiver(size, max_bytes, root, zstd)
+        ask = {"kind": kind, "round": round, "digest": digest}
+        if root is not None:
+            ask["leaves"] = True
+        call = self._stub(endpoint, peer)(json.dumps(ask).encode(), timeout=deadline_s)
         watch = _IdleWatch(call, idle_s)
         try:
-            buffer = _receive(call, watch, max_bytes, what)
+            for message in call:
+                watch.touch()
+                receiver.add(message)
+            data = receiver.finish()
+        except ReceiveError as exc:
+            call.cancel()
+            raise ExchangeError(f"fetching {what}: {exc}; cancelled") from None
         except grpc.RpcError as exc:
             if watch.fired:
                 raise ExchangeError(
@@ -337,14 +382,10 @@ class ExchangeClient:
             raise ExchangeError(_rpc_failure(exc, what, deadline_s)) from exc
         finally:
             watch.stop()
-        self.received.add(len(buffer))
-        if unwire is not None:
-            try:
-                buffer = bytearray(unwire(bytes(buffer)))
-            except CodecError as exc:
-                raise ExchangeError(f"{what} arrived malformed: {exc}") from None
-        _check_digest(buffer, digest, endpoint, kind, round)
-        return bytes(buffer)
+            self.received.add(receiver.wire_bytes)
+        if root is None:
+            _check_digest(data, digest, endpoint, kind, round)
+        return data
 
     def _stub(self, endpoint: str, peer: str | None) -> grpc.UnaryStreamMultiCallable:
         with self._lock:
@@ -381,21 +422,6 @@ def _rpc_failure(exc: grpc.RpcError, what: str, deadline_s: float) -> str:
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return f"fetching {what}: not done within the {deadline_s:g} s deadline"
     return f"fetching {what} failed: {code.name}: {details}"
-
-
-def _receive(call: Any, watch: _IdleWatch, max_bytes: int, what: str) -> bytearray:
-    """The streamed chunks, joined; cancels the call once they pass `max_bytes`."""
-    buffer = bytearray()
-    for chunk in call:
-        watch.touch()
-        if len(buffer) + len(chunk) > max_bytes:
-            call.cancel()
-            raise ExchangeError(
-                f"fetching {what}: the peer sent {len(buffer) + len(chunk)} bytes, more than "
-                f"the {max_bytes} expected; cancelled"
-            )
-        buffer += chunk
-    return buffer
 
 
 def _check_digest(buffer: bytearray, digest: str, endpoint: str, kind: str, round: int) -> None:

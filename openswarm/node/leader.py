@@ -3,11 +3,17 @@
 `Leader.run` returns the merged model's bytes and digest and who was used or left out (and
 why); the peer publishes it and records it on the ledger. Nothing a participant sends can
 make it fail: a snapshot that cannot be had, is the wrong size, or does not decode, fit or
-stay finite is left out and named. Each check runs once: names, shapes and dtypes as a
-snapshot arrives, finiteness inside the merge's own pass over the data (a snapshot it
-finds NaN or infinity in is left out and the rest merged again). Snapshots are merged in
-the ledger's ranking order, so an auditor (`Leader.recompute`) that pulls the same ones gets
-the same bits (merges are deterministic, see openswarm.merge.sums).
+stay finite is left out and named. Snapshots are merged in the ledger's ranking order, so
+an auditor (`Leader.recompute`) that pulls the same ones gets the same bits (merges are
+deterministic, see openswarm.merge.sums).
+
+`mean` streams: snapshots arrive two at a time, each checked chunk by chunk against the root
+its site announced (openswarm.node.receive), then for names, shapes and dtypes, then for
+NaN and infinity, and only then added to the running sum (openswarm.merge.running_mean),
+which is written straight into the merged model's encoding. A snapshot that fails anywhere
+is left out before it touches the sum, and the leader holds its own snapshot, the merge and
+two incoming snapshots at most. The other methods need every input at once: they gather
+all snapshots, then merge.
 """
 
 from __future__ import annotations
@@ -15,16 +21,20 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from openswarm.codec import CodecError, check_finite, digest_encoded
+from openswarm.codec.arrays import flat_storage, from_storage
+from openswarm.codec.encode import allocate_encoded
+from openswarm.codec.finite import has_nonfinite
+from openswarm.codec.tensors import TensorSpec
 from openswarm.codec.transport import Transport
-from openswarm.merge import MergeInputError, NonFiniteInput, mean, merge
+from openswarm.merge import MergeInputError, NonFiniteInput, merge
+from openswarm.merge.running_mean import RunningMean, weight_scale
 from openswarm.node.checks import Params, Structure, mismatch, structure
 from openswarm.node.exchange import ExchangeClient, ExchangeError
 from openswarm.node.settings import SwarmSettings
@@ -32,6 +42,7 @@ from openswarm.node.settings import SwarmSettings
 log = logging.getLogger("openswarm.peer")
 
 MAX_IDLE_S = 10.0  # a snapshot download with no byte for this long has stalled
+STREAM_WINDOW = 2  # snapshots a streaming merge holds at once: one added, one arriving
 Timed = Callable[[str], contextlib.AbstractContextManager[None]]
 
 
@@ -39,14 +50,14 @@ Timed = Callable[[str], contextlib.AbstractContextManager[None]]
 class Merged:
     """What leading one round produced."""
 
-    data: bytes
+    data: bytes | bytearray
     digest: str
     used: list[str]
     excluded: list[dict[str, str]]  # {"name", "reason"} of each participant left out
 
 
 class Leader:
-    """Gathers and merges the rounds this site leads; keeps `mean`'s output buffers."""
+    """Gathers and merges the rounds this site leads (and recomputes the ones it audits)."""
 
     def __init__(self, name: str, settings: SwarmSettings, fetcher: ExchangeClient,
                  timed: Timed) -> None:  # fmt: skip
@@ -54,8 +65,6 @@ class Leader:
         self.settings = settings
         self.fetcher = fetcher
         self.timed = timed
-        self._out: Params = {}
-        self._out_shape: list[Any] = []
         self.transport = Transport()  # how models travel (the contract's compression)
         # where a leader keeps the snapshots it pulled, for its auditors: (round, digest, data)
         self.mirror: Callable[[int, str, bytes], None] | None = None
@@ -66,7 +75,7 @@ class Leader:
         current model (what every snapshot must look like), `cap` the largest download.
         In the contract's first round the leader's own model is handed out unmerged.
         MergeInputError if nothing could be merged."""
-        own = self.transport.unpack(own_data, reference)
+        own = self.transport.unpack(own_data, reference, copy=False)
         if view["latest_merged"] is None:  # the initial sync: everyone adopts the leader's
             try:
                 check_finite(own)
@@ -75,11 +84,14 @@ class Leader:
                     f"this site's own model cannot start the swarm: {exc}"
                 ) from None
             return Merged(own_data, digest_encoded(own_data), [self.name], [])
+        pulls = _Pulls(self, view, round, own_data, own, reference or structure(own), cap)
+        names = list(view["current"]["ranking"])
+        if self._streams():
+            streamed = self._stream(pulls, names)
+            if streamed is not None:
+                return streamed
         with self.timed("transfer"):
-            model = reference or structure(own)
-            names = list(view["current"]["ranking"])
-            sets, weights, used, excluded = self._gather(view, round, names, own_data, own,
-                                                         model, cap)  # fmt: skip
+            sets, weights, used, excluded = self._gather(pulls, names)
         with self.timed("merge"):
             merged_params = self._merge_finite(round, sets, weights, used, excluded)
         with self.timed("encode"):
@@ -96,11 +108,18 @@ class Leader:
         audit = view["current"]["audit"]
         left_out = {entry["name"] for entry in audit["excluded"]}
         names = [n for n in view["current"]["ranking"] if n not in left_out]
-        own = self.transport.unpack(own_data, reference)
+        own = self.transport.unpack(own_data, reference, copy=False)
+        pulls = _Pulls(self, view, round, own_data, own, reference or structure(own), cap,
+                       audit["leader"])  # fmt: skip
+        if self._streams():
+            streamed = self._stream(pulls, names)
+            if streamed is not None:
+                if streamed.excluded:
+                    first = streamed.excluded[0]
+                    raise MergeInputError(f"snapshot of {first['name']}: {first['reason']}")
+                return streamed
         with self.timed("transfer"):
-            model = reference or structure(own)
-            sets, weights, used, excluded = self._gather(view, round, names, own_data, own,
-                                                         model, cap, audit["leader"])  # fmt: skip
+            sets, weights, used, excluded = self._gather(pulls, names)
         if excluded:
             raise MergeInputError(f"snapshot of {excluded[0]['name']}: {excluded[0]['reason']}")
         with self.timed("merge"):
@@ -112,6 +131,73 @@ class Leader:
         with self.timed("encode"):
             data = self.transport.pack(params)
         return Merged(data, digest_encoded(data), used, [])
+
+    def _streams(self) -> bool:
+        """Whether the contract's merge can take snapshots one at a time (`mean`)."""
+        return self.settings.merge_method == "mean" and not self.settings.merge_options
+
+    def _stream(self, pulls: _Pulls, names: list[str]) -> Merged | None:
+        """The weighted mean of `names`' snapshots, each added as soon as it has arrived
+        whole and checked (chunks, structure, finiteness), in ranking order, while the next
+        one arrives; one that fails is left out before it touches the sum. Lossless, the
+        mean is written straight into its encoding. None if the sum overflowed or only
+        zero weights are left: then the caller merges the whole sets instead (same bits)."""
+        ready = pulls.view["current"]["ready"]
+        weights = {name: float(ready[name]["weight"]) for name in names}
+        if not any(weights.values()):
+            weights = dict.fromkeys(names, 1.0)
+        specs = list(pulls.reference.values())
+        if self.transport.lossy_mode:
+            buffer, outputs = None, None
+        else:
+            buffer, outputs = allocate_encoded(specs)
+        running = RunningMean(specs, weight_scale(list(weights.values())), outputs)
+        used: list[str] = []
+        excluded: list[dict[str, str]] = []
+        waiting: deque[tuple[str, Future[Params | str]]] = deque()
+        queue = iter(names)
+        with ThreadPoolExecutor(max_workers=STREAM_WINDOW) as pool:
+
+            def start_next() -> None:
+                name = next(queue, None)
+                if name is not None:
+                    waiting.append((name, pool.submit(pulls.pull, name)))
+
+            for _ in range(STREAM_WINDOW - 1):
+                start_next()
+            while waiting:  # the next snapshot arrives while this one is added
+                name, future = waiting.popleft()
+                with self.timed("transfer"):
+                    got = future.result()
+                with self.timed("merge"):
+                    if not isinstance(got, str):
+                        got = _nonfinite(got, specs) or got
+                    if isinstance(got, str):
+                        log.warning("%s: leaving %s out of round %d: %s", self.name, name,
+                                    pulls.round, got)  # fmt: skip
+                        excluded.append({"name": name, "reason": got[:500]})
+                    else:
+                        if weights[name] > 0:
+                            running.add([flat_storage(got[s.name], s.dtype) for s in specs],
+                                        weights[name])  # fmt: skip
+                        used.append(name)
+                del got  # before the next pull starts: two snapshots in memory at most
+                start_next()
+        if not used:
+            raise MergeInputError("no snapshot left to merge")
+        with self.timed("merge"):
+            if running.count == 0 or running.finish():
+                return None
+        with self.timed("encode"):
+            if buffer is None:
+                data: bytes | bytearray = self.transport.pack(
+                    {s.name: from_storage(o, s.shape, s.dtype, as_torch=False) for s, o in
+                     zip(specs, running.outputs, strict=True)}
+                )  # fmt: skip
+            else:
+                data = buffer
+            digest = digest_encoded(data)
+        return Merged(data, digest, used, excluded)
 
     def _merge_finite(self, round: int, sets: list[Params], weights: list[float],
                       used: list[str], excluded: list[dict[str, str]]) -> Params:  # fmt: skip
@@ -132,97 +218,114 @@ class Leader:
                     weights[:] = [1.0] * len(sets)
 
     def _merge(self, sets: list[Params], weights: list[float]) -> Params:
-        """Merge with the contract's method; `mean` reuses its output arrays across rounds
-        (they are encoded and published right after, so nothing else holds them)."""
-        if self.settings.merge_method == "mean" and not self.settings.merge_options:
-            shape = [(n, v.shape, v.dtype) for n, v in sets[0].items()]
-            if self._out_shape != shape:
-                self._out = {n: np.empty(v.shape, v.dtype) for n, v in sets[0].items()}
-                self._out_shape = shape
-            return mean(sets, weights, out=self._out)
+        """Merge the whole sets with the contract's method."""
         return merge(sets, weights, method=self.settings.merge_method,
                      **dict(self.settings.merge_options))  # fmt: skip
 
     def _gather(
-        self, view: Mapping[str, Any], round: int, names: list[str], own_data: bytes,
-        own: Params, reference: Structure, cap: int, mirror_from: str | None = None,
-    ) -> tuple[list[Params], list[float], list[str], list[dict[str, str]]]:  # fmt: skip
-        """Pull and check the snapshots of `names` (participants, in this order); refuse
-        the ones that don't fit. An auditor tries the round's leader (`mirror_from`) for a
-        snapshot its owner does not hand over; a leader of an audited round keeps what it
-        pulled for them (`mirror`)."""
-        current = view["current"]
-        # Sites of one model encode to the same size, so the size on the ledger must be ours
-        # (a cap either way); the whole gather ends well inside the leader timeout.
-        expected = len(own_data) if mismatch(reference, own) is None else None
-        timeout = float(view["settings"]["leader_timeout_s"])
-        deadline = time.monotonic() + timeout / 2
-
-        def pull(name: str) -> Params | str:
-            entry = current["ready"][name]
-            member = view["members"].get(name)
-            try:
-                if name == self.name:
-                    params = own
-                elif member is None:
-                    return "not a member"
-                elif entry["size"] != (expected or entry["size"]) or entry["size"] > cap:
-                    return (f"announced a snapshot of {entry['size']} bytes, but the model's "
-                            f"names, shapes and dtypes encode to {len(own_data)}")  # fmt: skip
-                else:
-                    data = fetch(name, member, entry)
-                    params = self.transport.unpack(data, reference)
-            except (ExchangeError, CodecError) as exc:
-                return str(exc)
-            return mismatch(reference, params) or params
-
-        def fetch(name: str, member: Mapping[str, Any], entry: Mapping[str, Any]) -> bytes:
-            size = int(entry["size"])
-            options = dict(
-                max_bytes=self.transport.wire_cap(size),
-                idle_s=min(MAX_IDLE_S, timeout / 4),
-                unwire=lambda data: self.transport.unwire(data, size),
-            )
-            sources = [(name, member["endpoint"], "local")]
-            holder = view["members"].get(mirror_from or "")
-            if mirror_from not in (None, name, self.name) and holder is not None:
-                sources.append((mirror_from, holder["endpoint"], "mirror"))
-            problems = []
-            for peer, endpoint, kind in sources:
-                try:
-                    data = self.fetcher.fetch(
-                        endpoint,
-                        kind,
-                        round,
-                        entry["digest"],
-                        peer=peer,
-                        deadline_s=deadline - time.monotonic(),
-                        **options,
-                    )
-                except ExchangeError as exc:
-                    problems.append(str(exc))
-                    continue
-                if (
-                    self.mirror is not None
-                    and mirror_from is None
-                    and view["settings"].get("audit")
-                ):  # a leader of an audited round
-                    self.mirror(round, entry["digest"], data)
-                return data
-            raise ExchangeError("; ".join(problems))
-
+        self, pulls: _Pulls, names: list[str]
+    ) -> tuple[list[Params], list[float], list[str], list[dict[str, str]]]:
+        """Pull and check the snapshots of `names` (participants, in this order), all at
+        once; refuse the ones that don't fit."""
         with ThreadPoolExecutor(max_workers=min(8, len(names))) as pool:
-            pulled = dict(zip(names, pool.map(pull, names), strict=True))
+            pulled = dict(zip(names, pool.map(pulls.pull, names), strict=True))
+        ready = pulls.view["current"]["ready"]
         sets, weights, used, excluded = [], [], [], []
         for name in names:
             got = pulled[name]
             if isinstance(got, str):
-                log.warning("%s: leaving %s out of round %d: %s", self.name, name, round, got)
+                log.warning("%s: leaving %s out of round %d: %s", self.name, name, pulls.round,
+                            got)  # fmt: skip
                 excluded.append({"name": name, "reason": got[:500]})
                 continue
             sets.append(got)
-            weights.append(float(current["ready"][name]["weight"]))
+            weights.append(float(ready[name]["weight"]))
             used.append(name)
         if not any(weights):
             weights = [1.0] * len(sets)
         return sets, weights, used, excluded
+
+
+class _Pulls:
+    """Pulling one round's snapshots and checking each fits. An auditor tries the round's
+    leader (`mirror_from`) for a snapshot its owner does not hand over; a leader of an
+    audited round keeps what it pulled for them (`Leader.mirror`)."""
+
+    def __init__(self, leader: Leader, view: Mapping[str, Any], round: int, own_data: bytes,
+                 own: Params, reference: Structure, cap: int,
+                 mirror_from: str | None = None) -> None:  # fmt: skip
+        self.leader, self.view, self.round = leader, view, round
+        self.own_data, self.own, self.reference, self.cap = own_data, own, reference, cap
+        self.mirror_from = mirror_from
+        # Sites of one model encode to the same size, so the size on the ledger must be ours
+        # (a cap either way); the whole gather ends well inside the leader timeout.
+        self.expected = len(own_data) if mismatch(reference, own) is None else None
+        self.timeout = float(view["settings"]["leader_timeout_s"])
+        self.deadline = time.monotonic() + self.timeout / 2
+
+    def pull(self, name: str) -> Params | str:
+        """`name`'s snapshot, checked and decoded (views of the bytes that came where the
+        transport allows), or why it cannot be had."""
+        entry = self.view["current"]["ready"][name]
+        member = self.view["members"].get(name)
+        transport = self.leader.transport
+        try:
+            if name == self.leader.name:
+                params = self.own
+            elif member is None:
+                return "not a member"
+            elif entry["size"] != (self.expected or entry["size"]) or entry["size"] > self.cap:
+                return (f"announced a snapshot of {entry['size']} bytes, but the model's "
+                        f"names, shapes and dtypes encode to {len(self.own_data)}")  # fmt: skip
+            else:
+                data = self._fetch(name, member, entry)
+                params = transport.unpack(data, self.reference, copy=False)
+        except (ExchangeError, CodecError) as exc:
+            return str(exc)
+        return mismatch(self.reference, params) or params
+
+    def _fetch(self, name: str, member: Mapping[str, Any], entry: Mapping[str, Any]) -> bytearray:
+        size = int(entry["size"])
+        options = dict(
+            max_bytes=size,
+            size=size,
+            root=entry.get("root"),
+            zstd=self.leader.transport.zstd,
+            idle_s=min(MAX_IDLE_S, self.timeout / 4),
+        )
+        sources = [(name, member["endpoint"], "local")]
+        holder = self.view["members"].get(self.mirror_from or "")
+        if self.mirror_from not in (None, name, self.leader.name) and holder is not None:
+            sources.append((self.mirror_from, holder["endpoint"], "mirror"))
+        problems = []
+        for peer, endpoint, kind in sources:
+            try:
+                data = self.leader.fetcher.fetch(
+                    endpoint,
+                    kind,
+                    self.round,
+                    entry["digest"],
+                    peer=peer,
+                    deadline_s=self.deadline - time.monotonic(),
+                    **options,
+                )
+            except ExchangeError as exc:
+                problems.append(str(exc))
+                continue
+            mirror = self.leader.mirror
+            if (
+                mirror is not None
+                and self.mirror_from is None
+                and self.view["settings"].get("audit")
+            ):  # a leader of an audited round
+                mirror(self.round, entry["digest"], data)
+            return data
+        raise ExchangeError("; ".join(problems))
+
+
+def _nonfinite(params: Params, specs: list[TensorSpec]) -> str | None:
+    """Why `params` cannot be merged if a float tensor holds NaN or infinity."""
+    for spec in specs:
+        if has_nonfinite(flat_storage(params[spec.name], spec.dtype), spec.dtype):
+            return f"tensor {spec.name!r} contains NaN or infinity"
+    return None

@@ -17,7 +17,6 @@ a site's local snapshot, and only active members a merged one.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import math
 import random
@@ -28,6 +27,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from openswarm.codec import CodecError, check_finite, digest_encoded
+from openswarm.codec.chunks import leaves as chunk_leaves
+from openswarm.codec.chunks import root_of
 from openswarm.codec.transport import Transport
 from openswarm.ledger.client import LedgerClient, LedgerError, Outcome
 from openswarm.ledger.tx import make_transaction
@@ -36,6 +37,7 @@ from openswarm.node.checks import Structure, mismatch, structure
 from openswarm.node.decide import IDLE_S, Me, RoundView, next_step
 from openswarm.node.exchange import CHUNK_BYTES, ExchangeClient, ExchangeError, ExchangeServer
 from openswarm.node.leader import MAX_IDLE_S, Leader
+from openswarm.node.memory import release_freed_memory
 from openswarm.node.settings import NetworkConfig, SwarmSettings
 from openswarm.node.vouch import LedgerVouch
 from openswarm.node.watch import ContractWatch, WatchError
@@ -395,12 +397,13 @@ class SwarmPeer:
         with self._timed("encode"):
             data = self.transport.pack(params)
             digest = digest_encoded(data)
-        payload: dict[str, Any] = {"digest": digest, "size": len(data)}
+            leaves = chunk_leaves(data)
+        payload: dict[str, Any] = {"digest": digest, "size": len(data), "root": root_of(leaves)}
         if self._declares_weight:
             payload["weight"] = self.settings.weight if weight is None else weight
         while True:
             round = self.view()["round"]
-            self.server.store.publish("local", round, digest, data)
+            self.server.store.publish("local", round, digest, data, leaves)
             local = _Local(round, data, digest)
             self._local = local
             if self._own_structure is None:
@@ -413,6 +416,7 @@ class SwarmPeer:
             self._wait_round_closed(round)
             if not retry:
                 return RoundResult(round, None, None, None, ())
+        del data  # `local` holds it, until the round is over
         result = self._follow(local) or RoundResult(local.round, None, None, None, ())
         timings = dict(self._timings)
         timings["total"] = time.perf_counter() - started
@@ -509,7 +513,10 @@ class SwarmPeer:
                      ", ".join(waiting) or "new peers")  # fmt: skip
 
     def _closed(self, view: dict[str, Any], r: int, local: _Local) -> RoundResult | None:
-        del local
+        # Nobody fetches a local snapshot once its round is over: let its memory go before
+        # the merged model comes.
+        self.server.store.forget("local", r)
+        local.data = b""
         record = next((h for h in view["history"] if h["round"] == r), None)
         if record is None:  # long ago (this process was stalled): read the full history
             full = self._ledger_call(lambda: self.ledger.state(self.contract))["state"] or {}
@@ -544,6 +551,7 @@ class SwarmPeer:
             with contextlib.suppress(SwarmError):  # lets others fetch it from here too
                 self._submit("loaded", r, {"digest": digest})
         self._reference = structure(params)
+        release_freed_memory()  # what the round's transfers left in the heap
         self.rounds_joined += 1
         self.current_digest = digest
         return RoundResult(
@@ -558,7 +566,6 @@ class SwarmPeer:
         merge before it); SwarmError if it is malformed (reported as refused)."""
         r, digest, size = merged["round"], merged["digest"], int(merged["size"])
         cap = self._capped(size)
-        unwire = functools.partial(self.transport.unwire, max_bytes=cap)
         timeout = self.settings.leader_timeout_s
         deadline = time.monotonic() + timeout
         problems: list[str] = []
@@ -579,8 +586,8 @@ class SwarmPeer:
                     continue
                 try:
                     data = self.fetcher.fetch(member["endpoint"], "merged", r, digest,
-                                              max_bytes=self.transport.wire_cap(cap),
-                                              deadline_s=left, peer=name, unwire=unwire,
+                                              max_bytes=cap, size=size, deadline_s=left,
+                                              peer=name, zstd=self.transport.zstd,
                                               idle_s=min(MAX_IDLE_S, timeout / 4))  # fmt: skip
                 except ExchangeError as exc:
                     problems.append(str(exc))

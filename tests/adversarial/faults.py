@@ -5,8 +5,10 @@ so a test picks, per site, what that site does wrong. The site still holds a val
 certificate: these are the attacks of a participant, not of an outsider.
 
 - `serve:header65`, `serve:flood`, `serve:silent`: its snapshot server answers the leader
-  with a header of 65 dimensions (padded to the size it announced), with endless bytes, or
-  with one chunk and then silence. It never leads (so an honest site always merges).
+  with a header of 65 dimensions (padded to the size it announced, whose chunk root it
+  announced too, so only the decode can catch it), with endless bytes, or with one chunk
+  and then silence (after its snapshot's chunk digests). It never leads (so an honest site
+  always merges).
 - `snoop`: before its first `ready`, it fetches another site's local snapshot, which only
   the round's leader may; what happened goes to the file FAULT_REPORT.
 - `bad_merged_once`, `die_after_merged_once`, `huge_merged_once`: the first site (of all that
@@ -43,6 +45,7 @@ import grpc
 import numpy as np
 
 from openswarm.codec import decode, digest_encoded, encode
+from openswarm.codec.chunks import chunk_root, leaves
 from openswarm.ledger.client import LedgerError
 from openswarm.ledger.tx import make_transaction
 from openswarm.merge import MergeInputError
@@ -85,6 +88,15 @@ def _header65(size: int) -> bytes:
 
 def _serve_badly(how: str) -> None:
     honest = ExchangeServer._fetch
+    if how == "header65":  # announce the root of what it will serve
+        submit = SwarmPeer._submit
+
+        def announce(self: SwarmPeer, kind: str, round: int, payload: dict[str, Any]) -> Any:
+            if kind == "ready":
+                payload = {**payload, "root": chunk_root(_header65(payload["size"]))}
+            return submit(self, kind, round, payload)
+
+        SwarmPeer._submit = announce  # type: ignore[method-assign]
 
     def fetch(self: ExchangeServer, request: bytes, context: grpc.ServicerContext) -> Iterator:
         asked = json.loads(request)
@@ -94,8 +106,13 @@ def _serve_badly(how: str) -> None:
         found = self.store.find("local", int(asked["round"]), str(asked["digest"]))
         size = len(found.data) if found else 1 << 20
         if how == "header65":
+            if asked.get("leaves"):
+                yield leaves(_header65(size))
             yield _header65(size)
-        elif how == "flood":
+            return
+        if asked.get("leaves") and found is not None:
+            yield found.leaves
+        if how == "flood":
             while context.is_active():
                 yield b"\xff" * CHUNK_BYTES
         elif how == "silent":

@@ -1,0 +1,118 @@
+"""The weighted mean as a running sum: parameter sets are added one at a time, in order.
+
+The definition (what `mean` computes, and what a leader streaming snapshots computes as
+they arrive) is ``sum_i(w_i * x_i) / sum_i(w_i)``, summed element-wise in the order the
+sets are added, in the accumulation dtype (`acc_dtype`), with ``w_i`` scaled by one power
+of two (exact, so the bits do not depend on which power) and the total summed exactly. A set
+is added whole before the next, so one that turns out bad before it is added never touches
+the sum, and holding the sum costs one output set (plus float32 accumulators for 16-bit
+floats and float64 ones for integers and bools) whatever the number of sets.
+
+A float tensor whose result is not finite although every input was (an intermediate sum
+overflowed) is reported by `finish`; `mean` recomputes it in float64 (`redo_in_float64`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from openswarm.codec.tensors import TensorSpec
+from openswarm.merge.numeric import acc_dtype, as_float, store
+
+CHUNK = 1 << 16
+
+
+def weight_scale(weights: Sequence[float]) -> float:
+    """The power of two that brings the largest weight into [1, 2)."""
+    top = max(weights)
+    return 2.0 ** -math.floor(math.log2(top)) if top > 0 else 1.0
+
+
+class RunningMean:
+    """``sum(w_i * x_i) / sum(w_i)`` of flat raw tensors described by `specs`, written
+    into `outputs` (flat raw arrays; fresh ones if None). `scale`: see `weight_scale`, of
+    weights at least as large as any added (one fixed power of two for the whole sum)."""
+
+    def __init__(self, specs: Sequence[TensorSpec], scale: float,
+                 outputs: Sequence[np.ndarray] | None = None) -> None:  # fmt: skip
+        self.specs = tuple(specs)
+        self.outputs = (
+            list(outputs)
+            if outputs is not None
+            else [np.empty(spec.size, spec.dtype.storage) for spec in self.specs]
+        )
+        accs = [acc_dtype(spec.dtype) for spec in self.specs]
+        self._acc = [
+            out if out.dtype == acc else np.empty(spec.size, acc)
+            for spec, out, acc in zip(self.specs, self.outputs, accs, strict=True)
+        ]
+        self._scale = scale
+        self._weights: list[float] = []
+
+    @property
+    def count(self) -> int:
+        """How many sets were added."""
+        return len(self._weights)
+
+    def add(self, flats: Sequence[np.ndarray], weight: float) -> None:
+        """Add one set (flat raw tensors in `specs` order, all finite) with `weight` > 0."""
+        w = weight * self._scale
+        first = not self._weights
+        for spec, flat, acc in zip(self.specs, flats, self._acc, strict=True):
+            tmp = np.empty(min(CHUNK, spec.size), acc.dtype)
+            factor = acc.dtype.type(w)
+            with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+                for start in range(0, spec.size, CHUNK):
+                    stop = min(start + CHUNK, spec.size)
+                    values = as_float(flat[start:stop], spec.dtype)
+                    if first:
+                        np.multiply(values, factor, out=acc[start:stop])
+                    else:
+                        part = tmp[: stop - start]
+                        np.multiply(values, factor, out=part)
+                        np.add(acc[start:stop], part, out=acc[start:stop])
+        self._weights.append(w)
+
+    def finish(self) -> list[int]:
+        """Divide by the total weight and store; returns the float tensors (by index) that
+        overflowed and still need `redo_in_float64` (their outputs are not written)."""
+        total = math.fsum(self._weights)
+        overflowed = []
+        for t, (spec, acc, out) in enumerate(zip(self.specs, self._acc, self.outputs,
+                                                 strict=True)):  # fmt: skip
+            divisor = acc.dtype.type(total)
+            with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+                for start in range(0, spec.size, CHUNK):
+                    stop = min(start + CHUNK, spec.size)
+                    np.divide(acc[start:stop], divisor, out=acc[start:stop])
+            if spec.dtype.is_float and not _finite(acc):
+                overflowed.append(t)
+            elif acc is not out:
+                store(out, acc, spec.dtype)
+        return overflowed
+
+
+def redo_in_float64(spec: TensorSpec, flats: Sequence[np.ndarray], weights: Sequence[float],
+                    scale: float, out: np.ndarray) -> None:  # fmt: skip
+    """Tensor `spec`'s weighted mean of `flats` (in that order) computed in float64 and
+    stored into `out`: for a tensor whose float32 sum overflowed."""
+    scaled = [w * scale for w in weights]
+    total = math.fsum(scaled)
+    for start in range(0, spec.size, CHUNK):
+        stop = min(start + CHUNK, spec.size)
+        acc = np.zeros(stop - start, np.float64)
+        for flat, w in zip(flats, scaled, strict=True):
+            acc += as_float(flat[start:stop], spec.dtype).astype(np.float64) * w
+        store(out[start:stop], acc / total, spec.dtype)
+
+
+def _finite(values: np.ndarray) -> bool:
+    # x.x is non-finite iff some x is, or (rarely) on overflow: confirm exactly then.
+    with np.errstate(over="ignore", invalid="ignore"):
+        return math.isfinite(np.dot(values, values)) or bool(np.isfinite(values).all())
+
+
+__all__ = ["RunningMean", "redo_in_float64", "weight_scale"]

@@ -1,0 +1,143 @@
+"""Assembling a model as its chunks arrive: bounded, decompressed, checked chunk by chunk.
+
+A `Receiver` takes the messages of one fetch and writes the model's bytes into one buffer,
+allocated once at the size the ledger recorded (so a model is held once, not grown and
+copied). With the snapshot's leaves (see openswarm.codec.chunks) every chunk is checked
+the moment it is complete; a wire compressed with zstd is decompressed as it comes, never
+past the cap. Everything that goes wrong raises ReceiveError naming what.
+"""
+
+from __future__ import annotations
+
+from openswarm.codec.chunks import CHUNK_BYTES, LEAF_BYTES, chunk_count, leaf, root_of
+
+
+class ReceiveError(RuntimeError):
+    """The bytes arriving are not the model the ledger recorded."""
+
+
+class _Plain:
+    """The decompressed (or plain) bytes: written into the buffer, checked per chunk."""
+
+    def __init__(self, size: int | None, cap: int, leaves: bytes | None) -> None:
+        self.buffer = bytearray(size) if size is not None else bytearray()
+        self.size, self.cap, self.leaves = size, cap, leaves
+        self.filled = 0
+        self._checked = 0  # chunks checked against their leaves
+
+    def write(self, data: bytes | memoryview) -> int:
+        count = len(data)
+        end = self.filled + count
+        limit = self.cap if self.size is None else self.size
+        if end > limit:
+            raise ReceiveError(f"the peer sent more than the {limit} bytes expected")
+        if self.size is None:
+            self.buffer += data
+        else:
+            self.buffer[self.filled : end] = data
+        self.filled = end
+        self._check(complete_only=True)
+        return count
+
+    def _check(self, complete_only: bool) -> None:
+        if self.leaves is None:
+            return
+        view = memoryview(self.buffer)
+        while True:
+            start = self._checked * CHUNK_BYTES
+            stop = min(start + CHUNK_BYTES, self.filled)
+            if stop <= start or (complete_only and stop - start < CHUNK_BYTES):
+                return
+            wanted = self.leaves[self._checked * LEAF_BYTES : (self._checked + 1) * LEAF_BYTES]
+            if leaf(view[start:stop]) != wanted:
+                raise ReceiveError(
+                    f"chunk {self._checked} (bytes {start}-{stop}) does not match its digest"
+                )
+            self._checked += 1
+
+    def finish(self) -> bytearray:
+        if self.size is not None and self.filled != self.size:
+            raise ReceiveError(f"{self.filled} bytes arrived, the ledger recorded {self.size}")
+        self._check(complete_only=False)
+        return self.buffer
+
+
+class Receiver:
+    """One fetch's bytes. `size`: the exact size expected (the buffer is allocated at it);
+    `cap`: the most decompressed bytes accepted without a size; `root`: the Merkle root the
+    first message's leaves must give (then every chunk is checked against them);
+    `zstd`: the wire is zstd-compressed."""
+
+    def __init__(self, size: int | None, cap: int, root: str | None, zstd: bool) -> None:
+        if root is not None and size is None:
+            raise ValueError("checking chunks against a root needs the model's size")
+        self.wire_bytes = 0
+        most = cap if size is None else size
+        # zstd may add a little to incompressible bytes, never more (and nothing else may
+        # ride the wire: a stream of empty frames must end too)
+        self._wire_cap = most + (most >> 7) + 4096 if zstd else most
+        if root is not None:
+            self._wire_cap += chunk_count(most) * LEAF_BYTES
+        self._root = root
+        self._size, self._cap = size, cap
+        self._plain: _Plain | None = None if root is not None else _Plain(size, cap, None)
+        self._zstd = zstd
+        self._writer: object | None = None
+
+    def add(self, message: bytes) -> None:
+        """Take the next message of the stream."""
+        self.wire_bytes += len(message)
+        if self.wire_bytes > self._wire_cap:
+            raise ReceiveError(
+                f"the peer sent {self.wire_bytes} bytes, more than the {self._wire_cap} expected"
+            )
+        if self._plain is None:  # the first message: the leaves
+            self._plain = _Plain(self._size, self._cap, self._checked_leaves(message))
+            return
+        if not self._zstd:
+            self._plain.write(message)
+            return
+        import zstandard
+
+        try:
+            self._decompressor().write(message)  # type: ignore[attr-defined]
+        except zstandard.ZstdError as exc:
+            raise ReceiveError(f"not a zstd stream: {exc}") from None
+
+    def finish(self) -> bytearray:
+        """The model's bytes, all arrived and checked; ReceiveError otherwise."""
+        if self._plain is None:
+            raise ReceiveError("the stream ended before the chunk digests came")
+        if self._writer is not None:
+            import zstandard
+
+            try:
+                self._writer.flush()  # type: ignore[attr-defined]
+            except zstandard.ZstdError as exc:
+                raise ReceiveError(f"not a zstd stream: {exc}") from None
+        return self._plain.finish()
+
+    def _checked_leaves(self, message: bytes) -> bytes:
+        assert self._size is not None and self._root is not None
+        expected = chunk_count(self._size) * LEAF_BYTES
+        if len(message) != expected:
+            raise ReceiveError(
+                f"sent {len(message)} bytes of chunk digests, {expected} expected for "
+                f"{self._size} bytes"
+            )
+        if root_of(message) != self._root:
+            raise ReceiveError("its chunk digests do not give the root the ledger recorded")
+        return bytes(message)
+
+    def _decompressor(self) -> object:
+        if self._writer is None:
+            import zstandard
+
+            assert self._plain is not None
+            self._writer = zstandard.ZstdDecompressor().stream_writer(
+                self._plain, write_size=CHUNK_BYTES, write_return_read=True
+            )
+        return self._writer
+
+
+__all__ = ["ReceiveError", "Receiver"]

@@ -1,0 +1,107 @@
+"""Chunk roots and the receiving end of a fetch: every chunk is checked as it arrives, the
+wire is bounded, and a stream that stops short or runs long is refused."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+import zstandard
+
+from openswarm.codec.chunks import CHUNK_BYTES, LEAF_BYTES, chunk_root, leaf, leaves, root_of
+from openswarm.node.receive import ReceiveError, Receiver
+
+DATA = np.random.default_rng(3).bytes(5 * CHUNK_BYTES + 12_345)  # six chunks
+
+
+def _messages(data: bytes, size: int = CHUNK_BYTES) -> list[bytes]:
+    return [data[start : start + size] for start in range(0, len(data), size)]
+
+
+def test_the_root_is_the_merkle_tree_over_the_chunks() -> None:
+    chunks = _messages(DATA)
+    hashed = [hashlib.sha256(b"\x00" + c).digest() for c in chunks]
+
+    def node(a: bytes, b: bytes) -> bytes:
+        return hashlib.sha256(b"\x01" + a + b).digest()
+
+    # six leaves: three pairs, then (01, 23) and 45 moving up, then the top
+    pairs = [node(hashed[i], hashed[i + 1]) for i in (0, 2, 4)]
+    top = node(node(pairs[0], pairs[1]), pairs[2])
+    assert leaves(DATA) == b"".join(hashed) and len(leaves(DATA)) == 6 * LEAF_BYTES
+    assert chunk_root(DATA) == top.hex()
+    assert chunk_root(b"x") == leaf(b"x").hex()
+    assert chunk_root(b"") == hashlib.sha256(b"").hexdigest()
+    flipped = bytearray(DATA)
+    flipped[-1] ^= 1
+    assert chunk_root(bytes(flipped)) != chunk_root(DATA)
+
+
+@pytest.mark.parametrize("zstd", [False, True])
+def test_a_whole_stream_arrives_as_it_was_sent(zstd: bool) -> None:
+    wire = zstandard.ZstdCompressor().compress(DATA) if zstd else DATA
+    receiver = Receiver(len(DATA), len(DATA), chunk_root(DATA), zstd)
+    receiver.add(leaves(DATA))
+    for message in _messages(wire, 300_000):  # message borders need not be chunk borders
+        receiver.add(message)
+    assert receiver.finish() == DATA
+
+
+@pytest.mark.parametrize("zstd", [False, True])
+def test_a_bad_chunk_is_refused_as_soon_as_it_is_complete(zstd: bool) -> None:
+    spoiled = bytearray(DATA)
+    spoiled[3 * CHUNK_BYTES + 5] ^= 0x01  # the fourth chunk
+    wire = zstandard.ZstdCompressor().compress(bytes(spoiled)) if zstd else bytes(spoiled)
+    receiver = Receiver(len(DATA), len(DATA), chunk_root(DATA), zstd)
+    receiver.add(leaves(DATA))
+    taken = 0
+    with pytest.raises(ReceiveError, match=r"chunk 3 \(bytes 3145728-4194304\) does not match"):
+        for message in _messages(wire, 65_536):
+            receiver.add(message)
+            taken += len(message)
+    if not zstd:  # the fourth chunk's last message was the one refused
+        assert taken == 4 * CHUNK_BYTES - 65_536
+
+
+def test_leaves_that_do_not_give_the_root_are_refused_first() -> None:
+    receiver = Receiver(len(DATA), len(DATA), chunk_root(DATA), False)
+    forged = bytearray(leaves(DATA))
+    forged[0] ^= 1
+    with pytest.raises(ReceiveError, match="do not give the root the ledger recorded"):
+        receiver.add(bytes(forged))
+    with pytest.raises(ReceiveError, match="192 expected"):
+        Receiver(len(DATA), len(DATA), chunk_root(DATA), False).add(leaves(DATA)[:-32])
+    with pytest.raises(ReceiveError, match="before the chunk digests came"):
+        Receiver(len(DATA), len(DATA), chunk_root(DATA), False).finish()
+    with pytest.raises(ValueError, match="needs the model's size"):
+        Receiver(None, len(DATA), chunk_root(DATA), False)
+    assert root_of(leaves(DATA)) == chunk_root(DATA)
+
+
+@pytest.mark.parametrize("zstd", [False, True])
+def test_a_stream_longer_or_shorter_than_recorded_is_refused(zstd: bool) -> None:
+    def receive(data: bytes) -> bytearray:
+        wire = zstandard.ZstdCompressor().compress(data) if zstd else data
+        receiver = Receiver(len(DATA), len(DATA), chunk_root(DATA), zstd)
+        receiver.add(leaves(DATA))
+        for message in _messages(wire):
+            receiver.add(message)
+        return receiver.finish()
+
+    with pytest.raises(ReceiveError, match="more than the"):
+        receive(DATA + b"\0" * 100)
+    with pytest.raises(ReceiveError, match="the ledger recorded"):
+        receive(DATA[:-100])
+
+
+def test_the_wire_is_bounded_even_when_it_decompresses_to_nothing() -> None:
+    empty = zstandard.ZstdCompressor().compress(b"")  # a valid frame holding no bytes
+    receiver = Receiver(1000, 1000, None, True)
+    with pytest.raises(ReceiveError, match=r"the peer sent \d+ bytes, more than the 5103 expected"):
+        for _ in range(10_000):
+            receiver.add(empty * 10)
+    bomb = zstandard.ZstdCompressor().compress(b"\0" * (1 << 30))  # 1 GiB of zeros, ~30 kB
+    receiver = Receiver(None, 1 << 20, None, True)
+    with pytest.raises(ReceiveError, match="more than the 1048576 bytes"):
+        receiver.add(bomb)
