@@ -58,7 +58,11 @@ Run:
     .venv/bin/python benchmarks/round_bench.py --sizes 10M --peers 4 \\
         --compression none,zstd,float16,int8+zstd
 
-`--compression` likewise runs each cell once per mode (the contract's `compression`).
+`--compression` likewise runs each cell once per mode (the contract's `compression`), and
+`--method` once per merge method; `--merge-memory layer` has every peer merge layer by layer
+(the methods but mean keep snapshots in temporary files, see openswarm.merge.layered):
+    .venv/bin/python benchmarks/round_bench.py --sizes 10M --peers 4 --method geomedian \\
+        --merge-memory model,layer [--layers 16]
 `--audit` runs each cell once per auditor count (the contract's `audit`); column aud says
 which, and MB how many megabytes all peers pulled from each other in a round, as they went
 over the wire (snapshots for the leader and the auditors, the merged model for the rest):
@@ -112,8 +116,11 @@ def label(count: int) -> str:
     return str(count)
 
 
-def tensor_sizes(count: int) -> list[int]:
-    """Four tensors of P/2, P/4, P/8 and the rest: a few layers, like a small network."""
+def tensor_sizes(count: int, layers: int = 0) -> list[int]:
+    """Four tensors of P/2, P/4, P/8 and the rest: a few layers, like a small network; or
+    `layers` tensors of (about) equal size."""
+    if layers:
+        return [count // layers + (i < count % layers) for i in range(layers)]
     sizes = [count // 2, count // 4, count // 8]
     return [*sizes, count - sum(sizes)]
 
@@ -176,6 +183,9 @@ class WorkerConfig:
     keep_rounds: int
     audit: int = 0
     compression: str = "none"
+    method: str = "mean"
+    memory: str = "model"
+    layers: int = 0
 
 
 class RpcTimer:
@@ -197,12 +207,14 @@ class RpcTimer:
         return timed
 
 
-def bench_settings(peers: int, audit: int = 0, compression: str = "none") -> Any:
+def bench_settings(peers: int, audit: int = 0, compression: str = "none", method: str = "mean",
+                   memory: str = "model") -> Any:  # fmt: skip
     """The swarm settings of every benchmark peer (and so of the contract)."""
     from openswarm.node.settings import SwarmSettings
 
     return SwarmSettings(min_peers=peers, extra_window_s=0.0, leader_timeout_s=600.0,
-                         audit=audit or None, compression=compression)  # fmt: skip
+                         audit=audit or None, compression=compression, merge_method=method,
+                         merge_memory=memory)  # fmt: skip
 
 
 def connect_all(peer: Any, timeout_s: float = 120.0) -> None:
@@ -254,10 +266,10 @@ def peer_worker(cfg: WorkerConfig, queue: MpQueue[Message], barrier: MpBarrier) 
         rng = np.random.default_rng(1000 + cfg.index)
         params = {
             f"layer{i}.weight": rng.random(n, dtype=np.float32) - np.float32(0.5)
-            for i, n in enumerate(tensor_sizes(cfg.count))
+            for i, n in enumerate(tensor_sizes(cfg.count, cfg.layers))
         }
         model = {key: torch.from_numpy(value.copy()) for key, value in params.items()}
-        settings = bench_settings(cfg.peers, cfg.audit, cfg.compression)
+        settings = bench_settings(cfg.peers, cfg.audit, cfg.compression, cfg.method, cfg.memory)
         network = NetworkConfig(ledger=cfg.endpoints, identity=Path(cfg.identity))
         peer = SwarmPeer(settings, network)
         rpc = RpcTimer()
@@ -309,6 +321,8 @@ class Cell:
     peers: int
     audit: int = 0
     compression: str = "none"
+    method: str = "mean"
+    memory: str = "model"
     fetched_mb: float = 0.0  # MB all peers pulled in a round (median over rounds)
     leader_copies: float = 0.0  # the leader's peak RSS above its baseline, in model copies
     follower_copies: float = 0.0  # the same for the followers (the most of any)
@@ -424,14 +438,23 @@ def summarize(cell: Cell, rounds: list[list[Message]]) -> None:
 
 
 def run_cell(
-    count: int, peers: int, rounds: int, keep_rounds: int, audit: int = 0, compression: str = "none"
+    count: int,
+    peers: int,
+    rounds: int,
+    keep_rounds: int,
+    audit: int = 0,
+    compression: str = "none",
+    method: str = "mean",
+    memory: str = "model",
+    layers: int = 0,
 ) -> Cell:
-    cell = Cell(count, peers, audit=audit, compression=compression, load1=os.getloadavg()[0])
+    cell = Cell(count, peers, audit=audit, compression=compression, method=method, memory=memory,
+                load1=os.getloadavg()[0])  # fmt: skip
     started = time.perf_counter()
     cell.floor_s = copy_floor(count, peers)
     names = [f"b{i}" for i in range(1, peers + 1)]
     with tempfile.TemporaryDirectory(prefix="round_bench_") as tmp:
-        contract = bench_settings(peers, audit, compression).contract_settings()
+        contract = bench_settings(peers, audit, compression, method).contract_settings()
         net = LocalLedger.create(
             Path(tmp) / "ledger", replicas=1, peers=names, contract_settings=contract
         )
@@ -446,7 +469,7 @@ def run_cell(
                 cfg = WorkerConfig(
                     index, peers, count, rounds, tuple(net.endpoints),
                     str(net.pki_dir / "identities" / names[index]), keep_rounds, audit,
-                    compression,
+                    compression, method, memory, layers,
                 )  # fmt: skip
                 proc = ctx.Process(target=peer_worker, args=(cfg, queue, barrier), daemon=True)
                 proc.start()
@@ -507,7 +530,8 @@ def fmt_phase(view: dict[str, float], key: str) -> str:
 
 def print_table(cells: list[Cell]) -> None:
     head = (
-        f"{'P':>4} {'K':>2} {'aud':>3} {'compression':>13} {'round':>7} {'MB':>6} {'floor':>7} "
+        f"{'P':>4} {'K':>2} {'aud':>3} {'compression':>13} {'method':>12} {'mem':>5} "
+        f"{'round':>7} {'MB':>6} {'floor':>7} "
         f"{'xfloor':>6} |"
         f"{'L.enc':>7} {'L.xfer':>7} {'L.merge':>7} {'L.load':>7} {'L.ledger(rpc)':>14} |"
         f"{'F.enc':>7} {'F.xfer':>7} {'F.load':>7} {'F.ledger(rpc)':>14} |"
@@ -520,7 +544,8 @@ def print_table(cells: list[Cell]) -> None:
             continue
         lead, fol = c.leader, c.follower
         print(
-            f"{label(c.count):>4} {c.peers:>2} {c.audit:>3} {c.compression:>13} {c.round_s:7.3f} "
+            f"{label(c.count):>4} {c.peers:>2} {c.audit:>3} {c.compression:>13} {c.method:>12} "
+            f"{c.memory:>5} {c.round_s:7.3f} "
             f"{c.fetched_mb:6.1f} "
             f"{c.floor_s:7.4f} "
             f"{c.round_s / c.floor_s:6.0f} |"
@@ -550,6 +575,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--compression", default="none", help="how models travel, e.g. none,zstd,int8+zstd"
     )
+    parser.add_argument("--method", default="mean", help="merge methods, e.g. mean,geomedian")
+    parser.add_argument(
+        "--merge-memory", default="model", help="how leaders hold snapshots: model,layer"
+    )
+    parser.add_argument(
+        "--layers", type=int, default=0, help="N tensors of equal size (default: P/2, P/4, ...)"
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     if args.quick:
@@ -558,6 +590,8 @@ def main(argv: list[str] | None = None) -> int:
     peer_counts = [int(k) for k in args.peers.split(",") if k]
     audits = [int(a) for a in args.audit.split(",") if a]
     compressions = [z for z in args.compression.split(",") if z]
+    methods = [m for m in args.method.split(",") if m]
+    memories = [m for m in args.merge_memory.split(",") if m]
     if args.rounds < 1 or any(k < 2 for k in peer_counts):
         parser.error("--rounds must be >= 1 and every K >= 2")
 
@@ -569,11 +603,14 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     cells: list[Cell] = []
-    grid = [(c, k, a, z) for c in sizes for k in peer_counts for a in audits for z in compressions]
-    for count, peers, audit, compression in grid:
+    grid = [(c, k, a, z, m, r) for c in sizes for k in peer_counts for a in audits
+            for z in compressions for m in methods for r in memories]  # fmt: skip
+    for count, peers, audit, compression, method, memory in grid:
+        variant = f"audit={audit} {compression} {method}/{memory}"
         estimate = max(estimate_bytes(count, peers, args.keep_rounds), 2 * peers * count * 4)
         budget = args.mem_fraction * mem_available()
-        cell = Cell(count, peers, audit=audit, compression=compression, estimate_gb=estimate / GB)
+        cell = Cell(count, peers, audit=audit, compression=compression, method=method,
+                    memory=memory, estimate_gb=estimate / GB)  # fmt: skip
         if estimate > budget:
             cell.skipped = (
                 f"needs ~{estimate / GB:.1f} GB, over {args.mem_fraction:.0%} of "
@@ -581,18 +618,19 @@ def main(argv: list[str] | None = None) -> int:
             )
         else:
             try:
-                cell = run_cell(count, peers, args.rounds, args.keep_rounds, audit, compression)
+                cell = run_cell(count, peers, args.rounds, args.keep_rounds, audit, compression,
+                                method, memory, args.layers)  # fmt: skip
                 cell.estimate_gb = estimate / GB
             except (CellError, RuntimeError, OSError, TimeoutError) as exc:
                 cell.skipped = f"failed: {str(exc)[-2000:]}"
         cells.append(cell)
         if cell.skipped:
-            print(f"  P={label(count)} K={peers} audit={audit} {compression}: skipped "
+            print(f"  P={label(count)} K={peers} {variant}: skipped "
                   f"({cell.skipped})",
                   flush=True)  # fmt: skip
         else:
             print(
-                f"  P={label(count)} K={peers} audit={audit} {compression}: "
+                f"  P={label(count)} K={peers} {variant}: "
                 f"round {cell.round_s:.3f} s, "
                 f"{cell.fetched_mb:.1f} MB fetched, "
                 f"floor {cell.floor_s:.4f} s, cell took {cell.seconds:.0f} s, peers' peak "

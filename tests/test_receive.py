@@ -105,3 +105,22 @@ def test_the_wire_is_bounded_even_when_it_decompresses_to_nothing() -> None:
     receiver = Receiver(None, 1 << 20, None, True)
     with pytest.raises(ReceiveError, match="more than the 1048576 bytes"):
         receiver.add(bomb)
+
+
+def test_into_a_file_each_chunk_is_checked_before_it_is_written(tmp_path) -> None:
+    with open(tmp_path / "whole", "w+b") as handle:
+        receiver = Receiver(len(DATA), len(DATA), chunk_root(DATA), True, into=handle)
+        receiver.add(leaves(DATA))
+        for message in _messages(zstandard.ZstdCompressor().compress(DATA), 300_000):
+            receiver.add(message)
+        assert receiver.finish() is None
+    assert (tmp_path / "whole").read_bytes() == DATA
+    spoiled = bytearray(DATA)
+    spoiled[3 * CHUNK_BYTES + 5] ^= 0x01  # the fourth chunk
+    with open(tmp_path / "spoiled", "w+b") as handle:
+        receiver = Receiver(len(DATA), len(DATA), chunk_root(DATA), False, into=handle)
+        receiver.add(leaves(DATA))
+        with pytest.raises(ReceiveError, match="chunk 3 "):
+            for message in _messages(bytes(spoiled), 65_536):
+                receiver.add(message)
+    assert (tmp_path / "spoiled").read_bytes() == DATA[: 3 * CHUNK_BYTES]  # the good ones only

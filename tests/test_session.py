@@ -13,7 +13,7 @@ import pytest
 from openswarm.client import LoopCallback, ModelAdapter, SwarmSession
 from openswarm.codec import digest
 from openswarm.ledger.local import LocalLedger
-from openswarm.node.settings import NetworkConfig
+from openswarm.node.settings import NetworkConfig, SwarmConfigError
 from openswarm.protocol import SwarmError
 
 CONTRACT = "session"
@@ -109,3 +109,15 @@ def test_overriding_the_adapters_methods_on_a_callback_is_refused() -> None:
         class Sneaky(LoopCallback):  # the session would never call this
             def get_params(self) -> dict[str, np.ndarray]:
                 return {}
+
+
+def test_hpe_ram_intensive_off_merges_layer_by_layer(monkeypatch) -> None:
+    monkeypatch.setenv("SWARM_LOOPBACK", "True")  # no network needed to read the settings
+    model = ArrayModel(3)
+    assert LoopCallback(model, sync_frequency=2, min_peers=3).settings.merge_memory == "model"
+    monkeypatch.setenv("SL_RAM_INTENSIVE", "False")
+    assert LoopCallback(model, sync_frequency=2, min_peers=3).settings.merge_memory == "layer"
+    chosen = LoopCallback(model, sync_frequency=2, min_peers=3, merge_memory="model")
+    assert chosen.settings.merge_memory == "model"  # an explicit choice wins
+    with pytest.raises(SwarmConfigError, match="merge_memory must be one of model, layer"):
+        LoopCallback(model, sync_frequency=2, min_peers=3, merge_memory="disk")

@@ -15,9 +15,11 @@ import numpy as np
 import pytest
 from harness import running_ledger
 
+import openswarm.node.leader as leader_module
 from openswarm.codec.chunks import CHUNK_BYTES, LEAF_BYTES, chunk_count, chunk_root
 from openswarm.ledger.local import LocalLedger
-from openswarm.merge import mean
+from openswarm.merge import merge
+from openswarm.merge.layered import merge_layered
 from openswarm.node.exchange import Snapshot
 from openswarm.node.peer import RoundResult, SwarmPeer
 from openswarm.node.settings import NetworkConfig, SwarmSettings
@@ -25,7 +27,6 @@ from openswarm.node.settings import NetworkConfig, SwarmSettings
 CONTRACT = "streaming"
 SETTINGS = SwarmSettings(contract=CONTRACT, min_peers=4, leader_timeout_s=20.0,
                          extra_window_s=0.5, ledger_retry_s=20.0, weight=1)  # fmt: skip
-FOLLOWER = replace(SETTINGS, lead=False)  # the spoiled site: its snapshot is always fetched
 NAMES = ("p1", "p2", "p3", "p4")
 WEIGHTS = {"p1": 3, "p2": 1, "p3": 7, "p4": 2}
 SIZE = 16 * CHUNK_BYTES  # each snapshot spans 17 chunks (with its header)
@@ -46,20 +47,39 @@ def ledger4(tmp_path: Path) -> Iterator[LocalLedger]:
     yield from running_ledger(tmp_path / "net", replicas=1, peers=NAMES, contract_settings={})
 
 
-@pytest.fixture
-def swarm(ledger4: LocalLedger) -> Iterator[list[SwarmPeer]]:
+def _start(ledger: LocalLedger, settings: SwarmSettings,
+           only: dict[str, SwarmSettings]) -> list[SwarmPeer]:  # fmt: skip
     peers = []
     for name in NAMES:
-        settings = FOLLOWER if name == "p3" else SETTINGS
-        network = NetworkConfig(ledger=tuple(ledger4.endpoints),
-                                identity=ledger4.identity_dir(name),
-                                admin_identity=ledger4.identity_dir("admin"))  # fmt: skip
-        peer = SwarmPeer(settings, network)
+        network = NetworkConfig(ledger=tuple(ledger.endpoints),
+                                identity=ledger.identity_dir(name),
+                                admin_identity=ledger.identity_dir("admin"))  # fmt: skip
+        mine = only.get(name, replace(settings, lead=False) if name == "p3" else settings)
+        peer = SwarmPeer(mine, network)
         peer.register()
         peers.append(peer)
-    yield peers
-    for peer in peers:
+    return peers
+
+
+@pytest.fixture
+def make_swarm(ledger4: LocalLedger) -> Iterator[Callable[..., list[SwarmPeer]]]:
+    """Four peers with these settings (p3 never leads: its snapshot is always fetched), or
+    with their own where `only` names them."""
+    made: list[SwarmPeer] = []
+
+    def make(settings: SwarmSettings, only: dict[str, SwarmSettings] | None = None,
+             ) -> list[SwarmPeer]:  # fmt: skip
+        made.extend(_start(ledger4, settings, only or {}))
+        return made[-len(NAMES) :]
+
+    yield make
+    for peer in made:
         peer.close()
+
+
+@pytest.fixture
+def swarm(make_swarm: Callable[..., list[SwarmPeer]]) -> list[SwarmPeer]:
+    return make_swarm(SETTINGS)
 
 
 def _round(peers: list[SwarmPeer], params: list[dict[str, Any]]) -> list[RoundResult]:
@@ -100,11 +120,12 @@ def _merged_round(peers: list[SwarmPeer], seeds: list[int],
     return results, _record(peers[0], results[0].round), inputs
 
 
-def _expected(record: dict[str, Any], inputs: list[dict[str, Any]], left_out: set[str]) -> Any:
-    """The non-streaming merge of the same snapshots, in ranking order."""
+def _expected(record: dict[str, Any], inputs: list[dict[str, Any]], left_out: set[str],
+              method: str = "mean", **options: Any) -> Any:  # fmt: skip
+    """The whole-set merge of the same snapshots, in ranking order."""
     by_name = dict(zip(NAMES, inputs, strict=True))
     order = [n for n in record["ranking"] if n not in left_out]
-    return mean([by_name[n] for n in order], [WEIGHTS[n] for n in order])
+    return merge([by_name[n] for n in order], [WEIGHTS[n] for n in order], method, **options)
 
 
 def _assert_identical(got: dict[str, Any], expected: dict[str, Any]) -> None:
@@ -168,3 +189,33 @@ def test_a_snapshot_of_another_size_midway_leaves_its_site_out(swarm, how: str) 
     reason = record["excluded"][0]["reason"]
     assert ("more than the" in reason) if how == "longer" else ("the ledger recorded" in reason)
     _assert_identical(results[0].params, _expected(record, inputs, {"p3"}))
+
+
+# --- layer by layer: the methods that need every snapshot at once -----------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "options"), [("geomedian", {}), ("trimmed_mean", {"beta": 0.25})]
+)
+def test_layer_by_layer_merges_equal_the_whole_set_merge(make_swarm, monkeypatch, method,
+                                                         options) -> None:  # fmt: skip
+    # p1 leads, holding one layer of each snapshot at a time; its auditor holds them all in
+    # memory: both must find the same bits
+    layered = replace(SETTINGS, merge_method=method, merge_options=options, merge_memory="layer",
+                      audit=1)  # fmt: skip
+    in_memory = replace(layered, merge_memory="model", lead=False)
+    peers = make_swarm(layered, dict.fromkeys(NAMES[1:], in_memory))
+    calls = []
+    monkeypatch.setattr(leader_module, "merge_layered",
+                        lambda *args: calls.append(args[3]) or merge_layered(*args))  # fmt: skip
+
+    def poison(params: dict[str, Any]) -> None:
+        params["last"][500] = np.inf
+
+    results, record, inputs = _merged_round(peers, [51, 52, 53, 54], poison)
+    assert record["excluded"] == [
+        {"name": "p3", "reason": "tensor 'last' contains NaN or infinity"}
+    ]
+    assert record["leader"] == "p1" and calls == [method]
+    assert record["audit"] is not None and record["audit"]["attestations"], record["audit"]
+    _assert_identical(results[0].params, _expected(record, inputs, {"p3"}, method, **options))

@@ -3,6 +3,8 @@ bounds on what arrives."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -10,6 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from openswarm.codec import CodecError, encode
+from openswarm.codec.arrays import flat_storage
+from openswarm.codec.decode import EncodedFile
 from openswarm.codec.tensors import structure
 from openswarm.codec.transport import COMPRESSIONS, SCALES, Transport
 from openswarm.node.receive import ReceiveError, Receiver
@@ -53,6 +57,28 @@ def test_every_mode_round_trips_into_the_models_dtypes(name: str) -> None:
     # packing what was unpacked changes nothing more (a leader's hand-out stays the same)
     if transport.lossy in ("float16", "bfloat16"):
         assert transport.pack(back) == data
+
+
+@pytest.mark.parametrize("name", COMPRESSIONS)
+def test_a_packed_file_loads_tensor_by_tensor_as_unpack_gives(name: str, tmp_path: Path) -> None:
+    params, transport = model(), Transport.parse(name)
+    shape = structure(params)
+    data = transport.pack(params)
+    (tmp_path / "model").write_bytes(data)
+    whole = transport.unpack(data, shape)
+    with EncodedFile(tmp_path / "model") as encoded:
+        load = transport.tensor_loader(encoded, shape)
+        for t, (key, spec) in enumerate(shape.items()):
+            expected = flat_storage(whole[key], spec.dtype)
+            assert load(t).dtype == expected.dtype and np.array_equal(load(t), expected), key
+    other = {**params, "w": np.zeros((64, 32), np.float32)}  # another model's snapshot
+    (tmp_path / "other").write_bytes(transport.pack(other))
+    with EncodedFile(tmp_path / "other") as encoded, pytest.raises(CodecError, match="'w' is"):
+        transport.tensor_loader(encoded, shape)
+    renamed = {("v" if k == "w" else k): v for k, v in params.items()}
+    (tmp_path / "renamed").write_bytes(transport.pack(renamed))
+    with EncodedFile(tmp_path / "renamed") as encoded, pytest.raises(CodecError, match="names"):
+        transport.tensor_loader(encoded, shape)
 
 
 @settings(max_examples=50, deadline=None)

@@ -48,6 +48,12 @@ def may_lead() -> bool:
     return os.environ.get("SL_MAKE_ME_ADMIN", "").strip().lower() not in ("false", "0", "no")
 
 
+def env_merge_memory() -> str:
+    """HPE's `SL_RAM_INTENSIVE=False` in the environment: merge layer by layer ("layer")."""
+    off = os.environ.get("SL_RAM_INTENSIVE", "").strip().lower() in ("false", "0", "no")
+    return "layer" if off else "model"
+
+
 def adaptive_bounds(start: int) -> dict[str, int]:
     """Adaptive sync's range: from a quarter to four times the starting interval."""
     return {"start": start, "min": max(1, start // 4), "max": start * 4}
@@ -89,6 +95,7 @@ class SwarmSession:
         audit: int | None = None,
         may_audit: bool = True,
         compression: str | None = None,
+        merge_memory: str | None = None,
         network: NetworkConfig | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
@@ -121,6 +128,7 @@ class SwarmSession:
             audit=audit,
             audits=bool(may_audit),
             compression=compression,
+            merge_memory=merge_memory or env_merge_memory(),
         )
         self.sync_frequency = sync_frequency
         self.use_adaptive_sync = use_adaptive_sync

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import os
 import sys
 from typing import Any
@@ -14,6 +15,17 @@ from openswarm.codec.header import Entry, Layout
 from openswarm.codec.layout import as_byte_view, check_bool_bytes, read_layout, read_layout_file
 
 _ALIGN = 64  # where each decoded tensor starts in the block they share
+_MAPPED_BYTES = 1 << 20  # arrays this large get memory of their own from the system
+
+
+def fresh_array(count: int, dtype: np.dtype) -> np.ndarray:
+    """An uninitialised array; a large one in memory mapped for it alone, which goes back to
+    the system the moment the array is dropped (malloc would keep a freed block of a few
+    megabytes in the heap, so models read and dropped every round would pile up there)."""
+    nbytes = count * dtype.itemsize
+    if nbytes < _MAPPED_BYTES:
+        return np.empty(count, dtype)
+    return np.frombuffer(mmap.mmap(-1, nbytes), dtype, count)
 
 
 def decode(
@@ -38,7 +50,7 @@ def decode(
     for entry in layout.entries:
         offsets.append(total)
         total += -(-(entry.end - entry.begin) // _ALIGN) * _ALIGN
-    block = np.empty(total, np.uint8) if copy and sys.byteorder == "little" else None
+    block = fresh_array(total, np.dtype(np.uint8)) if copy and sys.byteorder == "little" else None
     out: dict[str, Any] = {}
     for entry, offset in zip(layout.entries, offsets, strict=True):
         start = layout.data_start + entry.begin
@@ -58,19 +70,45 @@ def decode(
 
 def decode_file(path: str | os.PathLike[str], *, as_torch: bool = False) -> dict[str, Any]:
     """Tensors from a file written by ``encode_to_file``, read straight into their arrays."""
-    with open(path, "rb") as handle:
-        layout = read_layout_file(handle)
-        _check_backend(layout, as_torch)
-        out: dict[str, Any] = {}
-        for entry in layout.entries:
-            flat = np.empty((entry.end - entry.begin) // entry.dtype.itemsize, entry.dtype.storage)
-            handle.seek(layout.data_start + entry.begin)
-            _read_exactly(handle, memoryview(flat.view(np.uint8)), entry)
-            check_bool_bytes(entry, flat.view(np.uint8))
-            if sys.byteorder == "big":  # pragma: no cover - little-endian hosts only in CI
-                flat.byteswap(inplace=True)
-            out[entry.name] = _wrap(flat, entry, as_torch)
-    return out
+    with EncodedFile(path) as encoded:
+        _check_backend(encoded.layout, as_torch)
+        return {
+            entry.name: _wrap(encoded.flat(t), entry, as_torch)
+            for t, entry in enumerate(encoded.layout.entries)
+        }
+
+
+class EncodedFile:
+    """An encoded file whose tensors are read one at a time (its layout checked on open),
+    e.g. to merge models layer by layer without holding them."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self._handle = open(path, "rb")  # noqa: SIM115 - closed by close()
+        try:
+            self.layout = read_layout_file(self._handle)
+        except BaseException:
+            self._handle.close()
+            raise
+
+    def flat(self, index: int) -> np.ndarray:
+        """Tensor `index`'s raw values as a fresh flat array (bfloat16 as uint16 bits)."""
+        entry = self.layout.entries[index]
+        flat = fresh_array((entry.end - entry.begin) // entry.dtype.itemsize, entry.dtype.storage)
+        self._handle.seek(self.layout.data_start + entry.begin)
+        _read_exactly(self._handle, memoryview(flat.view(np.uint8)), entry)
+        check_bool_bytes(entry, flat.view(np.uint8))
+        if sys.byteorder == "big":  # pragma: no cover - little-endian hosts only in CI
+            flat.byteswap(inplace=True)
+        return flat
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def __enter__(self) -> EncodedFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _check_backend(layout: Layout, as_torch: bool) -> None:

@@ -18,14 +18,14 @@ the same lossy form and loads it back from there, so every site holds the same m
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from openswarm.codec.arrays import numpy_bfloat16
-from openswarm.codec.decode import decode
+from openswarm.codec.decode import EncodedFile, decode
 from openswarm.codec.encode import encode
 from openswarm.codec.errors import CodecError
 from openswarm.codec.tensors import TensorSpec
@@ -75,6 +75,48 @@ class Transport:
         if self.lossy == "none" or structure is None:
             return params
         return _dequantize(params, self.lossy, structure)
+
+    def tensor_loader(
+        self, encoded: EncodedFile, structure: Mapping[str, TensorSpec]
+    ) -> Callable[[int], np.ndarray]:
+        """For merging layer by layer: `load(t)` reads tensor t of `structure` (in its order)
+        from `encoded` (as `pack` made it) as a flat raw array in the structure's dtype, as
+        `unpack` would give it. CodecError if the file's tensors do not fit `structure`."""
+        specs = list(structure.values())
+        entries = list(encoded.layout.entries)
+        scales: list[float] = []
+        if self.lossy == "int8":
+            if not entries or entries[-1].name != SCALES:
+                raise CodecError(f"the int8 scales (tensor {SCALES!r}) are missing")
+            scales = [float(x) for x in encoded.flat(len(entries) - 1).astype(np.float64)]
+            entries.pop()
+        if [e.name for e in entries] != [spec.name for spec in specs]:
+            raise CodecError("tensor names differ from this site's model")
+        quantized = [spec.dtype.name in _QUANTIZED and self.lossy != "none" for spec in specs]
+        travelled = {"float16": "float16", "bfloat16": "bfloat16", "int8": "int8"}
+        for entry, spec, lossy in zip(entries, specs, quantized, strict=True):
+            wanted = travelled[self.lossy] if lossy else spec.dtype.name
+            if entry.shape != spec.shape or entry.dtype.name != wanted:
+                raise CodecError(
+                    f"tensor {spec.name!r} is {entry.dtype.name} {list(entry.shape)}, expected "
+                    f"{wanted} {list(spec.shape)}"
+                )
+        if self.lossy == "int8" and len(scales) != sum(quantized):
+            raise CodecError(f"{len(scales)} int8 scale(s) for {sum(quantized)} tensors")
+        scale_of = dict(zip([t for t, q in enumerate(quantized) if q], scales, strict=False))
+
+        def load(t: int) -> np.ndarray:
+            raw = encoded.flat(t)
+            if not quantized[t]:
+                return raw
+            target = specs[t].dtype.storage
+            if self.lossy == "int8":
+                return raw.astype(target) * target.type(scale_of[t])
+            if self.lossy == "bfloat16":
+                raw = np.left_shift(raw.astype(np.uint32), 16).view(np.float32)
+            return raw.astype(target)
+
+        return load
 
     def wire(self, data: bytes) -> bytes:
         """What goes over the network for `data`."""

@@ -13,7 +13,7 @@ from openswarm.merge.combine import combine_tensor
 from openswarm.merge.coordinatewise import coordinatewise_tensor
 from openswarm.merge.errors import MergeInputError
 from openswarm.merge.gram import Gram, gram
-from openswarm.merge.inputs import prepare
+from openswarm.merge.inputs import Prepared, prepare
 from openswarm.merge.median import weighted_median_rows
 from openswarm.merge.sums import exact, quad
 
@@ -52,11 +52,16 @@ def geomedian_with_info(
     coordinate-wise median (the 1-D geometric median). Zero-weight peers are dropped;
     weights are capped at their lower median first (``Prepared.capped``).
     """
+    return geomedian_prepared(prepare(param_sets, weights), tol, max_iter)
+
+
+def geomedian_prepared(prep: Prepared, tol: float = 1e-6, max_iter: int = 100) -> GeomedianResult:
+    """:func:`geomedian_with_info` of validated inputs."""
     if not (isinstance(tol, int | float) and math.isfinite(tol) and tol > 0):
         raise MergeInputError(f"tol must be a positive finite number, got {tol!r}")
     if not isinstance(max_iter, int) or isinstance(max_iter, bool) or max_iter < 0:
         raise MergeInputError(f"max_iter must be an int >= 0, got {max_iter!r}")
-    prep = prepare(param_sets, weights).capped()
+    prep = prep.capped()
     w = prep.weights
     if prep.count == 1:
         coeffs, iterations, converged, step = w, 0, True, 0.0

@@ -26,7 +26,11 @@ def krum(
     is required. ``f`` defaults to the largest allowed, ``(K - 3) // 2``. Weights only
     drop zero-weight peers; they do not change scores.
     """
-    prep = prepare(param_sets, weights)
+    return krum_prepared(prepare(param_sets, weights), f)
+
+
+def krum_prepared(prep: Prepared, f: int | None = None) -> dict[str, Any]:
+    """:func:`krum` of validated inputs."""
     scores = krum_scores(prep, _byzantine(prep.count, f))
     best = int(np.argmin(scores))
     return prep.build([flat.copy() for flat in prep.flats[best]])
@@ -43,7 +47,14 @@ def multi_krum(
     Scores and ``f`` as in :func:`krum`; ties go to the lower index. Weights are capped at
     their lower median (over all peers, ``Prepared.capped``) before the chosen are averaged.
     """
-    prep = prepare(param_sets, weights).capped()
+    return multi_krum_prepared(prepare(param_sets, weights), f, m)
+
+
+def multi_krum_prepared(
+    prep: Prepared, f: int | None = None, m: int | None = None
+) -> dict[str, Any]:
+    """:func:`multi_krum` of validated inputs."""
+    prep = prep.capped()
     f = _byzantine(prep.count, f)
     m = prep.count - f if m is None else m
     if not isinstance(m, int) or isinstance(m, bool) or not 1 <= m <= prep.count:

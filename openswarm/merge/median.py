@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from openswarm.merge.coordinatewise import coordinatewise
-from openswarm.merge.inputs import prepare
+from openswarm.merge.inputs import Prepared, prepare
 from openswarm.merge.network import sorted_lanes
 from openswarm.merge.sums import exact
 
@@ -27,7 +27,12 @@ def coordmedian(
     even count). Integers and bools follow ``numeric.store``; zero-weight peers are dropped;
     weights are capped at their lower median first (``Prepared.capped``).
     """
-    prep = prepare(param_sets, weights).capped()
+    return coordmedian_prepared(prepare(param_sets, weights))
+
+
+def coordmedian_prepared(prep: Prepared) -> dict[str, Any]:
+    """:func:`coordmedian` of validated inputs."""
+    prep = prep.capped()
     w = prep.weights
     if prep.equal_weights():
         return prep.build(coordinatewise(prep, median_rows))

@@ -10,7 +10,7 @@ import numpy as np
 
 from openswarm.merge.coordinatewise import coordinatewise
 from openswarm.merge.errors import MergeInputError
-from openswarm.merge.inputs import prepare
+from openswarm.merge.inputs import Prepared, prepare
 from openswarm.merge.network import sorted_lanes
 
 
@@ -30,9 +30,14 @@ def trimmed_mean(
     (``Prepared.capped``). Equal values are ordered by ascending weight, which keeps the
     result independent of peer order.
     """
+    return trimmed_mean_prepared(prepare(param_sets, weights), beta)
+
+
+def trimmed_mean_prepared(prep: Prepared, beta: float = 0.1) -> dict[str, Any]:
+    """:func:`trimmed_mean` of validated inputs."""
     if not isinstance(beta, int | float) or not 0 <= beta <= 0.5:
         raise MergeInputError(f"beta must be a number in [0, 0.5], got {beta!r}")
-    prep = prepare(param_sets, weights).capped()
+    prep = prep.capped()
     cut = trimmed_count(beta, prep.count)
     if prep.equal_weights():
         return prep.build(coordinatewise(prep, lambda rows: trimmed_rows(rows, cut)))

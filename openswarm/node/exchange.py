@@ -20,10 +20,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 import grpc
 
-from openswarm.codec import CodecError, digest_encoded
+from openswarm.codec import CodecError, digest_encoded, digest_file
 from openswarm.codec.chunks import CHUNK_BYTES, leaves
 from openswarm.net import (
     FAST_RECONNECT,
@@ -32,6 +33,7 @@ from openswarm.net import (
     require_role,
     secure_channel,
 )
+from openswarm.node.memory import release_freed_memory
 from openswarm.node.receive import ReceiveError, Receiver
 from openswarm.pki import CertIdentity, Identity, PkiError, identity_host, split_bundle
 from openswarm.protocol import MODEL_KINDS
@@ -44,6 +46,7 @@ MAX_FETCHES_PER_CALLER = 2
 MAX_CHUNK_BYTES = 4 * CHUNK_BYTES
 """Largest single message a fetcher accepts: how far one chunk can overshoot max_bytes."""
 _KEEP_ROUNDS = 3
+_TRIM_AFTER_BYTES = 8 << 20  # after a fetch this large, freed memory goes back to the system
 _CLIENT_OPTIONS = (*FAST_RECONNECT, ("grpc.max_receive_message_length", MAX_CHUNK_BYTES))
 
 Authorize = Callable[[CertIdentity, str, int], str | None]
@@ -337,6 +340,7 @@ class ExchangeClient:
         size: int | None = None,
         root: str | None = None,
         zstd: bool = False,
+        into: BinaryIO | None = None,
     ) -> bytearray:
         """The snapshot's bytes, checked; ExchangeError otherwise.
 
@@ -344,7 +348,8 @@ class ExchangeClient:
         them, so the buffer is allocated once. With `root` (the snapshot's chunk root) every
         chunk is checked against it as it arrives and no digest is computed; without it the
         whole is checked against `digest`. `zstd`: the wire is zstd-compressed (it is
-        decompressed as it comes, never past the bound).
+        decompressed as it comes, never past the bound). `into`: a file (opened for writing
+        and reading) that takes the bytes instead of memory; then the result is empty.
 
         The call is cancelled as soon as more bytes arrive than that, when no chunk comes
         for `idle_s` seconds, and in any case after `deadline_s` seconds. With `peer`, the
@@ -360,7 +365,7 @@ class ExchangeClient:
             )
         if root is not None and size is None:
             raise ExchangeError(f"fetching {what}: checking chunks needs the model's size")
-        receiver = Receiver(size, max_bytes, root, zstd)
+        receiver = Receiver(size, max_bytes, root, zstd, into)
         ask = {"kind": kind, "round": round, "digest": digest}
         if root is not None:
             ask["leaves"] = True
@@ -370,7 +375,7 @@ class ExchangeClient:
             for message in call:
                 watch.touch()
                 receiver.add(message)
-            data = receiver.finish()
+            data = receiver.finish() or bytearray()
         except ReceiveError as exc:
             call.cancel()
             raise ExchangeError(f"fetching {what}: {exc}; cancelled") from None
@@ -383,8 +388,12 @@ class ExchangeClient:
         finally:
             watch.stop()
             self.received.add(receiver.wire_bytes)
-        if root is None:
+            if receiver.wire_bytes >= _TRIM_AFTER_BYTES:  # gRPC's buffers of it stay in the heap
+                release_freed_memory()
+        if root is None and into is None:
             _check_digest(data, digest, endpoint, kind, round)
+        elif root is None:
+            _check_file_digest(into, digest, endpoint, kind, round)  # type: ignore[arg-type]
         return data
 
     def _stub(self, endpoint: str, peer: str | None) -> grpc.UnaryStreamMultiCallable:
@@ -422,6 +431,19 @@ def _rpc_failure(exc: grpc.RpcError, what: str, deadline_s: float) -> str:
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return f"fetching {what}: not done within the {deadline_s:g} s deadline"
     return f"fetching {what} failed: {code.name}: {details}"
+
+
+def _check_file_digest(into: BinaryIO, digest: str, endpoint: str, kind: str,
+                       round: int) -> None:  # fmt: skip
+    try:
+        got = digest_file(into.name)
+    except (CodecError, OSError) as exc:
+        raise ExchangeError(f"{endpoint} sent a malformed {kind} model: {exc}") from exc
+    if got != digest:
+        raise ExchangeError(
+            f"{endpoint} sent a {kind} model of round {round} whose digest {got[:12]}… "
+            f"differs from the ledger's {digest[:12]}…"
+        )
 
 
 def _check_digest(buffer: bytearray, digest: str, endpoint: str, kind: str, round: int) -> None:

@@ -7,33 +7,38 @@ stay finite is left out and named. Snapshots are merged in the ledger's ranking 
 an auditor (`Leader.recompute`) that pulls the same ones gets the same bits (merges are
 deterministic, see openswarm.merge.sums).
 
-`mean` streams: snapshots arrive two at a time, each checked chunk by chunk against the root
-its site announced (openswarm.node.receive), then for names, shapes and dtypes, then for
-NaN and infinity, and only then added to the running sum (openswarm.merge.running_mean),
+`mean` streams: snapshots arrive one after another, each checked chunk by chunk against the
+root its site announced (openswarm.node.receive), then for names, shapes and dtypes, then
+for NaN and infinity, and only then added to the running sum (openswarm.merge.running_mean),
 which is written straight into the merged model's encoding. A snapshot that fails anywhere
 is left out before it touches the sum, and the leader holds its own snapshot, the merge and
-two incoming snapshots at most. The other methods need every input at once: they gather
-all snapshots, then merge.
+one incoming snapshot. The other methods need every input at once: they gather all
+snapshots, then merge, or (`merge_memory="layer"`) keep them in temporary files and merge
+layer by layer (openswarm.merge.layered).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import mmap
+import tempfile
 import time
-from collections import deque
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 
 from openswarm.codec import CodecError, check_finite, digest_encoded
 from openswarm.codec.arrays import flat_storage, from_storage
+from openswarm.codec.decode import EncodedFile
 from openswarm.codec.encode import allocate_encoded
 from openswarm.codec.finite import has_nonfinite
 from openswarm.codec.tensors import TensorSpec
 from openswarm.codec.transport import Transport
 from openswarm.merge import MergeInputError, NonFiniteInput, merge
+from openswarm.merge.layered import Loader, merge_layered
 from openswarm.merge.running_mean import RunningMean, weight_scale
 from openswarm.node.checks import Params, Structure, mismatch, structure
 from openswarm.node.exchange import ExchangeClient, ExchangeError
@@ -42,7 +47,6 @@ from openswarm.node.settings import SwarmSettings
 log = logging.getLogger("openswarm.peer")
 
 MAX_IDLE_S = 10.0  # a snapshot download with no byte for this long has stalled
-STREAM_WINDOW = 2  # snapshots a streaming merge holds at once: one added, one arriving
 Timed = Callable[[str], contextlib.AbstractContextManager[None]]
 
 
@@ -90,6 +94,8 @@ class Leader:
             streamed = self._stream(pulls, names)
             if streamed is not None:
                 return streamed
+        elif self.settings.merge_memory == "layer":
+            return self._layer_by_layer(pulls, names)
         with self.timed("transfer"):
             sets, weights, used, excluded = self._gather(pulls, names)
         with self.timed("merge"):
@@ -118,6 +124,12 @@ class Leader:
                     first = streamed.excluded[0]
                     raise MergeInputError(f"snapshot of {first['name']}: {first['reason']}")
                 return streamed
+        elif self.settings.merge_memory == "layer":
+            found = self._layer_by_layer(pulls, names)
+            if found.excluded:
+                first = found.excluded[0]
+                raise MergeInputError(f"snapshot of {first['name']}: {first['reason']}")
+            return found
         with self.timed("transfer"):
             sets, weights, used, excluded = self._gather(pulls, names)
         if excluded:
@@ -137,9 +149,9 @@ class Leader:
         return self.settings.merge_method == "mean" and not self.settings.merge_options
 
     def _stream(self, pulls: _Pulls, names: list[str]) -> Merged | None:
-        """The weighted mean of `names`' snapshots, each added as soon as it has arrived
-        whole and checked (chunks, structure, finiteness), in ranking order, while the next
-        one arrives; one that fails is left out before it touches the sum. Lossless, the
+        """The weighted mean of `names`' snapshots, pulled one after another in ranking
+        order, each added once it has arrived whole and checked (chunks, structure,
+        finiteness); one that fails is left out before it touches the sum. Lossless, the
         mean is written straight into its encoding. None if the sum overflowed or only
         zero weights are left: then the caller merges the whole sets instead (same bits)."""
         ready = pulls.view["current"]["ready"]
@@ -154,35 +166,22 @@ class Leader:
         running = RunningMean(specs, weight_scale(list(weights.values())), outputs)
         used: list[str] = []
         excluded: list[dict[str, str]] = []
-        waiting: deque[tuple[str, Future[Params | str]]] = deque()
-        queue = iter(names)
-        with ThreadPoolExecutor(max_workers=STREAM_WINDOW) as pool:
-
-            def start_next() -> None:
-                name = next(queue, None)
-                if name is not None:
-                    waiting.append((name, pool.submit(pulls.pull, name)))
-
-            for _ in range(STREAM_WINDOW - 1):
-                start_next()
-            while waiting:  # the next snapshot arrives while this one is added
-                name, future = waiting.popleft()
-                with self.timed("transfer"):
-                    got = future.result()
-                with self.timed("merge"):
-                    if not isinstance(got, str):
-                        got = _nonfinite(got, specs) or got
-                    if isinstance(got, str):
-                        log.warning("%s: leaving %s out of round %d: %s", self.name, name,
-                                    pulls.round, got)  # fmt: skip
-                        excluded.append({"name": name, "reason": got[:500]})
-                    else:
-                        if weights[name] > 0:
-                            running.add([flat_storage(got[s.name], s.dtype) for s in specs],
-                                        weights[name])  # fmt: skip
-                        used.append(name)
-                del got  # before the next pull starts: two snapshots in memory at most
-                start_next()
+        for name in names:  # one at a time: adding one takes a fraction of its transfer
+            with self.timed("transfer"):
+                got = pulls.pull(name)
+            with self.timed("merge"):
+                if not isinstance(got, str):
+                    got = _nonfinite(got, specs) or got
+                if isinstance(got, str):
+                    log.warning("%s: leaving %s out of round %d: %s", self.name, name,
+                                pulls.round, got)  # fmt: skip
+                    excluded.append({"name": name, "reason": got[:500]})
+                    continue
+                if weights[name] > 0:
+                    running.add([flat_storage(got[s.name], s.dtype) for s in specs],
+                                weights[name])  # fmt: skip
+                used.append(name)
+            del got  # before the next one arrives
         if not used:
             raise MergeInputError("no snapshot left to merge")
         with self.timed("merge"):
@@ -196,6 +195,46 @@ class Leader:
                 )  # fmt: skip
             else:
                 data = buffer
+            digest = digest_encoded(data)
+        return Merged(data, digest, used, excluded)
+
+    def _layer_by_layer(self, pulls: _Pulls, names: list[str]) -> Merged:
+        """The contract's merge of `names`' snapshots with each kept in a temporary file as
+        it arrives (checked chunk by chunk, then for structure and finiteness, one layer
+        at a time) and merged layer by layer (openswarm.merge.layered): the same bits as
+        holding them all, in about K times the largest layer."""
+        spill = self.settings.spill_dir
+        with tempfile.TemporaryDirectory(prefix="openswarm-merge-", dir=spill) as folder:
+            files: list[EncodedFile] = []
+            try:
+                with self.timed("transfer"), ThreadPoolExecutor(min(8, len(names))) as pool:
+                    pulled = list(pool.map(
+                        lambda name: pulls.pull_to_file(name, Path(folder), files), names
+                    ))  # fmt: skip
+                ready = pulls.view["current"]["ready"]
+                loaders, weights, used, excluded = [], [], [], []
+                for name, got in zip(names, pulled, strict=True):
+                    if isinstance(got, str):
+                        log.warning("%s: leaving %s out of round %d: %s", self.name, name,
+                                    pulls.round, got)  # fmt: skip
+                        excluded.append({"name": name, "reason": got[:500]})
+                        continue
+                    loaders.append(got)
+                    weights.append(float(ready[name]["weight"]))
+                    used.append(name)
+                if not used:
+                    raise MergeInputError("no snapshot left to merge")
+                if not any(weights):
+                    weights = [1.0] * len(used)
+                with self.timed("merge"):
+                    params = merge_layered(list(pulls.reference.values()), loaders, weights,
+                                           self.settings.merge_method,
+                                           dict(self.settings.merge_options))  # fmt: skip
+            finally:
+                for encoded in files:
+                    encoded.close()
+        with self.timed("encode"):
+            data = self.transport.pack(params)
             digest = digest_encoded(data)
         return Merged(data, digest, used, excluded)
 
@@ -274,9 +313,8 @@ class _Pulls:
                 params = self.own
             elif member is None:
                 return "not a member"
-            elif entry["size"] != (self.expected or entry["size"]) or entry["size"] > self.cap:
-                return (f"announced a snapshot of {entry['size']} bytes, but the model's "
-                        f"names, shapes and dtypes encode to {len(self.own_data)}")  # fmt: skip
+            elif (refusal := self._size_refusal(entry)) is not None:
+                return refusal
             else:
                 data = self._fetch(name, member, entry)
                 params = transport.unpack(data, self.reference, copy=False)
@@ -284,7 +322,53 @@ class _Pulls:
             return str(exc)
         return mismatch(self.reference, params) or params
 
-    def _fetch(self, name: str, member: Mapping[str, Any], entry: Mapping[str, Any]) -> bytearray:
+    def pull_to_file(self, name: str, folder: Path, files: list[EncodedFile]) -> Loader | str:
+        """`name`'s snapshot kept in a file of `folder` (opened: added to `files`), checked
+        to fit and to be finite; the loader of its tensors, or why it cannot be had."""
+        if name == self.leader.name:
+            specs = list(self.reference.values())
+            own = self.own
+            return _nonfinite(own, specs) or (
+                lambda t: flat_storage(own[specs[t].name], specs[t].dtype)
+            )
+        entry = self.view["current"]["ready"][name]
+        member = self.view["members"].get(name)
+        if member is None:
+            return "not a member"
+        refusal = self._size_refusal(entry)
+        if refusal is not None:
+            return refusal
+        path = folder / f"{name}.snapshot"
+        try:
+            with open(path, "w+b") as handle:
+                self._fetch(name, member, entry, handle)
+            encoded = EncodedFile(path)
+            files.append(encoded)
+            load = self.leader.transport.tensor_loader(encoded, self.reference)
+            for t, spec in enumerate(self.reference.values()):
+                if has_nonfinite(load(t), spec.dtype):
+                    return f"tensor {spec.name!r} contains NaN or infinity"
+        except (ExchangeError, CodecError, OSError) as exc:
+            return str(exc)
+        if self._mirrors():  # the auditors may ask for it: served from the file
+            with open(path, "rb") as handle:
+                mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+            self.leader.mirror(self.round, entry["digest"], memoryview(mapped))  # type: ignore[misc,arg-type]
+        return load
+
+    def _size_refusal(self, entry: Mapping[str, Any]) -> str | None:
+        if entry["size"] != (self.expected or entry["size"]) or entry["size"] > self.cap:
+            return (f"announced a snapshot of {entry['size']} bytes, but the model's "
+                    f"names, shapes and dtypes encode to {len(self.own_data)}")  # fmt: skip
+        return None
+
+    def _mirrors(self) -> bool:
+        """Whether this is the leader of an audited round (it keeps what it pulled)."""
+        return (self.leader.mirror is not None and self.mirror_from is None
+                and bool(self.view["settings"].get("audit")))  # fmt: skip
+
+    def _fetch(self, name: str, member: Mapping[str, Any], entry: Mapping[str, Any],
+               into: BinaryIO | None = None) -> bytearray:  # fmt: skip
         size = int(entry["size"])
         options = dict(
             max_bytes=size,
@@ -292,6 +376,7 @@ class _Pulls:
             root=entry.get("root"),
             zstd=self.leader.transport.zstd,
             idle_s=min(MAX_IDLE_S, self.timeout / 4),
+            into=into,
         )
         sources = [(name, member["endpoint"], "local")]
         holder = self.view["members"].get(self.mirror_from or "")
@@ -311,14 +396,12 @@ class _Pulls:
                 )
             except ExchangeError as exc:
                 problems.append(str(exc))
+                if into is not None:  # start the file over for the next source
+                    into.seek(0)
+                    into.truncate()
                 continue
-            mirror = self.leader.mirror
-            if (
-                mirror is not None
-                and self.mirror_from is None
-                and self.view["settings"].get("audit")
-            ):  # a leader of an audited round
-                mirror(self.round, entry["digest"], data)
+            if into is None and self._mirrors():
+                self.leader.mirror(self.round, entry["digest"], data)  # type: ignore[misc]
             return data
         raise ExchangeError("; ".join(problems))
 

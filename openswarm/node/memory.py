@@ -1,9 +1,10 @@
-"""Handing freed memory back to the system between rounds.
+"""Handing freed memory back to the system after a model has moved.
 
-A round moves a model through many buffers of about a megabyte (gRPC messages, chunks
-served); glibc's malloc keeps such freed blocks in the process's heap, up to tens of
-megabytes, once larger blocks have raised its thresholds. After a round nothing of it is
-in use, so the peer asks malloc to return it (`malloc_trim`); elsewhere this does nothing.
+A transfer moves a model through many buffers of about a megabyte (gRPC's messages and
+the slices it queues); glibc's malloc keeps such freed blocks in the process's heap, up to
+about a model's size per transfer in flight. Once a large fetch or a round is over nothing
+of it is in use, so the peer asks malloc to return it (`malloc_trim`); without glibc this
+does nothing.
 """
 
 from __future__ import annotations

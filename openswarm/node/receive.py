@@ -9,6 +9,8 @@ past the cap. Everything that goes wrong raises ReceiveError naming what.
 
 from __future__ import annotations
 
+from typing import BinaryIO
+
 from openswarm.codec.chunks import CHUNK_BYTES, LEAF_BYTES, chunk_count, leaf, root_of
 
 
@@ -62,13 +64,61 @@ class _Plain:
         return self.buffer
 
 
+class _FileSink:
+    """The plain bytes written to a file instead, each chunk checked before it is written
+    (so memory holds one chunk, whatever the model's size)."""
+
+    def __init__(self, size: int | None, cap: int, leaves: bytes | None, into: BinaryIO) -> None:
+        self.size, self.cap, self.leaves, self.into = size, cap, leaves, into
+        self.filled = 0
+        self._pending = bytearray()
+        self._written = 0  # chunks written
+
+    def write(self, data: bytes | memoryview) -> int:
+        count = len(data)
+        limit = self.cap if self.size is None else self.size
+        if self.filled + count > limit:
+            raise ReceiveError(f"the peer sent more than the {limit} bytes expected")
+        self.filled += count
+        if self.leaves is None:
+            self.into.write(data)
+            return count
+        self._pending += data
+        while len(self._pending) >= CHUNK_BYTES:
+            self._flush(CHUNK_BYTES)
+        return count
+
+    def _flush(self, length: int) -> None:
+        chunk = memoryview(self._pending)[:length]
+        assert self.leaves is not None
+        wanted = self.leaves[self._written * LEAF_BYTES : (self._written + 1) * LEAF_BYTES]
+        if leaf(chunk) != wanted:
+            start = self._written * CHUNK_BYTES
+            raise ReceiveError(
+                f"chunk {self._written} (bytes {start}-{start + length}) does not match its digest"
+            )
+        self.into.write(chunk)
+        chunk.release()
+        del self._pending[:length]
+        self._written += 1
+
+    def finish(self) -> None:
+        if self.size is not None and self.filled != self.size:
+            raise ReceiveError(f"{self.filled} bytes arrived, the ledger recorded {self.size}")
+        if self._pending:
+            self._flush(len(self._pending))
+        self.into.flush()
+
+
 class Receiver:
     """One fetch's bytes. `size`: the exact size expected (the buffer is allocated at it);
     `cap`: the most decompressed bytes accepted without a size; `root`: the Merkle root the
     first message's leaves must give (then every chunk is checked against them);
-    `zstd`: the wire is zstd-compressed."""
+    `zstd`: the wire is zstd-compressed; `into`: a file to write the bytes to (checked
+    chunk by chunk first) instead of a buffer."""
 
-    def __init__(self, size: int | None, cap: int, root: str | None, zstd: bool) -> None:
+    def __init__(self, size: int | None, cap: int, root: str | None, zstd: bool,
+                 into: BinaryIO | None = None) -> None:  # fmt: skip
         if root is not None and size is None:
             raise ValueError("checking chunks against a root needs the model's size")
         self.wire_bytes = 0
@@ -80,7 +130,10 @@ class Receiver:
             self._wire_cap += chunk_count(most) * LEAF_BYTES
         self._root = root
         self._size, self._cap = size, cap
-        self._plain: _Plain | None = None if root is not None else _Plain(size, cap, None)
+        self._into = into
+        self._plain: _Plain | _FileSink | None = None
+        if root is None:
+            self._plain = self._sink(None)
         self._zstd = zstd
         self._writer: object | None = None
 
@@ -92,7 +145,7 @@ class Receiver:
                 f"the peer sent {self.wire_bytes} bytes, more than the {self._wire_cap} expected"
             )
         if self._plain is None:  # the first message: the leaves
-            self._plain = _Plain(self._size, self._cap, self._checked_leaves(message))
+            self._plain = self._sink(self._checked_leaves(message))
             return
         if not self._zstd:
             self._plain.write(message)
@@ -104,8 +157,14 @@ class Receiver:
         except zstandard.ZstdError as exc:
             raise ReceiveError(f"not a zstd stream: {exc}") from None
 
-    def finish(self) -> bytearray:
-        """The model's bytes, all arrived and checked; ReceiveError otherwise."""
+    def _sink(self, leaves: bytes | None) -> _Plain | _FileSink:
+        if self._into is None:
+            return _Plain(self._size, self._cap, leaves)
+        return _FileSink(self._size, self._cap, leaves, self._into)
+
+    def finish(self) -> bytearray | None:
+        """The model's bytes (None: they went to the file), all arrived and checked;
+        ReceiveError otherwise."""
         if self._plain is None:
             raise ReceiveError("the stream ended before the chunk digests came")
         if self._writer is not None:

@@ -22,7 +22,10 @@ from openswarm.protocol import (
     SwarmConfigError,
 )
 
-__all__ = ["NetworkConfig", "SwarmConfigError", "SwarmSettings"]
+__all__ = ["MERGE_MEMORY", "NetworkConfig", "SwarmConfigError", "SwarmSettings"]
+
+#: "model": a leader holds the snapshots it merges in memory; "layer": one layer at a time.
+MERGE_MEMORY = ("model", "layer")
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,10 @@ class SwarmSettings:
     audit: int | None = None  # auditors per merge, for a contract this site creates
     compression: str | None = None  # how models travel, for a contract this site creates
     audits: bool = True  # False: this site never audits a merge (it still trains and votes)
+    # "layer": merges needing every snapshot at once (all but mean) keep the snapshots in
+    # temporary files and hold one layer of each at a time (HPE's SL_RAM_INTENSIVE=False)
+    merge_memory: str = "model"
+    spill_dir: Path | None = None  # where those files go (None: the system's temp folder)
 
     def __post_init__(self) -> None:
         if not isinstance(self.min_peers, int) or self.min_peers < 1:
@@ -63,6 +70,10 @@ class SwarmSettings:
             raise SwarmConfigError(
                 f"weight_policy must be one of {', '.join(WEIGHT_POLICIES)}, "
                 f"got {self.weight_policy!r}"
+            )
+        if self.merge_memory not in MERGE_MEMORY:
+            raise SwarmConfigError(
+                f"merge_memory must be one of {', '.join(MERGE_MEMORY)}, got {self.merge_memory!r}"
             )
         if self.contribution not in CONTRIBUTIONS:
             raise SwarmConfigError(
