@@ -17,6 +17,8 @@ from harness import running_ledger
 
 import openswarm.node.leader as leader_module
 from openswarm.codec.chunks import CHUNK_BYTES, LEAF_BYTES, chunk_count, chunk_root
+from openswarm.codec.tensors import structure
+from openswarm.codec.transport import Transport
 from openswarm.ledger.local import LocalLedger
 from openswarm.merge import merge
 from openswarm.merge.layered import merge_layered
@@ -195,14 +197,15 @@ def test_a_snapshot_of_another_size_midway_leaves_its_site_out(swarm, how: str) 
 
 
 @pytest.mark.parametrize(
-    ("method", "options"), [("geomedian", {}), ("trimmed_mean", {"beta": 0.25})]
+    ("method", "options", "compression"),
+    [("geomedian", {}, "none"), ("trimmed_mean", {"beta": 0.25}, "int8+zstd")],
 )
 def test_layer_by_layer_merges_equal_the_whole_set_merge(make_swarm, monkeypatch, method,
-                                                         options) -> None:  # fmt: skip
+                                                         options, compression) -> None:  # fmt: skip
     # p1 leads, holding one layer of each snapshot at a time; its auditor holds them all in
     # memory: both must find the same bits
     layered = replace(SETTINGS, merge_method=method, merge_options=options, merge_memory="layer",
-                      audit=1)  # fmt: skip
+                      audit=1, compression=compression)  # fmt: skip
     in_memory = replace(layered, merge_memory="model", lead=False)
     peers = make_swarm(layered, dict.fromkeys(NAMES[1:], in_memory))
     calls = []
@@ -218,4 +221,8 @@ def test_layer_by_layer_merges_equal_the_whole_set_merge(make_swarm, monkeypatch
     ]
     assert record["leader"] == "p1" and calls == [method]
     assert record["audit"] is not None and record["audit"]["attestations"], record["audit"]
-    _assert_identical(results[0].params, _expected(record, inputs, {"p3"}, method, **options))
+    transport = Transport.parse(compression)  # the models as they travel
+    shape = structure(inputs[0])
+    travelled = [transport.unpack(transport.pack(x), shape) for x in inputs]
+    merged = _expected(record, travelled, {"p3"}, method, **options)
+    _assert_identical(results[0].params, transport.unpack(transport.pack(merged), shape))

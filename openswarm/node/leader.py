@@ -207,7 +207,8 @@ class Leader:
         with tempfile.TemporaryDirectory(prefix="openswarm-merge-", dir=spill) as folder:
             files: list[EncodedFile] = []
             try:
-                with self.timed("transfer"), ThreadPoolExecutor(min(8, len(names))) as pool:
+                # two downloads at a time: each holds gRPC's buffers of it, up to megabytes
+                with self.timed("transfer"), ThreadPoolExecutor(2) as pool:
                     pulled = list(pool.map(
                         lambda name: pulls.pull_to_file(name, Path(folder), files), names
                     ))  # fmt: skip
