@@ -58,6 +58,12 @@ Run:
     .venv/bin/python benchmarks/round_bench.py --sizes 10M --peers 4 \\
         --compression none,zstd,float16,int8+zstd
 
+`--link-mbit N` (root, iproute2 and tc) runs every peer in its own network namespace behind
+its own N Mbit/s link each way (benchmarks/links.py: a NetnsLab of tests/netns.py, a tc token
+bucket on both ends of each host's veth), the ledger on an unshaped host of its own; then
+the parent does not reach the ledger, so peer b1 reports the rounds' history:
+    .venv/bin/python benchmarks/round_bench.py --sizes 10M,50M --peers 4,8 --link-mbit 1000
+
 `--compression` likewise runs each cell once per mode (the contract's `compression`), and
 `--method` once per merge method; `--merge-memory layer` has every peer merge layer by layer
 (the methods but mean keep snapshots in temporary files, see openswarm.merge.layered):
@@ -72,6 +78,7 @@ the cost of audits, or the saving of a compression, is the difference between ro
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -186,6 +193,8 @@ class WorkerConfig:
     method: str = "mean"
     memory: str = "model"
     layers: int = 0
+    netns: str = ""  # with --link-mbit: the host (network namespace) this peer runs in
+    listen: str = "127.0.0.1:0"
 
 
 class RpcTimer:
@@ -255,6 +264,10 @@ def peer_worker(cfg: WorkerConfig, queue: MpQueue[Message], barrier: MpBarrier) 
     """One peer: register, then sync `1 + rounds` times, loading each merged model."""
     name = f"b{cfg.index + 1}"
     try:
+        if cfg.netns:  # first, while this process has one thread
+            from links import enter_host
+
+            enter_host(cfg.netns)
         import torch
 
         import openswarm.node.exchange as exchange
@@ -270,7 +283,8 @@ def peer_worker(cfg: WorkerConfig, queue: MpQueue[Message], barrier: MpBarrier) 
         }
         model = {key: torch.from_numpy(value.copy()) for key, value in params.items()}
         settings = bench_settings(cfg.peers, cfg.audit, cfg.compression, cfg.method, cfg.memory)
-        network = NetworkConfig(ledger=cfg.endpoints, identity=Path(cfg.identity))
+        network = NetworkConfig(ledger=cfg.endpoints, identity=Path(cfg.identity),
+                                listen=cfg.listen)  # fmt: skip
         peer = SwarmPeer(settings, network)
         rpc = RpcTimer()
         for method in ("call",):  # every ledger RPC goes through call()
@@ -301,8 +315,10 @@ def peer_worker(cfg: WorkerConfig, queue: MpQueue[Message], barrier: MpBarrier) 
             })  # fmt: skip
             del result
         barrier.wait(ROUND_TIMEOUT_S)  # everyone has the last merged model: stop serving
+        # the rounds as the ledger recorded them (the parent may not reach the ledger's host)
+        history = peer.ledger.state(DEFAULT_CONTRACT)["state"]["history"] if cfg.index == 0 else []
         peer.close()
-        queue.put({"kind": "done", "peer": name})
+        queue.put({"kind": "done", "peer": name, "history": history})
     except BaseException:
         queue.put({"kind": "error", "peer": name, "error": traceback.format_exc()})
         barrier.abort()
@@ -447,29 +463,43 @@ def run_cell(
     method: str = "mean",
     memory: str = "model",
     layers: int = 0,
+    link_mbit: int = 0,
 ) -> Cell:
     cell = Cell(count, peers, audit=audit, compression=compression, method=method, memory=memory,
                 load1=os.getloadavg()[0])  # fmt: skip
     started = time.perf_counter()
     cell.floor_s = copy_floor(count, peers)
     names = [f"b{i}" for i in range(1, peers + 1)]
-    with tempfile.TemporaryDirectory(prefix="round_bench_") as tmp:
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="round_bench_"))
         contract = bench_settings(peers, audit, compression, method).contract_settings()
+        hosts: list[Any] = []
+        if link_mbit:  # the ledger on host 1, each peer behind its own link on the next
+            from links import shaped_lab
+
+            lab = stack.enter_context(shaped_lab(peers + 1, link_mbit))
+            hosts = lab.hosts
         net = LocalLedger.create(
-            Path(tmp) / "ledger", replicas=1, peers=names, contract_settings=contract
-        )
+            Path(tmp) / "ledger", replicas=1, peers=names, contract_settings=contract,
+            hosts=[hosts[0].address] if hosts else None,
+        )  # fmt: skip
+        if hosts:
+            net.spawner = lambda replica, argv, **popen: lab.popen(hosts[0], argv, **popen)
         ctx = mp.get_context("spawn")
         queue: MpQueue[Message] = ctx.Queue()
         barrier = ctx.Barrier(peers + 1)
         procs: list[BaseProcess] = []
         try:
             net.start()
-            net.wait_ready()
+            if not hosts:  # else the peers wait for it (only they reach its host)
+                net.wait_ready()
             for index in range(peers):
                 cfg = WorkerConfig(
                     index, peers, count, rounds, tuple(net.endpoints),
                     str(net.pki_dir / "identities" / names[index]), keep_rounds, audit,
                     compression, method, memory, layers,
+                    hosts[index + 1].netns if hosts else "",
+                    f"{hosts[index + 1].address}:0" if hosts else "127.0.0.1:0",
                 )  # fmt: skip
                 proc = ctx.Process(target=peer_worker, args=(cfg, queue, barrier), daemon=True)
                 proc.start()
@@ -488,11 +518,10 @@ def run_cell(
                     measured.append(messages)
                     walls.append(time.perf_counter() - start)
             barrier.wait(ROUND_TIMEOUT_S)
-            collector.take("done", peers, START_TIMEOUT_S)
+            done = collector.take("done", peers, START_TIMEOUT_S)
             for proc in procs:
                 proc.join(30)
-            with net.client("admin") as client:
-                history = client.state(DEFAULT_CONTRACT)["state"]["history"]
+            history = next(m["history"] for m in done if m["peer"] == "b1")
             clean = []
             for messages, wall in zip(measured, walls, strict=True):
                 record = next((h for h in history if h["round"] == messages[0]["round"]), None)
@@ -582,6 +611,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--layers", type=int, default=0, help="N tensors of equal size (default: P/2, P/4, ...)"
     )
+    parser.add_argument(
+        "--link-mbit", type=int, default=0,
+        help="each peer in its own network namespace behind an N Mbit/s link (root, tc)",
+    )  # fmt: skip
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     if args.quick:
@@ -619,7 +652,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             try:
                 cell = run_cell(count, peers, args.rounds, args.keep_rounds, audit, compression,
-                                method, memory, args.layers)  # fmt: skip
+                                method, memory, args.layers, args.link_mbit)  # fmt: skip
                 cell.estimate_gb = estimate / GB
             except (CellError, RuntimeError, OSError, TimeoutError) as exc:
                 cell.skipped = f"failed: {str(exc)[-2000:]}"

@@ -23,6 +23,7 @@ from openswarm.ledger.local import LocalLedger
 from openswarm.merge import merge
 from openswarm.merge.layered import merge_layered
 from openswarm.node.exchange import Snapshot
+from openswarm.node.leader import mirror_key
 from openswarm.node.peer import RoundResult, SwarmPeer
 from openswarm.node.settings import NetworkConfig, SwarmSettings
 
@@ -226,3 +227,40 @@ def test_layer_by_layer_merges_equal_the_whole_set_merge(make_swarm, monkeypatch
     travelled = [transport.unpack(transport.pack(x), shape) for x in inputs]
     merged = _expected(record, travelled, {"p3"}, method, **options)
     _assert_identical(results[0].params, transport.unpack(transport.pack(merged), shape))
+
+
+def test_a_snapshot_in_another_tensor_order_is_left_out(swarm) -> None:
+    def reorder(params: dict[str, Any]) -> None:
+        small = params.pop("small")  # the same tensors, "steps" now before "small" (and
+        params["small"] = small  # the same encoded size: only the order gives it away)
+        params["last"] = params.pop("last")
+
+    results, record, inputs = _merged_round(swarm, [61, 62, 63, 64], reorder)
+    assert record["excluded"] == [
+        {"name": "p3", "reason": "tensors come in another order than this site's model's"}
+    ]
+    _assert_identical(results[0].params, _expected(record, inputs, {"p3"}))
+
+
+def test_a_mean_that_overflows_float32_is_summed_again_in_float64(swarm) -> None:
+    def huge(params: dict[str, Any]) -> None:
+        params["small"][:] = 3e38  # finite, but 7 x 3e38 is not
+
+    _round(swarm, [_params(s) for s in (1, 2, 3, 4)])
+    inputs = [_params(s) for s in (71, 72, 73, 74)]
+    for params in inputs:
+        huge(params)
+    results = _round(swarm, inputs)
+    assert len({r.digest for r in results}) == 1 and results[0].digest is not None
+    record = _record(swarm[0], results[0].round)
+    assert record["status"] == "merged" and not record["excluded"]
+    expected = _expected(record, inputs, set())
+    assert np.all(expected["small"] == np.float32(3e38))  # what float64 gives back
+    _assert_identical(results[0].params, expected)
+
+
+def test_mirrors_are_keyed_by_site_and_root() -> None:
+    entry = {"digest": "a" * 64, "root": "b" * 64}
+    assert mirror_key("p1", entry) != mirror_key("p2", entry)  # one digest, two sites
+    assert mirror_key("p1", entry) != mirror_key("p1", {**entry, "root": "c" * 64})
+    assert mirror_key("p1", {"digest": "a" * 64}) != mirror_key("p1", entry)

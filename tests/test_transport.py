@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from openswarm.codec import CodecError, encode
+from openswarm.codec import CodecError, decode, encode
 from openswarm.codec.arrays import flat_storage
 from openswarm.codec.decode import EncodedFile
 from openswarm.codec.tensors import structure
@@ -75,6 +75,14 @@ def test_a_packed_file_loads_tensor_by_tensor_as_unpack_gives(name: str, tmp_pat
     (tmp_path / "other").write_bytes(transport.pack(other))
     with EncodedFile(tmp_path / "other") as encoded, pytest.raises(CodecError, match="'w' is"):
         transport.tensor_loader(encoded, shape)
+    if transport.lossy == "int8":  # scales of another dtype: refused, as unpack refuses them
+        packed = decode(data)
+        packed[SCALES] = packed[SCALES].astype(np.float32)
+        (tmp_path / "scales").write_bytes(encode(packed))
+        with pytest.raises(CodecError, match="int8 scales"):
+            transport.unpack(encode(packed), shape)
+        with EncodedFile(tmp_path / "scales") as encoded, pytest.raises(CodecError, match="int8"):
+            transport.tensor_loader(encoded, shape)
     renamed = {("v" if k == "w" else k): v for k, v in params.items()}
     (tmp_path / "renamed").write_bytes(transport.pack(renamed))
     with EncodedFile(tmp_path / "renamed") as encoded, pytest.raises(CodecError, match="names"):
@@ -140,8 +148,11 @@ def test_what_arrives_is_bounded_and_checked() -> None:
     with pytest.raises(CodecError, match="cannot travel"):
         int8.pack({SCALES: np.zeros(1, np.float32)})
     packed = int8.pack({"w": np.ones(3, np.float32)})
-    with pytest.raises(CodecError, match="did not travel as int8"):
+    with pytest.raises(CodecError, match="int8 scales"):
         int8.unpack(Transport().pack({"w": np.ones(3, np.float32)}), structure({"w": np.ones(3)}))
+    with pytest.raises(CodecError, match="did not travel as int8"):
+        fake = {"w": np.ones(3, np.float32), SCALES: np.ones(1)}  # scales, but w as it was
+        int8.unpack(Transport().pack(fake), structure({"w": np.ones(3, np.float32)}))
     with pytest.raises(CodecError, match="left over"):
         int8.unpack(packed, structure({"v": np.ones(3, np.int64)}) | {})
     with pytest.raises(ValueError, match="compression must be one of none, zstd"):

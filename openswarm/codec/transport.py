@@ -86,8 +86,8 @@ class Transport:
         entries = list(encoded.layout.entries)
         scales: list[float] = []
         if self.lossy == "int8":
-            if not entries or entries[-1].name != SCALES:
-                raise CodecError(f"the int8 scales (tensor {SCALES!r}) are missing")
+            if not entries or entries[-1].name != SCALES or entries[-1].dtype.name != "float64":
+                raise CodecError(f"the int8 scales (float64 tensor {SCALES!r}, last) are missing")
             scales = [float(x) for x in encoded.flat(len(entries) - 1).astype(np.float64)]
             entries.pop()
         if [e.name for e in entries] != [spec.name for spec in specs]:
@@ -173,9 +173,11 @@ def _to_int8(array: np.ndarray) -> tuple[np.ndarray, float]:
 def _dequantize(
     params: dict[str, Any], lossy: str, structure: Mapping[str, TensorSpec]
 ) -> dict[str, Any]:
-    scales = (
-        list(np.asarray(params.pop(SCALES, np.zeros(0)), np.float64)) if lossy == "int8" else []
-    )
+    scales = []
+    if lossy == "int8":
+        if list(params)[-1:] != [SCALES] or np.asarray(params[SCALES]).dtype != np.float64:
+            raise CodecError(f"the int8 scales (float64 tensor {SCALES!r}, last) are missing")
+        scales = list(np.asarray(params.pop(SCALES)))
     out: dict[str, Any] = {}
     for name, value in params.items():
         spec = structure.get(name)

@@ -2,8 +2,7 @@
 
 Every method takes ``(param_sets, weights=None, **options)`` and returns the input's kind
 (numpy or torch), dtypes, names and order. Names, shapes, dtypes, kinds, weights and
-options are validated before any arithmetic, finiteness too (``mean`` checks it inside
-its single streaming pass, still before anything is returned); MergeInputError names
+options are validated before any arithmetic, finiteness too; MergeInputError names
 the peer and tensor (NonFiniteInput, with the peer's index, for NaN or infinity).
 Zero-weight peers are validated, then dropped. The robust methods (coordmedian, geomedian,
 trimmed_mean, multi_krum) cap every weight at the weights' lower median first, so that no

@@ -1,14 +1,13 @@
 """Validation of merge inputs, and their flat views (zero-weight peers checked then dropped).
 
-All checks (names, shapes, dtypes, kinds, weights, finiteness) run before any arithmetic,
-except that ``check_finite="dropped"`` leaves the kept peers' finiteness to the caller.
+All checks (names, shapes, dtypes, kinds, weights, finiteness) run before any arithmetic.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
@@ -74,27 +73,17 @@ class Prepared:
         return result
 
 
-FiniteCheck = Literal["all", "dropped"]
-
-
 def prepare(
     param_sets: Sequence[Mapping[str, Any]],
     weights: Sequence[float] | None = None,
-    *,
-    check_finite: FiniteCheck = "all",
 ) -> Prepared:
-    """Validate ``param_sets`` and ``weights``; MergeInputError names the peer and tensor.
-
-    ``check_finite="dropped"`` checks only zero-weight peers, for a caller that checks
-    the others itself while it streams over them.
-    """
+    """Validate ``param_sets`` and ``weights``; MergeInputError names the peer and tensor."""
     sets = _sets(param_sets)
     specs, as_torch = _structure(sets)
     w = _weights(weights, len(sets))
     kept = [i for i in range(len(sets)) if w[i] > 0]
-    to_check = [i for i in range(len(sets)) if check_finite == "all" or w[i] == 0]
     flats: dict[int, tuple[np.ndarray, ...]] = {}
-    for i in to_check:
+    for i in range(len(sets)):
         flats[i] = _flats(sets[i], specs)
         for spec, flat in zip(specs, flats[i], strict=True):
             if has_nonfinite(flat, spec.dtype):
@@ -102,7 +91,7 @@ def prepare(
     kept_w = w[kept]
     return Prepared(
         specs=specs,
-        flats=tuple(flats[i] if i in flats else _flats(sets[i], specs) for i in kept),
+        flats=tuple(flats[i] for i in kept),
         weights=kept_w / exact(kept_w),
         peers=tuple(kept),
         template=sets[0],

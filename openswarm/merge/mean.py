@@ -11,7 +11,7 @@ from openswarm.codec.arrays import numpy_bfloat16
 from openswarm.codec.dtypes import DType
 from openswarm.merge.errors import MergeInputError
 from openswarm.merge.inputs import Prepared, prepare
-from openswarm.merge.running_mean import RunningMean, redo_in_float64, weight_scale
+from openswarm.merge.running_mean import Float64Sum, RunningMean, weight_scale
 
 
 def mean(
@@ -41,9 +41,12 @@ def mean(
     running = RunningMean(prep.specs, scale, outputs)
     for flats, weight in zip(prep.flats, kept, strict=True):
         running.add(flats, weight)
-    for t in running.finish():
-        redo_in_float64(prep.specs[t], [flats[t] for flats in prep.flats], kept, scale,
-                        running.outputs[t])  # fmt: skip
+    overflowed = running.finish()
+    if overflowed:
+        again = Float64Sum(prep.specs, overflowed, scale)
+        for flats, weight in zip(prep.flats, kept, strict=True):
+            again.add(flats, weight)
+        again.finish(running.outputs)
     return prep.build(running.outputs)
 
 

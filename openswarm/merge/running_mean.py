@@ -2,14 +2,17 @@
 
 The definition (what `mean` computes, and what a leader streaming snapshots computes as
 they arrive) is ``sum_i(w_i * x_i) / sum_i(w_i)``, summed element-wise in the order the
-sets are added, in the accumulation dtype (`acc_dtype`), with ``w_i`` scaled by one power
-of two (exact, so the bits do not depend on which power) and the total summed exactly. A set
+sets are added, in the accumulation dtype (`acc_dtype`), with every ``w_i`` scaled by one
+power of two (`weight_scale`; the same bits for any power except where products fall to
+subnormals or overflow, so whoever must match another's sum uses the same scale: a round's
+leader and auditors take it from all of the round's weights) and the total summed exactly. A set
 is added whole before the next, so one that turns out bad before it is added never touches
 the sum, and holding the sum costs one output set (plus float32 accumulators for 16-bit
 floats and float64 ones for integers and bools) whatever the number of sets.
 
 A float tensor whose result is not finite although every input was (an intermediate sum
-overflowed) is reported by `finish`; `mean` recomputes it in float64 (`redo_in_float64`).
+overflowed) is reported by `finish` and summed again in float64 (`Float64Sum`, from the same
+sets in the same order).
 """
 
 from __future__ import annotations
@@ -95,18 +98,31 @@ class RunningMean:
         return overflowed
 
 
-def redo_in_float64(spec: TensorSpec, flats: Sequence[np.ndarray], weights: Sequence[float],
-                    scale: float, out: np.ndarray) -> None:  # fmt: skip
-    """Tensor `spec`'s weighted mean of `flats` (in that order) computed in float64 and
-    stored into `out`: for a tensor whose float32 sum overflowed."""
-    scaled = [w * scale for w in weights]
-    total = math.fsum(scaled)
-    for start in range(0, spec.size, CHUNK):
-        stop = min(start + CHUNK, spec.size)
-        acc = np.zeros(stop - start, np.float64)
-        for flat, w in zip(flats, scaled, strict=True):
-            acc += as_float(flat[start:stop], spec.dtype).astype(np.float64) * w
-        store(out[start:stop], acc / total, spec.dtype)
+class Float64Sum:
+    """The tensors `indices` of `specs` that overflowed in `RunningMean`, summed again in
+    float64 from the same sets, added in the same order with the same weights and scale."""
+
+    def __init__(self, specs: Sequence[TensorSpec], indices: Sequence[int], scale: float) -> None:
+        self.specs, self.indices, self._scale = tuple(specs), list(indices), scale
+        self._acc = {t: np.zeros(self.specs[t].size, np.float64) for t in self.indices}
+        self._weights: list[float] = []
+
+    def add(self, flats: Sequence[np.ndarray], weight: float) -> None:
+        """Add one set (all its flat raw tensors, in `specs` order)."""
+        w = weight * self._scale
+        for t, acc in self._acc.items():
+            spec = self.specs[t]
+            for start in range(0, spec.size, CHUNK):
+                stop = min(start + CHUNK, spec.size)
+                acc[start:stop] += as_float(flats[t][start:stop], spec.dtype).astype(np.float64) * w
+        self._weights.append(w)
+
+    def finish(self, outputs: Sequence[np.ndarray]) -> None:
+        """Divide by the total weight and store into `outputs` (all tensors' flat arrays)."""
+        total = math.fsum(self._weights)
+        for t, acc in self._acc.items():
+            np.divide(acc, total, out=acc)
+            store(outputs[t], acc, self.specs[t].dtype)
 
 
 def _finite(values: np.ndarray) -> bool:
@@ -115,4 +131,4 @@ def _finite(values: np.ndarray) -> bool:
         return math.isfinite(np.dot(values, values)) or bool(np.isfinite(values).all())
 
 
-__all__ = ["RunningMean", "redo_in_float64", "weight_scale"]
+__all__ = ["Float64Sum", "RunningMean", "weight_scale"]

@@ -19,6 +19,8 @@ def mismatch(reference: Structure, params: Params) -> str | None:
     extra = [n for n in params if n not in reference]
     if missing or extra:
         return f"tensor names differ (missing {missing[:3]}, unexpected {extra[:3]})"
+    if list(params) != list(reference):  # the order is part of a model (and of its digest)
+        return "tensors come in another order than this site's model's"
     for name, ref in reference.items():
         try:
             got = spec_of(name, params[name])

@@ -49,6 +49,8 @@ _KEEP_ROUNDS = 3
 _TRIM_AFTER_BYTES = 8 << 20  # after a fetch this large, freed memory goes back to the system
 _CLIENT_OPTIONS = (*FAST_RECONNECT, ("grpc.max_receive_message_length", MAX_CHUNK_BYTES))
 
+Buffer = bytes | bytearray | memoryview
+"""A model's bytes as held: received models are views of memory mapped for them."""
 Authorize = Callable[[CertIdentity, str, int], str | None]
 """authorize(caller, kind, round): None allows the fetch; a string is the reason to refuse."""
 Vouch = Callable[[bytes], str | None]
@@ -64,7 +66,7 @@ class Snapshot:
     kind: str
     round: int
     digest: str
-    data: bytes | bytearray
+    data: Buffer
     _leaves: bytes | None = field(default=None, repr=False)
 
     @property
@@ -83,8 +85,9 @@ class SnapshotStore:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._items: dict[tuple[str, int, str], Snapshot] = {}
+        self.on_forget: list[Callable[[str, int], None]] = []  # e.g. copies made for the wire
 
-    def publish(self, kind: str, round: int, digest: str, data: bytes | bytearray,
+    def publish(self, kind: str, round: int, digest: str, data: Buffer,
                 leaves: bytes | None = None) -> None:  # fmt: skip
         """Serve `data` as `kind` of `round`; `leaves`, its chunk digests, if known."""
         with self._lock:
@@ -103,6 +106,8 @@ class SnapshotStore:
         with self._lock:
             for key in [k for k in self._items if k[:2] == (kind, round)]:
                 del self._items[key]
+        for listener in self.on_forget:
+            listener(kind, round)
 
     def find(self, kind: str, round: int, digest: str) -> Snapshot | None:
         with self._lock:
@@ -176,6 +181,7 @@ class ExchangeServer:
         self.compress: Callable[[bytes], bytes] | None = None
         self._wired: dict[tuple[str, int, str], bytes] = {}
         self._wired_lock = threading.Lock()
+        self.store.on_forget.append(self._forget_wired)
         self._authorize = authorize
         self._vouch = vouch
         self._several_cas = len(split_bundle(identity.ca_cert_pem)) > 1
@@ -242,6 +248,11 @@ class ExchangeServer:
                 while len(self._wired) > _WIRED_KEPT:
                     del self._wired[next(iter(self._wired))]
         return found
+
+    def _forget_wired(self, kind: str, round: int) -> None:
+        with self._wired_lock:
+            for key in [k for k in self._wired if k[:2] == (kind, round)]:
+                del self._wired[key]
 
     def _site_refusal(self, context: grpc.ServicerContext) -> str | None:
         """With several site CAs: why the caller's certificate is not its own site's, if so."""
@@ -341,7 +352,7 @@ class ExchangeClient:
         root: str | None = None,
         zstd: bool = False,
         into: BinaryIO | None = None,
-    ) -> bytearray:
+    ) -> Buffer:
         """The snapshot's bytes, checked; ExchangeError otherwise.
 
         `max_bytes` bounds the model's bytes, `size` (if known: the ledger's record) fixes
@@ -446,7 +457,7 @@ def _check_file_digest(into: BinaryIO, digest: str, endpoint: str, kind: str,
         )
 
 
-def _check_digest(buffer: bytearray, digest: str, endpoint: str, kind: str, round: int) -> None:
+def _check_digest(buffer: Buffer, digest: str, endpoint: str, kind: str, round: int) -> None:
     try:
         got = digest_encoded(buffer)
     except CodecError as exc:

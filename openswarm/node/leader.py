@@ -20,6 +20,7 @@ layer by layer (openswarm.merge.layered).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import mmap
 import tempfile
@@ -30,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import numpy as np
+
 from openswarm.codec import CodecError, check_finite, digest_encoded
 from openswarm.codec.arrays import flat_storage, from_storage
 from openswarm.codec.decode import EncodedFile
@@ -39,9 +42,10 @@ from openswarm.codec.tensors import TensorSpec
 from openswarm.codec.transport import Transport
 from openswarm.merge import MergeInputError, NonFiniteInput, merge
 from openswarm.merge.layered import Loader, merge_layered
-from openswarm.merge.running_mean import RunningMean, weight_scale
+from openswarm.merge.running_mean import Float64Sum, RunningMean, weight_scale
 from openswarm.node.checks import Params, Structure, mismatch, structure
-from openswarm.node.exchange import ExchangeClient, ExchangeError
+from openswarm.node.exchange import Buffer, ExchangeClient, ExchangeError
+from openswarm.node.memory import spilled
 from openswarm.node.settings import SwarmSettings
 
 log = logging.getLogger("openswarm.peer")
@@ -71,7 +75,7 @@ class Leader:
         self.timed = timed
         self.transport = Transport()  # how models travel (the contract's compression)
         # where a leader keeps the snapshots it pulled, for its auditors: (round, digest, data)
-        self.mirror: Callable[[int, str, bytes], None] | None = None
+        self.mirror: Callable[[int, str, Buffer], None] | None = None
 
     def run(self, view: Mapping[str, Any], round: int, own_data: bytes,
             reference: Structure | None, cap: int) -> Merged:  # fmt: skip
@@ -91,10 +95,8 @@ class Leader:
         pulls = _Pulls(self, view, round, own_data, own, reference or structure(own), cap)
         names = list(view["current"]["ranking"])
         if self._streams():
-            streamed = self._stream(pulls, names)
-            if streamed is not None:
-                return streamed
-        elif self.settings.merge_memory == "layer":
+            return self._stream(pulls, names)
+        if self.settings.merge_memory == "layer":
             return self._layer_by_layer(pulls, names)
         with self.timed("transfer"):
             sets, weights, used, excluded = self._gather(pulls, names)
@@ -117,15 +119,10 @@ class Leader:
         own = self.transport.unpack(own_data, reference, copy=False)
         pulls = _Pulls(self, view, round, own_data, own, reference or structure(own), cap,
                        audit["leader"])  # fmt: skip
-        if self._streams():
-            streamed = self._stream(pulls, names)
-            if streamed is not None:
-                if streamed.excluded:
-                    first = streamed.excluded[0]
-                    raise MergeInputError(f"snapshot of {first['name']}: {first['reason']}")
-                return streamed
-        elif self.settings.merge_memory == "layer":
-            found = self._layer_by_layer(pulls, names)
+        if self._streams() or self.settings.merge_memory == "layer":
+            found = self._stream(pulls, names) if self._streams() else (
+                self._layer_by_layer(pulls, names)
+            )  # fmt: skip
             if found.excluded:
                 first = found.excluded[0]
                 raise MergeInputError(f"snapshot of {first['name']}: {first['reason']}")
@@ -148,22 +145,21 @@ class Leader:
         """Whether the contract's merge can take snapshots one at a time (`mean`)."""
         return self.settings.merge_method == "mean" and not self.settings.merge_options
 
-    def _stream(self, pulls: _Pulls, names: list[str]) -> Merged | None:
+    def _stream(self, pulls: _Pulls, names: list[str]) -> Merged:
         """The weighted mean of `names`' snapshots, pulled one after another in ranking
         order, each added once it has arrived whole and checked (chunks, structure,
         finiteness); one that fails is left out before it touches the sum. Lossless, the
-        mean is written straight into its encoding. None if the sum overflowed or only
-        zero weights are left: then the caller merges the whole sets instead (same bits)."""
+        mean is written straight into its encoding. The weights' scale comes from all of
+        the round's participants, so the leader and its auditors add the very same terms."""
         ready = pulls.view["current"]["ready"]
         weights = {name: float(ready[name]["weight"]) for name in names}
-        if not any(weights.values()):
-            weights = dict.fromkeys(names, 1.0)
+        scale = weight_scale([float(ready[n]["weight"]) for n in pulls.view["current"]["ranking"]])
         specs = list(pulls.reference.values())
         if self.transport.lossy_mode:
             buffer, outputs = None, None
         else:
             buffer, outputs = allocate_encoded(specs)
-        running = RunningMean(specs, weight_scale(list(weights.values())), outputs)
+        running = RunningMean(specs, scale, outputs)
         used: list[str] = []
         excluded: list[dict[str, str]] = []
         for name in names:  # one at a time: adding one takes a fraction of its transfer
@@ -177,16 +173,15 @@ class Leader:
                                 pulls.round, got)  # fmt: skip
                     excluded.append({"name": name, "reason": got[:500]})
                     continue
-                if weights[name] > 0:
-                    running.add([flat_storage(got[s.name], s.dtype) for s in specs],
-                                weights[name])  # fmt: skip
+                running.add([flat_storage(got[s.name], s.dtype) for s in specs], weights[name])
                 used.append(name)
             del got  # before the next one arrives
         if not used:
             raise MergeInputError("no snapshot left to merge")
         with self.timed("merge"):
-            if running.count == 0 or running.finish():
-                return None
+            overflowed = running.finish()
+        if overflowed:
+            self._redo_in_float64(pulls, used, weights, scale, overflowed, running.outputs)
         with self.timed("encode"):
             if buffer is None:
                 data: bytes | bytearray = self.transport.pack(
@@ -198,7 +193,34 @@ class Leader:
             digest = digest_encoded(data)
         return Merged(data, digest, used, excluded)
 
+    def _redo_in_float64(self, pulls: _Pulls, used: list[str], weights: Mapping[str, float],
+                         scale: float, overflowed: list[int],
+                         outputs: list[np.ndarray]) -> None:  # fmt: skip
+        """The tensors whose float32 sum overflowed, summed again in float64 from the same
+        snapshots pulled a second time, one at a time (as `mean` does with whole sets)."""
+        log.warning("%s: the mean of round %d overflowed in float32; summing %d tensor(s) "
+                    "again in float64", self.name, pulls.round, len(overflowed))  # fmt: skip
+        specs = list(pulls.reference.values())
+        again = Float64Sum(specs, overflowed, scale)
+        pulls.restart_clock()
+        for name in used:
+            with self.timed("transfer"):
+                got = pulls.pull(name)
+            if isinstance(got, str):  # it was had a moment ago: its site is failing the round
+                raise MergeInputError(f"snapshot of {name} could not be had again: {got}")
+            with self.timed("merge"):
+                again.add([flat_storage(got[s.name], s.dtype) for s in specs], weights[name])
+            del got
+        with self.timed("merge"):
+            again.finish(outputs)
+
     def _layer_by_layer(self, pulls: _Pulls, names: list[str]) -> Merged:
+        try:
+            return self._layered(pulls, names)
+        except (OSError, CodecError) as exc:  # the spill folder, or a file read back
+            raise MergeInputError(f"merging layer by layer failed: {exc}") from None
+
+    def _layered(self, pulls: _Pulls, names: list[str]) -> Merged:
         """The contract's merge of `names`' snapshots with each kept in a temporary file as
         it arrives (checked chunk by chunk, then for structure and finiteness, one layer
         at a time) and merged layer by layer (openswarm.merge.layered): the same bits as
@@ -301,6 +323,11 @@ class _Pulls:
         # (a cap either way); the whole gather ends well inside the leader timeout.
         self.expected = len(own_data) if mismatch(reference, own) is None else None
         self.timeout = float(view["settings"]["leader_timeout_s"])
+        self.restart_clock()
+
+    def restart_clock(self) -> None:
+        """Give the pulls from now on half the leader timeout (the whole gather ends well
+        inside it)."""
         self.deadline = time.monotonic() + self.timeout / 2
 
     def pull(self, name: str) -> Params | str:
@@ -349,12 +376,12 @@ class _Pulls:
             for t, spec in enumerate(self.reference.values()):
                 if has_nonfinite(load(t), spec.dtype):
                     return f"tensor {spec.name!r} contains NaN or infinity"
+            if self._mirrors():  # the auditors may ask for it: served from the file
+                with open(path, "rb") as handle:
+                    mapped = memoryview(mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ))
+                self._mirror(name, entry, mapped)
         except (ExchangeError, CodecError, OSError) as exc:
             return str(exc)
-        if self._mirrors():  # the auditors may ask for it: served from the file
-            with open(path, "rb") as handle:
-                mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
-            self.leader.mirror(self.round, entry["digest"], memoryview(mapped))  # type: ignore[misc,arg-type]
         return load
 
     def _size_refusal(self, entry: Mapping[str, Any]) -> str | None:
@@ -363,13 +390,17 @@ class _Pulls:
                     f"names, shapes and dtypes encode to {len(self.own_data)}")  # fmt: skip
         return None
 
+    def _mirror(self, name: str, entry: Mapping[str, Any], data: Buffer) -> None:
+        assert self.leader.mirror is not None
+        self.leader.mirror(self.round, mirror_key(name, entry), data)
+
     def _mirrors(self) -> bool:
         """Whether this is the leader of an audited round (it keeps what it pulled)."""
         return (self.leader.mirror is not None and self.mirror_from is None
                 and bool(self.view["settings"].get("audit")))  # fmt: skip
 
     def _fetch(self, name: str, member: Mapping[str, Any], entry: Mapping[str, Any],
-               into: BinaryIO | None = None) -> bytearray:  # fmt: skip
+               into: BinaryIO | None = None) -> Buffer:  # fmt: skip
         size = int(entry["size"])
         options = dict(
             max_bytes=size,
@@ -379,18 +410,20 @@ class _Pulls:
             idle_s=min(MAX_IDLE_S, self.timeout / 4),
             into=into,
         )
-        sources = [(name, member["endpoint"], "local")]
+        sources = [(name, member["endpoint"], "local", entry["digest"])]
         holder = self.view["members"].get(self.mirror_from or "")
         if self.mirror_from not in (None, name, self.leader.name) and holder is not None:
-            sources.append((self.mirror_from, holder["endpoint"], "mirror"))
+            sources.append(
+                (self.mirror_from, holder["endpoint"], "mirror", mirror_key(name, entry))
+            )
         problems = []
-        for peer, endpoint, kind in sources:
+        for peer, endpoint, kind, key in sources:
             try:
                 data = self.leader.fetcher.fetch(
                     endpoint,
                     kind,
                     self.round,
-                    entry["digest"],
+                    key,
                     peer=peer,
                     deadline_s=self.deadline - time.monotonic(),
                     **options,
@@ -401,10 +434,18 @@ class _Pulls:
                     into.seek(0)
                     into.truncate()
                 continue
-            if into is None and self._mirrors():
-                self.leader.mirror(self.round, entry["digest"], data)  # type: ignore[misc]
+            if into is None and self._mirrors():  # kept on disk, not in memory, until served
+                self._mirror(name, entry, spilled(data, self.leader.settings.spill_dir))
             return data
         raise ExchangeError("; ".join(problems))
+
+
+def mirror_key(name: str, entry: Mapping[str, Any]) -> str:
+    """What a leader serves `name`'s snapshot under, as a mirror for its auditors: its ready
+    entry's root (or digest) and the site's name, so no site's announcement can take
+    another's place there."""
+    pinned = str(entry.get("root") or entry["digest"])
+    return hashlib.sha256(f"openswarm-mirror\0{name}\0{pinned}".encode()).hexdigest()
 
 
 def _nonfinite(params: Params, specs: list[TensorSpec]) -> str | None:

@@ -12,7 +12,11 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import mmap
+import os
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 
 
 @functools.cache
@@ -33,3 +37,19 @@ def release_freed_memory() -> None:
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
+
+
+def spilled(data: bytes | bytearray | memoryview, folder: Path | None = None) -> memoryview:
+    """`data` moved to a file of `folder` (None: the system's temp folder), as a read-only
+    view of it mapped back: the bytes stay at hand while the memory they took is freed (the
+    file, unlinked at once, goes with the last view of it)."""
+    handle, name = tempfile.mkstemp(prefix="openswarm-spill-", dir=folder)
+    try:
+        with os.fdopen(handle, "w+b") as file:
+            file.write(data)
+            file.flush()
+            if not len(data):
+                return memoryview(b"")
+            return memoryview(mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ))
+    finally:
+        os.unlink(name)

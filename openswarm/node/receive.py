@@ -9,6 +9,7 @@ past the cap. Everything that goes wrong raises ReceiveError naming what.
 
 from __future__ import annotations
 
+import mmap
 from typing import BinaryIO
 
 from openswarm.codec.chunks import CHUNK_BYTES, LEAF_BYTES, chunk_count, leaf, root_of
@@ -22,7 +23,11 @@ class _Plain:
     """The decompressed (or plain) bytes: written into the buffer, checked per chunk."""
 
     def __init__(self, size: int | None, cap: int, leaves: bytes | None) -> None:
-        self.buffer = bytearray(size) if size is not None else bytearray()
+        # Memory mapped for it, touched only as bytes arrive (a bytearray of the size would
+        # be committed at once, whether or not the peer ever sends anything).
+        self.buffer: bytearray | memoryview = (
+            bytearray() if not size else memoryview(mmap.mmap(-1, size))
+        )
         self.size, self.cap, self.leaves = size, cap, leaves
         self.filled = 0
         self._checked = 0  # chunks checked against their leaves
@@ -33,7 +38,7 @@ class _Plain:
         limit = self.cap if self.size is None else self.size
         if end > limit:
             raise ReceiveError(f"the peer sent more than the {limit} bytes expected")
-        if self.size is None:
+        if isinstance(self.buffer, bytearray):
             self.buffer += data
         else:
             self.buffer[self.filled : end] = data
@@ -57,7 +62,7 @@ class _Plain:
                 )
             self._checked += 1
 
-    def finish(self) -> bytearray:
+    def finish(self) -> bytearray | memoryview:
         if self.size is not None and self.filled != self.size:
             raise ReceiveError(f"{self.filled} bytes arrived, the ledger recorded {self.size}")
         self._check(complete_only=False)
@@ -162,7 +167,7 @@ class Receiver:
             return _Plain(self._size, self._cap, leaves)
         return _FileSink(self._size, self._cap, leaves, self._into)
 
-    def finish(self) -> bytearray | None:
+    def finish(self) -> bytearray | memoryview | None:
         """The model's bytes (None: they went to the file), all arrived and checked;
         ReceiveError otherwise."""
         if self._plain is None:
