@@ -124,3 +124,16 @@ def test_into_a_file_each_chunk_is_checked_before_it_is_written(tmp_path) -> Non
             for message in _messages(bytes(spoiled), 65_536):
                 receiver.add(message)
     assert (tmp_path / "spoiled").read_bytes() == DATA[: 3 * CHUNK_BYTES]  # the good ones only
+
+
+def test_a_size_claimed_but_never_sent_commits_no_memory() -> None:
+    def resident() -> int:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * 4096
+
+    before = resident()
+    receiver = Receiver(400 << 20, 400 << 20, None, False)  # a leader claims 400 MiB ...
+    receiver.add(b"\1" * 1000)  # ... and sends a little
+    assert resident() - before < 64 << 20  # the buffer's pages are taken only as bytes come
+    with pytest.raises(ReceiveError, match="the ledger recorded"):
+        receiver.finish()
