@@ -198,6 +198,15 @@ def test_ready_replaces_before_seal_and_is_refused_after() -> None:
     d.refused("seal", "bob", 1, match="round 1 is already sealed")
 
 
+def test_ready_records_the_chunk_root_when_given() -> None:
+    d = Driver()
+    d.register(*PEERS)
+    d.ok("ready", "alice", 1, {"digest": digest(1), "size": 1, "root": digest(2)})
+    d.ok("ready", "bob", 1, {"digest": digest(3), "size": 1})  # older peers: no root
+    ready = d.contract.snapshot()["current"]["ready"]
+    assert ready["alice"]["root"] == digest(2) and "root" not in ready["bob"]
+
+
 def test_ready_weight_defaults_to_member_weight() -> None:
     d = Driver()
     d.ok("register", "alice", payload={"endpoint": "a.example:1", "weight": 3})
@@ -1064,6 +1073,8 @@ def test_settings_conflict_on_register() -> None:
         ("ready", {"digest": digest(1), "size": 2**64}, "payload.size is out of range"),
         ("ready", {"digest": digest(1), "size": 1, "weight": None}, "payload.weight must be a"),
         ("ready", {"digest": digest(1), "size": 1, "weight": math.inf}, "payload.weight must be"),
+        ("ready", {"digest": digest(1), "size": 1, "root": "ab"}, "payload.root must be 64"),
+        ("ready", {"digest": digest(1), "size": 1, "root": None}, "payload.root must be 64"),
         ("seal", {"force": True}, "unknown payload field 'force'"),
         ("finished", {"why": "done"}, "unknown payload field 'why'"),
         ("leave", {"why": "done"}, "unknown payload field 'why'"),

@@ -491,11 +491,12 @@ class TrainingContract:
         digest = check_digest(payload["digest"], "payload.digest")
         size = check_int(payload["size"], "payload.size", minimum=0)
         weight = self._weight(call.sender, payload, self._members[call.sender].weight)
+        entry: dict[str, Any] = {"digest": digest, "size": size, "weight": weight}
+        if "root" in payload:  # the chunk root fetchers check each chunk against
+            entry["root"] = check_digest(payload["root"], "payload.root")
 
         replaced = call.sender in self._ready
-        self._ready[call.sender] = {"digest": digest, "size": size, "weight": weight}
-        if "root" in payload:  # the chunk root fetchers check each chunk against
-            self._ready[call.sender]["root"] = check_digest(payload["root"], "payload.root")
+        self._ready[call.sender] = entry
         event = self._event(
             "ready",
             call,

@@ -215,16 +215,16 @@ class Leader:
             again.finish(outputs)
 
     def _layer_by_layer(self, pulls: _Pulls, names: list[str]) -> Merged:
+        """The contract's merge of `names`' snapshots with each kept in a temporary file as
+        it arrives (checked chunk by chunk, then for structure and finiteness, one layer
+        at a time) and merged layer by layer (openswarm.merge.layered): the same bits as
+        holding them all, in about K times the largest layer."""
         try:
             return self._layered(pulls, names)
         except (OSError, CodecError) as exc:  # the spill folder, or a file read back
             raise MergeInputError(f"merging layer by layer failed: {exc}") from None
 
     def _layered(self, pulls: _Pulls, names: list[str]) -> Merged:
-        """The contract's merge of `names`' snapshots with each kept in a temporary file as
-        it arrives (checked chunk by chunk, then for structure and finiteness, one layer
-        at a time) and merged layer by layer (openswarm.merge.layered): the same bits as
-        holding them all, in about K times the largest layer."""
         spill = self.settings.spill_dir
         with tempfile.TemporaryDirectory(prefix="openswarm-merge-", dir=spill) as folder:
             files: list[EncodedFile] = []
