@@ -153,6 +153,12 @@ def test_what_arrives_is_bounded_and_checked() -> None:
     with pytest.raises(CodecError, match="did not travel as int8"):
         fake = {"w": np.ones(3, np.float32), SCALES: np.ones(1)}  # scales, but w as it was
         int8.unpack(Transport().pack(fake), structure({"w": np.ones(3, np.float32)}))
+    flat = {"w": np.ones(3, np.float32), SCALES: np.ones((1, 1))}  # 2-D scales
+    with pytest.raises(CodecError, match="1-D float64"):
+        int8.unpack(Transport().pack(flat), structure({"w": np.ones(3, np.float32)}))
+    half = Transport.parse("float16")  # a tensor of another dtype where float16 travels
+    with pytest.raises(CodecError, match="did not travel as float16"):
+        half.unpack(encode({"w": np.ones(3, np.int16)}), structure({"w": np.ones(3, np.float32)}))
     with pytest.raises(CodecError, match="left over"):
         int8.unpack(packed, structure({"v": np.ones(3, np.int64)}) | {})
     with pytest.raises(ValueError, match="compression must be one of none, zstd"):

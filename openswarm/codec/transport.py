@@ -86,8 +86,16 @@ class Transport:
         entries = list(encoded.layout.entries)
         scales: list[float] = []
         if self.lossy == "int8":
-            if not entries or entries[-1].name != SCALES or entries[-1].dtype.name != "float64":
-                raise CodecError(f"the int8 scales (float64 tensor {SCALES!r}, last) are missing")
+            last = entries[-1] if entries else None
+            if (
+                last is None
+                or last.name != SCALES
+                or last.dtype.name != "float64"
+                or len(last.shape) != 1
+            ):
+                raise CodecError(
+                    f"the int8 scales (1-D float64 tensor {SCALES!r}, last) are missing"
+                )
             scales = [float(x) for x in encoded.flat(len(entries) - 1).astype(np.float64)]
             entries.pop()
         if [e.name for e in entries] != [spec.name for spec in specs]:
@@ -175,9 +183,11 @@ def _dequantize(
 ) -> dict[str, Any]:
     scales = []
     if lossy == "int8":
-        if list(params)[-1:] != [SCALES] or np.asarray(params[SCALES]).dtype != np.float64:
-            raise CodecError(f"the int8 scales (float64 tensor {SCALES!r}, last) are missing")
-        scales = list(np.asarray(params.pop(SCALES)))
+        found = np.asarray(params.get(SCALES, np.zeros((0, 0))))
+        if list(params)[-1:] != [SCALES] or found.dtype != np.float64 or found.ndim != 1:
+            raise CodecError(f"the int8 scales (1-D float64 tensor {SCALES!r}, last) are missing")
+        scales = [float(x) for x in params.pop(SCALES)]
+    travelled = {"float16": "float16", "bfloat16": "bfloat16", "int8": "int8"}[lossy]
     out: dict[str, Any] = {}
     for name, value in params.items():
         spec = structure.get(name)
@@ -190,6 +200,8 @@ def _dequantize(
                 raise CodecError(f"tensor {name!r} did not travel as int8 with a scale")
             out[name] = np.asarray(value).astype(target) * target.type(scales.pop(0))
         else:
+            if np.asarray(value).dtype.name != travelled:
+                raise CodecError(f"tensor {name!r} did not travel as {travelled}")
             out[name] = np.asarray(value).astype(target)
     if scales:
         raise CodecError(f"{len(scales)} int8 scale(s) left over: the model's tensors differ")

@@ -352,6 +352,7 @@ class ExchangeClient:
         root: str | None = None,
         zstd: bool = False,
         into: BinaryIO | None = None,
+        key: str | None = None,
     ) -> Buffer:
         """The snapshot's bytes, checked; ExchangeError otherwise.
 
@@ -361,6 +362,7 @@ class ExchangeClient:
         whole is checked against `digest`. `zstd`: the wire is zstd-compressed (it is
         decompressed as it comes, never past the bound). `into`: a file (opened for writing
         and reading) that takes the bytes instead of memory; then the result is empty.
+        `key`: what the server holds it under, if not `digest` (a leader's mirror).
 
         The call is cancelled as soon as more bytes arrive than that, when no chunk comes
         for `idle_s` seconds, and in any case after `deadline_s` seconds. With `peer`, the
@@ -377,7 +379,7 @@ class ExchangeClient:
         if root is not None and size is None:
             raise ExchangeError(f"fetching {what}: checking chunks needs the model's size")
         receiver = Receiver(size, max_bytes, root, zstd, into)
-        ask = {"kind": kind, "round": round, "digest": digest}
+        ask = {"kind": kind, "round": round, "digest": key or digest}
         if root is not None:
             ask["leaves"] = True
         call = self._stub(endpoint, peer)(json.dumps(ask).encode(), timeout=deadline_s)

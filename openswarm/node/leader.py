@@ -202,7 +202,7 @@ class Leader:
                     "again in float64", self.name, pulls.round, len(overflowed))  # fmt: skip
         specs = list(pulls.reference.values())
         again = Float64Sum(specs, overflowed, scale)
-        pulls.restart_clock()
+        pulls.pull_again()
         for name in used:
             with self.timed("transfer"):
                 got = pulls.pull(name)
@@ -323,12 +323,15 @@ class _Pulls:
         # (a cap either way); the whole gather ends well inside the leader timeout.
         self.expected = len(own_data) if mismatch(reference, own) is None else None
         self.timeout = float(view["settings"]["leader_timeout_s"])
-        self.restart_clock()
+        self.started = time.monotonic()
+        self.deadline = self.started + self.timeout / 2  # the gather ends well inside it
+        self.again = False  # pulling a second time (nothing is mirrored again)
 
-    def restart_clock(self) -> None:
-        """Give the pulls from now on half the leader timeout (the whole gather ends well
-        inside it)."""
-        self.deadline = time.monotonic() + self.timeout / 2
+    def pull_again(self) -> None:
+        """For a second pass over the same snapshots: until three quarters of the leader
+        timeout, so the merge still ends before the participants vote the leader out."""
+        self.again = True
+        self.deadline = self.started + self.timeout * 3 / 4
 
     def pull(self, name: str) -> Params | str:
         """`name`'s snapshot, checked and decoded (views of the bytes that came where the
@@ -396,7 +399,7 @@ class _Pulls:
 
     def _mirrors(self) -> bool:
         """Whether this is the leader of an audited round (it keeps what it pulled)."""
-        return (self.leader.mirror is not None and self.mirror_from is None
+        return (self.leader.mirror is not None and self.mirror_from is None and not self.again
                 and bool(self.view["settings"].get("audit")))  # fmt: skip
 
     def _fetch(self, name: str, member: Mapping[str, Any], entry: Mapping[str, Any],
@@ -410,7 +413,7 @@ class _Pulls:
             idle_s=min(MAX_IDLE_S, self.timeout / 4),
             into=into,
         )
-        sources = [(name, member["endpoint"], "local", entry["digest"])]
+        sources = [(name, member["endpoint"], "local", None)]
         holder = self.view["members"].get(self.mirror_from or "")
         if self.mirror_from not in (None, name, self.leader.name) and holder is not None:
             sources.append(
@@ -423,7 +426,8 @@ class _Pulls:
                     endpoint,
                     kind,
                     self.round,
-                    key,
+                    entry["digest"],
+                    key=key,
                     peer=peer,
                     deadline_s=self.deadline - time.monotonic(),
                     **options,
@@ -435,7 +439,11 @@ class _Pulls:
                     into.truncate()
                 continue
             if into is None and self._mirrors():  # kept on disk, not in memory, until served
-                self._mirror(name, entry, spilled(data, self.leader.settings.spill_dir))
+                try:
+                    self._mirror(name, entry, spilled(data, self.leader.settings.spill_dir))
+                except OSError as exc:  # the auditors then ask the site itself
+                    log.warning("%s: cannot keep %s's snapshot for the auditors: %s",
+                                self.leader.name, name, exc)  # fmt: skip
             return data
         raise ExchangeError("; ".join(problems))
 
