@@ -3,10 +3,13 @@ identities issued by it, a genesis naming them, and signed ticks and transaction
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from openswarm.ledger.canonical import canonical_bytes
 from openswarm.ledger.genesis import make_genesis
@@ -16,6 +19,15 @@ from openswarm.ledger.tx import make_transaction
 from openswarm.pki import Identity, init_ca, issue_identity
 
 SWARM = "sites"
+
+
+@pytest.fixture(autouse=True)
+def ledger_time_now(request: pytest.FixtureRequest) -> None:
+    """For a test module that imports it: its ledger time, `NOW`, is the test's own start,
+    so certificates issued for the module a while ago (a loaded run can take minutes to get
+    there) are valid then, and so are those a test issues itself (each is valid from five
+    minutes before its issue)."""
+    request.module.NOW = round(time.time(), 3)
 
 
 @dataclass

@@ -13,7 +13,14 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
-from site_pki import SitePki, build_sites, commit, tick_record, tx_record
+from site_pki import (
+    SitePki,
+    build_sites,
+    commit,
+    ledger_time_now,  # noqa: F401 - an autouse fixture: ledger time, per test
+    tick_record,
+    tx_record,
+)
 
 from openswarm.ledger.genesis import GenesisError, make_genesis
 from openswarm.ledger.quorum import (
@@ -30,16 +37,7 @@ SITES = {
     "c": [("adm-c", "admin")],
 }
 ADMINS = ("adm-a", "adm-b", "adm-c")
-NOW = round(time.time(), 3)  # ledger time: set again as each test starts (below)
-
-
-@pytest.fixture(autouse=True)
-def _ledger_time_now() -> None:
-    """Ledger time is the test's own start: certificates issued for the module a while ago
-    (a loaded run can take minutes to get here) are valid then, and so are those a test
-    issues itself (each is valid from five minutes before its issue)."""
-    global NOW
-    NOW = round(time.time(), 3)
+NOW = round(time.time(), 3)  # ledger time: set again as each test starts (site_pki)
 
 
 ADMIT_PC = {"name": "pc", "role": "peer", "site": "b"}

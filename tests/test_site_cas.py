@@ -10,7 +10,16 @@ from pathlib import Path
 
 import pytest
 from harness import run_cli
-from site_pki import SWARM, SitePki, build_sites, commit, started, tick_record, tx_record
+from site_pki import (
+    SWARM,
+    SitePki,
+    build_sites,
+    commit,
+    ledger_time_now,  # noqa: F401 - an autouse fixture: ledger time, per test
+    started,
+    tick_record,
+    tx_record,
+)
 
 from openswarm import DEFAULT_CONTRACT
 from openswarm.ledger.genesis import GenesisError, check_genesis, make_genesis
@@ -32,16 +41,7 @@ SITES = {
     "a": [("ledger-1", "ledger"), ("adm-a", "admin"), ("pa", "peer")],
     "b": [("adm-b", "admin"), ("pb", "peer")],
 }
-NOW = round(time.time(), 3)  # ledger time: set again as each test starts (below)
-
-
-@pytest.fixture(autouse=True)
-def _ledger_time_now() -> None:
-    """Ledger time is the test's own start: certificates issued for the module a while ago
-    (a loaded run can take minutes to get here) are valid then, and so are those a test
-    issues itself (each is valid from five minutes before its issue)."""
-    global NOW
-    NOW = round(time.time(), 3)
+NOW = round(time.time(), 3)  # ledger time: set again as each test starts (site_pki)
 
 
 REGISTER = {"endpoint": "127.0.0.1:1", "weight": 1}

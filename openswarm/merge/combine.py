@@ -6,7 +6,6 @@ moving on, so extra memory is one output set plus two chunks, whatever the peer 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -14,7 +13,7 @@ import numpy as np
 from openswarm.codec.finite import has_nonfinite
 from openswarm.merge.errors import NonFiniteInput
 from openswarm.merge.inputs import Prepared
-from openswarm.merge.numeric import acc_dtype, as_float, store
+from openswarm.merge.numeric import acc_dtype, all_finite, as_float, store
 
 CHUNK = 1 << 16
 
@@ -59,7 +58,7 @@ def combine_tensor(
             chunks = [src[start:stop] for src in sources]
             values = [as_float(c, spec.dtype) for c in chunks] if convert else chunks
             _accumulate(target, tmp[: stop - start], values, coeff_list, equal)
-            if check and not _finite(target):
+            if check and not all_finite(target):
                 store(out[start:stop], _explain(prep, t, chunks, coeff_list), spec.dtype)
             elif not direct:
                 store(out[start:stop], target, spec.dtype)
@@ -87,11 +86,6 @@ def _accumulate(
     for value, coeff in zip(values[1:], coeffs[1:], strict=True):
         np.multiply(value, coeff, out=tmp)
         np.add(target, tmp, out=target)
-
-
-def _finite(values: np.ndarray) -> bool:
-    # x.x is non-finite iff some x is, or (rarely) on overflow: confirm exactly then.
-    return math.isfinite(np.dot(values, values)) or bool(np.isfinite(values).all())
 
 
 def _explain(

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from openswarm.codec.dtypes import DType
 
 _F32 = np.dtype(np.float32)
 _F64 = np.dtype(np.float64)
+
+
+def all_finite(values: np.ndarray) -> bool:
+    """Whether a float result holds no NaN or infinity (one BLAS pass: x.x is non-finite iff
+    some x is, or on overflow, which is then confirmed exactly)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return math.isfinite(np.dot(values, values)) or bool(np.isfinite(values).all())
 
 
 def acc_dtype(dtype: DType) -> np.dtype:

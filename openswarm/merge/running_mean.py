@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from openswarm.codec.tensors import TensorSpec
-from openswarm.merge.numeric import acc_dtype, as_float, store
+from openswarm.merge.numeric import acc_dtype, all_finite, as_float, store
 
 CHUNK = 1 << 16
 
@@ -91,7 +91,7 @@ class RunningMean:
                 for start in range(0, spec.size, CHUNK):
                     stop = min(start + CHUNK, spec.size)
                     np.divide(acc[start:stop], divisor, out=acc[start:stop])
-            if spec.dtype.is_float and not _finite(acc):
+            if spec.dtype.is_float and not all_finite(acc):
                 overflowed.append(t)
             elif acc is not out:
                 store(out, acc, spec.dtype)
@@ -123,12 +123,6 @@ class Float64Sum:
         for t, acc in self._acc.items():
             np.divide(acc, total, out=acc)
             store(outputs[t], acc, self.specs[t].dtype)
-
-
-def _finite(values: np.ndarray) -> bool:
-    # x.x is non-finite iff some x is, or (rarely) on overflow: confirm exactly then.
-    with np.errstate(over="ignore", invalid="ignore"):
-        return math.isfinite(np.dot(values, values)) or bool(np.isfinite(values).all())
 
 
 __all__ = ["Float64Sum", "RunningMean", "weight_scale"]

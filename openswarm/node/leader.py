@@ -169,9 +169,7 @@ class Leader:
                 if not isinstance(got, str):
                     got = _nonfinite(got, specs) or got
                 if isinstance(got, str):
-                    log.warning("%s: leaving %s out of round %d: %s", self.name, name,
-                                pulls.round, got)  # fmt: skip
-                    excluded.append({"name": name, "reason": got[:500]})
+                    self._leave_out(excluded, name, pulls.round, got)
                     continue
                 running.add([flat_storage(got[s.name], s.dtype) for s in specs], weights[name])
                 used.append(name)
@@ -238,9 +236,7 @@ class Leader:
                 loaders, weights, used, excluded = [], [], [], []
                 for name, got in zip(names, pulled, strict=True):
                     if isinstance(got, str):
-                        log.warning("%s: leaving %s out of round %d: %s", self.name, name,
-                                    pulls.round, got)  # fmt: skip
-                        excluded.append({"name": name, "reason": got[:500]})
+                        self._leave_out(excluded, name, pulls.round, got)
                         continue
                     loaders.append(got)
                     weights.append(float(ready[name]["weight"]))
@@ -261,6 +257,11 @@ class Leader:
             digest = digest_encoded(data)
         return Merged(data, digest, used, excluded)
 
+    def _leave_out(self, excluded: list[dict[str, str]], name: str, round: int,
+                   reason: str) -> None:  # fmt: skip
+        log.warning("%s: leaving %s out of round %d: %s", self.name, name, round, reason)
+        excluded.append({"name": name, "reason": reason[:500]})
+
     def _merge_finite(self, round: int, sets: list[Params], weights: list[float],
                       used: list[str], excluded: list[dict[str, str]]) -> Params:  # fmt: skip
         """Merge; a snapshot the merge finds NaN or infinity in is moved from `used` to
@@ -271,9 +272,8 @@ class Leader:
             except NonFiniteInput as exc:
                 name = used.pop(exc.peer)
                 del sets[exc.peer], weights[exc.peer]
-                reason = f"tensor {exc.tensor!r} contains NaN or infinity"
-                log.warning("%s: leaving %s out of round %d: %s", self.name, name, round, reason)
-                excluded.append({"name": name, "reason": reason})
+                self._leave_out(excluded, name, round,
+                                f"tensor {exc.tensor!r} contains NaN or infinity")  # fmt: skip
                 if not sets:
                     raise MergeInputError("no snapshot left to merge") from exc
                 if not any(weights):
@@ -296,9 +296,7 @@ class Leader:
         for name in names:
             got = pulled[name]
             if isinstance(got, str):
-                log.warning("%s: leaving %s out of round %d: %s", self.name, name, pulls.round,
-                            got)  # fmt: skip
-                excluded.append({"name": name, "reason": got[:500]})
+                self._leave_out(excluded, name, pulls.round, got)
                 continue
             sets.append(got)
             weights.append(float(ready[name]["weight"]))
