@@ -232,19 +232,9 @@ class Leader:
                     pulled = list(pool.map(
                         lambda name: pulls.pull_to_file(name, Path(folder), files), names
                     ))  # fmt: skip
-                ready = pulls.view["current"]["ready"]
-                loaders, weights, used, excluded = [], [], [], []
-                for name, got in zip(names, pulled, strict=True):
-                    if isinstance(got, str):
-                        self._leave_out(excluded, name, pulls.round, got)
-                        continue
-                    loaders.append(got)
-                    weights.append(float(ready[name]["weight"]))
-                    used.append(name)
+                loaders, weights, used, excluded = self._sort_out(pulls, names, pulled)
                 if not used:
                     raise MergeInputError("no snapshot left to merge")
-                if not any(weights):
-                    weights = [1.0] * len(used)
                 with self.timed("merge"):
                     params = merge_layered(list(pulls.reference.values()), loaders, weights,
                                            self.settings.merge_method,
@@ -290,20 +280,25 @@ class Leader:
         """Pull and check the snapshots of `names` (participants, in this order), all at
         once; refuse the ones that don't fit."""
         with ThreadPoolExecutor(max_workers=min(8, len(names))) as pool:
-            pulled = dict(zip(names, pool.map(pulls.pull, names), strict=True))
+            pulled = list(pool.map(pulls.pull, names))
+        return self._sort_out(pulls, names, pulled)
+
+    def _sort_out(self, pulls: _Pulls, names: list[str], pulled: list[Any],
+                  ) -> tuple[list[Any], list[float], list[str], list[dict[str, str]]]:  # fmt: skip
+        """What was pulled for `names` (a reason, for one that could not be had): the kept
+        ones, their weights (all 1 if none has any), their names, and who was left out."""
         ready = pulls.view["current"]["ready"]
-        sets, weights, used, excluded = [], [], [], []
-        for name in names:
-            got = pulled[name]
+        kept, weights, used, excluded = [], [], [], []
+        for name, got in zip(names, pulled, strict=True):
             if isinstance(got, str):
                 self._leave_out(excluded, name, pulls.round, got)
                 continue
-            sets.append(got)
+            kept.append(got)
             weights.append(float(ready[name]["weight"]))
             used.append(name)
         if not any(weights):
-            weights = [1.0] * len(sets)
-        return sets, weights, used, excluded
+            weights = [1.0] * len(kept)
+        return kept, weights, used, excluded
 
 
 class _Pulls:
