@@ -14,18 +14,20 @@ HF_MODES = ("full", "peft")
 #: How a round ends, in the contract's history.
 ROUND_STATUSES = ("merged", "aborted")
 #: The kinds of model a site serves to others: its snapshot of a round, a merged model, and
-#: (as a round's leader, for the auditors) the other participants' snapshots it pulled.
-MODEL_KINDS = ("local", "merged", "mirror")
+#: (as a round's leader, for the auditors) the other participants' snapshots it pulled, and
+#: (in a sharded round) the part of the merged model it merged.
+MODEL_KINDS = ("local", "merged", "mirror", "shard")
 
 #: Contract calls (ledger transactions naming a training contract).
 CALL_TYPES = frozenset(
     {"register", "ready", "seal", "merged", "leader_timeout", "loaded", "finished", "metrics",
-     "leave", "heartbeat", "merge_unavailable", "merge_refused", "attest"}
+     "leave", "heartbeat", "merge_unavailable", "merge_refused", "attest", "shard",
+     "shard_timeout"}
 )  # fmt: skip
 #: Calls that name a round; the others ignore the round.
 ROUND_CALLS = frozenset(
     {"ready", "seal", "merged", "leader_timeout", "loaded", "metrics", "merge_unavailable",
-     "merge_refused", "attest"}
+     "merge_refused", "attest", "shard", "shard_timeout"}
 )  # fmt: skip
 #: Every event (in a transaction's result, `{"kind": ..., ...}`) is one of these.
 EVENT_KINDS = frozenset(
@@ -33,8 +35,18 @@ EVENT_KINDS = frozenset(
      "finished", "metrics", "left", "merge_voided", "merge_refused", "merge_unavailable",
      "timeout_voted", "all_finished", "sync_interval", "admitted", "revoked", "archived",
      "contract_created", "proposed", "approved", "merge_proposed", "attested",
-     "merge_rejected", "auditors_replaced"}
+     "merge_rejected", "auditors_replaced", "shard_merged", "shard_timeout_voted",
+     "shard_owner_changed"}
 )  # fmt: skip
+
+#: Who merges a round: its leader, the whole model; or (sharded) every site that may lead,
+#: one contiguous part of it each, which everyone then assembles (node/shards.py).
+MERGE_TOPOLOGIES = ("leader", "sharded")
+#: The merge methods that work coordinate by coordinate, so a part can be merged alone.
+SHARDED_METHODS = ("mean", "coordmedian", "trimmed_mean")
+#: How models may travel in a sharded round: byte ranges of snapshots are cut from the
+#: encoding as it is, so only the lossless compressions.
+SHARDED_COMPRESSIONS = ("none", "zstd")
 
 #: How models travel between sites (codec/transport.py): as they are, zstd-compressed,
 #: or with float tensors as 16-bit floats or int8 with a scale (lossy), optionally zstd too.

@@ -671,6 +671,7 @@ def test_settings_defaults_and_round_trip() -> None:
         "leader_timeout_s": 20.0,
         "merge_method": "mean",
         "merge_options": {},
+        "merge_topology": "leader",
         "min_peers": 2,
         "presence_timeout_s": 30.0,
         "weight_policy": "declared",

@@ -96,6 +96,7 @@ class SwarmSession:
         may_audit: bool = True,
         compression: str | None = None,
         merge_memory: str | None = None,
+        merge_topology: str | None = None,
         network: NetworkConfig | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
@@ -129,6 +130,7 @@ class SwarmSession:
             audits=bool(may_audit),
             compression=compression,
             merge_memory=merge_memory or env_merge_memory(),
+            merge_topology=merge_topology,
         )
         self.sync_frequency = sync_frequency
         self.use_adaptive_sync = use_adaptive_sync

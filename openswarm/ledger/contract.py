@@ -21,6 +21,7 @@ from openswarm.ledger.contract_checks import (
     ContractError,
     check_digest,
     check_endpoint,
+    check_excluded,
     check_fields,
     check_int,
     check_name,
@@ -30,6 +31,7 @@ from openswarm.ledger.contract_checks import (
     json_copy,
     type_name,
 )
+from openswarm.ledger.shards import ShardedRounds
 from openswarm.ledger.weights import check_policy, member_weight
 from openswarm.protocol import (
     CALL_TYPES,
@@ -38,10 +40,13 @@ from openswarm.protocol import (
     EVENT_KINDS,
     LEADER_TIMEOUT_S,
     MERGE_METHOD,
+    MERGE_TOPOLOGIES,
     MIN_PEERS,
     PRESENCE_TIMEOUT_S,
     ROUND_CALLS,
     ROUND_PHASES,
+    SHARDED_COMPRESSIONS,
+    SHARDED_METHODS,
     WEIGHT_POLICY,
 )
 
@@ -61,7 +66,8 @@ _KEPT_MERGES = 8  # earlier merged models a voided merge can fall back to
 HISTORY_KEPT = 64
 SETTINGS_KEYS = (
     "adaptive_sync", "audit", "compression", "leader_timeout_s", "merge_method",
-    "merge_options", "min_peers", "presence_timeout_s", "weight_policy", "weights",
+    "merge_options", "merge_topology", "min_peers", "presence_timeout_s", "weight_policy",
+    "weights",
 )  # fmt: skip
 #: The most auditors a contract may ask for per merge.
 MAX_AUDITORS = 15
@@ -101,12 +107,18 @@ class ContractSettings:
     weights: Mapping[str, float] | None = None  # policy fixed: member -> weight
     audit: int = 0  # auditors who recompute each merge (odd); 0: the leader's word counts
     compression: str = "none"  # how models travel (codec/transport.py COMPRESSIONS)
+    merge_topology: str = "leader"  # who merges: the leader, or every site a shard (shards.py)
 
     def __post_init__(self) -> None:
         if self.compression not in COMPRESSIONS:
             raise ContractError(
                 f"compression must be one of {', '.join(COMPRESSIONS)}, got {self.compression!r}"
             )
+        if self.merge_topology not in MERGE_TOPOLOGIES:
+            raise ContractError(f"merge_topology must be one of {', '.join(MERGE_TOPOLOGIES)}, "
+                                f"got {self.merge_topology!r}")  # fmt: skip
+        if self.merge_topology == "sharded":
+            _check_shardable(self)
         audit = check_int(self.audit, "audit", minimum=0)
         if audit > MAX_AUDITORS or (audit and audit % 2 == 0):
             raise ContractError(
@@ -149,6 +161,7 @@ class ContractSettings:
             "leader_timeout_s": self.leader_timeout_s,
             "merge_method": self.merge_method,
             "merge_options": json_copy(self.merge_options, "merge_options"),
+            "merge_topology": self.merge_topology,
             "min_peers": self.min_peers,
             "presence_timeout_s": self.presence_timeout_s,
             "weight_policy": self.weight_policy,
@@ -197,7 +210,7 @@ class _Member:
         }
 
 
-class TrainingContract:
+class TrainingContract(ShardedRounds):
     """State machine of one training contract: members, sync rounds, leaders, merges.
 
     Semantic choices beyond the call list:
@@ -257,6 +270,7 @@ class TrainingContract:
         self._audit: dict[str, Any] | None = None  # the leader's merge awaiting its auditors
         self._rejected: list[dict[str, Any]] = []  # merges of this round its audits rejected
         self._vetoers: list[str] = []  # barred from auditing again this round (see _settle_audit)
+        self._reset_shards()
 
     # --- read-only views ---
 
@@ -344,6 +358,8 @@ class TrainingContract:
                 "ready": {n: dict(sorted(self._ready[n].items())) for n in sorted(self._ready)},
                 "sealed": self._sealed,
                 "sealed_at": self._sealed_at,
+                "shard_excluded": json_copy(self._shard_excluded, "shard_excluded"),
+                "shards": json_copy(self._shards_view(), "shards"),
                 "timeout_votes": list(self._timeout_votes),
             },
             "finished": sorted(n for n, m in self._members.items() if m.finished),
@@ -542,6 +558,7 @@ class TrainingContract:
         )
         self._leader_index = 0
         self._leader_since = call.timestamp
+        self._open_shards(call)
         event = self._event(
             "sealed",
             call,
@@ -549,6 +566,7 @@ class TrainingContract:
             participants=list(self._participants),
             ranking=list(self._ranking),
             leader=self.leader,
+            shard_owners=[shard["owner"] for shard in self._shards],
         )
         return [event]
 
@@ -563,7 +581,8 @@ class TrainingContract:
             )
         digest = check_digest(payload["digest"], "payload.digest")
         size = check_int(payload["size"], "payload.size", minimum=0)
-        excluded = _check_excluded(payload.get("excluded", []), self._participants)
+        excluded = check_excluded(payload.get("excluded", []), self._participants)
+        self._shards_for_merged(call, excluded)
         if not self._settings.audit:
             return self._accept_merge(call, leader, digest, size, excluded, None)
         if self._audit is not None:
@@ -806,6 +825,11 @@ class TrainingContract:
             raise ContractError(
                 f"leader {leader} of round {call.round} delivered its merge; it awaits its audit"
             )
+        if self._shards_pending():
+            raise ContractError(
+                f"round {call.round} is still being merged in shards: vote a silent shard "
+                "owner out with shard_timeout; the leader's time starts once all are in"
+            )
         waited = call.timestamp - self._leader_since
         limit = self._settings.leader_timeout_s
         if waited < limit:
@@ -836,6 +860,8 @@ class TrainingContract:
             return []
         if self._audit is not None:
             return self._audit_deadline(call)
+        if self._shards_pending():
+            return self._settle_shards(call)
         assert self._leader_since is not None
         live = [n for n in self._participants if self._live(n, call)]
         stuck = (
@@ -940,6 +966,7 @@ class TrainingContract:
             "rejected_merges": list(self._rejected),
             "round": self._round,
             "sealed_at": self._sealed_at,
+            "shards": self._shards_record(),
             "size": size,
             "status": "merged" if merged else "aborted",
             "sync_interval": self._sync_interval,
@@ -1167,26 +1194,6 @@ def _verdict(digest: str, size: int) -> str:
     return f"{digest}:{size}"
 
 
-def _check_excluded(value: Any, participants: Sequence[str]) -> list[dict[str, str]]:
-    """The leader's list of participants it left out of the merge, each with its reason."""
-    if not isinstance(value, list):
-        raise ContractError("payload.excluded must be a list of {name, reason}")
-    checked = []
-    for entry in value:
-        if not isinstance(entry, Mapping) or set(entry) != {"name", "reason"}:
-            raise ContractError("each payload.excluded entry must be {name, reason}")
-        name = check_str(entry["name"], "payload.excluded.name")
-        reason = check_str(entry["reason"], "payload.excluded.reason")
-        if name not in participants:
-            raise ContractError(f"payload.excluded names {name}, not a participant")
-        checked.append({"name": name, "reason": reason[:500]})
-    if len({e["name"] for e in checked}) != len(checked):
-        raise ContractError("payload.excluded names a participant twice")
-    if len(checked) >= len(participants):
-        raise ContractError("payload.excluded leaves no participant in the merge")
-    return checked
-
-
 def _check_phases(value: Any) -> dict[str, float] | None:
     """A round's seconds by phase (ROUND_PHASES), as a site reports it with its metrics."""
     if value is None:
@@ -1208,6 +1215,27 @@ def _check_traffic(value: Any) -> dict[str, int] | None:
     if not isinstance(value, Mapping) or set(value) != {"sent", "received"}:
         raise ContractError("payload.traffic must be {sent, received} (bytes)")
     return {k: check_int(value[k], f"payload.traffic.{k}", minimum=0) for k in ("received", "sent")}
+
+
+def _check_shardable(settings: ContractSettings) -> None:
+    """What a sharded merge needs: a coordinate-wise method, a lossless transport and no
+    audits (auditors recompute whole merges; a sharded one is checked shard by shard)."""
+    if settings.merge_method not in SHARDED_METHODS:
+        raise ContractError(
+            f"merge_topology sharded needs a coordinate-wise merge method "
+            f"({', '.join(SHARDED_METHODS)}); {settings.merge_method!r} needs every whole "
+            "model at once, so it stays with merge_topology leader"
+        )
+    if settings.compression not in SHARDED_COMPRESSIONS:
+        raise ContractError(
+            f"merge_topology sharded cuts snapshots into byte ranges, so it needs a lossless "
+            f"compression ({', '.join(SHARDED_COMPRESSIONS)}), not {settings.compression!r}"
+        )
+    if settings.audit:
+        raise ContractError(
+            "merge_topology sharded does not take audit yet (auditors recompute a leader's "
+            "whole merge): use audit 0, or merge_topology leader with audits"
+        )
 
 
 def _check_adaptive(value: Any) -> dict[str, int]:

@@ -142,3 +142,23 @@ def check_fields(
     for key in required:
         if key not in payload:
             raise ContractError(f"{call_type}: payload field {key!r} is required")
+
+
+def check_excluded(value: Any, participants: Sequence[str]) -> list[dict[str, str]]:
+    """The leader's list of participants it left out of the merge, each with its reason."""
+    if not isinstance(value, list):
+        raise ContractError("payload.excluded must be a list of {name, reason}")
+    checked = []
+    for entry in value:
+        if not isinstance(entry, Mapping) or set(entry) != {"name", "reason"}:
+            raise ContractError("each payload.excluded entry must be {name, reason}")
+        name = check_str(entry["name"], "payload.excluded.name")
+        reason = check_str(entry["reason"], "payload.excluded.reason")
+        if name not in participants:
+            raise ContractError(f"payload.excluded names {name}, not a participant")
+        checked.append({"name": name, "reason": reason[:500]})
+    if len({e["name"] for e in checked}) != len(checked):
+        raise ContractError("payload.excluded names a participant twice")
+    if len(checked) >= len(participants):
+        raise ContractError("payload.excluded leaves no participant in the merge")
+    return checked

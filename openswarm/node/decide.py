@@ -55,6 +55,8 @@ class RoundView:
     leader_timeout_s: float
     timeout_votes: tuple[str, ...] = ()  # who voted the current leader out so far
     audit: Mapping[str, Any] | None = None  # the leader's merge awaiting its auditors
+    shards: tuple[Mapping[str, Any], ...] = ()  # a sharded round's shards (ledger/shards.py)
+    shard_excluded: tuple[str, ...] = ()  # whom its shards left out so far
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> RoundView:
@@ -80,6 +82,8 @@ class RoundView:
             leader_since=float(current.get("leader_since") or 0.0),
             timeout_votes=tuple(current.get("timeout_votes") or ()),
             audit=current.get("audit"),
+            shards=tuple(current.get("shards") or ()),
+            shard_excluded=tuple(e["name"] for e in current.get("shard_excluded") or ()),
             members=members,
             latest_merged=state.get("latest_merged"),
             history=tuple(state.get("history") or ()),
@@ -107,6 +111,10 @@ class Me:
     audited: frozenset[tuple[int, str, str]] = frozenset()
     quorum_since: float | None = None  # when it first saw min_peers ready in this round
     sent: Mapping[str, float] = field(default_factory=dict)  # step name -> when last sent
+    # (round, shard, whom the shards left out) of the shards it merged, and the rounds whose
+    # shards it assembled (a shard sent back to be merged again leaves out more)
+    sharded: frozenset[tuple[int, int, tuple[str, ...]]] = frozenset()
+    assembled: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -120,14 +128,17 @@ class Step:
     live other participants voted so, and a peer votes once per leader); left_out: the
     round was sealed without this peer (wait for its end, keep the local model); over: this
     peer finished and nobody is left training; wait: nothing to do until the state changes
-    or `until` (seconds of `now`'s clock) passes. `ready`, `waiting` and `absent` say who
-    the round has, may still get, and stopped waiting for (for logging); `quorum` that
-    min_peers are ready.
+    or `until` (seconds of `now`'s clock) passes. In a sharded round: shard: merge shard
+    `index`, which this peer owns; vote_shard: that shard's owner (`leader`) has been
+    silent too long; assemble: every shard is in, fetch and join them. `ready`, `waiting`
+    and `absent` say who the round has, may still get, and stopped waiting for (for
+    logging); `quorum` that min_peers are ready.
     """
 
     kind: str
     until: float | None = None
     leader: str | None = None
+    index: int | None = None
     ready: tuple[str, ...] = ()
     waiting: tuple[str, ...] = ()
     absent: tuple[str, ...] = ()
@@ -145,6 +156,10 @@ def next_step(view: RoundView, me: Me, now: float) -> Step:
         if mine and (me.round, view.audit["leader"], view.audit["digest"]) not in me.audited:
             return Step("audit")
         return Step("wait", until=now + IDLE_S)
+    if view.shards and me.name in view.participants:
+        step = _sharded(view, me, now)
+        if step is not None:
+            return step
     if view.leader == me.name:
         return Step("wait", until=now + IDLE_S) if me.round in me.led else Step("lead")
     if me.name not in view.participants:
@@ -155,6 +170,34 @@ def next_step(view: RoundView, me: Me, now: float) -> Step:
     if me.name in view.timeout_votes:  # voted: the others' votes decide
         return Step("wait", until=now + IDLE_S, leader=view.leader)
     return _resend("vote_timeout", me, now, leader=view.leader)
+
+
+def _sharded(view: RoundView, me: Me, now: float) -> Step | None:
+    """A sharded round's step before its leader's turn: merge a shard this peer owns, vote
+    out an owner silent past the timeout, wait for the shards, assemble them; None once
+    this peer assembled them (then it is the leader's turn, as in any round)."""
+    pending = [i for i, shard in enumerate(view.shards) if shard["digest"] is None]
+    for i in pending:
+        if view.shards[i]["owner"] == me.name and (
+            (me.round, i, view.shard_excluded) not in me.sharded
+        ):
+            return Step("shard", index=i)
+    if not pending:
+        return None if me.round in me.assembled else Step("assemble")
+    deadlines = []
+    for i in pending:
+        shard = view.shards[i]
+        owner, due = shard["owner"], float(shard["since"]) + view.leader_timeout_s
+        if owner == me.name or me.name in shard["votes"]:
+            continue
+        if now < due:
+            deadlines.append(due)
+            continue
+        step = _resend(f"vote_shard:{i}:{owner}", me, now, leader=owner)
+        if step.kind != "wait":
+            return Step("vote_shard", leader=owner, index=i)
+        deadlines.append(step.until or now + RESEND_S)
+    return Step("wait", until=min([*deadlines, now + IDLE_S]))
 
 
 def _unsealed(view: RoundView, me: Me, now: float) -> Step:

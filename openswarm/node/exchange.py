@@ -25,7 +25,7 @@ from typing import BinaryIO
 import grpc
 
 from openswarm.codec import CodecError, digest_encoded, digest_file
-from openswarm.codec.chunks import CHUNK_BYTES, leaves
+from openswarm.codec.chunks import CHUNK_BYTES, chunk_count, leaves
 from openswarm.net import (
     FAST_RECONNECT,
     caller_certificate,
@@ -80,7 +80,8 @@ class Snapshot:
 class SnapshotStore:
     """What this peer serves: its snapshot of the newest round, the merged model of a few
     recent rounds (one per round), and, as a round's leader, the other participants'
-    snapshots of the newest round it pulled ("mirror", for the round's auditors)."""
+    snapshots of the newest round it pulled ("mirror", for the round's auditors) and the
+    shards of the newest round it merged ("shard")."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -91,14 +92,14 @@ class SnapshotStore:
                 leaves: bytes | None = None) -> None:  # fmt: skip
         """Serve `data` as `kind` of `round`; `leaves`, its chunk digests, if known."""
         with self._lock:
-            if kind != "mirror":
+            if kind not in ("mirror", "shard"):  # several of those per round
                 for key in [k for k in self._items if k[:2] == (kind, round)]:
                     del self._items[key]
             self._items[(kind, round, digest)] = Snapshot(kind, round, digest, data, leaves)
             newest = max(r for _, r, _ in self._items)
             # a local snapshot (and its mirror) is fetched only in its own round
             for key in [k for k in self._items if k[1] < newest - _KEEP_ROUNDS
-                        or (k[0] in ("local", "mirror") and k[1] < newest)]:  # fmt: skip
+                        or (k[0] in ("local", "mirror", "shard") and k[1] < newest)]:  # fmt: skip
                 del self._items[key]
 
     def forget(self, kind: str, round: int) -> None:
@@ -214,7 +215,7 @@ class ExchangeServer:
     def _serve(
         self, caller: CertIdentity, request: bytes, context: grpc.ServicerContext
     ) -> Iterator[bytes]:
-        kind, round, digest, with_leaves = _parse_ask(request, context)
+        kind, round, digest, with_leaves, chunks = _parse_ask(request, context)
         reason = self._site_refusal(context)
         if reason is None and self._authorize is not None:
             reason = self._authorize(caller, kind, round)
@@ -227,7 +228,15 @@ class ExchangeServer:
             )
         if with_leaves:
             yield snapshot.leaves
-        view = memoryview(self._on_wire(snapshot))
+        if chunks is None:
+            view = memoryview(self._on_wire(snapshot))
+        else:  # a range of chunks goes as it is (a compressed stream cannot be cut)
+            first, stop = chunks
+            if not with_leaves or not 0 <= first <= stop <= chunk_count(len(snapshot.data)):
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"chunks {first}-{stop} (with leaves) are not chunks of this "
+                              f"{len(snapshot.data)}-byte snapshot")  # fmt: skip
+            view = memoryview(snapshot.data)[first * CHUNK_BYTES : stop * CHUNK_BYTES]
         for start in range(0, len(view), CHUNK_BYTES):
             chunk = bytes(view[start : start + CHUNK_BYTES])
             yield chunk
@@ -290,15 +299,24 @@ class ExchangeServer:
         self.server.stop(0.5).wait()
 
 
-def _parse_ask(request: bytes, context: grpc.ServicerContext) -> tuple[str, int, str, bool]:
+def _parse_ask(request: bytes, context: grpc.ServicerContext,
+               ) -> tuple[str, int, str, bool, tuple[int, int] | None]:  # fmt: skip
     try:
         asked = json.loads(request)
         with_leaves = asked.get("leaves", False)
         if not isinstance(with_leaves, bool):
             raise TypeError("leaves must be true or false")
-        return str(asked["kind"]), int(asked["round"]), str(asked["digest"]), with_leaves
+        chunks = asked.get("chunks")
+        if chunks is not None:
+            first, stop = chunks
+            if not all(type(n) is int for n in (first, stop)):
+                raise TypeError("chunks must be two integers")
+            chunks = (first, stop)
+        return (str(asked["kind"]), int(asked["round"]), str(asked["digest"]), with_leaves,
+                chunks)  # fmt: skip
     except (ValueError, KeyError, TypeError, OverflowError, RecursionError, AttributeError):
-        context.abort(grpc.StatusCode.INVALID_ARGUMENT, "ask for {kind, round, digest, leaves?}")
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                      "ask for {kind, round, digest, leaves?, chunks?: [first, stop]}")  # fmt: skip
         raise  # unreachable: abort raises
 
 
@@ -353,6 +371,7 @@ class ExchangeClient:
         zstd: bool = False,
         into: BinaryIO | None = None,
         key: str | None = None,
+        chunks: tuple[int, int] | None = None,
     ) -> Buffer:
         """The snapshot's bytes, checked; ExchangeError otherwise.
 
@@ -363,6 +382,8 @@ class ExchangeClient:
         decompressed as it comes, never past the bound). `into`: a file (opened for writing
         and reading) that takes the bytes instead of memory; then the result is empty.
         `key`: what the server holds it under, if not `digest` (a leader's mirror).
+        `chunks`: (first, stop), only those chunks, plain and checked against `root`
+        (`size` is the whole model's); the result holds just them.
 
         The call is cancelled as soon as more bytes arrive than that, when no chunk comes
         for `idle_s` seconds, and in any case after `deadline_s` seconds. With `peer`, the
@@ -378,10 +399,14 @@ class ExchangeClient:
             )
         if root is not None and size is None:
             raise ExchangeError(f"fetching {what}: checking chunks needs the model's size")
-        receiver = Receiver(size, max_bytes, root, zstd, into)
-        ask = {"kind": kind, "round": round, "digest": key or digest}
+        if chunks is not None and root is None:
+            raise ExchangeError(f"fetching part of {what}: checking it needs its chunk root")
+        receiver = Receiver(size, max_bytes, root, zstd and chunks is None, into, chunks)
+        ask: dict[str, object] = {"kind": kind, "round": round, "digest": key or digest}
         if root is not None:
             ask["leaves"] = True
+        if chunks is not None:
+            ask["chunks"] = list(chunks)
         call = self._stub(endpoint, peer)(json.dumps(ask).encode(), timeout=deadline_s)
         watch = _IdleWatch(call, idle_s)
         try:

@@ -39,6 +39,7 @@ from openswarm.node.exchange import CHUNK_BYTES, ExchangeClient, ExchangeError, 
 from openswarm.node.leader import MAX_IDLE_S, Leader
 from openswarm.node.memory import release_freed_memory
 from openswarm.node.settings import NetworkConfig, SwarmSettings
+from openswarm.node.shard_merge import ShardAssembly, ShardMerger
 from openswarm.node.vouch import LedgerVouch
 from openswarm.node.watch import ContractWatch, WatchError
 from openswarm.pki import CertIdentity, Identity, PkiError
@@ -117,6 +118,11 @@ class SwarmPeer:
         self.endpoint = f"{network.advertise or self.server.host}:{self.server.port}"
         self.fetcher = fetcher or ExchangeClient(self.identity)
         self._leader = Leader(self.name, settings, self.fetcher, self._timed)
+        self._shard_merger = ShardMerger(self.name, settings, self.fetcher, self._timed)
+        self._shard_assembly = ShardAssembly(self.name, self.server.store, self.fetcher)
+        self._sharded: set[tuple[int, int, tuple[str, ...]]] = set()  # see decide.Me
+        # round -> the digest its shards assembled to, or why they did not
+        self._assembled: dict[int, tuple[str | None, str | None]] = {}
         self.finished = False
         self.rounds_joined = 0
         self.current_digest: str | None = None
@@ -452,7 +458,8 @@ class SwarmPeer:
             now = time.time()
             me = Me(self.name, r, self.settings.min_peers, self.settings.extra_window_s,
                     self.settings.presence_timeout_s, self.finished, frozenset(self._led),
-                    frozenset(self._audited), quorum_since, sent)  # fmt: skip
+                    frozenset(self._audited), quorum_since, sent, frozenset(self._sharded),
+                    frozenset(self._assembled))  # fmt: skip
             step = next_step(view, me, now)
             self._note_absent(step.absent, view, now)
             if step.quorum and quorum_since is None:
@@ -473,6 +480,18 @@ class SwarmPeer:
                 assert view.audit is not None  # next_step audits only a pending audit
                 self._audited.add((r, view.audit["leader"], view.audit["digest"]))
                 self._audit(state, local)
+            elif step.kind == "shard":
+                assert step.index is not None
+                self._sharded.add((r, step.index, view.shard_excluded))
+                self._merge_shard(state, local, step.index)
+            elif step.kind == "vote_shard":
+                log.warning("%s: owner %s of shard %s of round %d silent; voting it out",
+                            self.name, step.leader, step.index, r)  # fmt: skip
+                sent[f"vote_shard:{step.index}:{step.leader}"] = now
+                payload = {"index": step.index, "owner": step.leader}
+                self._see_applied(self._submit("shard_timeout", r, payload))
+            elif step.kind == "assemble":
+                self._assembled[r] = self._assemble(state, r)
             elif step.kind == "seal":
                 sent["seal"] = now
                 self._see_applied(self._submit("seal", r))
@@ -527,6 +546,12 @@ class SwarmPeer:
         if self.name not in record["participants"]:
             return None
         digest = record["digest"]
+        mine, problem = self._assembled.pop(r, (None, None))
+        if record.get("shards") and (mine or problem) and mine != digest:
+            why = problem or f"its shards assemble to {mine[:12]}…, not to {digest[:12]}…"
+            log.error("%s: merged model of round %d refused: %s", self.name, r, why)
+            self._report_refused(r, digest, why)
+            return None
         if record["leader"] == self.name:
             try:
                 params = self._held_merged(r, digest)
@@ -671,6 +696,9 @@ class SwarmPeer:
     # --- leader work ----------------------------------------------------------------------
     def _lead(self, view: dict[str, Any], local: _Local) -> None:
         r = local.round
+        if view["current"].get("shards"):
+            self._lead_sharded(view, r)
+            return
         try:
             led = self._leader.run(view, r, local.data, self._model_structure(),
                                    self._capped(2**62))  # fmt: skip
@@ -687,6 +715,75 @@ class SwarmPeer:
                      f"; left out {led.excluded}" if led.excluded else "")  # fmt: skip
         else:
             log.warning("%s: merged of round %d refused: %s", self.name, r, outcome.reason)
+
+    def _lead_sharded(self, view: dict[str, Any], r: int) -> None:
+        """As the leader of a sharded round: propose the model its shards assembled to."""
+        digest, problem = self._assembled.get(r, (None, "not assembled"))
+        found = None if digest is None else self.server.store.find("merged", r, digest)
+        if found is None:
+            log.error("%s: cannot propose the merge of round %d: its shards %s", self.name, r,
+                      problem)  # fmt: skip
+            return
+        payload: dict[str, Any] = {"digest": digest, "size": len(found.data)}
+        if view["current"]["shard_excluded"]:
+            payload["excluded"] = view["current"]["shard_excluded"]
+        outcome = self._submit("merged", r, payload)
+        if not outcome.applied:
+            log.warning("%s: merged of round %d refused: %s", self.name, r, outcome.reason)
+
+    def _merge_shard(self, view: dict[str, Any], local: _Local, index: int) -> None:
+        """As the owner of shard `index`: merge it, serve it, record it on the ledger."""
+        r = local.round
+        specs = list((self._model_structure() or {}).values())
+        try:
+            if not specs:
+                raise MergeInputError("this site does not know the swarm's model yet")
+            got = self._shard_merger.run(view, r, index, local.data, specs)
+        except MergeInputError as exc:
+            log.error("%s: merge of shard %d of round %d failed: %s", self.name, index, r, exc)
+            return
+        self.server.store.publish("shard", r, got.digest, got.data, got.leaves)
+        payload: dict[str, Any] = {"index": index, "digest": got.digest, "root": got.root,
+                                   "size": len(got.data)}  # fmt: skip
+        if got.excluded:
+            payload["excluded"] = got.excluded
+        outcome = self._submit("shard", r, payload)
+        if outcome.applied:
+            self._see_applied(outcome)
+        else:
+            log.info("%s: shard %d of round %d refused: %s", self.name, index, r, outcome.reason)
+
+    def _assemble(self, view: dict[str, Any], r: int) -> tuple[str | None, str | None]:
+        """Fetch every shard of round `r` from its owner (each checked chunk by chunk) and
+        join them; the merged model is kept to be served once the leader proposes it.
+        Returns its digest, or why the shards did not give a model."""
+        shards = view["current"]["shards"]
+        specs = list((self._model_structure() or {}).values())
+        if not specs:
+            return None, "cannot be checked: this site does not know the swarm's model yet"
+        try:
+            with self._timed("transfer"):
+                data = self._shard_assembly.join(view, r, shards, specs, self.transport.zstd)
+        except ExchangeError as exc:  # the leader's copy is fetched instead, once it has one
+            log.warning("%s: cannot assemble the shards of round %d: %s", self.name, r, exc)
+            return None, None
+        try:
+            with self._timed("load"):
+                params = self.transport.unpack(data, self._own_structure)
+                problem = None if self._own_structure is None else (
+                    mismatch(self._own_structure, params)
+                )  # fmt: skip
+                if problem is None:
+                    check_finite(params)
+                digest = digest_encoded(data)
+        except CodecError as exc:
+            problem = f"malformed: {exc}"
+        if problem is not None:
+            log.error("%s: the shards of round %d do not give a model: %s", self.name, r,
+                      problem)  # fmt: skip
+            return None, problem
+        self.server.store.publish("merged", r, digest, data)
+        return digest, None
 
     def _audit(self, view: dict[str, Any], local: _Local) -> None:
         """Recompute the merge awaiting audit from the same snapshots and attest the digest
@@ -801,15 +898,16 @@ def _fetch_refusal(
     member = (state or {}).get("members", {}).get(caller)
     if state is None or member is None or not member["active"]:
         return f"{caller} is not an active member of {contract}"
-    if kind == "merged":
+    if kind in ("merged", "shard"):
         return None
     current = state["current"]
     auditors = (current.get("audit") or {}).get("auditors", ())
+    owners = [shard["owner"] for shard in current.get("shards") or ()]
     if (
         state["round"] != round
         or not current["sealed"]
-        or (current["leader"] != caller and caller not in auditors)
+        or (current["leader"] != caller and caller not in auditors and caller not in owners)
     ):
-        return (f"only the current leader of round {round} and the auditors of its merge "
-                "may fetch its local snapshots")  # fmt: skip
+        return (f"only the current leader of round {round}, its shard owners and the "
+                "auditors of its merge may fetch its local snapshots")  # fmt: skip
     return None

@@ -120,19 +120,31 @@ class Receiver:
     `cap`: the most decompressed bytes accepted without a size; `root`: the Merkle root the
     first message's leaves must give (then every chunk is checked against them);
     `zstd`: the wire is zstd-compressed; `into`: a file to write the bytes to (checked
-    chunk by chunk first) instead of a buffer."""
+    chunk by chunk first) instead of a buffer; `chunks`: (first, stop), only those chunks
+    of the model come (after all of its leaves), and the buffer holds just them."""
 
     def __init__(self, size: int | None, cap: int, root: str | None, zstd: bool,
-                 into: BinaryIO | None = None) -> None:  # fmt: skip
+                 into: BinaryIO | None = None,
+                 chunks: tuple[int, int] | None = None) -> None:  # fmt: skip
         if root is not None and size is None:
             raise ValueError("checking chunks against a root needs the model's size")
+        self._model_size = size
+        self._chunks = chunks
+        if chunks is not None:
+            first, stop = chunks
+            if root is None or size is None or zstd or into is not None:
+                raise ValueError("a range of chunks comes plain, checked against a root")
+            if not 0 <= first <= stop <= chunk_count(size):
+                raise ValueError(f"chunks {first}-{stop} are not chunks of {size} bytes")
+            size = max(0, min(stop * CHUNK_BYTES, size) - first * CHUNK_BYTES)
+            cap = size
         self.wire_bytes = 0
         most = cap if size is None else size
         # zstd may add a little to incompressible bytes, never more (and nothing else may
         # ride the wire: a stream of empty frames must end too)
         self._wire_cap = most + (most >> 7) + 4096 if zstd else most
         if root is not None:
-            self._wire_cap += chunk_count(most) * LEAF_BYTES
+            self._wire_cap += chunk_count(self._model_size or 0) * LEAF_BYTES
         self._root = root
         self._size, self._cap = size, cap
         self._into = into
@@ -182,16 +194,20 @@ class Receiver:
         return self._plain.finish()
 
     def _checked_leaves(self, message: bytes) -> bytes:
-        assert self._size is not None and self._root is not None
-        expected = chunk_count(self._size) * LEAF_BYTES
+        """The leaves of the chunks that come next (all, or those of `chunks`)."""
+        assert self._model_size is not None and self._root is not None
+        expected = chunk_count(self._model_size) * LEAF_BYTES
         if len(message) != expected:
             raise ReceiveError(
                 f"sent {len(message)} bytes of chunk digests, {expected} expected for "
-                f"{self._size} bytes"
+                f"{self._model_size} bytes"
             )
         if root_of(message) != self._root:
             raise ReceiveError("its chunk digests do not give the root the ledger recorded")
-        return bytes(message)
+        if self._chunks is None:
+            return bytes(message)
+        first, stop = self._chunks
+        return bytes(message[first * LEAF_BYTES : stop * LEAF_BYTES])
 
     def _decompressor(self) -> object:
         if self._writer is None:

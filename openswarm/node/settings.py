@@ -16,6 +16,7 @@ from openswarm.protocol import (
     CONTRIBUTIONS,
     LEADER_TIMEOUT_S,
     MERGE_METHOD,
+    MERGE_TOPOLOGIES,
     MIN_PEERS,
     PRESENCE_TIMEOUT_S,
     WEIGHT_POLICIES,
@@ -48,6 +49,7 @@ class SwarmSettings:
     weight_policy: str | None = None  # for a contract this site creates; None: the default
     audit: int | None = None  # auditors per merge, for a contract this site creates
     compression: str | None = None  # how models travel, for a contract this site creates
+    merge_topology: str | None = None  # leader or sharded, for a contract this site creates
     audits: bool = True  # False: this site never audits a merge (it still trains and votes)
     # "layer": merges needing every snapshot at once (all but mean) keep the snapshots in
     # temporary files and hold one layer of each at a time (HPE's SL_RAM_INTENSIVE=False)
@@ -65,6 +67,11 @@ class SwarmSettings:
         if self.compression is not None and self.compression not in COMPRESSIONS:
             raise SwarmConfigError(
                 f"compression must be one of {', '.join(COMPRESSIONS)}, got {self.compression!r}"
+            )
+        if self.merge_topology is not None and self.merge_topology not in MERGE_TOPOLOGIES:
+            raise SwarmConfigError(
+                f"merge_topology must be one of {', '.join(MERGE_TOPOLOGIES)}, "
+                f"got {self.merge_topology!r}"
             )
         if self.weight_policy is not None and self.weight_policy not in WEIGHT_POLICIES:
             raise SwarmConfigError(
@@ -113,6 +120,8 @@ class SwarmSettings:
             chosen["audit"] = self.audit
         if self.compression is not None:
             chosen["compression"] = self.compression
+        if self.merge_topology is not None:
+            chosen["merge_topology"] = self.merge_topology
         return chosen
 
 

@@ -1,0 +1,227 @@
+"""The sharded topology's part of the training contract (`merge_topology: sharded`).
+
+At the seal of a round after the first, every participant that may lead owns one shard (a
+contiguous part of the merged model; node/shards.py cuts it), in ranking order. An owner
+pulls that part of every participant's snapshot, merges it and posts `shard` with the
+part's digest, chunk root and size and whom it left out. The shards must agree on whom
+they left out: a shard posted with fewer exclusions than another is refused, and one
+posted with more sends the others back to merging again without them. Once every shard is
+in, the round's leader assembles them and posts `merged` as in the leader topology (its
+`excluded` must be the shards'), and its timeout counts from then. An owner silent for
+`leader_timeout_s` is voted out by a majority of the live other participants, and its
+shard goes to the next owner in ranking order that has not failed this round.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from openswarm.ledger.contract_checks import (
+    ContractError,
+    check_digest,
+    check_excluded,
+    check_fields,
+    check_int,
+    check_str,
+)
+
+
+class ShardedRounds:
+    """Shard ownership, posts and timeouts; mixed into TrainingContract, whose state and
+    helpers (`_event`, `_live`, `_require_sealed`, `_abort_round` ...) it uses."""
+
+    _shards: list[dict[str, Any]]
+    _shard_owners: list[str]
+    _shard_excluded: list[dict[str, str]]
+    _failed_owners: list[str]
+    # the contract's own, used here
+    _settings: Any
+    _latest_merged: dict[str, Any] | None
+    _ranking: list[str]
+    _participants: list[str]
+    _leader_since: float | None
+    _round: int
+
+    def _event(self, kind: str, call: Any, **fields: Any) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _live(self, name: str, call: Any) -> bool:
+        raise NotImplementedError
+
+    def _may_lead(self, name: str) -> bool:
+        raise NotImplementedError
+
+    def _require_sealed(self, round: int) -> None:
+        raise NotImplementedError
+
+    def _abort_round(self, call: Any) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _reset_shards(self) -> None:
+        self._shards = []  # {owner, since, votes, digest, root, size} per shard
+        self._shard_owners = []  # who may own a shard this round, in ranking order
+        self._shard_excluded = []  # whom the shards merged so far left out
+        self._failed_owners = []
+
+    def _open_shards(self, call: Any) -> None:
+        """At the seal: one shard for each participant that may lead, in ranking order
+        (none in a leader-topology round, or when the leader hands out its own model)."""
+        if self._settings.merge_topology != "sharded" or self._latest_merged is None:
+            return
+        self._shard_owners = [n for n in self._ranking if self._may_lead(n)]
+        self._shards = [_fresh(owner, call.timestamp) for owner in self._shard_owners]
+
+    def _shards_pending(self) -> bool:
+        """Whether this round is sharded and a shard is still to come."""
+        return any(shard["digest"] is None for shard in self._shards)
+
+    def _shard_of(self, call: Any, what: str) -> tuple[int, dict[str, Any]]:
+        self._require_sealed(call.round)
+        if not self._shards:
+            raise ContractError(
+                f"{what}: round {call.round} is not merged in shards (merge_topology leader, "
+                "or the first round, whose leader hands out its own model)"
+            )
+        index = check_int(call.payload["index"], "payload.index", minimum=0)
+        if index >= len(self._shards):
+            raise ContractError(
+                f"{what}: round {call.round} has {len(self._shards)} shards, no shard {index}"
+            )
+        return index, self._shards[index]
+
+    def _on_shard(self, call: Any) -> list[dict[str, Any]]:
+        """A shard owner's merge of its shard: digest, chunk root, size and exclusions."""
+        payload = call.payload
+        check_fields(payload, "shard", ("index", "digest", "root", "size"), ("excluded",))
+        index, shard = self._shard_of(call, "shard")
+        if call.sender != shard["owner"]:
+            raise ContractError(f"{call.sender} does not own shard {index} of round "
+                                f"{call.round} (its owner is {shard['owner']})")  # fmt: skip
+        if shard["digest"] is not None:
+            raise ContractError(f"shard {index} of round {call.round} is merged already")
+        digest = check_digest(payload["digest"], "payload.digest")
+        root = check_digest(payload["root"], "payload.root")
+        size = check_int(payload["size"], "payload.size", minimum=0)
+        excluded = check_excluded(payload.get("excluded", []), self._participants)
+        floor = [e["name"] for e in self._shard_excluded]
+        names = {e["name"] for e in excluded}
+        if not set(floor) <= names:
+            raise ContractError(
+                f"shard {index} of round {call.round} must leave out {', '.join(sorted(floor))} "
+                "as the round's other shards do: merge it again without them"
+            )
+
+        redo = []
+        if names != set(floor):  # new exclusions: the shards merged with them go again
+            self._shard_excluded += [e for e in excluded if e["name"] not in floor]
+            for number, other in enumerate(self._shards):
+                if other["digest"] is not None:
+                    self._shards[number] = _fresh(other["owner"], call.timestamp)
+                    redo.append(number)
+        shard.update(digest=digest, root=root, size=size, votes=[])
+        complete = not self._shards_pending()
+        if complete:  # the leader's turn: its timeout counts from now
+            self._leader_since = call.timestamp
+        event = self._event("shard_merged", call, round=call.round, index=index,
+                            owner=call.sender, digest=digest, redo=redo, complete=complete,
+                            excluded=[e["name"] for e in self._shard_excluded])  # fmt: skip
+        return [event]
+
+    def _on_shard_timeout(self, call: Any) -> list[dict[str, Any]]:
+        """A participant's vote that a shard's owner has been silent for leader_timeout_s."""
+        check_fields(call.payload, "shard_timeout", ("index", "owner"), ())
+        index, shard = self._shard_of(call, "shard_timeout")
+        if call.sender not in self._participants:
+            raise ContractError(f"{call.sender} is not a participant of round {call.round}")
+        named = check_str(call.payload["owner"], "payload.owner")
+        owner = shard["owner"]
+        if named != owner:
+            raise ContractError(f"owner already changed: shard {index} of round {call.round} "
+                                f"belongs to {owner}, not {named}")  # fmt: skip
+        if call.sender == owner:
+            raise ContractError(f"{owner} cannot vote itself out of shard {index}")
+        if shard["digest"] is not None:
+            raise ContractError(f"shard {index} of round {call.round} is merged already")
+        limit = self._settings.leader_timeout_s
+        waited = call.timestamp - shard["since"]
+        if waited < limit:
+            raise ContractError(
+                f"the owner of shard {index} of round {call.round} cannot be timed out for "
+                f"another {limit - waited:.3f} s (leader_timeout_s={limit:g})"
+            )
+        if call.sender in shard["votes"]:
+            raise ContractError(f"{call.sender} already voted {owner} out of shard {index}")
+
+        shard["votes"] = [*shard["votes"], call.sender]
+        settled = self._settle_shards(call)
+        if settled:
+            return settled
+        event = self._event("shard_timeout_voted", call, round=call.round, index=index,
+                            owner=owner, votes=list(shard["votes"]))  # fmt: skip
+        return [event]
+
+    def _settle_shards(self, call: Any) -> list[dict[str, Any]]:
+        """Hand each shard whose owner a majority of the live other participants voted out
+        to the next owner (on every vote and heartbeat); abort the round when a shard is
+        past its timeout and fewer than min_peers participants are live."""
+        live = [n for n in self._participants if self._live(n, call)]
+        limit = self._settings.leader_timeout_s
+        overdue = any(s["digest"] is None and call.timestamp - s["since"] >= limit
+                      for s in self._shards)  # fmt: skip
+        if overdue and len(live) < self._settings.min_peers:
+            return [self._abort_round(call)]
+        events: list[dict[str, Any]] = []
+        for index, shard in enumerate(self._shards):
+            if shard["digest"] is not None or not shard["votes"]:
+                continue
+            electorate = [n for n in self._participants if n != shard["owner"]
+                          and (n in shard["votes"] or n in live)]  # fmt: skip
+            if len(shard["votes"]) < len(electorate) // 2 + 1:
+                continue
+            successor = self._next_owner(shard["owner"], live)
+            if successor is None:
+                return [*events, self._abort_round(call)]
+            previous = shard["owner"]
+            self._failed_owners = sorted({*self._failed_owners, previous})
+            self._shards[index] = _fresh(successor, call.timestamp)
+            events.append(self._event("shard_owner_changed", call, round=self._round,
+                                      index=index, previous=previous, owner=successor))  # fmt: skip
+        return events
+
+    def _next_owner(self, failed: str, live: list[str]) -> str | None:
+        """The owner after `failed` in ranking order (wrapping round) that is live and has
+        not failed this round; None when there is none."""
+        owners = self._shard_owners
+        start = owners.index(failed)
+        for step in range(1, len(owners) + 1):
+            name = owners[(start + step) % len(owners)]
+            if name in live and name not in self._failed_owners and name != failed:
+                return name
+        return None
+
+    def _shards_for_merged(self, call: Any, excluded: list[dict[str, str]]) -> None:
+        """Refuse a sharded round's `merged` before every shard is in, or with exclusions
+        other than the shards'."""
+        if not self._shards:
+            return
+        if self._shards_pending():
+            raise ContractError(f"round {call.round} is merged in shards and not all are in")
+        theirs = sorted(e["name"] for e in self._shard_excluded)
+        if sorted(e["name"] for e in excluded) != theirs:
+            left_out = ", ".join(theirs) or "nobody"
+            raise ContractError(f"payload.excluded must name whom the shards of round "
+                                f"{call.round} left out: {left_out}")  # fmt: skip
+
+    def _shards_view(self) -> list[dict[str, Any]]:
+        return [dict(sorted(shard.items())) for shard in self._shards]
+
+    def _shards_record(self) -> list[dict[str, Any]] | None:
+        """The shards as the round's history keeps them (None: not a sharded round)."""
+        if not self._shards:
+            return None
+        return [{k: s[k] for k in ("digest", "owner", "root", "size")} for s in self._shards]
+
+
+def _fresh(owner: str, since: float) -> dict[str, Any]:
+    return {"digest": None, "owner": owner, "root": None, "since": since, "size": None,
+            "votes": []}  # fmt: skip
