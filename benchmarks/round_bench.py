@@ -193,6 +193,7 @@ class WorkerConfig:
     method: str = "mean"
     memory: str = "model"
     layers: int = 0
+    topology: str = "leader"
     netns: str = ""  # with --link-mbit: the host (network namespace) this peer runs in
     listen: str = "127.0.0.1:0"
 
@@ -217,13 +218,13 @@ class RpcTimer:
 
 
 def bench_settings(peers: int, audit: int = 0, compression: str = "none", method: str = "mean",
-                   memory: str = "model") -> Any:  # fmt: skip
+                   memory: str = "model", topology: str = "leader") -> Any:  # fmt: skip
     """The swarm settings of every benchmark peer (and so of the contract)."""
     from openswarm.node.settings import SwarmSettings
 
     return SwarmSettings(min_peers=peers, extra_window_s=0.0, leader_timeout_s=600.0,
                          audit=audit or None, compression=compression, merge_method=method,
-                         merge_memory=memory)  # fmt: skip
+                         merge_memory=memory, merge_topology=topology)  # fmt: skip
 
 
 def connect_all(peer: Any, timeout_s: float = 120.0) -> None:
@@ -282,7 +283,8 @@ def peer_worker(cfg: WorkerConfig, queue: MpQueue[Message], barrier: MpBarrier) 
             for i, n in enumerate(tensor_sizes(cfg.count, cfg.layers))
         }
         model = {key: torch.from_numpy(value.copy()) for key, value in params.items()}
-        settings = bench_settings(cfg.peers, cfg.audit, cfg.compression, cfg.method, cfg.memory)
+        settings = bench_settings(cfg.peers, cfg.audit, cfg.compression, cfg.method, cfg.memory,
+                                  cfg.topology)  # fmt: skip
         network = NetworkConfig(ledger=cfg.endpoints, identity=Path(cfg.identity),
                                 listen=cfg.listen)  # fmt: skip
         peer = SwarmPeer(settings, network)
@@ -290,6 +292,7 @@ def peer_worker(cfg: WorkerConfig, queue: MpQueue[Message], barrier: MpBarrier) 
         for method in ("call",):  # every ledger RPC goes through call()
             setattr(peer.ledger, method, rpc.wrap(getattr(peer.ledger, method)))
         received = peer.fetcher.received  # bytes on the wire this peer pulled from others
+        sent = peer.server.sent  # and served to them
         peer.register()
         queue.put({"kind": "registered", "peer": name})
         barrier.wait(ROUND_TIMEOUT_S)  # all registered: every endpoint is on the ledger
@@ -299,7 +302,7 @@ def peer_worker(cfg: WorkerConfig, queue: MpQueue[Message], barrier: MpBarrier) 
         for round_index in range(cfg.rounds + 1):
             barrier.wait(ROUND_TIMEOUT_S)
             rpc.seconds = 0.0
-            before = received.total
+            before, before_sent = received.total, sent.total
             reset_peak()
             result = peer.sync(params)
             if result.params is None:
@@ -311,6 +314,7 @@ def peer_worker(cfg: WorkerConfig, queue: MpQueue[Message], barrier: MpBarrier) 
                 "kind": "round", "peer": name, "index": round_index, "round": result.round,
                 "leader": result.leader, "timings": {**result.timings, "load": load},
                 "rpc": rpc.seconds, "fetched": received.total - before,
+                "sent": sent.total - before_sent,
                 "peak_copies": (own_memory("VmHWM") - baseline) / (cfg.count * 4),
             })  # fmt: skip
             del result
@@ -339,7 +343,10 @@ class Cell:
     compression: str = "none"
     method: str = "mean"
     memory: str = "model"
+    topology: str = "leader"
     fetched_mb: float = 0.0  # MB all peers pulled in a round (median over rounds)
+    most_in: float = 0.0  # the most any one peer pulled in a round, in model sizes (median)
+    most_out: float = 0.0  # the most any one peer served in a round, in model sizes
     leader_copies: float = 0.0  # the leader's peak RSS above its baseline, in model copies
     follower_copies: float = 0.0  # the same for the followers (the most of any)
     floor_s: float = 0.0
@@ -449,6 +456,9 @@ def summarize(cell: Cell, rounds: list[list[Message]]) -> None:
         (m["peak_copies"] for ms in rounds for m in ms if m["peer"] != m["leader"]), default=0.0
     )
     cell.fetched_mb = statistics.median(sum(m["fetched"] for m in ms) / 1e6 for ms in rounds)
+    model = cell.count * 4
+    cell.most_in = statistics.median(max(m["fetched"] for m in ms) / model for ms in rounds)
+    cell.most_out = statistics.median(max(m["sent"] for m in ms) / model for ms in rounds)
     cell.leader = {k: statistics.median(v) for k, v in leader_rows.items()}
     cell.follower = {k: statistics.median(v) for k, v in follower_rows.items()}
 
@@ -464,15 +474,17 @@ def run_cell(
     memory: str = "model",
     layers: int = 0,
     link_mbit: int = 0,
+    topology: str = "leader",
 ) -> Cell:
     cell = Cell(count, peers, audit=audit, compression=compression, method=method, memory=memory,
-                load1=os.getloadavg()[0])  # fmt: skip
+                topology=topology, load1=os.getloadavg()[0])  # fmt: skip
     started = time.perf_counter()
     cell.floor_s = copy_floor(count, peers)
     names = [f"b{i}" for i in range(1, peers + 1)]
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="round_bench_"))
-        contract = bench_settings(peers, audit, compression, method).contract_settings()
+        contract = bench_settings(peers, audit, compression, method, memory,
+                                  topology).contract_settings()  # fmt: skip
         hosts: list[Any] = []
         if link_mbit:  # the ledger on host 1, each peer behind its own link on the next
             from links import shaped_lab
@@ -497,7 +509,7 @@ def run_cell(
                 cfg = WorkerConfig(
                     index, peers, count, rounds, tuple(net.endpoints),
                     str(net.pki_dir / "identities" / names[index]), keep_rounds, audit,
-                    compression, method, memory, layers,
+                    compression, method, memory, layers, topology,
                     hosts[index + 1].netns if hosts else "",
                     f"{hosts[index + 1].address}:0" if hosts else "127.0.0.1:0",
                 )  # fmt: skip
@@ -560,7 +572,7 @@ def fmt_phase(view: dict[str, float], key: str) -> str:
 def print_table(cells: list[Cell]) -> None:
     head = (
         f"{'P':>4} {'K':>2} {'aud':>3} {'compression':>13} {'method':>12} {'mem':>5} "
-        f"{'round':>7} {'MB':>6} {'floor':>7} "
+        f"{'topo':>7} {'round':>7} {'MB':>6} {'in':>4} {'out':>4} {'floor':>7} "
         f"{'xfloor':>6} |"
         f"{'L.enc':>7} {'L.xfer':>7} {'L.merge':>7} {'L.load':>7} {'L.ledger(rpc)':>14} |"
         f"{'F.enc':>7} {'F.xfer':>7} {'F.load':>7} {'F.ledger(rpc)':>14} |"
@@ -574,8 +586,8 @@ def print_table(cells: list[Cell]) -> None:
         lead, fol = c.leader, c.follower
         print(
             f"{label(c.count):>4} {c.peers:>2} {c.audit:>3} {c.compression:>13} {c.method:>12} "
-            f"{c.memory:>5} {c.round_s:7.3f} "
-            f"{c.fetched_mb:6.1f} "
+            f"{c.memory:>5} {c.topology:>7} {c.round_s:7.3f} "
+            f"{c.fetched_mb:6.1f} {c.most_in:4.2f} {c.most_out:4.2f} "
             f"{c.floor_s:7.4f} "
             f"{c.round_s / c.floor_s:6.0f} |"
             f"{fmt_phase(lead, 'encode')} {fmt_phase(lead, 'transfer')} "
@@ -609,6 +621,9 @@ def main(argv: list[str] | None = None) -> int:
         "--merge-memory", default="model", help="how leaders hold snapshots: model,layer"
     )
     parser.add_argument(
+        "--topology", default="leader", help="who merges (merge_topology): leader,sharded"
+    )
+    parser.add_argument(
         "--layers", type=int, default=0, help="N tensors of equal size (default: P/2, P/4, ...)"
     )
     parser.add_argument(
@@ -625,6 +640,7 @@ def main(argv: list[str] | None = None) -> int:
     compressions = [z for z in args.compression.split(",") if z]
     methods = [m for m in args.method.split(",") if m]
     memories = [m for m in args.merge_memory.split(",") if m]
+    topologies = [t for t in args.topology.split(",") if t]
     if args.rounds < 1 or any(k < 2 for k in peer_counts):
         parser.error("--rounds must be >= 1 and every K >= 2")
 
@@ -636,14 +652,15 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     cells: list[Cell] = []
-    grid = [(c, k, a, z, m, r) for c in sizes for k in peer_counts for a in audits
-            for z in compressions for m in methods for r in memories]  # fmt: skip
-    for count, peers, audit, compression, method, memory in grid:
-        variant = f"audit={audit} {compression} {method}/{memory}"
+    grid = [(c, k, a, z, m, r, t) for c in sizes for k in peer_counts for a in audits
+            for z in compressions for m in methods for r in memories
+            for t in topologies]  # fmt: skip
+    for count, peers, audit, compression, method, memory, topology in grid:
+        variant = f"audit={audit} {compression} {method}/{memory} {topology}"
         estimate = max(estimate_bytes(count, peers, args.keep_rounds), 2 * peers * count * 4)
         budget = args.mem_fraction * mem_available()
         cell = Cell(count, peers, audit=audit, compression=compression, method=method,
-                    memory=memory, estimate_gb=estimate / GB)  # fmt: skip
+                    memory=memory, topology=topology, estimate_gb=estimate / GB)  # fmt: skip
         if estimate > budget:
             cell.skipped = (
                 f"needs ~{estimate / GB:.1f} GB, over {args.mem_fraction:.0%} of "
@@ -652,7 +669,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             try:
                 cell = run_cell(count, peers, args.rounds, args.keep_rounds, audit, compression,
-                                method, memory, args.layers, args.link_mbit)  # fmt: skip
+                                method, memory, args.layers, args.link_mbit,
+                                topology)  # fmt: skip
                 cell.estimate_gb = estimate / GB
             except (CellError, RuntimeError, OSError, TimeoutError) as exc:
                 cell.skipped = f"failed: {str(exc)[-2000:]}"

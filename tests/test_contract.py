@@ -1137,6 +1137,7 @@ OPEN_MIX += ["merged", "leader_timeout", "metrics", "finished", "leave", "regist
 SEALED_MIX = ["leader_timeout"] * 10 + ["loaded", "register", "ready", "seal", "bogus"]
 SEALED_MIX += ["metrics", "finished", "leave", "loaded"] + ["merged"] * 4 + ["heartbeat"] * 4
 SEALED_MIX += ["attest"] * 12
+SHARDED_MIX = SEALED_MIX + ["shard"] * 6 + ["shard_timeout"] * 12  # sealed, merge_topology sharded
 OPEN_MIX += ["heartbeat"] * 2  # keeps members live: timeout votes need live voters
 BAD_PAYLOADS = [
     {},
@@ -1178,6 +1179,19 @@ def draw_payload(pick: Pick, type: str, contract: TrainingContract) -> dict[str,
         case "leader_timeout":
             leader = contract.leader or "a"
             return {"leader": pick([leader, leader, *NAMES])}
+        case "shard" | "shard_timeout":
+            current = contract.snapshot(recent=0)["current"]
+            index = pick([*range(len(current["shards"])), 0, 5])
+            owner = current["shards"][index]["owner"] if index < len(current["shards"]) else "a"
+            if type == "shard_timeout":
+                return {"index": index, "owner": pick([owner, owner, *NAMES])}
+            excluded = list(current["shard_excluded"])
+            if pick([False, False, True]):  # one more left out: the other shards go again
+                excluded.append({"name": pick(NAMES), "reason": "bad"})
+            if excluded and pick([False, False, False, True]):
+                excluded = excluded[1:]  # fewer than the others: refused
+            return {"index": index, "digest": pick(DIGESTS), "root": pick(DIGESTS), "size": 1,
+                    "excluded": excluded}  # fmt: skip
         case "attest":
             audit = contract.snapshot(recent=0)["current"]["audit"]
             if pick(range(6)) == 0:
@@ -1200,7 +1214,8 @@ def draw_payload(pick: Pick, type: str, contract: TrainingContract) -> dict[str,
 def draw_call(
     pick: Pick, contract: TrainingContract, members: dict[str, Any], height: int, now: float
 ) -> ContractCall:
-    type = pick(SEALED_MIX if contract.sealed else OPEN_MIX)
+    sealed = SHARDED_MIX if contract.settings.merge_topology == "sharded" else SEALED_MIX
+    type = pick(sealed if contract.sealed else OPEN_MIX)
     active = [name for name in NAMES if members.get(name, {}).get("active")]
     # Mostly calls that can succeed: active members call, absent ones register.
     senders = ([n for n in NAMES if n not in active] if type == "register" else active) * 3 + NAMES
@@ -1212,6 +1227,9 @@ def draw_call(
     elif type == "attest":
         audit = contract.snapshot(recent=0)["current"]["audit"]
         senders = (audit["auditors"] * 4 if audit else []) + senders
+    elif type in ("shard", "shard_timeout"):
+        owners = [s["owner"] for s in contract.snapshot(recent=0)["current"]["shards"]]
+        senders = (owners * 4 if type == "shard" else contract.participants * 3) + senders
     r = contract.current_round
     rounds = [r, r, r, r, r - 1, r + 1]
     latest = contract.latest_merged
@@ -1251,6 +1269,13 @@ def check_invariants(snap: dict[str, Any]) -> None:
                 set(audit["attestations"]) <= set(auditors) and audit["leader"] == current["leader"]
             )
         assert len(current["participants"]) >= snap["settings"]["min_peers"]
+        for shard in current["shards"]:
+            assert shard["owner"] in current["participants"]
+            assert shard["owner"] not in shard["votes"] and set(shard["votes"]) <= set(
+                current["participants"]
+            )
+        left_out = [e["name"] for e in current["shard_excluded"]]
+        assert len(set(left_out)) == len(left_out) and set(left_out) <= set(current["ranking"])
     else:
         assert current["leader"] is None and current["participants"] == []
         # A sealed round keeps the inputs of members that left since; an open one does not.
@@ -1260,6 +1285,9 @@ def check_invariants(snap: dict[str, Any]) -> None:
         assert holders == sorted(set(holders))
         [entry] = [h for h in snap["history"] if h["round"] == snap["latest_merged"]["round"]]
         assert entry["digest"] == snap["latest_merged"]["digest"]
+    for entry in snap["history"]:  # a sharded merge counts only with every shard in
+        if entry["status"] != "aborted" and entry["shards"]:
+            assert all(shard["digest"] is not None for shard in entry["shards"])
     for name, weight in [*((n, m["weight"]) for n, m in snap["members"].items()),
                          *((n, r["weight"]) for n, r in current["ready"].items())]:  # fmt: skip
         assert weight == allowed_weight(snap["settings"], name, weight), (name, weight)
@@ -1340,14 +1368,16 @@ def replay(log: list[ContractCall], setting: ContractSettings) -> TrainingContra
     timeout=st.sampled_from([5.0, 30.0]),
     steps=st.integers(1, 50),
     policy=st.sampled_from(["declared", "equal", "fixed"]),
-    audit=st.sampled_from([0, 1, 3]),
+    audit=st.sampled_from([0, 1, 3, "sharded"]),
 )
 def test_replicas_agree_and_refusals_change_nothing(
-    data: st.DataObject, min_peers: int, timeout: float, steps: int, policy: str, audit: int
+    data: st.DataObject, min_peers: int, timeout: float, steps: int, policy: str, audit: Any
 ) -> None:
+    topology = "sharded" if audit == "sharded" else "leader"
     setting = ContractSettings(
-        min_peers=min_peers, leader_timeout_s=timeout, audit=audit, **policy_settings(policy)
-    )
+        min_peers=min_peers, leader_timeout_s=timeout, audit=0 if audit == "sharded" else audit,
+        merge_topology=topology, **policy_settings(policy),
+    )  # fmt: skip
 
     def pick(options: Sequence[Any]) -> Any:
         # An index, not sampled_from(options): integers() strategies are cached, so this is fast.
@@ -1360,17 +1390,22 @@ def test_replicas_agree_and_refusals_change_nothing(
 
 def test_long_random_runs_reach_every_event_and_agree() -> None:
     seen: Counter[str] = Counter()
-    for seed, policy in itertools.product(range(8), ("declared", "equal", "fixed")):
+    for seed, policy in itertools.product(range(10), ("declared", "equal", "fixed")):
         rng = random.Random(seed)
+        topology = "sharded" if seed % 3 == 0 or seed >= 8 else "leader"  # sharded: no audits
+        audit = 0 if topology == "sharded" else (0, 1, 3)[seed % 3]
         setting = ContractSettings(min_peers=1 + seed % 3, leader_timeout_s=5.0 + seed,
-                                   presence_timeout_s=90.0 + 30 * seed, audit=(0, 1, 3)[seed % 3],
-                                   **policy_settings(policy))  # fmt: skip
-        log, replica, seen_here = run_replicas(rng.choice, setting, steps=400)
+                                   presence_timeout_s=90.0 + 30 * seed, audit=audit,
+                                   merge_topology=topology, **policy_settings(policy))  # fmt: skip
+        log, replica, seen_here = run_replicas(
+            rng.choice, setting, steps=1200 if seed >= 8 else 400
+        )
         assert dump(replay(log, setting)) == dump(replica)
         seen += seen_here
     # Guard for the generator itself: random runs must exercise the whole protocol.
     kinds = ["sealed", "merged", "timeout_voted", "leader_changed", "round_aborted", "loaded"]
     kinds += ["merge_proposed", "attested", "merge_rejected", "auditors_replaced"]
+    kinds += ["shard_merged", "shard_timeout_voted", "shard_owner_changed"]
     for kind in [*kinds, "all_finished"]:
         assert seen[kind] >= 3, f"random runs produced too few {kind!r}: {seen}"
 

@@ -215,3 +215,51 @@ def test_while_a_merge_awaits_its_audit_auditors_recompute_it_once_and_nobody_vo
         assert step.kind == "wait" and step.until == NOW + IDLE_S
     attested = replace(sealed, audit={**audit, "attestations": {"a": "d" * 64}})
     assert next_step(attested, me(), NOW).kind == "wait"
+
+
+# --- sharded rounds -------------------------------------------------------------------------------
+
+
+def _sharded(shards: list[dict], leader: str = "b", excluded: tuple[str, ...] = ()) -> RoundView:
+    members = {n: Member(n, True, False, None, NOW, f"{n}:1") for n in ("a", "b", "c")}
+    return RoundView(round=5, sealed=True, ready=("a", "b", "c"), participants=("a", "b", "c"),
+                     leader=leader, leader_since=NOW - 1.0, members=members, latest_merged=None,
+                     history=(), leader_timeout_s=20.0, shards=tuple(shards),
+                     shard_excluded=excluded)  # fmt: skip
+
+
+def _shard(owner: str, digest: str | None = None, since: float = NOW - 1.0,
+           votes: tuple[str, ...] = ()) -> dict:  # fmt: skip
+    return {"owner": owner, "digest": digest, "since": since, "votes": list(votes)}
+
+
+def test_an_owner_merges_its_shard_again_when_more_are_left_out() -> None:
+    view = _sharded([_shard("b"), _shard("a")])
+    assert next_step(view, me(), NOW) == next_step(view, me(), NOW)
+    step = next_step(view, me(), NOW)
+    assert (step.kind, step.index) == ("shard", 1)
+    merged = me(sharded=frozenset({(5, 1, ())}))
+    assert next_step(view, merged, NOW).kind == "wait"
+    more = replace(view, shard_excluded=("c",))  # sent back: merge it again without c
+    assert (next_step(more, merged, NOW).kind, next_step(more, merged, NOW).index) == ("shard", 1)
+
+
+def test_a_silent_owner_is_voted_out_once_past_the_timeout() -> None:
+    view = _sharded([_shard("b", since=NOW - 19.0), _shard("a", "d" * 64)])
+    step = next_step(view, me(), NOW)
+    assert step.kind == "wait" and step.until == NOW + 1.0  # the owner's time is not up
+    late = _sharded([_shard("b", since=NOW - 21.0), _shard("a", "d" * 64)])
+    step = next_step(late, me(), NOW)
+    assert (step.kind, step.index, step.leader) == ("vote_shard", 0, "b")
+    sent = me(sent={"vote_shard:0:b": NOW - 0.5})
+    assert next_step(late, sent, NOW).kind == "wait"  # sent a moment ago
+    voted = _sharded([_shard("b", since=NOW - 21.0, votes=("a",)), _shard("a", "d" * 64)])
+    assert next_step(voted, me(), NOW).kind == "wait"
+
+
+def test_every_shard_in_means_assemble_then_the_leaders_turn() -> None:
+    done = [_shard("b", "d" * 64), _shard("a", "e" * 64)]
+    assert next_step(_sharded(done), me(), NOW).kind == "assemble"
+    assembled = me(assembled=frozenset({5}))
+    assert next_step(_sharded(done), assembled, NOW).kind == "wait"  # b leads
+    assert next_step(_sharded(done, leader="a"), assembled, NOW).kind == "lead"

@@ -137,3 +137,36 @@ def test_a_size_claimed_but_never_sent_commits_no_memory() -> None:
     assert resident() - before < 64 << 20  # the buffer's pages are taken only as bytes come
     with pytest.raises(ReceiveError, match="the ledger recorded"):
         receiver.finish()
+
+
+def test_a_range_of_chunks_is_checked_against_the_whole_models_root() -> None:
+    receiver = Receiver(len(DATA), len(DATA), chunk_root(DATA), False, chunks=(2, 6))
+    receiver.add(leaves(DATA))  # all of them: only together do they give the root
+    for message in _messages(DATA[2 * CHUNK_BYTES :], 300_000):
+        receiver.add(message)
+    assert receiver.finish() == DATA[2 * CHUNK_BYTES :]
+    spoiled = bytearray(DATA)
+    spoiled[4 * CHUNK_BYTES] ^= 1
+    receiver = Receiver(len(DATA), len(DATA), chunk_root(DATA), False, chunks=(3, 5))
+    receiver.add(leaves(DATA))
+    with pytest.raises(ReceiveError, match=r"chunk 1 .* does not match its digest"):
+        for message in _messages(bytes(spoiled[3 * CHUNK_BYTES : 5 * CHUNK_BYTES])):
+            receiver.add(message)
+    receiver = Receiver(len(DATA), len(DATA), chunk_root(DATA), False, chunks=(3, 4))
+    receiver.add(leaves(DATA))
+    with pytest.raises(ReceiveError, match=r"more than the .* expected"):
+        receiver.add(DATA[3 * CHUNK_BYTES : 5 * CHUNK_BYTES])  # a chunk past the range
+    with pytest.raises(ValueError, match="not chunks of"):
+        Receiver(len(DATA), len(DATA), chunk_root(DATA), False, chunks=(5, 7))
+
+
+def test_a_target_buffer_takes_the_bytes_in_place() -> None:
+    target = bytearray(len(DATA) + 10)
+    window = memoryview(target)[5 : 5 + len(DATA)]
+    receiver = Receiver(len(DATA), len(DATA), chunk_root(DATA), True, target=window)
+    receiver.add(leaves(DATA))
+    receiver.add(zstandard.ZstdCompressor().compress(DATA))
+    receiver.finish()
+    assert bytes(target[5:-5]) == DATA and target[:5] == target[-5:] == b"\0" * 5
+    with pytest.raises(ValueError, match="of the size expected"):
+        Receiver(len(DATA) - 1, len(DATA), chunk_root(DATA), False, target=window)

@@ -372,6 +372,7 @@ class ExchangeClient:
         into: BinaryIO | None = None,
         key: str | None = None,
         chunks: tuple[int, int] | None = None,
+        target: memoryview | None = None,
     ) -> Buffer:
         """The snapshot's bytes, checked; ExchangeError otherwise.
 
@@ -383,7 +384,8 @@ class ExchangeClient:
         and reading) that takes the bytes instead of memory; then the result is empty.
         `key`: what the server holds it under, if not `digest` (a leader's mirror).
         `chunks`: (first, stop), only those chunks, plain and checked against `root`
-        (`size` is the whole model's); the result holds just them.
+        (`size` is the whole model's); the result holds just them. `target`: a buffer of
+        `size` bytes the model is written into (and returned) instead of a new one.
 
         The call is cancelled as soon as more bytes arrive than that, when no chunk comes
         for `idle_s` seconds, and in any case after `deadline_s` seconds. With `peer`, the
@@ -401,7 +403,11 @@ class ExchangeClient:
             raise ExchangeError(f"fetching {what}: checking chunks needs the model's size")
         if chunks is not None and root is None:
             raise ExchangeError(f"fetching part of {what}: checking it needs its chunk root")
-        receiver = Receiver(size, max_bytes, root, zstd and chunks is None, into, chunks)
+        try:
+            receiver = Receiver(size, max_bytes, root, zstd and chunks is None, into, chunks,
+                                target)  # fmt: skip
+        except ValueError as exc:
+            raise ExchangeError(f"fetching {what}: {exc}") from None
         ask: dict[str, object] = {"kind": kind, "round": round, "digest": key or digest}
         if root is not None:
             ask["leaves"] = True

@@ -769,13 +769,14 @@ class SwarmPeer:
             return None, None
         try:
             with self._timed("load"):
-                params = self.transport.unpack(data, self._own_structure)
+                params = self.transport.unpack(data, self._own_structure, copy=False)
                 problem = None if self._own_structure is None else (
                     mismatch(self._own_structure, params)
                 )  # fmt: skip
                 if problem is None:
                     check_finite(params)
                 digest = digest_encoded(data)
+                del params  # views of `data`
         except CodecError as exc:
             problem = f"malformed: {exc}"
         if problem is not None:

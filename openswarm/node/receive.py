@@ -22,12 +22,14 @@ class ReceiveError(RuntimeError):
 class _Plain:
     """The decompressed (or plain) bytes: written into the buffer, checked per chunk."""
 
-    def __init__(self, size: int | None, cap: int, leaves: bytes | None) -> None:
+    def __init__(self, size: int | None, cap: int, leaves: bytes | None,
+                 target: memoryview | None = None) -> None:  # fmt: skip
         # Memory mapped for it, touched only as bytes arrive (a bytearray of the size would
         # be committed at once, whether or not the peer ever sends anything).
         self.buffer: bytearray | memoryview = (
-            bytearray() if not size else memoryview(mmap.mmap(-1, size))
-        )
+            target if target is not None
+            else bytearray() if not size else memoryview(mmap.mmap(-1, size))
+        )  # fmt: skip
         self.size, self.cap, self.leaves = size, cap, leaves
         self.filled = 0
         self._checked = 0  # chunks checked against their leaves
@@ -121,11 +123,12 @@ class Receiver:
     first message's leaves must give (then every chunk is checked against them);
     `zstd`: the wire is zstd-compressed; `into`: a file to write the bytes to (checked
     chunk by chunk first) instead of a buffer; `chunks`: (first, stop), only those chunks
-    of the model come (after all of its leaves), and the buffer holds just them."""
+    of the model come (after all of its leaves), and the buffer holds just them; `target`:
+    the buffer to write them into (of exactly `size` bytes) instead of a new one."""
 
     def __init__(self, size: int | None, cap: int, root: str | None, zstd: bool,
-                 into: BinaryIO | None = None,
-                 chunks: tuple[int, int] | None = None) -> None:  # fmt: skip
+                 into: BinaryIO | None = None, chunks: tuple[int, int] | None = None,
+                 target: memoryview | None = None) -> None:  # fmt: skip
         if root is not None and size is None:
             raise ValueError("checking chunks against a root needs the model's size")
         self._model_size = size
@@ -138,6 +141,9 @@ class Receiver:
                 raise ValueError(f"chunks {first}-{stop} are not chunks of {size} bytes")
             size = max(0, min(stop * CHUNK_BYTES, size) - first * CHUNK_BYTES)
             cap = size
+        if target is not None and (size is None or len(target) != size or into is not None):
+            raise ValueError("a target buffer must be of the size expected")
+        self._target = target
         self.wire_bytes = 0
         most = cap if size is None else size
         # zstd may add a little to incompressible bytes, never more (and nothing else may
@@ -176,7 +182,7 @@ class Receiver:
 
     def _sink(self, leaves: bytes | None) -> _Plain | _FileSink:
         if self._into is None:
-            return _Plain(self._size, self._cap, leaves)
+            return _Plain(self._size, self._cap, leaves, self._target)
         return _FileSink(self._size, self._cap, leaves, self._into)
 
     def finish(self) -> bytearray | memoryview | None:

@@ -226,6 +226,7 @@ class ShardAssembly:
         ExchangeError if one cannot be had or is not the size its part of the model is."""
         layout = cut(specs, len(shards))
         out = bytearray(layout[-1].end)
+        window = memoryview(out)
         timeout = float(view["settings"]["leader_timeout_s"])
 
         def fetch(index: int) -> None:
@@ -245,12 +246,11 @@ class ShardAssembly:
             member = view["members"].get(owner)
             if member is None:
                 raise ExchangeError(f"the owner {owner} of shard {index} is not a member")
-            data = self.fetcher.fetch(
+            self.fetcher.fetch(
                 member["endpoint"], "shard", round, posted["digest"], max_bytes=size, size=size,
                 root=posted["root"], zstd=zstd, peer=owner, deadline_s=timeout,
-                idle_s=min(MAX_IDLE_S, timeout / 4),
+                idle_s=min(MAX_IDLE_S, timeout / 4), target=window[part.start : part.end],
             )  # fmt: skip
-            out[part.start : part.end] = data
 
         with ThreadPoolExecutor(PARALLEL_PULLS) as pool:
             list(pool.map(fetch, range(len(shards))))
