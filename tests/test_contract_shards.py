@@ -151,3 +151,37 @@ def test_leader_rounds_have_no_shards() -> None:
     d.refused("shard", ranking[0], 2, shard_call(0, "a"), match="is not merged in shards")
     record = d.contract.snapshot()["history"][-1]
     assert record["shards"] is None
+
+
+def test_a_posted_shard_nobody_can_fetch_goes_to_the_next_owner() -> None:
+    d = Driver(merge_topology="sharded", min_peers=4, leader_timeout_s=30.0,
+               presence_timeout_s=120.0)  # fmt: skip
+    owners = sharded_round(d)
+    for index, owner in enumerate(owners):
+        d.ok("shard", owner, 2, shard_call(index, "a"))
+    gone = owners[2]
+    voters = [n for n in NAMES if n != gone]
+    d.now += 29.0  # its time counts from its post
+    d.refused("shard_timeout", voters[0], 2, {"index": 2, "owner": gone},
+              match="cannot be declared unavailable for another 1.000 s")  # fmt: skip
+    d.now += 1.0
+    d.beat(*voters)
+    d.ok("shard_timeout", voters[0], 2, {"index": 2, "owner": gone})
+    [changed] = d.ok("shard_timeout", voters[1], 2, {"index": 2, "owner": gone})["events"]
+    assert changed["kind"] == "shard_owner_changed" and changed["owner"] == owners[3]
+    shard = d.contract.snapshot()["current"]["shards"][2]
+    assert shard["digest"] is None and shard["owner"] == owners[3]  # to be merged again
+    leader = d.contract.leader
+    d.refused("merged", leader, 2, {"digest": digest("m"), "size": 40}, match="not all are in")
+    d.ok("shard", owners[3], 2, shard_call(2, "b"))
+    d.refused("merged", leader, 2, {"digest": digest("m"), "size": 31}, match="must be 40")
+    d.ok("merged", leader, 2, {"digest": digest("m"), "size": 40})
+
+
+def test_a_shard_may_leave_out_only_a_minority() -> None:
+    d = Driver(merge_topology="sharded", min_peers=4)
+    owners = sharded_round(d, lead=False)
+    others = [n for n in NAMES if n != owners[0]]
+    d.refused("shard", owners[0], 2, shard_call(0, "a", others[:2]),
+              match="only a minority of the round's 4 participants")  # fmt: skip
+    d.ok("shard", owners[0], 2, shard_call(0, "a", others[:1]))

@@ -260,6 +260,19 @@ def test_a_silent_owner_is_voted_out_once_past_the_timeout() -> None:
 def test_every_shard_in_means_assemble_then_the_leaders_turn() -> None:
     done = [_shard("b", "d" * 64), _shard("a", "e" * 64)]
     assert next_step(_sharded(done), me(), NOW).kind == "assemble"
-    assembled = me(assembled=frozenset({5}))
+    assembled = me(assembled=frozenset({(5, ("b:" + "d" * 64, "a:" + "e" * 64))}))
     assert next_step(_sharded(done), assembled, NOW).kind == "wait"  # b leads
     assert next_step(_sharded(done, leader="a"), assembled, NOW).kind == "lead"
+    redone = [_shard("b", "f" * 64), _shard("a", "e" * 64)]  # b's shard was merged again
+    assert next_step(_sharded(redone), assembled, NOW).kind == "assemble"
+
+
+def test_a_posted_shard_not_had_is_voted_on_once_its_time_is_up() -> None:
+    posted = [_shard("b", "d" * 64, since=NOW - 5.0), _shard("a", "e" * 64)]
+    facts = me(assembled=frozenset({(5, ("b:" + "d" * 64, "a:" + "e" * 64))}),
+               unfetched=frozenset({(5, 0, "b:" + "d" * 64)}))  # fmt: skip
+    step = next_step(_sharded(posted, leader="c"), facts, NOW)
+    assert step.kind == "wait" and step.until == NOW + 15.0  # woken for the vote
+    late = [_shard("b", "d" * 64, since=NOW - 20.0), _shard("a", "e" * 64)]
+    step = next_step(_sharded(late, leader="c"), facts, NOW)
+    assert (step.kind, step.index, step.leader) == ("vote_shard", 0, "b")

@@ -582,7 +582,7 @@ class TrainingContract(ShardedRounds):
         digest = check_digest(payload["digest"], "payload.digest")
         size = check_int(payload["size"], "payload.size", minimum=0)
         excluded = check_excluded(payload.get("excluded", []), self._participants)
-        self._shards_for_merged(call, excluded)
+        self._shards_for_merged(call, size, excluded)
         if not self._settings.audit:
             return self._accept_merge(call, leader, digest, size, excluded, None)
         if self._audit is not None:
@@ -860,8 +860,10 @@ class TrainingContract(ShardedRounds):
             return []
         if self._audit is not None:
             return self._audit_deadline(call)
-        if self._shards_pending():
-            return self._settle_shards(call)
+        if self._shards:
+            events = self._settle_shards(call)
+            if events or self._shards_pending():  # (the leader's time starts once all are in)
+                return events
         assert self._leader_since is not None
         live = [n for n in self._participants if self._live(n, call)]
         stuck = (

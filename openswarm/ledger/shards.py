@@ -9,7 +9,10 @@ posted with more sends the others back to merging again without them. Once every
 in, the round's leader assembles them and posts `merged` as in the leader topology (its
 `excluded` must be the shards'), and its timeout counts from then. An owner silent for
 `leader_timeout_s` is voted out by a majority of the live other participants, and its
-shard goes to the next owner in ranking order that has not failed this round.
+shard goes to the next owner in ranking order that has not failed this round; so does a
+posted shard that a majority could not fetch within `leader_timeout_s` of its posting (its
+owner crashed, or serves other bytes than its root says). A shard may leave out only a
+minority of the round's participants.
 """
 
 from __future__ import annotations
@@ -103,6 +106,11 @@ class ShardedRounds:
         root = check_digest(payload["root"], "payload.root")
         size = check_int(payload["size"], "payload.size", minimum=0)
         excluded = check_excluded(payload.get("excluded", []), self._participants)
+        if 2 * len(excluded) >= len(self._participants):
+            raise ContractError(
+                f"a shard may leave out only a minority of the round's "
+                f"{len(self._participants)} participants (it left out {len(excluded)})"
+            )
         floor = [e["name"] for e in self._shard_excluded]
         names = {e["name"] for e in excluded}
         if not set(floor) <= names:
@@ -112,13 +120,15 @@ class ShardedRounds:
             )
 
         redo = []
-        if names != set(floor):  # new exclusions: the shards merged with them go again
+        if names != set(floor):  # new exclusions: the shards merged with them go again,
             self._shard_excluded += [e for e in excluded if e["name"] not in floor]
-            for number, other in enumerate(self._shards):
+            for number, other in enumerate(self._shards):  # and each owner has its full time
                 if other["digest"] is not None:
-                    self._shards[number] = _fresh(other["owner"], call.timestamp)
                     redo.append(number)
-        shard.update(digest=digest, root=root, size=size, votes=[])
+                self._shards[number] = _fresh(other["owner"], call.timestamp)
+            shard = self._shards[index]
+        # from now on, `since` is when it was posted (for votes that it cannot be had)
+        shard.update(digest=digest, root=root, size=size, votes=[], since=call.timestamp)
         complete = not self._shards_pending()
         if complete:  # the leader's turn: its timeout counts from now
             self._leader_since = call.timestamp
@@ -140,13 +150,12 @@ class ShardedRounds:
                                 f"belongs to {owner}, not {named}")  # fmt: skip
         if call.sender == owner:
             raise ContractError(f"{owner} cannot vote itself out of shard {index}")
-        if shard["digest"] is not None:
-            raise ContractError(f"shard {index} of round {call.round} is merged already")
         limit = self._settings.leader_timeout_s
         waited = call.timestamp - shard["since"]
         if waited < limit:
+            what = "timed out" if shard["digest"] is None else "declared unavailable"
             raise ContractError(
-                f"the owner of shard {index} of round {call.round} cannot be timed out for "
+                f"the owner of shard {index} of round {call.round} cannot be {what} for "
                 f"another {limit - waited:.3f} s (leader_timeout_s={limit:g})"
             )
         if call.sender in shard["votes"]:
@@ -172,7 +181,7 @@ class ShardedRounds:
             return [self._abort_round(call)]
         events: list[dict[str, Any]] = []
         for index, shard in enumerate(self._shards):
-            if shard["digest"] is not None or not shard["votes"]:
+            if not shard["votes"]:
                 continue
             electorate = [n for n in self._participants if n != shard["owner"]
                           and (n in shard["votes"] or n in live)]  # fmt: skip
@@ -199,13 +208,17 @@ class ShardedRounds:
                 return name
         return None
 
-    def _shards_for_merged(self, call: Any, excluded: list[dict[str, str]]) -> None:
-        """Refuse a sharded round's `merged` before every shard is in, or with exclusions
-        other than the shards'."""
+    def _shards_for_merged(self, call: Any, size: int, excluded: list[dict[str, str]]) -> None:
+        """Refuse a sharded round's `merged` before every shard is in, of another size than
+        theirs together, or with exclusions other than theirs."""
         if not self._shards:
             return
         if self._shards_pending():
             raise ContractError(f"round {call.round} is merged in shards and not all are in")
+        total = sum(int(shard["size"]) for shard in self._shards)
+        if size != total:
+            raise ContractError(f"payload.size must be {total}, the size of the shards of round "
+                                f"{call.round} together")  # fmt: skip
         theirs = sorted(e["name"] for e in self._shard_excluded)
         if sorted(e["name"] for e in excluded) != theirs:
             left_out = ", ".join(theirs) or "nobody"

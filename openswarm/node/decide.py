@@ -9,7 +9,7 @@ step and calls it again when the ledger pushes a new state or the step's deadlin
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 #: How soon the same transaction (a seal, a timeout vote) may be sent again for one round
@@ -114,7 +114,10 @@ class Me:
     # (round, shard, whom the shards left out) of the shards it merged, and the rounds whose
     # shards it assembled (a shard sent back to be merged again leaves out more)
     sharded: frozenset[tuple[int, int, tuple[str, ...]]] = frozenset()
-    assembled: frozenset[int] = frozenset()
+    # (round, each shard's `posted_as`) of the shards it assembled; (round, shard, posted_as)
+    # of those it could not fetch
+    assembled: frozenset[tuple[int, tuple[str, ...]]] = frozenset()
+    unfetched: frozenset[tuple[int, int, str]] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -157,9 +160,18 @@ def next_step(view: RoundView, me: Me, now: float) -> Step:
             return Step("audit")
         return Step("wait", until=now + IDLE_S)
     if view.shards and me.name in view.participants:
-        step = _sharded(view, me, now)
+        step, wake = _sharded(view, me, now)
         if step is not None:
             return step
+        step = _leader_step(view, me, now)
+        if wake is not None and step.kind == "wait":  # also wake for a shard's deadline
+            return replace(step, until=min(step.until or wake, wake))
+        return step
+    return _leader_step(view, me, now)
+
+
+def _leader_step(view: RoundView, me: Me, now: float) -> Step:
+    """Lead, wait for the leader, or vote it out once its time is up."""
     if view.leader == me.name:
         return Step("wait", until=now + IDLE_S) if me.round in me.led else Step("lead")
     if me.name not in view.participants:
@@ -172,20 +184,40 @@ def next_step(view: RoundView, me: Me, now: float) -> Step:
     return _resend("vote_timeout", me, now, leader=view.leader)
 
 
-def _sharded(view: RoundView, me: Me, now: float) -> Step | None:
+def posted_as(shard: Mapping[str, Any]) -> str:
+    """A posted shard as one string: its owner and digest (a shard merged again by another
+    owner may come with the same digest, yet from elsewhere)."""
+    return f"{shard['owner']}:{shard['digest']}"
+
+
+def _sharded(view: RoundView, me: Me, now: float) -> tuple[Step | None, float | None]:
     """A sharded round's step before its leader's turn: merge a shard this peer owns, vote
-    out an owner silent past the timeout, wait for the shards, assemble them; None once
-    this peer assembled them (then it is the leader's turn, as in any round)."""
+    out an owner silent past the timeout (or one whose posted shard this peer could not
+    fetch), wait for the shards, assemble them. None once this peer assembled them (then
+    it is the leader's turn, as in any round), with when to look again for a vote."""
     pending = [i for i, shard in enumerate(view.shards) if shard["digest"] is None]
     for i in pending:
         if view.shards[i]["owner"] == me.name and (
             (me.round, i, view.shard_excluded) not in me.sharded
         ):
-            return Step("shard", index=i)
+            return Step("shard", index=i), None
     if not pending:
-        return None if me.round in me.assembled else Step("assemble")
+        if (me.round, tuple(map(posted_as, view.shards))) not in me.assembled:
+            return Step("assemble"), None
+        unfetched = [i for i, s in enumerate(view.shards)
+                     if (me.round, i, posted_as(s)) in me.unfetched]  # fmt: skip
+        step, wake = _vote_shards(view, me, now, unfetched)
+        return (step if step.kind != "wait" else None), wake
+    step, wake = _vote_shards(view, me, now, pending)
+    return (step if step.kind != "wait" else Step("wait", until=wake)), None
+
+
+def _vote_shards(view: RoundView, me: Me, now: float,
+                 indices: list[int]) -> tuple[Step, float | None]:  # fmt: skip
+    """A vote against the owner of one of shards `indices` whose time is up, or a wait
+    (and until when: None if there is nothing to vote on)."""
     deadlines = []
-    for i in pending:
+    for i in indices:
         shard = view.shards[i]
         owner, due = shard["owner"], float(shard["since"]) + view.leader_timeout_s
         if owner == me.name or me.name in shard["votes"]:
@@ -195,9 +227,11 @@ def _sharded(view: RoundView, me: Me, now: float) -> Step | None:
             continue
         step = _resend(f"vote_shard:{i}:{owner}", me, now, leader=owner)
         if step.kind != "wait":
-            return Step("vote_shard", leader=owner, index=i)
+            return Step("vote_shard", leader=owner, index=i), None
         deadlines.append(step.until or now + RESEND_S)
-    return Step("wait", until=min([*deadlines, now + IDLE_S]))
+    if not deadlines:
+        return Step("wait", until=now + IDLE_S), (now + IDLE_S if indices else None)
+    return Step("wait", until=min(deadlines)), min(deadlines)
 
 
 def _unsealed(view: RoundView, me: Me, now: float) -> Step:

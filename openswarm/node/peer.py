@@ -34,12 +34,18 @@ from openswarm.ledger.client import LedgerClient, LedgerError, Outcome
 from openswarm.ledger.tx import make_transaction
 from openswarm.merge import MergeInputError
 from openswarm.node.checks import Structure, mismatch, structure
-from openswarm.node.decide import IDLE_S, Me, RoundView, next_step
+from openswarm.node.decide import IDLE_S, Me, RoundView, next_step, posted_as
 from openswarm.node.exchange import CHUNK_BYTES, ExchangeClient, ExchangeError, ExchangeServer
 from openswarm.node.leader import MAX_IDLE_S, Leader
 from openswarm.node.memory import release_freed_memory
 from openswarm.node.settings import NetworkConfig, SwarmSettings
-from openswarm.node.shard_merge import ShardAssembly, ShardMerger
+from openswarm.node.shard_merge import (
+    ShardAssembly,
+    ShardFault,
+    ShardMerger,
+    ShardsUnavailable,
+    shards_mismatch,
+)
 from openswarm.node.vouch import LedgerVouch
 from openswarm.node.watch import ContractWatch, WatchError
 from openswarm.pki import CertIdentity, Identity, PkiError
@@ -121,8 +127,11 @@ class SwarmPeer:
         self._shard_merger = ShardMerger(self.name, settings, self.fetcher, self._timed)
         self._shard_assembly = ShardAssembly(self.name, self.server.store, self.fetcher)
         self._sharded: set[tuple[int, int, tuple[str, ...]]] = set()  # see decide.Me
-        # round -> the digest its shards assembled to, or why they did not
+        # round -> the digest its shards assembled to, or why they did not (None, None: some
+        # could not be had); what was tried (see decide.Me), and the shards not had
         self._assembled: dict[int, tuple[str | None, str | None]] = {}
+        self._assembly_tried: set[tuple[int, tuple[str, ...]]] = set()
+        self._unfetched: set[tuple[int, int, str]] = set()
         self.finished = False
         self.rounds_joined = 0
         self.current_digest: str | None = None
@@ -459,7 +468,7 @@ class SwarmPeer:
             me = Me(self.name, r, self.settings.min_peers, self.settings.extra_window_s,
                     self.settings.presence_timeout_s, self.finished, frozenset(self._led),
                     frozenset(self._audited), quorum_since, sent, frozenset(self._sharded),
-                    frozenset(self._assembled))  # fmt: skip
+                    frozenset(self._assembly_tried), frozenset(self._unfetched))  # fmt: skip
             step = next_step(view, me, now)
             self._note_absent(step.absent, view, now)
             if step.quorum and quorum_since is None:
@@ -491,6 +500,9 @@ class SwarmPeer:
                 payload = {"index": step.index, "owner": step.leader}
                 self._see_applied(self._submit("shard_timeout", r, payload))
             elif step.kind == "assemble":
+                shards = state["current"]["shards"]
+                self._assembly_tried.add((r, tuple(map(posted_as, shards))))
+                self._led.discard(r)  # a leader proposes again what the new shards make
                 self._assembled[r] = self._assemble(state, r)
             elif step.kind == "seal":
                 sent["seal"] = now
@@ -536,6 +548,8 @@ class SwarmPeer:
         # the merged model comes.
         self.server.store.forget("local", r)
         local.data = b""
+        mine, problem = self._assembled.pop(r, (None, None))
+        self._forget_shards(r)
         record = next((h for h in view["history"] if h["round"] == r), None)
         if record is None:  # long ago (this process was stalled): read the full history
             full = self._ledger_call(lambda: self.ledger.state(self.contract))["state"] or {}
@@ -546,7 +560,6 @@ class SwarmPeer:
         if self.name not in record["participants"]:
             return None
         digest = record["digest"]
-        mine, problem = self._assembled.pop(r, (None, None))
         if record.get("shards") and (mine or problem) and mine != digest:
             why = problem or f"its shards assemble to {mine[:12]}…, not to {digest[:12]}…"
             log.error("%s: merged model of round %d refused: %s", self.name, r, why)
@@ -571,6 +584,8 @@ class SwarmPeer:
                 # Its leader died or sent something malformed: train on with this site's
                 # parameters (the contract falls back to the merge before; the next merges).
                 log.warning("%s: %s; keeping this site's parameters", self.name, exc)
+                return None
+            if record.get("shards") and mine is None and not self._is_the_shards(record):
                 return None
         if record["leader"] != self.name:
             with contextlib.suppress(SwarmError):  # lets others fetch it from here too
@@ -716,6 +731,30 @@ class SwarmPeer:
         else:
             log.warning("%s: merged of round %d refused: %s", self.name, r, outcome.reason)
 
+    def _forget_shards(self, r: int) -> None:
+        """Drop what this site noted about the shards of rounds up to `r` (over)."""
+        self._sharded = {k for k in self._sharded if k[0] > r}
+        self._assembly_tried = {k for k in self._assembly_tried if k[0] > r}
+        self._unfetched = {k for k in self._unfetched if k[0] > r}
+        for old in [k for k in self._assembled if k < r]:
+            del self._assembled[old]
+
+    def _is_the_shards(self, record: Mapping[str, Any]) -> bool:
+        """Whether the merged model of sharded round `record` that this site fetched whole
+        is the one its shards on the ledger make (else it is refused and forgotten)."""
+        r, digest = record["round"], record["digest"]
+        found = self.server.store.find("merged", r, digest)
+        specs = list((self._model_structure() or {}).values())
+        problem = (
+            "it is gone" if found is None else shards_mismatch(found.data, specs, record["shards"])
+        )
+        if problem is None:
+            return True
+        self.server.store.forget("merged", r)
+        log.error("%s: merged model of round %d refused: %s", self.name, r, problem)
+        self._report_refused(r, digest, f"not what its shards make: {problem}")
+        return False
+
     def _lead_sharded(self, view: dict[str, Any], r: int) -> None:
         """As the leader of a sharded round: propose the model its shards assembled to."""
         digest, problem = self._assembled.get(r, (None, "not assembled"))
@@ -739,7 +778,7 @@ class SwarmPeer:
             if not specs:
                 raise MergeInputError("this site does not know the swarm's model yet")
             got = self._shard_merger.run(view, r, index, local.data, specs)
-        except MergeInputError as exc:
+        except (MergeInputError, CodecError, ValueError) as exc:  # (then others take over)
             log.error("%s: merge of shard %d of round %d failed: %s", self.name, index, r, exc)
             return
         self.server.store.publish("shard", r, got.digest, got.data, got.leaves)
@@ -764,7 +803,14 @@ class SwarmPeer:
         try:
             with self._timed("transfer"):
                 data = self._shard_assembly.join(view, r, shards, specs, self.transport.zstd)
-        except ExchangeError as exc:  # the leader's copy is fetched instead, once it has one
+        except ShardFault as exc:
+            log.error("%s: the shards of round %d do not give a model: %s", self.name, r, exc)
+            return None, str(exc)
+        except ShardsUnavailable as exc:  # voted on once their time is up; meanwhile the
+            log.warning("%s: cannot assemble the shards of round %d: %s", self.name, r, exc)
+            self._unfetched.update((r, i, posted_as(shards[i])) for i in exc.indices)
+            return None, None  # leader's copy is fetched, checked against the shards
+        except ExchangeError as exc:
             log.warning("%s: cannot assemble the shards of round %d: %s", self.name, r, exc)
             return None, None
         try:

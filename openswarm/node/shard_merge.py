@@ -13,16 +13,18 @@ fails anywhere is left out; the contract then has the other shards merged again 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
+from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from openswarm.codec.arrays import flat_storage, from_storage
-from openswarm.codec.chunks import CHUNK_BYTES, chunk_count, leaves, root_of
+from openswarm.codec.chunks import CHUNK_BYTES, chunk_count, chunk_root, leaves, root_of
 from openswarm.codec.finite import has_nonfinite
 from openswarm.codec.shards import Shard, cut
 from openswarm.codec.tensors import TensorSpec
@@ -35,6 +37,18 @@ from openswarm.node.settings import SwarmSettings
 log = logging.getLogger("openswarm.peer")
 
 PARALLEL_PULLS = 4  # pieces pulled at once (each a fraction of a model)
+
+
+class ShardFault(ExchangeError):
+    """A posted shard cannot be the part of the model it stands for (its size)."""
+
+
+class ShardsUnavailable(ExchangeError):
+    """Some posted shards could not be had from their owners (`indices`)."""
+
+    def __init__(self, message: str, indices: list[int]) -> None:
+        super().__init__(message)
+        self.indices = indices
 
 
 @dataclass(frozen=True)
@@ -138,11 +152,17 @@ class ShardMerger:
 
     def _pulled(self, pool: ThreadPoolExecutor, pull: _Pieces,
                 names: list[str]) -> Iterator[list[np.ndarray] | str]:  # fmt: skip
-        """Each of `names`' pieces in order, several pulled at once; the wait is "transfer"."""
-        results = pool.map(pull.get, names)
-        for _ in names:
+        """Each of `names`' pieces in order, at most PARALLEL_PULLS pulled ahead (so at most
+        that many pieces are held); the wait is "transfer"."""
+        ahead: deque[Future[list[np.ndarray] | str]] = deque()
+        queued = iter(names)
+        for name in itertools.islice(queued, PARALLEL_PULLS):
+            ahead.append(pool.submit(pull.get, name))
+        while ahead:
             with self.timed("transfer"):
-                got = next(results)
+                got = ahead.popleft().result()
+            for name in itertools.islice(queued, 1):
+                ahead.append(pool.submit(pull.get, name))
             yield got
 
     def _leave_out(self, excluded: list[dict[str, str]], name: str, round: int,
@@ -233,8 +253,8 @@ class ShardAssembly:
             part, posted = layout[index], shards[index]
             size, owner = int(posted["size"]), posted["owner"]
             if size != part.size:
-                raise ExchangeError(f"shard {index} of round {round} by {owner} is {size} "
-                                    f"bytes; that part of the model is {part.size}")  # fmt: skip
+                raise ShardFault(f"shard {index} of round {round} by {owner} is {size} "
+                                 f"bytes; that part of the model is {part.size}")  # fmt: skip
             if size == 0:
                 return
             if owner == self.name:
@@ -253,8 +273,33 @@ class ShardAssembly:
             )  # fmt: skip
 
         with ThreadPoolExecutor(PARALLEL_PULLS) as pool:
-            list(pool.map(fetch, range(len(shards))))
+            futures = [pool.submit(fetch, index) for index in range(len(shards))]
+        failed = {i: f.exception() for i, f in enumerate(futures) if f.exception() is not None}
+        fault = next((e for e in failed.values() if isinstance(e, ShardFault)), None)
+        if fault is not None:
+            raise fault
+        for error in failed.values():
+            if not isinstance(error, ExchangeError):
+                raise error
+        if failed:
+            raise ShardsUnavailable("; ".join(str(e) for e in failed.values()), list(failed))
         return out
+
+
+def shards_mismatch(data: Buffer, specs: Sequence[TensorSpec],
+                    shards: Sequence[Mapping[str, Any]]) -> str | None:  # fmt: skip
+    """Why `data` is not the model that the posted `shards` (their sizes and chunk roots
+    on the ledger) make, or None."""
+    layout = cut(specs, len(shards))
+    if len(data) != layout[-1].end:
+        return f"it is {len(data)} bytes; the model is {layout[-1].end}"
+    view = memoryview(data).cast("B")
+    for index, (part, posted) in enumerate(zip(layout, shards, strict=True)):
+        if int(posted["size"]) != part.size or (
+            chunk_root(view[part.start : part.end]) != posted["root"]
+        ):
+            return f"its part {index} is not the shard {posted['owner']} merged"
+    return None
 
 
 def shard_total(specs: Sequence[TensorSpec]) -> int:
@@ -268,4 +313,7 @@ def _slice_spec(specs: Sequence[TensorSpec], tensor: int, count: int) -> TensorS
     return TensorSpec(spec.name, spec.dtype, (count,))
 
 
-__all__ = ["MergedShard", "ShardAssembly", "ShardMerger", "shard_total"]
+__all__ = [
+    "MergedShard", "ShardAssembly", "ShardFault", "ShardMerger", "ShardsUnavailable",
+    "shard_total", "shards_mismatch",
+]  # fmt: skip
