@@ -130,3 +130,21 @@ def test_a_shard_owner_killed_mid_round_is_replaced(make_swarm) -> None:
     # its snapshot could no longer be had: left out of every shard, as consistently
     assert [e["name"] for e in record["excluded"]] == [killed[0]]
     _assert_identical(results[0].params, _expected(record, inputs, set(killed)))
+
+
+def test_a_mean_that_overflows_in_one_shard_equals_the_leader_topologys(sharded) -> None:
+    # w·x near the float32 limit overflows in the first values of "big" (shard 0 only):
+    # those values are summed again in float64, by their owner alone, the others not
+    def huge(params: dict[str, Any]) -> None:
+        params["big"][:1000] = np.float32(3e38)
+
+    _round(sharded, [_params(s) for s in (1, 2, 3, 4)])  # the initial sync
+    inputs = [_params(s) for s in (95, 96, 97, 98)]
+    for params in inputs:
+        huge(params)
+    results = _round(sharded, inputs)
+    assert len({r.digest for r in results}) == 1 and results[0].digest is not None
+    record = _record(sharded[0], results[0].round)
+    assert record["status"] == "merged" and not record["excluded"]
+    _assert_identical(results[0].params, _expected(record, inputs, set()))
+    assert np.all(results[0].params["big"][:1000] == np.float32(3e38))

@@ -46,7 +46,7 @@ def mean(
         again = Float64Sum(prep.specs, overflowed, scale)
         for flats, weight in zip(prep.flats, kept, strict=True):
             again.add(flats, weight)
-        again.finish(running.outputs)
+        again.finish(running.outputs, running.overflows)
     return prep.build(running.outputs)
 
 

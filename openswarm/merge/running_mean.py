@@ -10,15 +10,17 @@ is added whole before the next, so one that turns out bad before it is added nev
 the sum, and holding the sum costs one output set (plus float32 accumulators for 16-bit
 floats and float64 ones for integers and bools) whatever the number of sets.
 
-A float tensor whose result is not finite although every input was (an intermediate sum
-overflowed) is reported by `finish` and summed again in float64 (`Float64Sum`, from the same
-sets in the same order).
+A float value whose result is not finite although every input was (an intermediate sum
+overflowed) is summed again in float64 (`Float64Sum`, from the same sets in the same order):
+`finish` reports the tensors that hold such values, and only those values are replaced, so
+a value's result never depends on the others of its tensor (a sharded merge sums parts of
+a tensor apart, node/shard_merge.py).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -54,6 +56,7 @@ class RunningMean:
         ]
         self._scale = scale
         self._weights: list[float] = []
+        self.overflows: dict[int, np.ndarray] = {}  # tensor -> where its sum overflowed
 
     @property
     def count(self) -> int:
@@ -80,8 +83,8 @@ class RunningMean:
         self._weights.append(w)
 
     def finish(self) -> list[int]:
-        """Divide by the total weight and store; returns the float tensors (by index) that
-        overflowed and still need `redo_in_float64` (their outputs are not written)."""
+        """Divide by the total weight and store; returns the float tensors (by index) with
+        values that overflowed (where: `overflows`), which `Float64Sum` writes again."""
         total = math.fsum(self._weights)
         overflowed = []
         for t, (spec, acc, out) in enumerate(zip(self.specs, self._acc, self.outputs,
@@ -93,8 +96,10 @@ class RunningMean:
                     np.divide(acc[start:stop], divisor, out=acc[start:stop])
             if spec.dtype.is_float and not all_finite(acc):
                 overflowed.append(t)
-            elif acc is not out:
-                store(out, acc, spec.dtype)
+                self.overflows[t] = ~np.isfinite(acc)
+            if acc is not out:
+                with np.errstate(over="ignore", invalid="ignore"):
+                    store(out, acc, spec.dtype)
         return overflowed
 
 
@@ -117,12 +122,16 @@ class Float64Sum:
                 acc[start:stop] += as_float(flats[t][start:stop], spec.dtype).astype(np.float64) * w
         self._weights.append(w)
 
-    def finish(self, outputs: Sequence[np.ndarray]) -> None:
-        """Divide by the total weight and store into `outputs` (all tensors' flat arrays)."""
+    def finish(self, outputs: Sequence[np.ndarray], where: Mapping[int, np.ndarray]) -> None:
+        """Divide by the total weight and store into `outputs` (all tensors' flat arrays),
+        at the values `where` says (`RunningMean.overflows`)."""
         total = math.fsum(self._weights)
         for t, acc in self._acc.items():
             np.divide(acc, total, out=acc)
-            store(outputs[t], acc, self.specs[t].dtype)
+            mask = where[t]
+            part = np.empty(int(mask.sum()), outputs[t].dtype)
+            store(part, acc[mask], self.specs[t].dtype)
+            outputs[t][mask] = part
 
 
 __all__ = ["Float64Sum", "RunningMean", "weight_scale"]

@@ -77,4 +77,14 @@ def weighted_trimmed_rows(rows: np.ndarray, weights: np.ndarray, cut: int) -> np
     order = np.argsort(rows, axis=0, kind="stable")[cut : rows.shape[0] - cut]
     kept = np.take_along_axis(rows, order, axis=0)
     kept_weights = weights[order]
-    return (kept * kept_weights).sum(axis=0) / kept_weights.sum(axis=0)
+    return _row_sum(kept * kept_weights) / _row_sum(kept_weights)
+
+
+def _row_sum(rows: np.ndarray) -> np.ndarray:
+    """The rows added one after another (numpy's `sum(axis=0)` adds a single column
+    pairwise instead, so a value's sum would depend on how many columns share its block,
+    and a sharded merge cuts blocks elsewhere than a leader's)."""
+    total = rows[0].copy()
+    for row in rows[1:]:
+        total += row
+    return total

@@ -31,8 +31,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import numpy as np
-
 from openswarm.codec import CodecError, check_finite, digest_encoded
 from openswarm.codec.arrays import flat_storage, from_storage
 from openswarm.codec.decode import EncodedFile
@@ -179,7 +177,7 @@ class Leader:
         with self.timed("merge"):
             overflowed = running.finish()
         if overflowed:
-            self._redo_in_float64(pulls, used, weights, scale, overflowed, running.outputs)
+            self._redo_in_float64(pulls, used, weights, scale, running)
         with self.timed("encode"):
             if buffer is None:
                 data: bytes | bytearray = self.transport.pack(
@@ -192,10 +190,10 @@ class Leader:
         return Merged(data, digest, used, excluded)
 
     def _redo_in_float64(self, pulls: _Pulls, used: list[str], weights: Mapping[str, float],
-                         scale: float, overflowed: list[int],
-                         outputs: list[np.ndarray]) -> None:  # fmt: skip
-        """The tensors whose float32 sum overflowed, summed again in float64 from the same
+                         scale: float, running: RunningMean) -> None:  # fmt: skip
+        """The values whose float32 sum overflowed, summed again in float64 from the same
         snapshots pulled a second time, one at a time (as `mean` does with whole sets)."""
+        overflowed = list(running.overflows)
         log.warning("%s: the mean of round %d overflowed in float32; summing %d tensor(s) "
                     "again in float64", self.name, pulls.round, len(overflowed))  # fmt: skip
         specs = list(pulls.reference.values())
@@ -210,7 +208,7 @@ class Leader:
                 again.add([flat_storage(got[s.name], s.dtype) for s in specs], weights[name])
             del got
         with self.timed("merge"):
-            again.finish(outputs)
+            again.finish(running.outputs, running.overflows)
 
     def _layer_by_layer(self, pulls: _Pulls, names: list[str]) -> Merged:
         """The contract's merge of `names`' snapshots with each kept in a temporary file as

@@ -123,7 +123,7 @@ class ShardMerger:
                 if isinstance(got, str):
                     raise MergeInputError(f"snapshot of {name} could not be had again: {got}")
                 again.add(got, weights[name])
-            again.finish(outputs)
+            again.finish(outputs, running.overflows)
         return used
 
     def _other(self, pull: _Pieces, names: list[str], weights: Mapping[str, float],
