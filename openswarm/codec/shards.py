@@ -83,4 +83,9 @@ def _shard(start: int, end: int, header: bytes, specs: Sequence[TensorSpec],
     return Shard(start, end, header[start : min(end, len(header))], tuple(pieces))
 
 
-__all__ = ["Piece", "Shard", "cut"]
+def chunk_span(shard: Shard) -> tuple[int, int]:
+    """The chunks [first, stop) that hold `shard`'s bytes."""
+    return shard.start // CHUNK_BYTES, -(-shard.end // CHUNK_BYTES)
+
+
+__all__ = ["Piece", "Shard", "chunk_span", "cut"]

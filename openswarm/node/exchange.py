@@ -51,8 +51,9 @@ _CLIENT_OPTIONS = (*FAST_RECONNECT, ("grpc.max_receive_message_length", MAX_CHUN
 
 Buffer = bytes | bytearray | memoryview
 """A model's bytes as held: received models are views of memory mapped for them."""
-Authorize = Callable[[CertIdentity, str, int], str | None]
-"""authorize(caller, kind, round): None allows the fetch; a string is the reason to refuse."""
+Authorize = Callable[[CertIdentity, str, int, tuple[int, int] | None], str | None]
+"""authorize(caller, kind, round, chunks): None allows the fetch (of chunks [first, stop)
+only, or of the whole model: None); a string is the reason to refuse."""
 Vouch = Callable[[bytes], str | None]
 """vouch(caller's certificate PEM): None if its own site's CA issued it; else the reason."""
 
@@ -162,7 +163,7 @@ class ByteCount:
 class ExchangeServer:
     """gRPC server of one peer's snapshots; only peers of the same swarm may fetch.
 
-    `authorize(caller, kind, round)`, if given, is asked about every fetch after the role
+    `authorize(caller, kind, round, chunks)`, if given, is asked about every fetch after the role
     check: None allows it, a string refuses it with PERMISSION_DENIED and that reason.
     When `identity` trusts several site CAs, `vouch(certificate)` is asked first (without
     it, every fetch is refused: TLS alone cannot tell whose CA may vouch for a name).
@@ -218,7 +219,7 @@ class ExchangeServer:
         kind, round, digest, with_leaves, chunks = _parse_ask(request, context)
         reason = self._site_refusal(context)
         if reason is None and self._authorize is not None:
-            reason = self._authorize(caller, kind, round)
+            reason = self._authorize(caller, kind, round, chunks)
         if reason is not None:
             context.abort(grpc.StatusCode.PERMISSION_DENIED, reason)
         snapshot = self.store.find(kind, round, digest)

@@ -29,6 +29,7 @@ from typing import Any
 from openswarm.codec import CodecError, check_finite, digest_encoded
 from openswarm.codec.chunks import leaves as chunk_leaves
 from openswarm.codec.chunks import root_of
+from openswarm.codec.shards import chunk_span, cut
 from openswarm.codec.transport import Transport
 from openswarm.ledger.client import LedgerClient, LedgerError, Outcome
 from openswarm.ledger.tx import make_transaction
@@ -347,9 +348,11 @@ class SwarmPeer:
             with contextlib.suppress(WatchError):
                 self.watch().wait_applied(outcome.height, _SEE_OWN_TX_S)
 
-    def _authorize(self, caller: CertIdentity, kind: str, round: int) -> str | None:
+    def _authorize(self, caller: CertIdentity, kind: str, round: int,
+                   chunks: tuple[int, int] | None = None) -> str | None:  # fmt: skip
         """Who may fetch what from this site: a local snapshot only the leader of the
-        round it belongs to, a merged model only active members (as the ledger says).
+        round it belongs to and its auditors, or (only the chunks of the shards it owns) a
+        shard owner; a merged model and shards only active members (as the ledger says).
 
         Judged on the state the ledger pushed, so fetch requests, refused ones too, cost no
         ledger call; a refusal waits a moment for a newer state while the one held may
@@ -359,6 +362,8 @@ class SwarmPeer:
             height, state = self.watch().latest()
             while True:
                 refusal = _fetch_refusal(state, caller.name, kind, round, self.contract)
+                if refusal is not None and chunks is not None:
+                    refusal = self._owner_refusal(state, caller.name, kind, round, chunks)
                 left = deadline - time.monotonic()
                 if refusal is None or left <= 0 or not _just_behind(state, round, caller.name):
                     return refusal
@@ -731,6 +736,23 @@ class SwarmPeer:
         else:
             log.warning("%s: merged of round %d refused: %s", self.name, r, outcome.reason)
 
+    def _owner_refusal(self, state: dict[str, Any] | None, caller: str, kind: str, round: int,
+                       chunks: tuple[int, int]) -> str | None:  # fmt: skip
+        """Why `caller` may not fetch `chunks` of this site's snapshot of `round` as a shard
+        owner, or None: just the chunks of a shard it owns now."""
+        current = (state or {}).get("current") or {}
+        shards = current.get("shards") or []
+        specs = list((self._model_structure() or {}).values())
+        if (kind != "local" or not state or state["round"] != round or not specs
+                or not any(s["owner"] == caller for s in shards)):  # fmt: skip
+            return (f"only the current leader of round {round}, its shard owners and the "
+                    "auditors of its merge may fetch its local snapshots")  # fmt: skip
+        parts = cut(specs, len(shards))
+        owned = [chunk_span(p) for p, s in zip(parts, shards, strict=True) if s["owner"] == caller]
+        if chunks not in owned:
+            return f"{caller} owns no shard held by chunks {chunks[0]}-{chunks[1]} of round {round}"
+        return None
+
     def _forget_shards(self, r: int) -> None:
         """Drop what this site noted about the shards of rounds up to `r` (over)."""
         self._sharded = {k for k in self._sharded if k[0] > r}
@@ -949,11 +971,10 @@ def _fetch_refusal(
         return None
     current = state["current"]
     auditors = (current.get("audit") or {}).get("auditors", ())
-    owners = [shard["owner"] for shard in current.get("shards") or ()]
     if (
         state["round"] != round
         or not current["sealed"]
-        or (current["leader"] != caller and caller not in auditors and caller not in owners)
+        or (current["leader"] != caller and caller not in auditors)
     ):
         return (f"only the current leader of round {round}, its shard owners and the "
                 "auditors of its merge may fetch its local snapshots")  # fmt: skip

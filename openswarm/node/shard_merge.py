@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 
 from openswarm.codec.arrays import flat_storage, from_storage
-from openswarm.codec.chunks import CHUNK_BYTES, chunk_count, chunk_root, leaves, root_of
+from openswarm.codec.chunks import CHUNK_BYTES, chunk_root, leaves, root_of
 from openswarm.codec.finite import has_nonfinite
-from openswarm.codec.shards import Shard, cut
+from openswarm.codec.shards import Shard, chunk_span, cut
 from openswarm.codec.tensors import TensorSpec
 from openswarm.merge import MergeInputError, merge
 from openswarm.merge.running_mean import Float64Sum, RunningMean, weight_scale
@@ -179,8 +179,7 @@ class _Pieces:
         self.merger, self.view, self.round, self.shard = merger, view, round, shard
         self.specs, self.total, self.own_data = specs, total, own_data
         self.timeout = float(view["settings"]["leader_timeout_s"])
-        self.first = shard.start // CHUNK_BYTES
-        self.stop = min(chunk_count(total), -(-shard.end // CHUNK_BYTES))
+        self.first, self.stop = chunk_span(shard)
 
     def get(self, name: str) -> list[np.ndarray] | str:
         """The shard's pieces of `name`'s snapshot (flat raw arrays), or why not."""

@@ -219,7 +219,7 @@ def serve(swarm: Swarm) -> Iterator[StartServer]:
 
 def test_an_allowed_fetch_returns_the_snapshot(alice: ExchangeClient, serve: StartServer) -> None:
     asked: list[tuple[CertIdentity, str, int]] = []
-    server = serve(lambda caller, kind, round: asked.append((caller, kind, round)))
+    server = serve(lambda caller, kind, round, chunks: asked.append((caller, kind, round)))
     assert _fetch(alice, server.endpoint) == DATA
     [(caller, kind, round)] = asked
     assert (caller.name, caller.role, kind, round) == ("alice", "peer", "local", 4)
@@ -234,7 +234,7 @@ def test_a_snapshot_larger_than_recorded_is_cut_off(
 
 
 def test_the_authorize_hook_can_refuse(alice: ExchangeClient, serve: StartServer) -> None:
-    server = serve(lambda caller, kind, round: f"{caller.name} did not lead round {round}")
+    server = serve(lambda caller, kind, round, chunks: f"{caller.name} did not lead round {round}")
     with pytest.raises(ExchangeError, match="PERMISSION_DENIED: alice did not lead round 4"):
         _fetch(alice, server.endpoint)
 
@@ -244,7 +244,7 @@ def test_a_third_concurrent_fetch_by_one_caller_is_refused(
 ) -> None:
     entered, release = threading.Semaphore(0), threading.Event()
 
-    def hold(caller: CertIdentity, kind: str, round: int) -> None:
+    def hold(caller: CertIdentity, kind: str, round: int, chunks: object) -> None:
         entered.release()
         release.wait(GENEROUS_S)
 

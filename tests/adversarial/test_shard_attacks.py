@@ -66,15 +66,40 @@ def test_a_site_cannot_take_a_shard_or_an_owners_place(make_swarm) -> None:
             tried["pull"] = "fetched"
         except ExchangeError as exc:
             tried["pull"] = str(exc)
+        # an owner (not the leader) may pull just the chunks of its own shard
+        owner_name = current["shards"][1]["owner"]
+        owner = next(p for p in peers if p.name == owner_name)
+        target = state["members"]["p3"]
+        p3_entry = current["ready"]["p3"]
+        for what, chunks in (("whole", None), ("other", (0, 1))):
+            try:
+                owner.fetcher.fetch(target["endpoint"], "local", 2, p3_entry["digest"],
+                                    max_bytes=p3_entry["size"], size=p3_entry["size"],
+                                    root=p3_entry["root"], chunks=chunks, peer="p3")  # fmt: skip
+                tried[what] = "fetched"
+            except ExchangeError as exc:
+                tried[what] = str(exc)
 
     _round(peers, [_params(s) for s in (1, 2, 3, 4)])  # the initial sync
-    thread = _when_sharded(hostile, attack)
+    attacked = threading.Event()
+    for peer in peers:  # shard 0 waits for the attack: the round stays open meanwhile
+        honest = peer._merge_shard
+
+        def merge_shard(view: Any, local: Any, index: int, honest: Any = honest) -> None:
+            if index == 0:
+                attacked.wait(60)
+            honest(view, local, index)
+
+        peer._merge_shard = merge_shard  # type: ignore[method-assign]
+    thread = _when_sharded(hostile, lambda state: (attack(state), attacked.set()))
     inputs = [_params(s) for s in (61, 62, 63, 64)]
     results = _round(peers, inputs)
     thread.join()
     assert "does not own shard 0" in tried["post"]
     assert "cannot be timed out for another" in tried["vote"]
     assert "PERMISSION_DENIED" in tried["pull"] and "shard owners" in tried["pull"]
+    assert "PERMISSION_DENIED" in tried["whole"] and "shard owners" in tried["whole"]
+    assert "owns no shard held by chunks 0-1" in tried["other"]
     assert len({r.digest for r in results}) == 1 and results[0].digest is not None
     record = streaming._record(peers[0], results[0].round)
     assert not record["excluded"]
