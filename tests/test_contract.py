@@ -1198,7 +1198,11 @@ def draw_payload(pick: Pick, type: str, contract: TrainingContract) -> dict[str,
                 return {"refused": "could not fetch a snapshot"}
             if audit is None:
                 return {"digest": pick(DIGESTS), "size": 1}
-            return {"digest": pick([audit["digest"], *DIGESTS]), "size": pick([audit["size"], 1])}
+            payload = {"digest": pick([audit["digest"], *DIGESTS]),
+                       "size": pick([audit["size"], 1])}  # fmt: skip
+            if "blamed" in audit and pick([False, True]):  # which shards it found wrong
+                payload["shards"] = pick([[0], [1], [0, 1], [5], []])
+            return payload
         case "loaded":
             latest = contract.latest_merged
             return {"digest": pick(DIGESTS if latest is None else [latest["digest"], *DIGESTS])}
@@ -1368,15 +1372,21 @@ def replay(log: list[ContractCall], setting: ContractSettings) -> TrainingContra
     timeout=st.sampled_from([5.0, 30.0]),
     steps=st.integers(1, 50),
     policy=st.sampled_from(["declared", "equal", "fixed"]),
-    audit=st.sampled_from([0, 1, 3, "sharded"]),
+    audit=st.sampled_from([0, 1, 3]),
+    topology=st.sampled_from(["leader", "sharded"]),
 )
 def test_replicas_agree_and_refusals_change_nothing(
-    data: st.DataObject, min_peers: int, timeout: float, steps: int, policy: str, audit: Any
+    data: st.DataObject,
+    min_peers: int,
+    timeout: float,
+    steps: int,
+    policy: str,
+    audit: int,
+    topology: str,
 ) -> None:
-    topology = "sharded" if audit == "sharded" else "leader"
     setting = ContractSettings(
-        min_peers=min_peers, leader_timeout_s=timeout, audit=0 if audit == "sharded" else audit,
-        merge_topology=topology, **policy_settings(policy),
+        min_peers=min_peers, leader_timeout_s=timeout, audit=audit, merge_topology=topology,
+        **policy_settings(policy),
     )  # fmt: skip
 
     def pick(options: Sequence[Any]) -> Any:
@@ -1392,8 +1402,8 @@ def test_long_random_runs_reach_every_event_and_agree() -> None:
     seen: Counter[str] = Counter()
     for seed, policy in itertools.product(range(10), ("declared", "equal", "fixed")):
         rng = random.Random(seed)
-        topology = "sharded" if seed % 3 == 0 or seed >= 8 else "leader"  # sharded: no audits
-        audit = 0 if topology == "sharded" else (0, 1, 3)[seed % 3]
+        topology = "sharded" if seed % 3 == 0 or seed >= 8 else "leader"
+        audit = (0, 1, 3)[seed % 3]
         setting = ContractSettings(min_peers=1 + seed % 3, leader_timeout_s=5.0 + seed,
                                    presence_timeout_s=90.0 + 30 * seed, audit=audit,
                                    merge_topology=topology, **policy_settings(policy))  # fmt: skip

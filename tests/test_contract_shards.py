@@ -27,7 +27,7 @@ def sharded_round(d: Driver, lead: bool = True) -> list[str]:
     d.register(*NAMES[:3])
     d.ok("register", "dave", payload={"endpoint": "10.0.0.4:7000", "lead": lead})
     ranking = d.sealed_round(NAMES)
-    d.ok("merged", ranking[0], 1, {"digest": digest(("ready", "x")), "size": 100})
+    d.ok("merged", ranking[0], 1, {"digest": digest((ranking[0], 1)), "size": 100})
     d.sealed_round(NAMES)
     return [s["owner"] for s in d.contract.snapshot()["current"]["shards"]]
 
@@ -38,7 +38,6 @@ def sharded_round(d: Driver, lead: bool = True) -> list[str]:
         ({"merge_method": "geomedian"}, "coordinate-wise merge method"),
         ({"merge_method": "krum"}, "stays with merge_topology leader"),
         ({"compression": "int8"}, "lossless compression"),
-        ({"audit": 1}, "does not take audit"),
         ({"merge_topology": "ring"}, "merge_topology must be one of leader, sharded"),
     ],
 )
@@ -185,3 +184,31 @@ def test_a_shard_may_leave_out_only_a_minority() -> None:
     d.refused("shard", owners[0], 2, shard_call(0, "a", others[:2]),
               match="only a minority of the round's 4 participants")  # fmt: skip
     d.ok("shard", owners[0], 2, shard_call(0, "a", others[:1]))
+
+
+def test_auditors_that_find_a_shard_wrong_send_it_to_the_next_owner() -> None:
+    d = Driver(merge_topology="sharded", min_peers=4, audit=3)
+    owners = sharded_round(d)
+    for index, owner in enumerate(owners):
+        d.ok("shard", owner, 2, shard_call(index, "a"))
+    leader = d.contract.leader
+    proposed = d.ok("merged", leader, 2, {"digest": digest("m"), "size": 40})["events"][0]
+    auditors = proposed["auditors"]
+    assert len(auditors) == 3
+    wrong = {"digest": digest("recomputed"), "size": 40}
+    agreeing = {"digest": digest("m"), "size": 40, "shards": [1]}
+    d.refused("attest", auditors[0], 2, agreeing, match="but the digest agrees")
+    d.refused("attest", auditors[0], 2, {**wrong, "shards": [9]}, match="distinct shards")
+    d.ok("attest", auditors[0], 2, {**wrong, "shards": [1]})
+    events = d.ok("attest", auditors[1], 2, {**wrong, "shards": [1, 2]})["events"]
+    kinds = [e["kind"] for e in events]
+    assert kinds == ["attested", "merge_rejected", "shard_owner_changed"]  # shard 2: one vote
+    assert events[1]["shards"] == [1] and events[2]["index"] == 1
+    state = d.contract.snapshot()
+    assert state["current"]["leader"] == leader and leader not in state["demoted"]
+    assert state["current"]["shards"][1]["digest"] is None  # merged again by its next owner
+    assert state["current"]["shards"][1]["owner"] == owners[2]
+    d.ok("shard", owners[2], 2, shard_call(1, "right"))
+    # the new proposal is what the auditors recomputed: it counts at once
+    [merged] = d.ok("merged", leader, 2, {"digest": digest("recomputed"), "size": 40})["events"]
+    assert merged["kind"] == "merged"

@@ -618,6 +618,8 @@ class TrainingContract(ShardedRounds):
         self._audit = {"abstained": {}, "attestations": {}, "auditors": auditors,
                        "digest": digest, "excluded": excluded, "leader": leader,
                        "proposed_at": call.timestamp, "size": size}  # fmt: skip
+        if self._shards:  # which shards each auditor found other than its recomputation
+            self._audit["blamed"] = {}
         event = self._event("merge_proposed", call, round=call.round, leader=leader,
                             digest=digest, auditors=list(auditors))  # fmt: skip
         return [event]
@@ -683,7 +685,7 @@ class TrainingContract(ShardedRounds):
         recomputation; or why it could not recompute it, an abstention (another candidate
         takes its place)."""
         payload = call.payload
-        check_fields(payload, "attest", (), ("digest", "size", "refused"))
+        check_fields(payload, "attest", (), ("digest", "size", "refused", "shards"))
         self._require_sealed(call.round)
         audit = self._audit
         if audit is None:
@@ -699,10 +701,13 @@ class TrainingContract(ShardedRounds):
                 raise ContractError("attest carries payload.digest and size, or payload.refused")
             reason = check_str(payload["refused"], "payload.refused")[:500]
             return self._abstain(call, call.sender, reason)
-        if set(payload) != {"digest", "size"}:
+        if set(payload) - {"shards"} != {"digest", "size"}:
             raise ContractError("attest carries payload.digest and size, or payload.refused")
         digest = check_digest(payload["digest"], "payload.digest")
         size = check_int(payload["size"], "payload.size", minimum=0)
+        blamed = self._check_blamed(payload.get("shards"), digest, size, audit)
+        if blamed is not None:
+            audit["blamed"] = {**audit["blamed"], call.sender: blamed}
 
         verdict = _verdict(digest, size)
         audit["attestations"] = {**audit["attestations"], call.sender: verdict}
@@ -757,6 +762,17 @@ class TrainingContract(ShardedRounds):
             record = self._audit_record(contradicted)
             return self._accept_merge(call, leader, audit["digest"], audit["size"],
                                       audit["excluded"], record)  # fmt: skip
+        if not gone and len(disagree) >= needed and self._shards:
+            blamed = self._blamed_shards(audit, disagree, needed)
+            if blamed:  # the shards' owners were wrong, not the leader that joined them
+                self._vetoers = sorted({*self._vetoers, *(agree if len(disagree) >= 2
+                                                          else disagree)})  # fmt: skip
+                record = self._audit_record(agree)
+                self._rejected.append({"leader": leader, "digest": audit["digest"], **record})
+                rejected = self._event("merge_rejected", call, round=call.round,
+                                       leader=leader, digest=audit["digest"], audit=record,
+                                       shards=blamed)  # fmt: skip
+                return [rejected, *self._reassign_shards(call, blamed)]
         if gone or len(disagree) >= needed:
             record = self._audit_record([] if gone else agree)
             if len(disagree) >= 2:  # the word of two sites at least: the leader is demoted,
@@ -1220,8 +1236,7 @@ def _check_traffic(value: Any) -> dict[str, int] | None:
 
 
 def _check_shardable(settings: ContractSettings) -> None:
-    """What a sharded merge needs: a coordinate-wise method, a lossless transport and no
-    audits (auditors recompute whole merges; a sharded one is checked shard by shard)."""
+    """What a sharded merge needs: a coordinate-wise method and a lossless transport."""
     if settings.merge_method not in SHARDED_METHODS:
         raise ContractError(
             f"merge_topology sharded needs a coordinate-wise merge method "
@@ -1232,11 +1247,6 @@ def _check_shardable(settings: ContractSettings) -> None:
         raise ContractError(
             f"merge_topology sharded cuts snapshots into byte ranges, so it needs a lossless "
             f"compression ({', '.join(SHARDED_COMPRESSIONS)}), not {settings.compression!r}"
-        )
-    if settings.audit:
-        raise ContractError(
-            "merge_topology sharded does not take audit yet (auditors recompute a leader's "
-            "whole merge): use audit 0, or merge_topology leader with audits"
         )
 
 

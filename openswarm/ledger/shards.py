@@ -12,7 +12,9 @@ in, the round's leader assembles them and posts `merged` as in the leader topolo
 shard goes to the next owner in ranking order that has not failed this round; so does a
 posted shard that a majority could not fetch within `leader_timeout_s` of its posting (its
 owner crashed, or serves other bytes than its root says). A shard may leave out only a
-minority of the round's participants.
+minority of the round's participants. With audits, the leader's `merged` is audited as in the
+leader topology; auditors that find another merge name the shards that differ, and those a
+majority names go to their next owners (the leader only joined them).
 """
 
 from __future__ import annotations
@@ -187,15 +189,60 @@ class ShardedRounds:
                           and (n in shard["votes"] or n in live)]  # fmt: skip
             if len(shard["votes"]) < len(electorate) // 2 + 1:
                 continue
-            successor = self._next_owner(shard["owner"], live)
-            if successor is None:
+            moved = self._reassign(call, index, live)
+            if moved is None:
                 return [*events, self._abort_round(call)]
-            previous = shard["owner"]
-            self._failed_owners = sorted({*self._failed_owners, previous})
-            self._shards[index] = _fresh(successor, call.timestamp)
-            events.append(self._event("shard_owner_changed", call, round=self._round,
-                                      index=index, previous=previous, owner=successor))  # fmt: skip
+            events.append(moved)
         return events
+
+    def _reassign(self, call: Any, index: int, live: list[str]) -> dict[str, Any] | None:
+        """Shard `index` to the next owner, to be merged again (its owner failed); the
+        event, or None when nobody is left to own it."""
+        shard = self._shards[index]
+        successor = self._next_owner(shard["owner"], live)
+        if successor is None:
+            return None
+        previous = shard["owner"]
+        self._failed_owners = sorted({*self._failed_owners, previous})
+        self._shards[index] = _fresh(successor, call.timestamp)
+        return self._event("shard_owner_changed", call, round=self._round, index=index,
+                           previous=previous, owner=successor)  # fmt: skip
+
+    def _reassign_shards(self, call: Any, indices: list[int]) -> list[dict[str, Any]]:
+        """Shards `indices` (a majority of auditors found them wrong) to their next owners;
+        the round is aborted when one has none."""
+        live = [n for n in self._participants if self._live(n, call)]
+        events = []
+        for index in indices:
+            moved = self._reassign(call, index, live)
+            if moved is None:
+                return [*events, self._abort_round(call)]
+            events.append(moved)
+        return events
+
+    def _check_blamed(self, value: Any, digest: str, size: int,
+                      audit: dict[str, Any]) -> list[int] | None:  # fmt: skip
+        """An auditor's list of the shards its recomputation differs in (None: none given)."""
+        if value is None:
+            return None
+        if not self._shards:
+            raise ContractError("payload.shards names shards, but the round is not sharded")
+        if digest == audit["digest"] and size == audit["size"]:
+            raise ContractError("payload.shards names shards that differ, but the digest agrees")
+        if not isinstance(value, list) or not all(type(i) is int for i in value):
+            raise ContractError("payload.shards must be a list of shard numbers")
+        if len(set(value)) != len(value) or not all(0 <= i < len(self._shards) for i in value):
+            raise ContractError(f"payload.shards must name distinct shards of the "
+                                f"{len(self._shards)}")  # fmt: skip
+        return sorted(value)
+
+    def _blamed_shards(self, audit: dict[str, Any], disagree: list[str], needed: int) -> list[int]:
+        """The shards that a majority of the audit's auditors found wrong."""
+        counts: dict[int, int] = {}
+        for name in disagree:
+            for index in audit["blamed"].get(name, []):
+                counts[index] = counts.get(index, 0) + 1
+        return sorted(i for i, count in counts.items() if count >= needed)
 
     def _next_owner(self, failed: str, live: list[str]) -> str | None:
         """The owner after `failed` in ranking order (wrapping round) that is live and has

@@ -45,6 +45,7 @@ from openswarm.node.shard_merge import (
     ShardFault,
     ShardMerger,
     ShardsUnavailable,
+    differing_shards,
     shards_mismatch,
 )
 from openswarm.node.vouch import LedgerVouch
@@ -868,8 +869,15 @@ class SwarmPeer:
             payload: dict[str, Any] = {"refused": str(exc)[:500]}
         else:
             payload = {"digest": found.digest, "size": len(found.data)}
+            shards = view["current"].get("shards")
             if found.digest == audit["digest"]:
                 self.server.store.publish("merged", r, found.digest, found.data)
+            elif shards:  # name the shards its owners merged wrongly (they are merged again)
+                specs = list((self._model_structure() or {}).values())
+                payload["shards"] = differing_shards(found.data, specs, shards)
+                log.warning("%s: the merge of round %d by %s is not what its inputs give: "
+                            "shards %s are wrong", self.name, r, audit["leader"],
+                            payload["shards"])  # fmt: skip
             else:
                 log.warning("%s: the merge of round %d by %s is not what its inputs give "
                             "(recomputed %s…, published %s…)", self.name, r, audit["leader"],

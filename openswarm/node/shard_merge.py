@@ -301,6 +301,19 @@ def shards_mismatch(data: Buffer, specs: Sequence[TensorSpec],
     return None
 
 
+def differing_shards(data: Buffer, specs: Sequence[TensorSpec],
+                     shards: Sequence[Mapping[str, Any]]) -> list[int]:  # fmt: skip
+    """The posted `shards` whose chunk roots are not those of their part of `data` (an
+    auditor's recomputation of the merge: the shards merged wrongly)."""
+    layout = cut(specs, len(shards))
+    view = memoryview(data).cast("B")
+    if len(view) != layout[-1].end:
+        return []
+    return [index for index, (part, posted) in enumerate(zip(layout, shards, strict=True))
+            if int(posted["size"]) != part.size
+            or chunk_root(view[part.start : part.end]) != posted["root"]]  # fmt: skip
+
+
 def shard_total(specs: Sequence[TensorSpec]) -> int:
     """The encoded size of a model of tensors `specs`."""
     last = cut(specs, 1)[0]
@@ -314,5 +327,5 @@ def _slice_spec(specs: Sequence[TensorSpec], tensor: int, count: int) -> TensorS
 
 __all__ = [
     "MergedShard", "ShardAssembly", "ShardFault", "ShardMerger", "ShardsUnavailable",
-    "shard_total", "shards_mismatch",
+    "differing_shards", "shard_total", "shards_mismatch",
 ]  # fmt: skip

@@ -185,3 +185,30 @@ def test_a_shard_of_the_wrong_size_is_refused_and_its_model_loaded_by_nobody(mak
     assert all(r.params is None for r in results)
     record = streaming._record(peers[0], results[0].round)
     assert record["status"] == "aborted"
+
+
+def test_an_owner_that_steers_its_shard_is_caught_by_the_audit(make_swarm) -> None:
+    # p4 adds 1 to every value it merges (its digest and root are those of what it sends):
+    # the auditor's recomputation differs in p4's shard alone, the shard goes to the next
+    # owner, and the merge that counts is the honest one, on every site
+    peers = make_swarm(replace(SHARDED, audit=1))
+    hostile = peers[3]
+    honest_run = hostile._shard_merger.run
+
+    def run(view: dict[str, Any], round: int, index: int, own: Any, specs: Any) -> MergedShard:
+        merged = honest_run(view, round, index, own, specs)
+        data = bytearray(merged.data)
+        values = np.frombuffer(data, np.float32, 1000, len(data) - 4000)
+        values += np.float32(1)  # steered, in values of "big" or "last"
+        return replace(merged, data=data, digest=_sha(data), leaves=leaves(data))
+
+    hostile._shard_merger.run = run  # type: ignore[method-assign]
+    _round(peers, [_params(s) for s in (1, 2, 3, 4)])  # the initial sync
+    inputs = [_params(s) for s in (101, 102, 103, 104)]
+    results = _round(peers, inputs)
+    assert len({r.digest for r in results}) == 1 and results[0].digest is not None
+    record = streaming._record(peers[0], results[0].round)
+    assert record["status"] == "merged" and record["rejected_merges"]
+    assert "p4" not in [s["owner"] for s in record["shards"]]
+    assert peers[0].view()["demoted"] == []  # the leader joined the shards: not its fault
+    _assert_identical(results[0].params, _expected(record, inputs, set()))
