@@ -69,6 +69,11 @@ the parent does not reach the ledger, so peer b1 reports the rounds' history:
 (the methods but mean keep snapshots in temporary files, see openswarm.merge.layered):
     .venv/bin/python benchmarks/round_bench.py --sizes 10M --peers 4 --method geomedian \\
         --merge-memory model,layer [--layers 16]
+`--topology leader,sharded` runs each cell once per merge topology (the contract's
+`merge_topology`); columns in and out say how much the busiest peer pulled and served in a
+round, in model sizes (the sharded target: 2(K-1)/K each way):
+    .venv/bin/python benchmarks/round_bench.py --sizes 50M --peers 8 --link-mbit 1000 \
+        --topology leader,sharded
 `--audit` runs each cell once per auditor count (the contract's `audit`); column aud says
 which, and MB how many megabytes all peers pulled from each other in a round, as they went
 over the wire (snapshots for the leader and the auditors, the merged model for the rest):

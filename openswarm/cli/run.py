@@ -79,6 +79,11 @@ def demo(
         help="How models travel: none, zstd, float16, bfloat16, int8 "
         "(lossy ones optionally +zstd).",
     ),
+    topology: str | None = typer.Option(
+        None,
+        "--topology",
+        help="Who merges: leader (one site a round) or sharded (every site a part).",
+    ),
 ) -> None:
     """Skewed MNIST shards on N sites: local-only vs swarm vs centralized accuracy."""
     from openswarm.demo.data import DataError
@@ -89,7 +94,7 @@ def demo(
         _fail(f"--epochs must be at least 1, got {epochs}")
     try:
         run_demo(peers=peers, epochs=epochs, workdir=workdir, json_path=json_path,
-                 echo=typer.echo, compression=compression)  # fmt: skip
+                 echo=typer.echo, compression=compression, topology=topology)  # fmt: skip
     except (DataError, LaunchError) as exc:
         _fail(str(exc))
     except DemoFailed as exc:

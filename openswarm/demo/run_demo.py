@@ -44,6 +44,7 @@ class DemoReport:
     ledger_dir: Path
     compression: str = "none"
     received_mb: float | None = None  # models all sites received over the run
+    topology: str = "leader"  # who merged: the leader, or every site a shard
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -61,6 +62,7 @@ class DemoReport:
             "seconds": round(self.seconds, 1),
             "ledger_dir": str(self.ledger_dir),
             "compression": self.compression,
+            "topology": self.topology,
             "received_mb": None if self.received_mb is None else round(self.received_mb, 2),
         }
 
@@ -84,6 +86,7 @@ def run_demo(
     echo: Echo = print,
     show_progress: bool = True,
     compression: str | None = None,
+    topology: str | None = None,
 ) -> DemoReport:
     """Prepare the data, train the baselines, run the swarm, print the table.
 
@@ -116,6 +119,7 @@ def run_demo(
             "--sync-frequency",
             str(sync_frequency),
             *(["--compression", compression] if compression else []),
+            *(["--topology", topology] if topology else []),
         ],
         workdir=root / "swarm",
         epochs=epochs,
@@ -139,6 +143,7 @@ def run_demo(
         seconds=run.seconds,
         ledger_dir=run.ledger_dir,
         compression=compression or "none",
+        topology=topology or "leader",
         received_mb=_received_mb(run),
     )
     echo(format_report(report))
@@ -172,7 +177,8 @@ def format_report(report: DemoReport) -> str:
     )
     if report.received_mb is not None:
         rows.append(f"models moved: {report.received_mb:.1f} MB received by all sites "
-                    f"(compression: {report.compression})")  # fmt: skip
+                    f"(compression: {report.compression}, merge topology: "
+                    f"{report.topology})")  # fmt: skip
     return "\n".join(rows)
 
 

@@ -32,6 +32,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--result", type=Path, default=os.environ.get("OPENSWARM_RESULT"))
     parser.add_argument("--compression", default=None, help="how models travel (contract)")
+    parser.add_argument("--topology", default=None, help="who merges: leader or sharded")
     args = parser.parse_args(argv)
     if args.data_dir is None:
         parser.error("no data: pass --data-dir or set OPENSWARM_DATA_DIR (openswarm run does)")
@@ -74,6 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         metric_fn=accuracy_of,
         total_epochs=args.epochs,
         compression=args.compression,
+        merge_topology=args.topology,
     )
     callback.on_train_begin()
     for epoch in range(args.epochs):
