@@ -212,3 +212,38 @@ def test_auditors_that_find_a_shard_wrong_send_it_to_the_next_owner() -> None:
     # the new proposal is what the auditors recomputed: it counts at once
     [merged] = d.ok("merged", leader, 2, {"digest": digest("recomputed"), "size": 40})["events"]
     assert merged["kind"] == "merged"
+
+
+def test_shards_stay_put_while_their_merge_is_audited() -> None:
+    d = Driver(merge_topology="sharded", min_peers=4, audit=1, leader_timeout_s=30.0,
+               presence_timeout_s=120.0)  # fmt: skip
+    owners = sharded_round(d)
+    for index, owner in enumerate(owners):
+        d.ok("shard", owner, 2, shard_call(index, "a"))
+    d.now += 30.0
+    d.beat(*NAMES)
+    voter = next(n for n in NAMES if n not in (owners[1], d.contract.leader))
+    d.ok("leader_timeout", voter, 2, {"leader": d.contract.leader})  # one vote, not enough
+    d.ok("merged", d.contract.leader, 2, {"digest": digest("m"), "size": 40})
+    d.refused("shard_timeout", voter, 2, {"index": 1, "owner": owners[1]},
+              match="awaits its audit")  # fmt: skip
+
+
+def test_timeout_votes_of_an_earlier_wait_do_not_count_once_the_shards_are_in_again() -> None:
+    d = Driver(merge_topology="sharded", min_peers=4, leader_timeout_s=30.0,
+               presence_timeout_s=120.0)  # fmt: skip
+    owners = sharded_round(d)
+    for index, owner in enumerate(owners):
+        d.ok("shard", owner, 2, shard_call(index, "a"))
+    leader = d.contract.leader
+    d.now += 30.0
+    d.beat(*NAMES)
+    voter = next(n for n in NAMES if n not in (owners[1], leader))
+    d.ok("leader_timeout", voter, 2, {"leader": leader})
+    others = [n for n in NAMES if n != owners[1]]
+    for name in others[:2]:
+        d.ok("shard_timeout", name, 2, {"index": 1, "owner": owners[1]})
+    assert d.contract.snapshot()["current"]["shards"][1]["digest"] is None  # reopened
+    new_owner = d.contract.snapshot()["current"]["shards"][1]["owner"]
+    d.ok("shard", new_owner, 2, shard_call(1, "b"))
+    assert d.contract.snapshot()["current"]["timeout_votes"] == []

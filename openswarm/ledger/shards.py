@@ -46,6 +46,8 @@ class ShardedRounds:
     _participants: list[str]
     _leader_since: float | None
     _round: int
+    _audit: dict[str, Any] | None
+    _timeout_votes: list[str]
 
     def _event(self, kind: str, call: Any, **fields: Any) -> dict[str, Any]:
         raise NotImplementedError
@@ -132,8 +134,9 @@ class ShardedRounds:
         # from now on, `since` is when it was posted (for votes that it cannot be had)
         shard.update(digest=digest, root=root, size=size, votes=[], since=call.timestamp)
         complete = not self._shards_pending()
-        if complete:  # the leader's turn: its timeout counts from now
-            self._leader_since = call.timestamp
+        if complete:  # the leader's turn: its timeout counts from now (votes cast before
+            self._leader_since = call.timestamp  # belong to an earlier wait)
+            self._timeout_votes = []
         event = self._event("shard_merged", call, round=call.round, index=index,
                             owner=call.sender, digest=digest, redo=redo, complete=complete,
                             excluded=[e["name"] for e in self._shard_excluded])  # fmt: skip
@@ -143,6 +146,9 @@ class ShardedRounds:
         """A participant's vote that a shard's owner has been silent for leader_timeout_s."""
         check_fields(call.payload, "shard_timeout", ("index", "owner"), ())
         index, shard = self._shard_of(call, "shard_timeout")
+        if self._audit is not None:
+            raise ContractError(f"the merge of round {call.round} awaits its audit: its shards "
+                                "stay as they are until the audit decides")  # fmt: skip
         if call.sender not in self._participants:
             raise ContractError(f"{call.sender} is not a participant of round {call.round}")
         named = check_str(call.payload["owner"], "payload.owner")

@@ -42,7 +42,6 @@ from openswarm.node.memory import release_freed_memory
 from openswarm.node.settings import NetworkConfig, SwarmSettings
 from openswarm.node.shard_merge import (
     ShardAssembly,
-    ShardFault,
     ShardMerger,
     ShardsUnavailable,
     differing_shards,
@@ -129,9 +128,10 @@ class SwarmPeer:
         self._shard_merger = ShardMerger(self.name, settings, self.fetcher, self._timed)
         self._shard_assembly = ShardAssembly(self.name, self.server.store, self.fetcher)
         self._sharded: set[tuple[int, int, tuple[str, ...]]] = set()  # see decide.Me
-        # round -> the digest its shards assembled to, or why they did not (None, None: some
-        # could not be had); what was tried (see decide.Me), and the shards not had
-        self._assembled: dict[int, tuple[str | None, str | None]] = {}
+        # round -> the shards (decide.posted_as) and the digest they assembled to, or why
+        # they did not (None, None: some could not be had); what was tried (see decide.Me),
+        # and the shards not had
+        self._assembled: dict[int, tuple[tuple[str, ...], str | None, str | None]] = {}
         self._assembly_tried: set[tuple[int, tuple[str, ...]]] = set()
         self._unfetched: set[tuple[int, int, str]] = set()
         self.finished = False
@@ -500,7 +500,8 @@ class SwarmPeer:
                 self._sharded.add((r, step.index, view.shard_excluded))
                 self._merge_shard(state, local, step.index)
             elif step.kind == "vote_shard":
-                log.warning("%s: owner %s of shard %s of round %d silent; voting it out",
+                log.warning("%s: owner %s of shard %s of round %d silent, or its shard not to "
+                            "be had; voting it out",
                             self.name, step.leader, step.index, r)  # fmt: skip
                 sent[f"vote_shard:{step.index}:{step.leader}"] = now
                 payload = {"index": step.index, "owner": step.leader}
@@ -509,7 +510,7 @@ class SwarmPeer:
                 shards = state["current"]["shards"]
                 self._assembly_tried.add((r, tuple(map(posted_as, shards))))
                 self._led.discard(r)  # a leader proposes again what the new shards make
-                self._assembled[r] = self._assemble(state, r)
+                self._assembled[r] = (tuple(map(posted_as, shards)), *self._assemble(state, r))
             elif step.kind == "seal":
                 sent["seal"] = now
                 self._see_applied(self._submit("seal", r))
@@ -554,7 +555,7 @@ class SwarmPeer:
         # the merged model comes.
         self.server.store.forget("local", r)
         local.data = b""
-        mine, problem = self._assembled.pop(r, (None, None))
+        assembled_from, mine, problem = self._assembled.pop(r, ((), None, None))
         self._forget_shards(r)
         record = next((h for h in view["history"] if h["round"] == r), None)
         if record is None:  # long ago (this process was stalled): read the full history
@@ -566,6 +567,8 @@ class SwarmPeer:
         if self.name not in record["participants"]:
             return None
         digest = record["digest"]
+        if record.get("shards") and assembled_from != tuple(map(posted_as, record["shards"])):
+            mine, problem = None, None  # assembled from other shards: fetched and checked
         if record.get("shards") and (mine or problem) and mine != digest:
             why = problem or f"its shards assemble to {mine[:12]}…, not to {digest[:12]}…"
             log.error("%s: merged model of round %d refused: %s", self.name, r, why)
@@ -743,6 +746,9 @@ class SwarmPeer:
         owner, or None: just the chunks of a shard it owns now."""
         current = (state or {}).get("current") or {}
         shards = current.get("shards") or []
+        member = (state or {}).get("members", {}).get(caller)
+        if member is None or not member["active"]:
+            return f"{caller} is not an active member of {self.contract}"
         specs = list((self._model_structure() or {}).values())
         if (kind != "local" or not state or state["round"] != round or not specs
                 or not any(s["owner"] == caller for s in shards)):  # fmt: skip
@@ -780,7 +786,7 @@ class SwarmPeer:
 
     def _lead_sharded(self, view: dict[str, Any], r: int) -> None:
         """As the leader of a sharded round: propose the model its shards assembled to."""
-        digest, problem = self._assembled.get(r, (None, "not assembled"))
+        _, digest, problem = self._assembled.get(r, ((), None, "not assembled"))
         found = None if digest is None else self.server.store.find("merged", r, digest)
         if found is None:
             log.error("%s: cannot propose the merge of round %d: its shards %s", self.name, r,
@@ -826,9 +832,6 @@ class SwarmPeer:
         try:
             with self._timed("transfer"):
                 data = self._shard_assembly.join(view, r, shards, specs, self.transport.zstd)
-        except ShardFault as exc:
-            log.error("%s: the shards of round %d do not give a model: %s", self.name, r, exc)
-            return None, str(exc)
         except ShardsUnavailable as exc:  # voted on once their time is up; meanwhile the
             log.warning("%s: cannot assemble the shards of round %d: %s", self.name, r, exc)
             self._unfetched.update((r, i, posted_as(shards[i])) for i in exc.indices)

@@ -39,12 +39,9 @@ log = logging.getLogger("openswarm.peer")
 PARALLEL_PULLS = 4  # pieces pulled at once (each a fraction of a model)
 
 
-class ShardFault(ExchangeError):
-    """A posted shard cannot be the part of the model it stands for (its size)."""
-
-
 class ShardsUnavailable(ExchangeError):
-    """Some posted shards could not be had from their owners (`indices`)."""
+    """Some posted shards could not be had from their owners, or are not what their part
+    of the model can be (`indices`)."""
 
     def __init__(self, message: str, indices: list[int]) -> None:
         super().__init__(message)
@@ -216,20 +213,27 @@ class _Pieces:
         return memoryview(data)[skip : skip + shard.size]
 
     def _checked(self, data: Buffer) -> list[np.ndarray] | str:
-        shard = self.shard
-        view = memoryview(data).cast("B")
-        if bytes(view[: len(shard.header)]) != shard.header:
-            return "its tensor names, shapes or dtypes differ from the swarm's model's"
-        pieces = []
-        for piece in shard.pieces:
-            spec = self.specs[piece.tensor]
-            flat = np.frombuffer(view, spec.dtype.storage, piece.stop - piece.first, piece.offset)
-            if spec.dtype.name == "bool" and flat.size and flat.view(np.uint8).max() > 1:
-                return f"tensor {spec.name!r}: BOOL data holds bytes other than 0 and 1"
-            if has_nonfinite(flat, spec.dtype):
-                return f"tensor {spec.name!r} contains NaN or infinity"
-            pieces.append(flat)
-        return pieces
+        return checked_pieces(data, self.shard, self.specs)
+
+
+def checked_pieces(data: Buffer, shard: Shard,
+                   specs: Sequence[TensorSpec]) -> list[np.ndarray] | str:  # fmt: skip
+    """The pieces of `shard` in `data` (its bytes; flat raw arrays, views), or why they
+    cannot be part of the swarm's model: other header bytes (names, shapes, dtypes),
+    booleans other than 0 and 1, NaN or infinity."""
+    view = memoryview(data).cast("B")
+    if bytes(view[: len(shard.header)]) != shard.header:
+        return "its tensor names, shapes or dtypes differ from the swarm's model's"
+    pieces = []
+    for piece in shard.pieces:
+        spec = specs[piece.tensor]
+        flat = np.frombuffer(view, spec.dtype.storage, piece.stop - piece.first, piece.offset)
+        if spec.dtype.name == "bool" and flat.size and flat.view(np.uint8).max() > 1:
+            return f"tensor {spec.name!r}: BOOL data holds bytes other than 0 and 1"
+        if has_nonfinite(flat, spec.dtype):
+            return f"tensor {spec.name!r} contains NaN or infinity"
+        pieces.append(flat)
+    return pieces
 
 
 class ShardAssembly:
@@ -241,8 +245,9 @@ class ShardAssembly:
     def join(self, view: Mapping[str, Any], round: int, shards: Sequence[Mapping[str, Any]],
              specs: Sequence[TensorSpec], zstd: bool) -> bytearray:  # fmt: skip
         """The model the posted `shards` of `round` make, each fetched from its owner
-        (several at once) and checked chunk by chunk against its root on the ledger;
-        ExchangeError if one cannot be had or is not the size its part of the model is."""
+        (several at once), checked chunk by chunk against its root on the ledger, then for
+        its header bytes and values; ShardsUnavailable naming those that cannot be had or
+        cannot be their part of the model."""
         layout = cut(specs, len(shards))
         out = bytearray(layout[-1].end)
         window = memoryview(out)
@@ -252,8 +257,8 @@ class ShardAssembly:
             part, posted = layout[index], shards[index]
             size, owner = int(posted["size"]), posted["owner"]
             if size != part.size:
-                raise ShardFault(f"shard {index} of round {round} by {owner} is {size} "
-                                 f"bytes; that part of the model is {part.size}")  # fmt: skip
+                raise ExchangeError(f"shard {index} of round {round} by {owner} is {size} "
+                                    f"bytes; that part of the model is {part.size}")  # fmt: skip
             if size == 0:
                 return
             if owner == self.name:
@@ -261,7 +266,14 @@ class ShardAssembly:
                 if found is None:
                     raise ExchangeError(f"this site no longer holds its shard {index}")
                 out[part.start : part.end] = found.data
-                return
+            else:
+                fetch_from(index, owner, size, posted)
+            problem = checked_pieces(window[part.start : part.end], part, specs)
+            if isinstance(problem, str):
+                raise ExchangeError(f"shard {index} of round {round} by {owner}: {problem}")
+
+        def fetch_from(index: int, owner: str, size: int, posted: Mapping[str, Any]) -> None:
+            part = layout[index]
             member = view["members"].get(owner)
             if member is None:
                 raise ExchangeError(f"the owner {owner} of shard {index} is not a member")
@@ -271,12 +283,15 @@ class ShardAssembly:
                 idle_s=min(MAX_IDLE_S, timeout / 4), target=window[part.start : part.end],
             )  # fmt: skip
 
+        def checked(index: int) -> None:
+            try:
+                fetch(index)
+            except (ValueError, TypeError, KeyError) as exc:  # a malformed shard record
+                raise ExchangeError(f"shard {index} of round {round}: {exc}") from None
+
         with ThreadPoolExecutor(PARALLEL_PULLS) as pool:
-            futures = [pool.submit(fetch, index) for index in range(len(shards))]
+            futures = [pool.submit(checked, index) for index in range(len(shards))]
         failed = {i: f.exception() for i, f in enumerate(futures) if f.exception() is not None}
-        fault = next((e for e in failed.values() if isinstance(e, ShardFault)), None)
-        if fault is not None:
-            raise fault
         for error in failed.values():
             if not isinstance(error, ExchangeError):
                 raise error
@@ -294,7 +309,7 @@ def shards_mismatch(data: Buffer, specs: Sequence[TensorSpec],
         return f"it is {len(data)} bytes; the model is {layout[-1].end}"
     view = memoryview(data).cast("B")
     for index, (part, posted) in enumerate(zip(layout, shards, strict=True)):
-        if int(posted["size"]) != part.size or (
+        if posted["size"] != part.size or (
             chunk_root(view[part.start : part.end]) != posted["root"]
         ):
             return f"its part {index} is not the shard {posted['owner']} merged"
@@ -310,7 +325,7 @@ def differing_shards(data: Buffer, specs: Sequence[TensorSpec],
     if len(view) != layout[-1].end:
         return []
     return [index for index, (part, posted) in enumerate(zip(layout, shards, strict=True))
-            if int(posted["size"]) != part.size
+            if posted["size"] != part.size
             or chunk_root(view[part.start : part.end]) != posted["root"]]  # fmt: skip
 
 
@@ -326,6 +341,6 @@ def _slice_spec(specs: Sequence[TensorSpec], tensor: int, count: int) -> TensorS
 
 
 __all__ = [
-    "MergedShard", "ShardAssembly", "ShardFault", "ShardMerger", "ShardsUnavailable",
+    "MergedShard", "ShardAssembly", "ShardMerger", "ShardsUnavailable", "checked_pieces",
     "differing_shards", "shard_total", "shards_mismatch",
 ]  # fmt: skip

@@ -122,7 +122,8 @@ def test_asking_for_chunks_outside_a_model_is_refused(make_swarm) -> None:
 
 def test_a_shard_with_nan_is_loaded_by_nobody(make_swarm) -> None:
     # a hostile owner posts a shard whose bytes (consistent with its digest and root) hold
-    # NaN: every site's assembly finds it, nobody proposes or loads it, the round aborts
+    # NaN: every site's assembly finds it, nobody proposes or loads it, and the shard goes
+    # to the next owner, whose honest merge every site loads
     peers = make_swarm(replace(SHARDED, leader_timeout_s=5.0))
     hostile = peers[3]  # p4: may lead, so it owns a shard
     honest_run = hostile._shard_merger.run
@@ -135,10 +136,12 @@ def test_a_shard_with_nan_is_loaded_by_nobody(make_swarm) -> None:
 
     hostile._shard_merger.run = run  # type: ignore[method-assign]
     _round(peers, [_params(s) for s in (1, 2, 3, 4)])  # the initial sync
-    results = _round(peers, [_params(s) for s in (71, 72, 73, 74)])
-    assert all(r.params is None for r in results)
+    inputs = [_params(s) for s in (71, 72, 73, 74)]
+    results = _round(peers, inputs)
+    assert len({r.digest for r in results}) == 1 and results[0].digest is not None
     record = streaming._record(peers[0], results[0].round)
-    assert record["status"] == "aborted"
+    assert record["status"] == "merged" and "p4" not in [s["owner"] for s in record["shards"]]
+    _assert_identical(results[0].params, _expected(record, inputs, set()))
 
 
 def _sha(data: bytes | bytearray) -> str:
@@ -169,7 +172,8 @@ def test_an_owner_that_does_not_serve_its_posted_shard_loses_it(make_swarm) -> N
 
 def test_a_shard_of_the_wrong_size_is_refused_and_its_model_loaded_by_nobody(make_swarm) -> None:
     # p4 posts a shard a few bytes short (root and digest its own): no site can join the
-    # shards into the model, and a whole model from the leader must match them too
+    # shards into the model (a whole model from the leader must match them too), and the
+    # shard goes to the next owner, whose honest merge every site loads
     peers = make_swarm(replace(SHARDED, leader_timeout_s=5.0))
     hostile = peers[3]
     honest_run = hostile._shard_merger.run
@@ -181,10 +185,12 @@ def test_a_shard_of_the_wrong_size_is_refused_and_its_model_loaded_by_nobody(mak
 
     hostile._shard_merger.run = run  # type: ignore[method-assign]
     _round(peers, [_params(s) for s in (1, 2, 3, 4)])  # the initial sync
-    results = _round(peers, [_params(s) for s in (91, 92, 93, 94)])
-    assert all(r.params is None for r in results)
+    inputs = [_params(s) for s in (91, 92, 93, 94)]
+    results = _round(peers, inputs)
+    assert len({r.digest for r in results}) == 1 and results[0].digest is not None
     record = streaming._record(peers[0], results[0].round)
-    assert record["status"] == "aborted"
+    assert record["status"] == "merged" and "p4" not in [s["owner"] for s in record["shards"]]
+    _assert_identical(results[0].params, _expected(record, inputs, set()))
 
 
 def test_an_owner_that_steers_its_shard_is_caught_by_the_audit(make_swarm) -> None:
