@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -14,7 +13,10 @@ from openswarm import DEFAULT_CONTRACT
 
 ledger_app = typer.Typer(help="Permissioned ledger replicas.", no_args_is_help=True)
 
-IDENTITY_HELP = "Identity folder for mTLS (default: $OPENSWARM_IDENTITY)."
+IDENTITY_HELP = "Identity folder for mTLS (default: the context's, or $OPENSWARM_IDENTITY)."
+ADMIN_HELP = "An admin identity folder (default: the context's)."
+CONNECT_HELP = "HOST:PORT[,HOST:PORT…] of nodes (default: the context's)."
+CONTEXT_HELP = "The admin context to use (default: the current one; see 'openswarm context')."
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
@@ -200,30 +202,31 @@ def start(
         _fail(str(exc))
 
 
-def _client(connect: str, identity: Path | None) -> Any:
+def _client(connect: str | None, identity: Path | None, context: str | None = None) -> Any:
+    """A ledger client: `connect` and `identity` where given, else from the context."""
+    from openswarm.admin.contexts import ContextError, resolve
     from openswarm.ledger.client import LedgerClient
     from openswarm.pki import Identity, PkiError
 
-    folder = identity or os.environ.get("OPENSWARM_IDENTITY")
-    if not folder:
-        _fail("give --identity FOLDER (or set OPENSWARM_IDENTITY) to talk to the ledger")
     try:
-        return LedgerClient(connect, Identity.load(folder), timeout_s=10)
-    except PkiError as exc:
+        endpoints, folder = resolve(connect, identity, context)
+        return LedgerClient(list(endpoints), Identity.load(folder), timeout_s=10)
+    except (ContextError, PkiError) as exc:
         _fail(str(exc))
 
 
 @ledger_app.command()
 def status(
-    connect: str = typer.Option(..., "--connect", help="HOST:PORT[,HOST:PORT…] of nodes."),
+    connect: str = typer.Option(None, "--connect", help=CONNECT_HELP),
     identity: Path = typer.Option(None, "--identity", help=IDENTITY_HELP),
+    context: str = typer.Option(None, "--context", help=CONTEXT_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Ledger nodes (each one's applied height), ordering layer (etcd members, leader,
     revision, database size), ledger time."""
     from openswarm.ledger.client import LedgerClient, LedgerError
 
-    with _client(connect, identity) as client:
+    with _client(connect, identity, context) as client:
         nodes: dict[str, dict[str, Any]] = {}
         for endpoint in client.endpoints:
             try:
@@ -274,6 +277,7 @@ def show(
     data_dir: Path = typer.Option(None, "--data-dir", help="A replica's data folder (offline)."),
     connect: str = typer.Option(None, "--connect", help="Or read from a live replica."),
     identity: Path = typer.Option(None, "--identity", help=IDENTITY_HELP),
+    context: str = typer.Option(None, "--context", help=CONTEXT_HELP),
     start: int = typer.Option(0, "--from", help="First height to show."),
     as_json: bool = typer.Option(False, "--json", help="One JSON block per line."),
 ) -> None:
@@ -281,15 +285,15 @@ def show(
     from openswarm.ledger.client import LedgerError
     from openswarm.ledger.store import StoreError, read_chain
 
-    if (data_dir is None) == (connect is None):
-        _fail("give exactly one of --data-dir DIR or --connect HOST:PORT")
+    if data_dir is not None and (connect or context):
+        _fail("give --data-dir DIR (offline) or a live ledger (--connect/--context), not both")
     try:
         if data_dir is not None:
             if not data_dir.exists():
                 _fail(f"{data_dir} does not exist")
             blocks = read_chain(data_dir)[start:]
         else:
-            with _client(connect, identity) as client:
+            with _client(connect, identity, context) as client:
                 blocks = client.blocks(start)
     except (LedgerError, StoreError) as exc:
         _fail(str(exc))
@@ -361,15 +365,16 @@ def verify(
 @ledger_app.command("add-replica")
 def add_replica(
     peer_url: str = typer.Argument(..., help="The new node's etcd peer URL (https://HOST:PORT)."),
-    connect: str = typer.Option(..., "--connect"),
-    identity: Path = typer.Option(None, "--identity", help="An admin identity folder."),
+    connect: str = typer.Option(None, "--connect", help=CONNECT_HELP),
+    identity: Path = typer.Option(None, "--identity", help=ADMIN_HELP),
+    context: str = typer.Option(None, "--context", help=CONTEXT_HELP),
 ) -> None:
     """Add an etcd member to a running ledger; then start its node with member.state
     'existing' (admit the node's ledger identity too, so that its clock ticks count)."""
     from openswarm.ledger.client import LedgerError
 
     try:
-        with _client(connect, identity) as client:
+        with _client(connect, identity, context) as client:
             client.add_replica(peer_url)
     except LedgerError as exc:
         _fail(str(exc))
@@ -379,14 +384,15 @@ def add_replica(
 @ledger_app.command("remove-replica")
 def remove_replica(
     name: str = typer.Argument(..., help="The etcd member's name (its ledger node's name)."),
-    connect: str = typer.Option(..., "--connect"),
-    identity: Path = typer.Option(None, "--identity", help="An admin identity folder."),
+    connect: str = typer.Option(None, "--connect", help=CONNECT_HELP),
+    identity: Path = typer.Option(None, "--identity", help=ADMIN_HELP),
+    context: str = typer.Option(None, "--context", help=CONTEXT_HELP),
 ) -> None:
     """Remove an etcd member from a running ledger; stop its node afterwards."""
     from openswarm.ledger.client import LedgerError
 
     try:
-        with _client(connect, identity) as client:
+        with _client(connect, identity, context) as client:
             client.remove_replica(name)
     except LedgerError as exc:
         _fail(str(exc))
@@ -398,22 +404,24 @@ def admit_cmd(
     name: str = typer.Argument(..., help="The identity's name (as its certificate says)."),
     role: str = typer.Option(..., "--role", help="peer, ledger or admin."),
     site: str = typer.Option(None, "--site", help="Its site, whose CA issues its certificate."),
-    connect: str = typer.Option(..., "--connect", help="HOST:PORT[,HOST:PORT…] of nodes."),
-    identity: Path = typer.Option(None, "--identity", help="An admin identity folder."),
+    connect: str = typer.Option(None, "--connect", help=CONNECT_HELP),
+    identity: Path = typer.Option(None, "--identity", help=ADMIN_HELP),
+    context: str = typer.Option(None, "--context", help=CONTEXT_HELP),
 ) -> None:
     """Admit an identity (or approve another admin's proposal to admit it)."""
     payload = {"name": name, "role": role} | ({"site": site} if site else {})
-    _admin_tx(connect, identity, "admit", payload=payload)
+    _admin_tx(connect, identity, context, "admit", payload=payload)
 
 
 @ledger_app.command("revoke")
 def revoke_cmd(
     name: str = typer.Argument(..., help="The identity to revoke."),
-    connect: str = typer.Option(..., "--connect", help="HOST:PORT[,HOST:PORT…] of nodes."),
-    identity: Path = typer.Option(None, "--identity", help="An admin identity folder."),
+    connect: str = typer.Option(None, "--connect", help=CONNECT_HELP),
+    identity: Path = typer.Option(None, "--identity", help=ADMIN_HELP),
+    context: str = typer.Option(None, "--context", help=CONTEXT_HELP),
 ) -> None:
     """Revoke an identity (or approve another admin's proposal to revoke it)."""
-    _admin_tx(connect, identity, "revoke", payload={"name": name})
+    _admin_tx(connect, identity, context, "revoke", payload={"name": name})
 
 
 @ledger_app.command("contract-create")
@@ -422,8 +430,9 @@ def contract_create_cmd(
     settings: str = typer.Option(
         "{}", "--settings", help="Its settings as JSON, e.g. '{\"min_peers\": 3}'."
     ),
-    connect: str = typer.Option(..., "--connect", help="HOST:PORT[,HOST:PORT…] of nodes."),
-    identity: Path = typer.Option(None, "--identity", help="An admin identity folder."),
+    connect: str = typer.Option(None, "--connect", help=CONNECT_HELP),
+    identity: Path = typer.Option(None, "--identity", help=ADMIN_HELP),
+    context: str = typer.Option(None, "--context", help=CONTEXT_HELP),
 ) -> None:
     """Create a training contract (or approve another admin's proposal to create it)."""
     try:
@@ -432,19 +441,20 @@ def contract_create_cmd(
         _fail(f"--settings is not JSON: {exc}")
     if not isinstance(payload, dict):
         _fail("--settings must be a JSON object of contract settings")
-    _admin_tx(connect, identity, "contract_create", contract=name, payload=payload)
+    _admin_tx(connect, identity, context, "contract_create", contract=name, payload=payload)
 
 
 @ledger_app.command("proposals")
 def proposals_cmd(
-    connect: str = typer.Option(..., "--connect", help="HOST:PORT[,HOST:PORT…] of nodes."),
+    connect: str = typer.Option(None, "--connect", help=CONNECT_HELP),
     identity: Path = typer.Option(None, "--identity", help=IDENTITY_HELP),
+    context: str = typer.Option(None, "--context", help=CONTEXT_HELP),
 ) -> None:
     """Admin changes that wait for more approvals (with an admin quorum above 1)."""
     from openswarm.ledger.client import LedgerError
 
     try:
-        with _client(connect, identity) as client:
+        with _client(connect, identity, context) as client:
             state = client.state()
     except LedgerError as exc:
         _fail(str(exc))
@@ -461,13 +471,19 @@ def proposals_cmd(
 
 
 def _admin_tx(
-    connect: str, identity: Path | None, tx_type: str, *, contract: str = "", payload: dict
+    connect: str | None,
+    identity: Path | None,
+    context: str | None,
+    tx_type: str,
+    *,
+    contract: str = "",
+    payload: dict,
 ) -> None:
     """Sign and submit an admin transaction; say what it did, or what it still waits for."""
     from openswarm.ledger.client import LedgerError
 
     try:
-        with _client(connect, identity) as client:
+        with _client(connect, identity, context) as client:
             outcome = client.submit(tx_type, contract=contract, payload=payload)
     except LedgerError as exc:
         _fail(str(exc))
@@ -494,8 +510,11 @@ def describe_admin_event(event: dict[str, Any]) -> str:
 
 @ledger_app.command("archive")
 def archive_cmd(
-    connect: str = typer.Option(..., "--connect", help="HOST:PORT of EVERY ledger node."),
-    identity: Path = typer.Option(None, "--identity", help="An admin identity folder."),
+    connect: str = typer.Option(
+        None, "--connect", help="HOST:PORT of EVERY ledger node (default: the context's)."
+    ),
+    identity: Path = typer.Option(None, "--identity", help=ADMIN_HELP),
+    context: str = typer.Option(None, "--context", help=CONTEXT_HELP),
     keep: int = typer.Option(0, "--keep", help="Positions (etcd revisions) to leave in etcd."),
 ) -> None:
     """Drop records every node holds in its chain from etcd; compact and defragment it."""
@@ -503,7 +522,7 @@ def archive_cmd(
     from openswarm.ledger.client import LedgerError
 
     try:
-        with _client(connect, identity) as client:
+        with _client(connect, identity, context) as client:
             done = archive(client, keep=keep)
     except LedgerError as exc:
         _fail(str(exc))

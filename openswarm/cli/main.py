@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from openswarm import __version__
+from openswarm.cli.context import context_app
 from openswarm.cli.ledger import ledger_app
 from openswarm.cli.pki import pki_app
 from openswarm.cli.run import register as register_run
@@ -18,6 +19,7 @@ app = typer.Typer(
 )
 app.add_typer(pki_app, name="pki")
 app.add_typer(ledger_app, name="ledger")
+app.add_typer(context_app, name="context")
 register_run(app)
 register_status(app)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -106,25 +105,28 @@ def register(app: typer.Typer) -> None:
 
     @app.command("status")
     def status(
-        connect: str = typer.Option(..., "--connect", help="HOST:PORT[,…] of ledger replicas."),
-        identity: Path = typer.Option(
-            None, "--identity", help="Identity folder (default: $OPENSWARM_IDENTITY)."
+        connect: str = typer.Option(
+            None, "--connect", help="HOST:PORT[,…] of ledger replicas (default: the context's)."
         ),
+        identity: Path = typer.Option(
+            None,
+            "--identity",
+            help="Identity folder (default: the context's, or $OPENSWARM_IDENTITY).",
+        ),
+        context: str = typer.Option(None, "--context", help="The admin context to use."),
         contract: str = typer.Option(DEFAULT_CONTRACT, "--contract"),
         watch: float = typer.Option(0.0, "--watch", help="Refresh every N seconds."),
         as_json: bool = typer.Option(False, "--json", help="Print the contract state as JSON."),
     ) -> None:
         """Per-site progress (round, epoch, loss, metric) and an ETA for a training contract."""
+        from openswarm.admin.contexts import ContextError, resolve
         from openswarm.ledger.client import LedgerClient, LedgerError
         from openswarm.pki import Identity, PkiError
 
-        folder = identity or os.environ.get("OPENSWARM_IDENTITY")
-        if not folder:
-            typer.secho("error: give --identity FOLDER or set OPENSWARM_IDENTITY", err=True)
-            raise typer.Exit(1)
         try:
-            client = LedgerClient(connect, Identity.load(folder), timeout_s=10)
-        except (PkiError, LedgerError) as exc:
+            endpoints, folder = resolve(connect, identity, context)
+            client = LedgerClient(list(endpoints), Identity.load(folder), timeout_s=10)
+        except (ContextError, PkiError, LedgerError) as exc:
             typer.secho(f"error: {exc}", err=True)
             raise typer.Exit(1) from exc
         with client:
