@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 from harness import run_cli, running_ledger
 
-from openswarm.admin import ContextError, ContextStore, resolve
+from openswarm.admin import Admin, AdminError, ContextError, ContextStore, resolve
 from openswarm.ledger.local import LocalLedger
+from openswarm.node.peer import SwarmPeer
+from openswarm.node.settings import NetworkConfig, SwarmSettings
 from openswarm.pki.ca import init_ca, issue_identity
 
 
@@ -110,3 +112,68 @@ def test_admin_commands_use_the_current_context(contexts: Path, ledger: LocalLed
     missing = run_cli("ledger", "status")
     assert missing.returncode == 1 and "openswarm context add" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+def test_contracts_nodes_and_perf_through_a_context(contexts: Path, ledger: LocalLedger) -> None:
+    _ok("context", "add", "local", "--ledger", ",".join(ledger.endpoints),
+        "--identity", str(ledger.identity_dir("admin")))  # fmt: skip
+    assert "trial" in _ok("contract", "create", "trial", "--settings",
+                          '{"min_peers": 3, "merge_topology": "sharded"}')  # fmt: skip
+    bad = run_cli("contract", "create", "odd", "--settings", '{"merge_method": "krum", '
+                  '"merge_topology": "sharded"}')  # fmt: skip
+    assert bad.returncode == 1 and "stays with merge_topology leader" in bad.stderr
+    network = NetworkConfig(ledger=tuple(ledger.endpoints), identity=ledger.identity_dir("site-a"))
+    peer = SwarmPeer(SwarmSettings(contract="trial", min_peers=3), network)
+    try:
+        peer.register()
+        listed = _ok("contract", "list")
+        assert "trial: round 1 (0 merged), 1/1 members active" in listed
+        assert "mean, sharded, min_peers 3, audit 0" in listed
+        shown = _ok("contract", "show", "trial")
+        assert '"merge_topology": "sharded"' in shown and "member    site-a" in shown
+        assert "present" in shown
+        nodes = _ok("nodes")
+        assert "ledger node" in nodes and "height" in nodes
+        assert "admins" in nodes and "peers        site-a" in nodes
+        assert "peer         site-a (trial)" in nodes and "present" in nodes
+        assert "contract trial: round 1" in _ok("perf", "trial")
+        missing = run_cli("contract", "show", "nope")
+        assert missing.returncode == 1 and "no training contract named 'nope'" in missing.stderr
+    finally:
+        peer.close()
+
+
+def test_the_python_api_drives_the_same_flow(contexts: Path, ledger: LocalLedger) -> None:
+    ContextStore().add("local", ",".join(ledger.endpoints), ledger.identity_dir("admin"))
+    with Admin() as admin:  # the current context
+        admin.create_contract("study", min_peers=3, merge_method="coordmedian")
+        with pytest.raises(AdminError, match="coordinate-wise merge method"):
+            admin.create_contract("odd", merge_method="krum", merge_topology="sharded")
+        [row] = admin.contracts()
+        assert (row["contract"], row["merge_method"], row["min_peers"]) == (
+            "study",
+            "coordmedian",
+            3,
+        )
+        network = NetworkConfig(ledger=tuple(ledger.endpoints),
+                                identity=ledger.identity_dir("site-a"))  # fmt: skip
+        peer = SwarmPeer(SwarmSettings(contract="study", min_peers=3,
+                                       merge_method="coordmedian"), network)  # fmt: skip
+        try:
+            peer.register()
+            peer.report_metrics(1, loss=0.5, metric=0.8, epoch=1, total_epochs=4)
+            state = admin.contract("study")
+            assert state is not None and list(state["members"]) == ["site-a"]
+            seen = admin.nodes()
+            assert [m["name"] for m in seen["members"]["study"]] == ["site-a"]
+            assert seen["members"]["study"][0]["present"] and seen["identities"]["peer"]
+            assert all("height" in n for n in seen["nodes"].values())
+            perf = admin.perf("study")
+            assert perf["site-a"]["loss"] == 0.5 and perf["site-a"]["epoch"] == 1
+        finally:
+            peer.close()
+        assert admin.contract("nope") is None
+        with pytest.raises(AdminError, match="no training contract named 'nope'"):
+            admin.perf("nope")
+    with pytest.raises(ContextError, match="no context named 'other'"):
+        Admin("other")

@@ -1,5 +1,7 @@
-"""Operating a swarm as its admins: contexts (a ledger and an admin identity by name)."""
+"""Operating a swarm as its admins: contexts (a ledger and an admin identity by name) and
+`Admin`, what the admin commands do, from Python."""
 
+from openswarm.admin.client import Admin, AdminError
 from openswarm.admin.contexts import (
     Context,
     ContextError,
@@ -9,5 +11,5 @@ from openswarm.admin.contexts import (
     resolve,
 )
 
-__all__ = ["Context", "ContextError", "ContextStore", "check_endpoints", "contexts_file",
-           "resolve"]  # fmt: skip
+__all__ = ["Admin", "AdminError", "Context", "ContextError", "ContextStore", "check_endpoints",
+           "contexts_file", "resolve"]  # fmt: skip

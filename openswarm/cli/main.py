@@ -6,6 +6,8 @@ import typer
 
 from openswarm import __version__
 from openswarm.cli.context import context_app
+from openswarm.cli.contracts import contract_app
+from openswarm.cli.contracts import register as register_contracts
 from openswarm.cli.ledger import ledger_app
 from openswarm.cli.pki import pki_app
 from openswarm.cli.run import register as register_run
@@ -20,8 +22,10 @@ app = typer.Typer(
 app.add_typer(pki_app, name="pki")
 app.add_typer(ledger_app, name="ledger")
 app.add_typer(context_app, name="context")
+app.add_typer(contract_app, name="contract")
 register_run(app)
 register_status(app)
+register_contracts(app)
 
 
 def _print_version(value: bool) -> None:

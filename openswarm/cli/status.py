@@ -11,36 +11,10 @@ from typing import Any
 import typer
 
 from openswarm import DEFAULT_CONTRACT
+from openswarm.admin.views import eta_seconds
 from openswarm.protocol import ROUND_PHASES
 
-
-def eta_seconds(state: Mapping[str, Any]) -> dict[str, float | None]:
-    """Each unfinished site's remaining time, from its reported epochs and the ledger's clock.
-
-    Elapsed time runs from the first round's seal to the latest merge (transaction
-    timestamps); a site that has done fraction p of its epochs needs elapsed·(1-p)/p more.
-    """
-    history = state.get("history") or []  # the recent rounds only
-    start = state.get("started_at")
-    stamps = [h.get("merged_at") or h.get("aborted_at") for h in history]
-    latest = max((t for t in stamps if t is not None), default=None)
-    # unknown while the ledger's clock (ticking once a second) has not moved since the start
-    elapsed = None if start is None or latest is None or latest <= start else latest - start
-    reports: dict[str, dict[str, Any]] = {}
-    for round in sorted(state.get("metrics") or {}, key=int):
-        reports.update(state["metrics"][round])
-    etas: dict[str, float | None] = {}
-    for name, member in (state.get("members") or {}).items():
-        report = reports.get(name) or {}
-        epoch, total = report.get("epoch"), report.get("total_epochs")
-        if member.get("finished"):
-            etas[name] = 0.0
-        elif epoch and total and elapsed is not None:
-            done = min(epoch / total, 1.0)
-            etas[name] = elapsed * (1 - done) / done
-        else:
-            etas[name] = None
-    return etas
+__all__ = ["eta_seconds", "register", "render", "where_time_goes"]
 
 
 def where_time_goes(state: Mapping[str, Any]) -> str | None:

@@ -1,0 +1,95 @@
+"""`Admin`: what the admin commands do, from Python (`openswarm contract …`, `nodes`, `perf`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from openswarm.admin.contexts import resolve
+from openswarm.admin.views import contract_rows, eta_seconds, identities_by_role, member_rows
+from openswarm.ledger.client import LedgerClient, LedgerError, Outcome
+from openswarm.pki import Identity
+
+
+class AdminError(RuntimeError):
+    """The ledger refused an admin action, or could not be reached; the message says why."""
+
+
+class Admin:
+    """A swarm's ledger as one of its admins sees it: through a context (see
+    openswarm.admin.contexts; None: the current one) or explicit endpoints and identity.
+    Every change is a signed ledger transaction, subject to the swarm's admin quorum."""
+
+    def __init__(self, context: str | None = None, *, connect: str | None = None,
+                 identity: Path | str | None = None) -> None:  # fmt: skip
+        endpoints, folder = resolve(connect, identity, context)
+        self.client = LedgerClient(list(endpoints), Identity.load(folder), timeout_s=10)
+
+    def __enter__(self) -> Admin:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.client.close()
+
+    def create_contract(self, name: str, **settings: Any) -> Outcome:
+        """Create training contract `name` with `settings` (or approve another admin's
+        proposal to); AdminError if the ledger refuses it."""
+        try:
+            outcome = self.client.submit("contract_create", contract=name, payload=settings)
+        except LedgerError as exc:
+            raise AdminError(str(exc)) from exc
+        if not outcome.applied:
+            raise AdminError(f"contract_create refused: {outcome.reason}")
+        return outcome
+
+    def contracts(self) -> list[dict[str, Any]]:
+        """A summary of every training contract (as `openswarm contract list --json`)."""
+        return contract_rows(self._state())
+
+    def contract(self, name: str) -> dict[str, Any] | None:
+        """Contract `name`'s whole state (None: there is none)."""
+        return self._call(lambda: self.client.state(name))["state"]
+
+    def nodes(self) -> dict[str, Any]:
+        """Ledger nodes' status, admitted identities by role, and each contract's members
+        with whether they are present (as `openswarm nodes --json`)."""
+        status: dict[str, dict[str, Any]] = {}
+        for endpoint in self.client.endpoints:
+            try:
+                with LedgerClient([endpoint], self.client.identity, timeout_s=5) as one:
+                    status[endpoint] = one.status()
+            except LedgerError as exc:
+                status[endpoint] = {"error": str(exc)}
+        state = self._state()
+        ledger_time = max((float(n["ledger_time"]) for n in status.values() if "error" not in n),
+                          default=0.0)  # fmt: skip
+        members = {name: member_rows(c, ledger_time)
+                   for name, c in sorted((state.get("contracts") or {}).items())}  # fmt: skip
+        return {"nodes": status, "identities": identities_by_role(state), "members": members}
+
+    def perf(self, contract: str) -> dict[str, dict[str, Any]]:
+        """Each member's latest loss, metric, epochs and ETA in seconds (HPE's PERFDATA)."""
+        state = self.contract(contract)
+        if state is None:
+            raise AdminError(f"no training contract named {contract!r} on this ledger")
+        reports: dict[str, Any] = {}
+        for round in sorted(state.get("metrics") or {}, key=int):
+            reports.update(state["metrics"][round])
+        etas = eta_seconds(state)
+        return {name: {**reports.get(name, {}), "eta_s": etas.get(name)}
+                for name in sorted(state["members"])}  # fmt: skip
+
+    def _state(self) -> dict[str, Any]:
+        return self._call(self.client.state)
+
+    def _call(self, call: Any) -> Any:
+        try:
+            return call()
+        except LedgerError as exc:
+            raise AdminError(str(exc)) from exc
+
+
+__all__ = ["Admin", "AdminError"]
