@@ -36,7 +36,7 @@ EVENT_KINDS = frozenset(
      "timeout_voted", "all_finished", "sync_interval", "admitted", "revoked", "archived",
      "contract_created", "proposed", "approved", "merge_proposed", "attested",
      "merge_rejected", "auditors_replaced", "shard_merged", "shard_timeout_voted",
-     "shard_owner_changed"}
+     "shard_owner_changed", "task_created", "task_assigned", "task_reset"}
 )  # fmt: skip
 
 #: Who merges a round: its leader, the whole model; or (sharded) every site that may lead,

@@ -45,6 +45,36 @@ class Admin:
             raise AdminError(f"contract_create refused: {outcome.reason}")
         return outcome
 
+    def create_task(self, task_file: Path | str) -> Outcome:
+        """Record the task that `task_file` defines (see openswarm.admin.tasks), its program
+        folder's bundle digest included; TaskError names a mistake in the file, AdminError
+        a refusal by the ledger."""
+        from openswarm.admin.tasks import load_task
+
+        return self._submit("task_create", {"task": load_task(task_file)})
+
+    def assign_task(self, name: str, *, peers: int | None = None) -> Outcome:
+        """Ask the sites to run task `name`: any `peers` of them, or (None) all."""
+        target: dict[str, Any] = {"all": True} if peers is None else {"peers": peers}
+        return self._submit("task_assign", {"task": name, "target": target})
+
+    def reset_task(self, name: str) -> Outcome:
+        """Withdraw task `name`'s assignment (the sites stop running it)."""
+        return self._submit("task_reset", {"task": name})
+
+    def tasks(self) -> dict[str, dict[str, Any]]:
+        """Every task on the ledger: its definition, author, and assignment."""
+        return self._state().get("tasks") or {}
+
+    def _submit(self, tx_type: str, payload: dict[str, Any]) -> Outcome:
+        try:
+            outcome = self.client.submit(tx_type, payload=payload)
+        except LedgerError as exc:
+            raise AdminError(str(exc)) from exc
+        if not outcome.applied:
+            raise AdminError(f"{tx_type} refused: {outcome.reason}")
+        return outcome
+
     def contracts(self) -> list[dict[str, Any]]:
         """A summary of every training contract (as `openswarm contract list --json`)."""
         return contract_rows(self._state())

@@ -12,6 +12,7 @@ from openswarm.cli.ledger import ledger_app
 from openswarm.cli.pki import pki_app
 from openswarm.cli.run import register as register_run
 from openswarm.cli.status import register as register_status
+from openswarm.cli.tasks import task_app
 
 app = typer.Typer(
     name="openswarm",
@@ -23,6 +24,7 @@ app.add_typer(pki_app, name="pki")
 app.add_typer(ledger_app, name="ledger")
 app.add_typer(context_app, name="context")
 app.add_typer(contract_app, name="contract")
+app.add_typer(task_app, name="task")
 register_run(app)
 register_status(app)
 register_contracts(app)

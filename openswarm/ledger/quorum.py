@@ -19,7 +19,9 @@ from openswarm.ledger.canonical import canonical_bytes, sha256_hex
 #: Admin transaction types that need the quorum. 'archive' does not: it only lets the
 #: ordering layer drop records every node already holds in its chain (nothing is lost, no
 #: member, contract or weight changes), and it is routine housekeeping.
-QUORUM_TYPES = frozenset({"admit", "revoke", "contract_create"})
+QUORUM_TYPES = frozenset(
+    {"admit", "revoke", "contract_create", "task_create", "task_assign", "task_reset"}
+)
 #: Events of pending proposals: the first approval opens one, later ones add to it. The
 #: change itself, once approved, has its usual event with an `approvers` list.
 QUORUM_EVENT_KINDS = ("proposed", "approved")

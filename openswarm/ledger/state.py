@@ -25,6 +25,7 @@ from openswarm.ledger.contract import (
 )
 from openswarm.ledger.genesis import check_genesis, genesis_sites
 from openswarm.ledger.quorum import QUORUM_TYPES, Proposals, QuorumError
+from openswarm.ledger.tasks import TaskBook, TaskError
 from openswarm.ledger.ticks import TickError, check_tick_form, check_tick_signature, majority_time
 from openswarm.ledger.tx import CONTRACT_TYPES, Transaction, TxFormatError, required_role
 from openswarm.pki import ROLES, CertIdentity, PkiError, certificate_identity, verify_certificate
@@ -66,6 +67,7 @@ class LedgerState:
         self.proposals = Proposals(genesis.get("admin_quorum", 1))
         # Contracts exist only as the genesis or an admin's contract_create made them, with
         # their settings (none given: the defaults); a peer can join one, never configure it.
+        self.tasks = TaskBook()  # what the sites should run (ledger/tasks.py)
         self.contracts: dict[str, TrainingContract] = {
             name: TrainingContract(name, ContractSettings.from_payload(settings))
             for name, settings in sorted(genesis["contracts"].items())
@@ -399,6 +401,12 @@ class LedgerState:
         return events
 
     def _admin_change(self, tx: Transaction) -> Callable[[], Events]:
+        if tx.type.startswith("task_"):
+            try:
+                return self.tasks.change(tx.type, tx.payload, tx.sender, self.ledger_time,
+                                         self.contracts)  # fmt: skip
+            except TaskError as exc:
+                raise Rejected(str(exc)) from exc
         if tx.type == "admit":
             return self._admit(tx.payload)
         if tx.type == "revoke":
@@ -525,6 +533,7 @@ class LedgerState:
             "admin_quorum": self.proposals.quorum,
             "proposals": self.proposals.snapshot(),
             "contracts": {name: c.snapshot() for name, c in sorted(self.contracts.items())},
+            "tasks": self.tasks.snapshot(),
         }
 
 

@@ -18,7 +18,9 @@ from openswarm.ledger.contract_checks import NAME_RE
 from openswarm.pki import Identity
 
 #: Transaction types and the role a sender must hold for each.
-ADMIN_TYPES = frozenset({"admit", "revoke", "contract_create", "archive"})
+ADMIN_TYPES = frozenset(
+    {"admit", "revoke", "contract_create", "archive", "task_create", "task_assign", "task_reset"}
+)
 CONTRACT_TYPES = CALL_TYPES
 TX_TYPES = ADMIN_TYPES | CONTRACT_TYPES
 _FIELDS = ("type", "contract", "round", "sender", "nonce", "payload", "timestamp", "cert")

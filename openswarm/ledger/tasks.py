@@ -1,0 +1,258 @@
+"""Tasks on the ledger: what every site of a swarm should run, defined once by its admins.
+
+A task names a training contract, a program bundle by its content digest (the files travel
+outside the ledger; see openswarm.admin.bundles), the entry point in it, its arguments and
+environment, the name of the private data folder each host maps for it, and the Python
+requirements it needs. `task_create` records one (immutable from then on: a changed task is
+a new task), `task_assign` asks sites to run it (`all` of them, or any `peers` of them), and
+`task_reset` withdraws that. All three are admin transactions, approved by the swarm's admin
+quorum like `contract_create`. Like the contract, this module is deterministic: no I/O, no
+clock but the ledger time it is given.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from openswarm.ledger.contract_checks import (
+    ContractError,
+    check_digest,
+    check_int,
+    check_name,
+    check_str,
+)
+
+Events = list[dict[str, Any]]
+TASK_TYPES = ("run_swarm",)
+#: The largest program bundle a task may name (its files together).
+MAX_BUNDLE_BYTES = 64 << 20
+MAX_ITEMS = 64  # arguments, environment variables, requirements
+MAX_TEXT = 500  # characters of one argument, value or description
+_ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]{0,63}$")
+#: Variables the operator sets for the run itself (the site's identity, ledger, data ...).
+RESERVED_ENV = ("DATA_DIR", "MAX_EPOCHS", "PYTHONPATH")
+_RESERVED_PREFIXES = ("OPENSWARM_", "SL_")
+# a requirement: a distribution name, maybe extras, and version clauses; nothing else (no
+# pip options such as --index-url, no URLs or paths: a site installs from its own index)
+_REQUIREMENT = re.compile(
+    r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}(\[[A-Za-z0-9._,-]{1,100}\])?"
+    r"((===|==|~=|!=|<=|>=|<|>)[A-Za-z0-9.*+!_-]{1,40})?"
+    r"(,(===|==|~=|!=|<=|>=|<|>)[A-Za-z0-9.*+!_-]{1,40}){0,3}$"
+)
+TASK_FIELDS = ("args", "bundle", "contract", "description", "entrypoint", "env", "name",
+               "private_data", "requirements", "type")  # fmt: skip
+
+
+class TaskError(ContractError):
+    """A task, assignment or reset the ledger refuses; the message names the fix."""
+
+
+def check_task(spec: Any) -> dict[str, Any]:
+    """A task definition, checked field by field; TaskError names the first problem."""
+    if not isinstance(spec, Mapping):
+        raise TaskError("a task is an object of " + ", ".join(TASK_FIELDS))
+    unknown = sorted(str(k) for k in spec if k not in TASK_FIELDS)
+    if unknown:
+        raise TaskError(f"task: unknown field(s) {', '.join(unknown)}; known: "
+                        f"{', '.join(TASK_FIELDS)}")  # fmt: skip
+    try:
+        name = check_name(spec.get("name"), "task name")
+        kind = spec.get("type", "run_swarm")
+        if kind not in TASK_TYPES:
+            raise TaskError(f"task {name}: type must be one of {', '.join(TASK_TYPES)}, "
+                            f"got {kind!r}")  # fmt: skip
+        checked = {
+            "name": name,
+            "type": kind,
+            "contract": check_name(spec.get("contract"), f"task {name}: contract"),
+            "bundle": _check_bundle(spec.get("bundle"), name),
+            "entrypoint": _check_path(spec.get("entrypoint"), f"task {name}: entrypoint"),
+            "args": _check_texts(spec.get("args", []), f"task {name}: args"),
+            "env": _check_env(spec.get("env", {}), name),
+            "private_data": None if spec.get("private_data") is None else check_name(
+                spec["private_data"], f"task {name}: private_data"),
+            "requirements": _check_requirements(spec.get("requirements", []), name),
+            "description": "" if not spec.get("description") else check_str(
+                spec["description"], f"task {name}: description")[:MAX_TEXT],
+        }  # fmt: skip
+    except TaskError:
+        raise
+    except ContractError as exc:
+        raise TaskError(str(exc)) from None
+    if checked["entrypoint"] not in checked["bundle"]["files"]:
+        raise TaskError(f"task {name}: entrypoint {checked['entrypoint']!r} is not a file of "
+                        "its bundle")  # fmt: skip
+    return checked
+
+
+def bundle_digest(files: Mapping[str, str]) -> str:
+    """The digest of a bundle whose files (path -> sha256) are `files`."""
+    text = json.dumps(dict(sorted(files.items())), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(b"openswarm-bundle\0" + text.encode()).hexdigest()
+
+
+def _check_bundle(value: Any, task: str) -> dict[str, Any]:
+    if not isinstance(value, Mapping) or set(value) != {"digest", "size", "files"}:
+        raise TaskError(f"task {task}: bundle must be {{digest, size, files}} (what "
+                        "'openswarm task create' computes from the program folder)")  # fmt: skip
+    size = check_int(value["size"], f"task {task}: bundle size", minimum=0)
+    if size > MAX_BUNDLE_BYTES:
+        raise TaskError(f"task {task}: its bundle is {size} bytes, more than the "
+                        f"{MAX_BUNDLE_BYTES} a task may carry")  # fmt: skip
+    files = value["files"]
+    if not isinstance(files, Mapping) or not files or len(files) > 10_000:
+        raise TaskError(f"task {task}: bundle files must map 1 to 10000 paths to digests")
+    checked = {_check_path(p, f"task {task}: bundle file"): check_digest(d, "bundle file digest")
+               for p, d in files.items()}  # fmt: skip
+    digest = check_digest(value["digest"], f"task {task}: bundle digest")
+    if digest != bundle_digest(checked):
+        raise TaskError(f"task {task}: bundle digest {digest[:12]}… is not the digest of its "
+                        "files; let 'openswarm task create' compute it")  # fmt: skip
+    return {"digest": digest, "size": size, "files": dict(sorted(checked.items()))}
+
+
+def _check_path(value: Any, what: str) -> str:
+    """A relative path inside a bundle: '/'-separated names, no '..', no absolute path."""
+    path = check_str(value, what)
+    parts = path.split("/")
+    if (len(path) > 255 or path.startswith("/") or "\\" in path
+            or any(p in ("", ".", "..") for p in parts)):  # fmt: skip
+        raise TaskError(f"{what} {path[:80]!r} must be a relative path inside the bundle "
+                        "(no '..', no leading '/')")  # fmt: skip
+    return path
+
+
+def _check_texts(value: Any, what: str) -> list[str]:
+    if not isinstance(value, list) or len(value) > MAX_ITEMS:
+        raise TaskError(f"{what} must be a list of at most {MAX_ITEMS} strings")
+    return [check_str(item, what)[:MAX_TEXT] for item in value]
+
+
+def _check_env(value: Any, task: str) -> dict[str, str]:
+    if not isinstance(value, Mapping) or len(value) > MAX_ITEMS:
+        raise TaskError(f"task {task}: env must map at most {MAX_ITEMS} names to strings")
+    env = {}
+    for key, item in value.items():
+        if not isinstance(key, str) or not _ENV_NAME.match(key):
+            raise TaskError(f"task {task}: env name {str(key)[:80]!r} must be upper case "
+                            "letters, digits and '_'")  # fmt: skip
+        if key in RESERVED_ENV or key.startswith(_RESERVED_PREFIXES):
+            raise TaskError(f"task {task}: env {key} is set by the operator for the run "
+                            "(its identity, ledger and data), not by a task")  # fmt: skip
+        env[key] = check_str(item, f"task {task}: env {key}")[:MAX_TEXT]
+    return dict(sorted(env.items()))
+
+
+def _check_requirements(value: Any, task: str) -> list[str]:
+    items = _check_texts(value, f"task {task}: requirements")
+    for item in items:
+        if not _REQUIREMENT.match(item):
+            raise TaskError(
+                f"task {task}: requirement {item[:80]!r} must be a package name with optional "
+                "extras and version clauses (e.g. 'scikit-learn>=1.4'); no pip options, URLs "
+                "or paths: each site installs from its own package index"
+            )
+    return items
+
+
+class TaskBook:
+    """The tasks of one ledger: created once, assigned, reset."""
+
+    def __init__(self) -> None:
+        self.tasks: dict[str, dict[str, Any]] = {}
+
+    def change(self, tx_type: str, payload: Any, sender: str, now: float,
+               contracts: Mapping[str, Any]) -> Callable[[], Events]:  # fmt: skip
+        """The checked change `tx_type` asks for, to apply later; TaskError if refused."""
+        try:
+            return self._change(tx_type, payload, sender, now, contracts)
+        except TaskError:
+            raise
+        except ContractError as exc:  # a field check
+            raise TaskError(f"'{tx_type}': {exc}") from None
+
+    def _change(self, tx_type: str, payload: Any, sender: str, now: float,
+                contracts: Mapping[str, Any]) -> Callable[[], Events]:  # fmt: skip
+        if not isinstance(payload, Mapping):
+            raise TaskError(f"'{tx_type}' needs an object payload")
+        if tx_type == "task_create":
+            return self._create(payload.get("task"), sender, now, contracts)
+        name = payload.get("task")
+        task = self.tasks.get(name) if isinstance(name, str) else None
+        if task is None:
+            known = ", ".join(sorted(self.tasks)) or "none yet"
+            raise TaskError(f"'{tx_type}': no task named {str(name)[:80]!r} (known: {known})")
+        if tx_type == "task_assign":
+            return self._assign(task, payload, now)
+        return self._reset(task, now)
+
+    def _create(self, spec: Any, sender: str, now: float,
+                contracts: Mapping[str, Any]) -> Callable[[], Events]:  # fmt: skip
+        task = check_task(spec)
+        name = task["name"]
+        if name in self.tasks:
+            raise TaskError(f"task {name!r} exists already, and a task never changes: create "
+                            "the changed one under a new name")  # fmt: skip
+        if task["contract"] not in contracts:
+            raise TaskError(f"task {name}: training contract {task['contract']!r} does not "
+                            "exist; create it first ('openswarm contract create')")  # fmt: skip
+
+        def apply() -> Events:
+            self.tasks[name] = {"spec": task, "author": sender, "created_at": now,
+                                "assignment": None, "resets": 0}  # fmt: skip
+            return [{"kind": "task_created", "task": name, "bundle": task["bundle"]["digest"]}]
+
+        return apply
+
+    def _assign(self, task: dict[str, Any], payload: Mapping[str, Any],
+                now: float) -> Callable[[], Events]:  # fmt: skip
+        name = task["spec"]["name"]
+        if set(payload) != {"task", "target"}:
+            raise TaskError("'task_assign' needs payload {task, target}")
+        target = payload["target"]
+        if target == {"all": True}:
+            checked: dict[str, Any] = {"all": True}
+        elif isinstance(target, Mapping) and set(target) == {"peers"}:
+            checked = {"peers": check_int(target["peers"], "target peers", minimum=1)}
+        else:
+            raise TaskError("task_assign target must be {all: true} or {peers: N}")
+        if task["assignment"] is not None:
+            raise TaskError(f"task {name} is assigned already: reset it first "
+                            "('openswarm task reset')")  # fmt: skip
+
+        def apply() -> Events:
+            task["assignment"] = {"target": checked, "assigned_at": now}
+            return [{"kind": "task_assigned", "task": name, "target": checked}]
+
+        return apply
+
+    def _reset(self, task: dict[str, Any], now: float) -> Callable[[], Events]:
+        name = task["spec"]["name"]
+        if task["assignment"] is None:
+            raise TaskError(f"task {name} is not assigned, so there is nothing to reset")
+
+        def apply() -> Events:
+            task["assignment"] = None
+            task["resets"] += 1
+            return [{"kind": "task_reset", "task": name, "at": now}]
+
+        return apply
+
+    def snapshot(self) -> dict[str, Any]:
+        return {name: _copy(task) for name, task in sorted(self.tasks.items())}
+
+
+def _copy(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy(v) for v in value]
+    return value
+
+
+__all__ = ["MAX_BUNDLE_BYTES", "TASK_FIELDS", "TASK_TYPES", "TaskBook", "TaskError",
+           "bundle_digest", "check_task"]  # fmt: skip
