@@ -3,6 +3,7 @@ used by admin commands against a real ledger replica in place of --connect/--ide
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -46,6 +47,13 @@ def test_contexts_are_kept_chosen_and_forgotten(contexts: Path, pki: Path) -> No
     assert resolve("10.9.9.9:1", None) == (("10.9.9.9:1",), pki.joinpath("ops").resolve())
     assert resolve("10.9.9.9:1", pki / "site-a") == (("10.9.9.9:1",), pki / "site-a")
     assert resolve(None, None, "prod")[0] == ("10.0.0.1:7100", "10.0.0.2:7100")
+    # $OPENSWARM_IDENTITY (a site's own) comes before the context's admin identity
+    os.environ["OPENSWARM_IDENTITY"] = str(pki / "site-a")
+    try:
+        assert resolve(None, None) == (("127.0.0.1:7100",), pki / "site-a")
+    finally:
+        del os.environ["OPENSWARM_IDENTITY"]
+    assert oct(contexts.stat().st_mode & 0o777) == "0o600"  # readable by its owner only
     store.remove("lab")
     assert store.current is None and store.names() == ["prod"]
     with pytest.raises(ContextError, match="no context is chosen: add one with"):
@@ -175,5 +183,5 @@ def test_the_python_api_drives_the_same_flow(contexts: Path, ledger: LocalLedger
         assert admin.contract("nope") is None
         with pytest.raises(AdminError, match="no training contract named 'nope'"):
             admin.perf("nope")
-    with pytest.raises(ContextError, match="no context named 'other'"):
+    with pytest.raises(AdminError, match="no context named 'other'"):
         Admin("other")

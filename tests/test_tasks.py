@@ -75,6 +75,13 @@ def test_a_task_file_is_read_checked_and_bundled(tmp_path: Path) -> None:
         ({"env": {"OPENSWARM_LEDGER": "evil:1"}}, "set by the operator"),
         ({"env": {"DATA_DIR": "/"}}, "set by the operator"),
         ({"env": {"lower": "x"}}, "upper case"),
+        ({"env": {"FOO\n": "x"}}, "upper case"),
+        ({"env": {"PIP_INDEX_URL": "http://evil"}}, "where code and packages come from"),
+        ({"env": {"LD_PRELOAD": "/tmp/x.so"}}, "where code and packages come from"),
+        ({"env": {"PYTHONSTARTUP": "x.py"}}, "where code and packages come from"),
+        ({"env": {"A": "x\ny"}}, "without control characters"),
+        ({"args": ["x" * 501]}, "at most 500 characters"),
+        ({"requirements": ["numpy\n"]}, "without control characters"),
         ({"requirements": ["--index-url=http://evil"]}, "no pip options"),
         ({"requirements": ["pkg @ https://x/y.whl"]}, "no pip options"),
         ({"private_data": "../../etc"}, "private_data"),
@@ -96,6 +103,18 @@ def test_the_ledger_checks_the_bundle_digest_itself(tmp_path: Path) -> None:
     grown = {**task, "bundle": {**task["bundle"], "size": 1 << 30}}
     with pytest.raises(TaskError, match="more than the"):
         check_task(grown)
+    files = {**task["bundle"]["files"], "train.py/inner": "0" * 64}
+    from openswarm.ledger.tasks import bundle_digest
+
+    clash = {**task, "bundle": {**task["bundle"], "files": files,
+                                "digest": bundle_digest(files)}}  # fmt: skip
+    with pytest.raises(TaskError, match="both a file and a folder"):
+        check_task(clash)
+    for path in ("a\x00b.py", "C:evil.py"):
+        bad = {**task["bundle"]["files"], path: "0" * 64}
+        odd = {**task, "bundle": {**task["bundle"], "files": bad, "digest": bundle_digest(bad)}}
+        with pytest.raises(TaskError, match="relative path inside the bundle"):
+            check_task(odd)
 
 
 def test_tasks_are_immutable_and_assigned_once_until_reset(tmp_path: Path) -> None:
@@ -107,7 +126,9 @@ def test_tasks_are_immutable_and_assigned_once_until_reset(tmp_path: Path) -> No
         book.change("task_create", {"task": task}, "ops", 2.0, {"study": object()})
     with pytest.raises(TaskError, match="not assigned"):
         book.change("task_reset", {"task": "run-1"}, "ops", 2.0, {})
-    for target in ({"peers": 0}, {"all": False}, {"operators": ["x"]}):
+    with pytest.raises(TaskError, match=r"needs payload \{task\} and nothing else"):
+        book.change("task_create", {"task": task, "junk": 1}, "ops", 1.0, {"study": object()})
+    for target in ({"peers": 0}, {"all": False}, {"all": 1}, {"operators": ["x"]}):
         with pytest.raises(TaskError):
             book.change("task_assign", {"task": "run-1", "target": target}, "ops", 2.0, {})
     book.change("task_assign", {"task": "run-1", "target": {"all": True}}, "ops", 3.0, {})()
@@ -130,7 +151,8 @@ def test_a_task_without_the_required_approvals_changes_nothing(pki, tmp_path: Pa
     ledger.refused("needs role 'admin'", "pa", "task_create", task=task)
     events = ledger.ok("adm-c", "task_create", task=task)
     assert events[0]["kind"] == "task_created" and events[0]["approvers"] == ["adm-a", "adm-c"]
-    assert ledger.snap["tasks"]["run-1"]["spec"] == task
+    shown = ledger.snap["tasks"]["run-1"]["spec"]  # the file list as its length
+    assert shown == {**task, "bundle": {**task["bundle"], "files": 2}}
     ledger.ok("adm-a", "task_assign", task="run-1", target={"all": True})
     assert ledger.snap["tasks"]["run-1"]["assignment"] is None  # one approval of two
 

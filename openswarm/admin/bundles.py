@@ -10,6 +10,7 @@ machine, and any changed byte gives another. Only the digest and the list go on 
 from __future__ import annotations
 
 import hashlib
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +41,20 @@ def bundle_of(folder: Path | str, limit: int = MAX_BUNDLE_BYTES) -> dict[str, An
             continue
         if not path.is_file():
             raise BundleError(f"{path} is not a regular file")
-        size += path.stat().st_size
+        name = relative.as_posix()
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise BundleError(f"{path!r}: a bundle's file names must be UTF-8") from None
+        if unicodedata.normalize("NFC", name) != name:
+            raise BundleError(f"{path}: write its name in Unicode NFC form, so that every "
+                              "system gives the bundle the same digest")  # fmt: skip
+        data = path.read_bytes()
+        size += len(data)
         if size > limit:
             raise BundleError(f"program folder {root} holds more than {limit} bytes; a bundle "
                               "carries code and small files, not data")  # fmt: skip
-        files[relative.as_posix()] = hashlib.sha256(path.read_bytes()).hexdigest()
+        files[name] = hashlib.sha256(data).hexdigest()
     if not files:
         raise BundleError(f"program folder {root} holds no files")
     return {"digest": bundle_digest(files), "size": size, "files": files}

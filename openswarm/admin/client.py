@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from openswarm.admin.contexts import resolve
+from openswarm.admin.contexts import ContextError, resolve
 from openswarm.admin.views import contract_rows, eta_seconds, identities_by_role, member_rows
 from openswarm.ledger.client import LedgerClient, LedgerError, Outcome
-from openswarm.pki import Identity
+from openswarm.pki import Identity, PkiError
 
 
 class AdminError(RuntimeError):
@@ -22,8 +22,11 @@ class Admin:
 
     def __init__(self, context: str | None = None, *, connect: str | None = None,
                  identity: Path | str | None = None) -> None:  # fmt: skip
-        endpoints, folder = resolve(connect, identity, context)
-        self.client = LedgerClient(list(endpoints), Identity.load(folder), timeout_s=10)
+        try:
+            endpoints, folder = resolve(connect, identity, context)
+            self.client = LedgerClient(list(endpoints), Identity.load(folder), timeout_s=10)
+        except (ContextError, PkiError, LedgerError) as exc:
+            raise AdminError(str(exc)) from exc
 
     def __enter__(self) -> Admin:
         return self

@@ -10,8 +10,10 @@ instead of failing deep inside a TLS handshake.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +23,7 @@ import yaml
 
 from openswarm.pki import Identity, PkiError
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 class ContextError(ValueError):
@@ -91,27 +93,37 @@ class ContextStore:
         except (OSError, yaml.YAMLError) as exc:
             raise ContextError(f"cannot read the contexts file {self.path}: {exc}") from None
         contexts = data.get("contexts") if isinstance(data, dict) else None
-        if not isinstance(contexts, dict) or not all(
-            isinstance(v, dict) and isinstance(v.get("identity"), str) and v.get("ledger")
+        current = data.get("current") if isinstance(data, dict) else None
+        if not isinstance(contexts, dict) or not isinstance(current, str | None) or not all(
+            isinstance(v, dict) and isinstance(v.get("identity"), str)
+            and isinstance(v.get("ledger"), list | str) and v.get("ledger")
             for v in contexts.values()
-        ):
+        ):  # fmt: skip
             raise ContextError(
                 f"the contexts file {self.path} is not one openswarm wrote (contexts: "
                 "NAME: {ledger, identity}); fix or remove it"
             )
-        return {"current": data.get("current"), "contexts": contexts}
+        return {"current": current, "contexts": contexts}
 
     def _write(self, data: dict[str, Any]) -> None:
+        """Write the file whole (a reader never sees half of it), readable by its owner."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         text = yaml.safe_dump(data, sort_keys=True)
-        temporary = self.path.with_name(self.path.name + ".tmp")
-        temporary.write_text(text, encoding="utf-8")
-        os.replace(temporary, self.path)  # never half a file
+        handle, temporary = tempfile.mkstemp(prefix=".contexts-", dir=self.path.parent)
+        try:
+            with os.fdopen(handle, "w", encoding="utf-8") as out:
+                out.write(text)
+            os.chmod(temporary, 0o600)
+            os.replace(temporary, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise
 
     def add(self, name: str, ledger: str | Sequence[str], identity: Path | str,
             use: bool = False) -> Context:  # fmt: skip
         """Store a context (replacing one of that name); the first one becomes current."""
-        if not _NAME.match(name):
+        if not _NAME.fullmatch(name):
             raise ContextError(
                 f"context name {name!r}: use 1 to 64 letters, digits, '.', '_' or '-'"
             )
@@ -170,15 +182,16 @@ class ContextStore:
 
 def resolve(connect: str | None, identity: Path | str | None,
             context: str | None = None) -> tuple[tuple[str, ...], Path]:  # fmt: skip
-    """The ledger endpoints and identity folder an admin command uses: `connect` and
-    `identity` (or $OPENSWARM_IDENTITY) where given, the rest from context `context` (None:
-    the current one). ContextError names what is missing."""
+    """The ledger endpoints and identity folder an admin command uses: `connect`, else the
+    context's; `identity`, else $OPENSWARM_IDENTITY, else the context's. The context is
+    `context` (None: the current one), read only when something is missing. ContextError
+    names what is."""
     given = identity or os.environ.get("OPENSWARM_IDENTITY")
-    if context is None and connect and given:
+    if connect and given:
         return check_endpoints(connect), Path(given)
     chosen = ContextStore().get(context)
     endpoints = check_endpoints(connect) if connect else chosen.ledger
-    return endpoints, Path(identity) if identity else chosen.identity
+    return endpoints, Path(given) if given else chosen.identity
 
 
 __all__ = ["Context", "ContextError", "ContextStore", "check_endpoints", "contexts_file",

@@ -8,8 +8,6 @@ from typing import NoReturn
 
 import typer
 
-from openswarm.admin.contexts import ContextError, ContextStore
-
 context_app = typer.Typer(
     help="Admin contexts: a swarm's ledger and the admin identity that talks to it.",
     no_args_is_help=True,
@@ -29,6 +27,8 @@ def add(
     use: bool = typer.Option(False, "--use", help="Make it the current context."),
 ) -> None:
     """Add (or replace) a context; the first one added becomes the current one."""
+    from openswarm.admin.contexts import ContextError, ContextStore
+
     store = ContextStore()
     try:
         context = store.add(name, ledger, identity, use=use)
@@ -42,6 +42,8 @@ def add(
 @context_app.command("use")
 def use_cmd(name: str = typer.Argument(..., help="The context to use from now on.")) -> None:
     """Choose the context admin commands use when given no --context."""
+    from openswarm.admin.contexts import ContextError, ContextStore
+
     try:
         ContextStore().use(name)
     except ContextError as exc:
@@ -52,6 +54,8 @@ def use_cmd(name: str = typer.Argument(..., help="The context to use from now on
 @context_app.command("list")
 def list_cmd() -> None:
     """The contexts (* marks the current one)."""
+    from openswarm.admin.contexts import ContextError, ContextStore
+
     store = ContextStore()
     try:
         names, current = store.names(), store.current
@@ -69,6 +73,8 @@ def show(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """A context's ledger endpoints and identity folder (checked again)."""
+    from openswarm.admin.contexts import ContextError, ContextStore
+
     try:
         context = ContextStore().get(name)
     except ContextError as exc:
@@ -84,6 +90,8 @@ def show(
 @context_app.command("remove")
 def remove(name: str = typer.Argument(..., help="The context to forget.")) -> None:
     """Forget a context (its identity folder is left alone)."""
+    from openswarm.admin.contexts import ContextError, ContextStore
+
     try:
         ContextStore().remove(name)
     except ContextError as exc:

@@ -287,6 +287,14 @@ def show(
 
     if data_dir is not None and (connect or context):
         _fail("give --data-dir DIR (offline) or a live ledger (--connect/--context), not both")
+    if data_dir is None and not connect and not context:
+        from openswarm.admin.contexts import ContextError, ContextStore
+
+        try:
+            ContextStore().get()
+        except ContextError:
+            _fail("give --data-dir DIR (a replica's folder, offline), or a live ledger: "
+                  "--connect HOST:PORT, --context NAME, or a current context")  # fmt: skip
     try:
         if data_dir is not None:
             if not data_dir.exists():

@@ -32,16 +32,20 @@ TASK_TYPES = ("run_swarm",)
 MAX_BUNDLE_BYTES = 64 << 20
 MAX_ITEMS = 64  # arguments, environment variables, requirements
 MAX_TEXT = 500  # characters of one argument, value or description
-_ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]{0,63}$")
-#: Variables the operator sets for the run itself (the site's identity, ledger, data ...).
-RESERVED_ENV = ("DATA_DIR", "MAX_EPOCHS", "PYTHONPATH")
-_RESERVED_PREFIXES = ("OPENSWARM_", "SL_")
+MAX_FILES = 1000  # files of one bundle
+MAX_PATH_BYTES = 64 << 10  # their paths together
+_ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]{0,63}")
+#: Variables a task may not set: what the operator sets for the run itself (the site's
+#: identity, ledger, data), and what would change where code or packages come from.
+RESERVED_ENV = ("DATA_DIR", "MAX_EPOCHS", "PATH", "HOME")
+_RESERVED_PREFIXES = ("OPENSWARM_", "SL_", "PIP_", "LD_", "PYTHON", "UV_", "CONDA")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # a requirement: a distribution name, maybe extras, and version clauses; nothing else (no
 # pip options such as --index-url, no URLs or paths: a site installs from its own index)
 _REQUIREMENT = re.compile(
-    r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}(\[[A-Za-z0-9._,-]{1,100}\])?"
+    r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}(\[[A-Za-z0-9._,-]{1,100}\])?"
     r"((===|==|~=|!=|<=|>=|<|>)[A-Za-z0-9.*+!_-]{1,40})?"
-    r"(,(===|==|~=|!=|<=|>=|<|>)[A-Za-z0-9.*+!_-]{1,40}){0,3}$"
+    r"(,(===|==|~=|!=|<=|>=|<|>)[A-Za-z0-9.*+!_-]{1,40}){0,3}"
 )
 TASK_FIELDS = ("args", "bundle", "contract", "description", "entrypoint", "env", "name",
                "private_data", "requirements", "type")  # fmt: skip
@@ -76,8 +80,8 @@ def check_task(spec: Any) -> dict[str, Any]:
             "private_data": None if spec.get("private_data") is None else check_name(
                 spec["private_data"], f"task {name}: private_data"),
             "requirements": _check_requirements(spec.get("requirements", []), name),
-            "description": "" if not spec.get("description") else check_str(
-                spec["description"], f"task {name}: description")[:MAX_TEXT],
+            "description": "" if spec.get("description") in (None, "") else _check_text(
+                spec["description"], f"task {name}: description"),
         }  # fmt: skip
     except TaskError:
         raise
@@ -104,10 +108,18 @@ def _check_bundle(value: Any, task: str) -> dict[str, Any]:
         raise TaskError(f"task {task}: its bundle is {size} bytes, more than the "
                         f"{MAX_BUNDLE_BYTES} a task may carry")  # fmt: skip
     files = value["files"]
-    if not isinstance(files, Mapping) or not files or len(files) > 10_000:
-        raise TaskError(f"task {task}: bundle files must map 1 to 10000 paths to digests")
+    if not isinstance(files, Mapping) or not files or len(files) > MAX_FILES:
+        raise TaskError(f"task {task}: bundle files must map 1 to {MAX_FILES} paths to digests")
     checked = {_check_path(p, f"task {task}: bundle file"): check_digest(d, "bundle file digest")
                for p, d in files.items()}  # fmt: skip
+    if sum(len(p.encode()) for p in checked) > MAX_PATH_BYTES:
+        raise TaskError(f"task {task}: its bundle's paths are longer than {MAX_PATH_BYTES} "
+                        "bytes together")  # fmt: skip
+    folders = {"/".join(p.split("/")[:i]) for p in checked for i in range(1, p.count("/") + 1)}
+    clash = sorted(folders & set(checked))
+    if clash:
+        raise TaskError(f"task {task}: bundle path {clash[0][:80]!r} is both a file and a "
+                        "folder")  # fmt: skip
     digest = check_digest(value["digest"], f"task {task}: bundle digest")
     if digest != bundle_digest(checked):
         raise TaskError(f"task {task}: bundle digest {digest[:12]}… is not the digest of its "
@@ -119,8 +131,8 @@ def _check_path(value: Any, what: str) -> str:
     """A relative path inside a bundle: '/'-separated names, no '..', no absolute path."""
     path = check_str(value, what)
     parts = path.split("/")
-    if (len(path) > 255 or path.startswith("/") or "\\" in path
-            or any(p in ("", ".", "..") for p in parts)):  # fmt: skip
+    if (len(path) > 255 or path.startswith("/") or "\\" in path or ":" in path
+            or _CONTROL.search(path) or any(p in ("", ".", "..") for p in parts)):  # fmt: skip
         raise TaskError(f"{what} {path[:80]!r} must be a relative path inside the bundle "
                         "(no '..', no leading '/')")  # fmt: skip
     return path
@@ -129,7 +141,16 @@ def _check_path(value: Any, what: str) -> str:
 def _check_texts(value: Any, what: str) -> list[str]:
     if not isinstance(value, list) or len(value) > MAX_ITEMS:
         raise TaskError(f"{what} must be a list of at most {MAX_ITEMS} strings")
-    return [check_str(item, what)[:MAX_TEXT] for item in value]
+    return [_check_text(item, what) for item in value]
+
+
+def _check_text(value: Any, what: str) -> str:
+    """A non-empty string of at most MAX_TEXT characters, without control characters."""
+    text = check_str(value, what)
+    if len(text) > MAX_TEXT or _CONTROL.search(text):
+        raise TaskError(f"{what}: {text[:40]!r}… must be at most {MAX_TEXT} characters, "
+                        "without control characters")  # fmt: skip
+    return text
 
 
 def _check_env(value: Any, task: str) -> dict[str, str]:
@@ -137,20 +158,21 @@ def _check_env(value: Any, task: str) -> dict[str, str]:
         raise TaskError(f"task {task}: env must map at most {MAX_ITEMS} names to strings")
     env = {}
     for key, item in value.items():
-        if not isinstance(key, str) or not _ENV_NAME.match(key):
+        if not isinstance(key, str) or not _ENV_NAME.fullmatch(key):
             raise TaskError(f"task {task}: env name {str(key)[:80]!r} must be upper case "
                             "letters, digits and '_'")  # fmt: skip
         if key in RESERVED_ENV or key.startswith(_RESERVED_PREFIXES):
-            raise TaskError(f"task {task}: env {key} is set by the operator for the run "
-                            "(its identity, ledger and data), not by a task")  # fmt: skip
-        env[key] = check_str(item, f"task {task}: env {key}")[:MAX_TEXT]
+            raise TaskError(f"task {task}: env {key} is set by the operator for the run (its "
+                            "identity, ledger, data, and where code and packages come from), "
+                            "not by a task")  # fmt: skip
+        env[key] = _check_text(item, f"task {task}: env {key}")
     return dict(sorted(env.items()))
 
 
 def _check_requirements(value: Any, task: str) -> list[str]:
     items = _check_texts(value, f"task {task}: requirements")
     for item in items:
-        if not _REQUIREMENT.match(item):
+        if not _REQUIREMENT.fullmatch(item):
             raise TaskError(
                 f"task {task}: requirement {item[:80]!r} must be a package name with optional "
                 "extras and version clauses (e.g. 'scikit-learn>=1.4'); no pip options, URLs "
@@ -179,12 +201,15 @@ class TaskBook:
                 contracts: Mapping[str, Any]) -> Callable[[], Events]:  # fmt: skip
         if not isinstance(payload, Mapping):
             raise TaskError(f"'{tx_type}' needs an object payload")
+        if tx_type in ("task_create", "task_reset") and set(payload) != {"task"}:
+            raise TaskError(f"'{tx_type}' needs payload {{task}} and nothing else")
         if tx_type == "task_create":
             return self._create(payload.get("task"), sender, now, contracts)
         name = payload.get("task")
         task = self.tasks.get(name) if isinstance(name, str) else None
         if task is None:
-            known = ", ".join(sorted(self.tasks)) or "none yet"
+            names = sorted(self.tasks)
+            known = ", ".join(names[:10]) + (" …" if len(names) > 10 else "") or "none yet"
             raise TaskError(f"'{tx_type}': no task named {str(name)[:80]!r} (known: {known})")
         if tx_type == "task_assign":
             return self._assign(task, payload, now)
@@ -214,7 +239,7 @@ class TaskBook:
         if set(payload) != {"task", "target"}:
             raise TaskError("'task_assign' needs payload {task, target}")
         target = payload["target"]
-        if target == {"all": True}:
+        if isinstance(target, Mapping) and set(target) == {"all"} and target["all"] is True:
             checked: dict[str, Any] = {"all": True}
         elif isinstance(target, Mapping) and set(target) == {"peers"}:
             checked = {"peers": check_int(target["peers"], "target peers", minimum=1)}
@@ -226,7 +251,7 @@ class TaskBook:
 
         def apply() -> Events:
             task["assignment"] = {"target": checked, "assigned_at": now}
-            return [{"kind": "task_assigned", "task": name, "target": checked}]
+            return [{"kind": "task_assigned", "task": name, "target": dict(checked)}]
 
         return apply
 
@@ -243,7 +268,14 @@ class TaskBook:
         return apply
 
     def snapshot(self) -> dict[str, Any]:
-        return {name: _copy(task) for name, task in sorted(self.tasks.items())}
+        """The tasks, each bundle's file list as its length (the digest pins the list)."""
+        shown = {}
+        for name, task in sorted(self.tasks.items()):
+            copy = _copy(task)
+            bundle = copy["spec"]["bundle"]
+            bundle["files"] = len(bundle["files"])
+            shown[name] = copy
+        return shown
 
 
 def _copy(value: Any) -> Any:
