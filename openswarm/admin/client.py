@@ -11,6 +11,19 @@ from openswarm.ledger.client import LedgerClient, LedgerError, Outcome
 from openswarm.pki import Identity, PkiError
 
 
+def node_status(client: LedgerClient) -> dict[str, dict[str, Any]]:
+    """Each ledger node of `client`'s status, asked one by one (`{"error": …}` for one that
+    does not answer)."""
+    nodes: dict[str, dict[str, Any]] = {}
+    for endpoint in client.endpoints:
+        try:
+            with LedgerClient([endpoint], client.identity, timeout_s=5) as one:
+                nodes[endpoint] = one.status()
+        except LedgerError as exc:
+            nodes[endpoint] = {"error": str(exc)}
+    return nodes
+
+
 class AdminError(RuntimeError):
     """The ledger refused an admin action, or could not be reached; the message says why."""
 
@@ -89,13 +102,7 @@ class Admin:
     def nodes(self) -> dict[str, Any]:
         """Ledger nodes' status, admitted identities by role, and each contract's members
         with whether they are present (as `openswarm nodes --json`)."""
-        status: dict[str, dict[str, Any]] = {}
-        for endpoint in self.client.endpoints:
-            try:
-                with LedgerClient([endpoint], self.client.identity, timeout_s=5) as one:
-                    status[endpoint] = one.status()
-            except LedgerError as exc:
-                status[endpoint] = {"error": str(exc)}
+        status = node_status(self.client)
         state = self._state()
         ledger_time = max((float(n["ledger_time"]) for n in status.values() if "error" not in n),
                           default=0.0)  # fmt: skip
@@ -125,4 +132,4 @@ class Admin:
             raise AdminError(str(exc)) from exc
 
 
-__all__ = ["Admin", "AdminError"]
+__all__ = ["Admin", "AdminError", "node_status"]

@@ -10,7 +10,14 @@ from typing import Any
 
 import typer
 
-from openswarm.cli.ledger import ADMIN_HELP, CONNECT_HELP, CONTEXT_HELP, _admin_tx, _client, _fail
+from openswarm.cli.ledger import (
+    ADMIN_HELP,
+    CONNECT_HELP,
+    CONTEXT_HELP,
+    _client,
+    _fail,
+    contract_create_cmd,
+)
 
 contract_app = typer.Typer(help="Training contracts on the ledger.", no_args_is_help=True)
 
@@ -42,13 +49,7 @@ def create(
     context: str = _CONTEXT,
 ) -> None:
     """Create a training contract (or approve another admin's proposal to create it)."""
-    try:
-        payload = json.loads(settings)
-    except ValueError as exc:
-        _fail(f"--settings is not JSON: {exc}")
-    if not isinstance(payload, dict):
-        _fail("--settings must be a JSON object of contract settings")
-    _admin_tx(connect, identity, context, "contract_create", contract=name, payload=payload)
+    contract_create_cmd(name, settings, connect, identity, context)  # the same command
 
 
 @contract_app.command("list")
@@ -120,17 +121,12 @@ def register(app: typer.Typer) -> None:
     ) -> None:  # fmt: skip
         """Ledger nodes (reachable, height, quorum), admitted identities by role, and each
         contract's members with whether they are present on the ledger."""
+        from openswarm.admin.client import node_status
         from openswarm.admin.views import identities_by_role, member_rows
-        from openswarm.ledger.client import LedgerClient, LedgerError
+        from openswarm.ledger.client import LedgerError
 
         with _client(connect, identity, context) as client:
-            nodes: dict[str, dict[str, Any]] = {}
-            for endpoint in client.endpoints:
-                try:
-                    with LedgerClient([endpoint], client.identity, timeout_s=5) as one:
-                        nodes[endpoint] = one.status()
-                except LedgerError as exc:
-                    nodes[endpoint] = {"error": str(exc)}
+            nodes = node_status(client)
             try:
                 state = client.state()
             except LedgerError as exc:

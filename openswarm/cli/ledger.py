@@ -224,16 +224,10 @@ def status(
 ) -> None:
     """Ledger nodes (each one's applied height), ordering layer (etcd members, leader,
     revision, database size), ledger time."""
-    from openswarm.ledger.client import LedgerClient, LedgerError
+    from openswarm.admin.client import node_status
 
     with _client(connect, identity, context) as client:
-        nodes: dict[str, dict[str, Any]] = {}
-        for endpoint in client.endpoints:
-            try:
-                with LedgerClient([endpoint], client.identity, timeout_s=5) as one:
-                    nodes[endpoint] = one.status()
-            except LedgerError as exc:
-                nodes[endpoint] = {"error": str(exc)}
+        nodes = node_status(client)
     answered = [info for info in nodes.values() if "error" not in info]
     if not answered:
         _fail("no ledger node answered: " + "; ".join(i["error"] for i in nodes.values()))

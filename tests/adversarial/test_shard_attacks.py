@@ -4,9 +4,11 @@ whose helpers this reuses (p3 never leads, so it owns no shard)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -125,16 +127,12 @@ def test_a_shard_with_nan_is_loaded_by_nobody(make_swarm) -> None:
     # NaN: every site's assembly finds it, nobody proposes or loads it, and the shard goes
     # to the next owner, whose honest merge every site loads
     peers = make_swarm(replace(SHARDED, leader_timeout_s=5.0))
-    hostile = peers[3]  # p4: may lead, so it owns a shard
-    honest_run = hostile._shard_merger.run
 
-    def run(view: dict[str, Any], round: int, index: int, own: Any, specs: Any) -> MergedShard:
-        merged = honest_run(view, round, index, own, specs)
-        data = bytearray(merged.data)
+    def nan(data: bytearray) -> bytearray:
         np.frombuffer(data, np.float32, 1, len(data) - 8)[0] = np.nan  # in its last values
-        return replace(merged, data=data, digest=_sha(data), leaves=leaves(data))
+        return data
 
-    hostile._shard_merger.run = run  # type: ignore[method-assign]
+    _tamper(peers[3], nan)  # p4: may lead, so it owns a shard
     _round(peers, [_params(s) for s in (1, 2, 3, 4)])  # the initial sync
     inputs = [_params(s) for s in (71, 72, 73, 74)]
     results = _round(peers, inputs)
@@ -144,10 +142,18 @@ def test_a_shard_with_nan_is_loaded_by_nobody(make_swarm) -> None:
     _assert_identical(results[0].params, _expected(record, inputs, set()))
 
 
-def _sha(data: bytes | bytearray) -> str:
-    import hashlib
+def _tamper(peer: SwarmPeer, change: Callable[[bytearray], bytearray]) -> None:
+    """From now on `peer` posts each shard it merges changed by `change` (with the digest
+    and chunk root of what it sends, so only the contents tell)."""
+    honest_run = peer._shard_merger.run
 
-    return hashlib.sha256(data).hexdigest()
+    def run(view: dict[str, Any], round: int, index: int, own: Any, specs: Any) -> MergedShard:
+        merged = honest_run(view, round, index, own, specs)
+        data = change(bytearray(merged.data))
+        digest = hashlib.sha256(data).hexdigest()
+        return replace(merged, data=data, digest=digest, leaves=leaves(data))
+
+    peer._shard_merger.run = run  # type: ignore[method-assign]
 
 
 def test_an_owner_that_does_not_serve_its_posted_shard_loses_it(make_swarm) -> None:
@@ -175,15 +181,7 @@ def test_a_shard_of_the_wrong_size_is_refused_and_its_model_loaded_by_nobody(mak
     # shards into the model (a whole model from the leader must match them too), and the
     # shard goes to the next owner, whose honest merge every site loads
     peers = make_swarm(replace(SHARDED, leader_timeout_s=5.0))
-    hostile = peers[3]
-    honest_run = hostile._shard_merger.run
-
-    def run(view: dict[str, Any], round: int, index: int, own: Any, specs: Any) -> MergedShard:
-        merged = honest_run(view, round, index, own, specs)
-        data = bytearray(merged.data[:-4])
-        return replace(merged, data=data, digest=_sha(data), leaves=leaves(data))
-
-    hostile._shard_merger.run = run  # type: ignore[method-assign]
+    _tamper(peers[3], lambda data: data[:-4])
     _round(peers, [_params(s) for s in (1, 2, 3, 4)])  # the initial sync
     inputs = [_params(s) for s in (91, 92, 93, 94)]
     results = _round(peers, inputs)
@@ -198,17 +196,13 @@ def test_an_owner_that_steers_its_shard_is_caught_by_the_audit(make_swarm) -> No
     # the auditor's recomputation differs in p4's shard alone, the shard goes to the next
     # owner, and the merge that counts is the honest one, on every site
     peers = make_swarm(replace(SHARDED, audit=1))
-    hostile = peers[3]
-    honest_run = hostile._shard_merger.run
 
-    def run(view: dict[str, Any], round: int, index: int, own: Any, specs: Any) -> MergedShard:
-        merged = honest_run(view, round, index, own, specs)
-        data = bytearray(merged.data)
+    def steer(data: bytearray) -> bytearray:
         values = np.frombuffer(data, np.float32, 1000, len(data) - 4000)
         values += np.float32(1)  # steered, in values of "big" or "last"
-        return replace(merged, data=data, digest=_sha(data), leaves=leaves(data))
+        return data
 
-    hostile._shard_merger.run = run  # type: ignore[method-assign]
+    _tamper(peers[3], steer)
     _round(peers, [_params(s) for s in (1, 2, 3, 4)])  # the initial sync
     inputs = [_params(s) for s in (101, 102, 103, 104)]
     results = _round(peers, inputs)
