@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from openswarm.admin.contexts import ContextError, resolve
-from openswarm.admin.views import contract_rows, eta_seconds, identities_by_role, member_rows
+from openswarm.admin.views import contract_rows, identities_by_role, member_rows, perf_rows
 from openswarm.ledger.client import LedgerClient, LedgerError, Outcome
 from openswarm.pki import Identity, PkiError
 
@@ -115,12 +115,7 @@ class Admin:
         state = self.contract(contract)
         if state is None:
             raise AdminError(f"no training contract named {contract!r} on this ledger")
-        reports: dict[str, Any] = {}
-        for round in sorted(state.get("metrics") or {}, key=int):
-            reports.update(state["metrics"][round])
-        etas = eta_seconds(state)
-        return {name: {**reports.get(name, {}), "eta_s": etas.get(name)}
-                for name in sorted(state["members"])}  # fmt: skip
+        return perf_rows(state)
 
     def _state(self) -> dict[str, Any]:
         return self._call(self.client.state)

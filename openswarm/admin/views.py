@@ -84,4 +84,15 @@ def eta_seconds(state: Mapping[str, Any]) -> dict[str, float | None]:
     return etas
 
 
-__all__ = ["contract_rows", "eta_seconds", "identities_by_role", "member_rows"]
+def perf_rows(state: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each member's latest report (loss, metric, epochs) and ETA in seconds (HPE's
+    PERFDATA), from one contract's state."""
+    reports: dict[str, Any] = {}
+    for round in sorted(state.get("metrics") or {}, key=int):
+        reports.update(state["metrics"][round])
+    etas = eta_seconds(state)
+    return {name: {**reports.get(name, {}), "eta_s": etas.get(name)}
+            for name in sorted(state.get("members") or {})}  # fmt: skip
+
+
+__all__ = ["contract_rows", "eta_seconds", "identities_by_role", "member_rows", "perf_rows"]

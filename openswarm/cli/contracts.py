@@ -167,18 +167,13 @@ def register(app: typer.Typer) -> None:
         as_json: bool = _JSON,
     ) -> None:  # fmt: skip
         """Per-site round, epoch, loss, metric and ETA of a contract (HPE's PERFDATA)."""
-        from openswarm.admin.views import eta_seconds
+        from openswarm.admin.views import perf_rows
         from openswarm.cli.status import render
 
         state = _ledger_state(connect, identity, context, contract)["state"]
         if state is None:
             _fail(f"no training contract named {contract!r} on this ledger")
         if as_json:
-            reports: dict[str, Any] = {}
-            for round in sorted(state.get("metrics") or {}, key=int):
-                reports.update(state["metrics"][round])
-            etas = eta_seconds(state)
-            typer.echo(json.dumps({name: {**reports.get(name, {}), "eta_s": etas.get(name)}
-                                   for name in sorted(state["members"])}, indent=2))  # fmt: skip
+            typer.echo(json.dumps(perf_rows(state), indent=2))
             return
         typer.echo(render(state, contract))
