@@ -252,7 +252,7 @@ def test_parse_spiffe_id_rejects_malformed(uri: str) -> None:
 
 
 def test_roles() -> None:
-    assert ROLES == ("peer", "ledger", "admin")
+    assert ROLES == ("peer", "ledger", "admin", "operator")
 
 
 # --- verification ----------------------------------------------------------------------------

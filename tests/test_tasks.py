@@ -19,7 +19,8 @@ from openswarm.admin import Admin, AdminError, ContextStore
 from openswarm.admin.bundles import BundleError, bundle_of
 from openswarm.admin.tasks import load_task
 from openswarm.ledger.local import LocalLedger
-from openswarm.ledger.tasks import TaskBook, TaskError, check_task
+from openswarm.ledger.operators import OperatorRoster
+from openswarm.ledger.tasks import TaskBook, TaskError, check_task, run_summary
 
 
 def _program(root: Path, body: str = "print('training')\n") -> Path:
@@ -117,28 +118,90 @@ def test_the_ledger_checks_the_bundle_digest_itself(tmp_path: Path) -> None:
             check_task(odd)
 
 
+def _roster(*operators: str) -> OperatorRoster:
+    roster = OperatorRoster()
+    admitted = {**{f"peer-{o}": "peer" for o in operators}, **dict.fromkeys(operators, "operator")}
+    for name in operators:
+        roster.heartbeat({"peer": f"peer-{name}"}, name, 1.0, admitted, {})()
+    return roster
+
+
 def test_tasks_are_immutable_and_assigned_once_until_reset(tmp_path: Path) -> None:
     book, task = TaskBook(), load_task(_task_file(tmp_path))
+    nobody, roster = OperatorRoster(), _roster("op-a", "op-b")
+
+    def change(kind: str, payload: dict, now: float = 2.0, contracts: Any = None,
+               operators: OperatorRoster = roster) -> Any:  # fmt: skip
+        return book.change(kind, payload, "ops", now, contracts or {}, operators)
+
     with pytest.raises(TaskError, match="training contract 'study' does not exist"):
-        book.change("task_create", {"task": task}, "ops", 1.0, {})
-    book.change("task_create", {"task": task}, "ops", 1.0, {"study": object()})()
+        change("task_create", {"task": task}, 1.0)
+    change("task_create", {"task": task}, 1.0, {"study": object()})()
     with pytest.raises(TaskError, match="exists already, and a task never changes"):
-        book.change("task_create", {"task": task}, "ops", 2.0, {"study": object()})
+        change("task_create", {"task": task}, 2.0, {"study": object()})
     with pytest.raises(TaskError, match="not assigned"):
-        book.change("task_reset", {"task": "run-1"}, "ops", 2.0, {})
+        change("task_reset", {"task": "run-1"})
     with pytest.raises(TaskError, match=r"needs payload \{task\} and nothing else"):
-        book.change("task_create", {"task": task, "junk": 1}, "ops", 1.0, {"study": object()})
-    for target in ({"peers": 0}, {"all": False}, {"all": 1}, {"operators": ["x"]}):
+        change("task_create", {"task": task, "junk": 1}, 1.0, {"study": object()})
+    for target in ({"peers": 0}, {"all": False}, {"all": 1}, {"operators": ["x"]},
+                   {"operators": []}, {"operators": ["op-a", "op-a"]}):  # fmt: skip
         with pytest.raises(TaskError):
-            book.change("task_assign", {"task": "run-1", "target": target}, "ops", 2.0, {})
-    book.change("task_assign", {"task": "run-1", "target": {"all": True}}, "ops", 3.0, {})()
+            change("task_assign", {"task": "run-1", "target": target})
+    with pytest.raises(TaskError, match="no operator has announced itself yet"):
+        change("task_assign", {"task": "run-1", "target": {"all": True}}, operators=nobody)
+    change("task_assign", {"task": "run-1", "target": {"all": True}}, 3.0)()
     with pytest.raises(TaskError, match="assigned already: reset it first"):
-        book.change("task_assign", {"task": "run-1", "target": {"peers": 2}}, "ops", 4.0, {})
-    book.change("task_reset", {"task": "run-1"}, "ops", 5.0, {})()
+        change("task_assign", {"task": "run-1", "target": {"peers": 2}}, 4.0)
+    change("task_reset", {"task": "run-1"}, 5.0)()
     [entry] = book.snapshot().values()
     assert entry["assignment"] is None and entry["resets"] == 1 and entry["author"] == "ops"
     with pytest.raises(TaskError, match="no task named 'nope'"):
-        book.change("task_assign", {"task": "nope", "target": {"all": True}}, "ops", 6.0, {})
+        change("task_assign", {"task": "nope", "target": {"all": True}}, 6.0)
+
+
+def test_a_run_reports_only_forward_and_only_its_own(tmp_path: Path) -> None:
+    book, roster = TaskBook(), _roster("op-a", "op-b", "op-c")
+    book.change("task_create", {"task": load_task(_task_file(tmp_path))}, "ops", 1.0,
+                {"study": object()}, roster)()  # fmt: skip
+
+    def report(sender: str, state: str, run: int = 1, **more: Any) -> None:
+        payload = {"task": "run-1", "run": run, "state": state, **more}
+        book.change("task_report", payload, sender, 3.0, {}, roster)()
+
+    book.change("task_assign", {"task": "run-1", "target": {"peers": 2}}, "ops", 2.0, {},
+                roster)()  # fmt: skip
+    report("op-a", "accepted")
+    report("op-b", "accepted")
+    with pytest.raises(TaskError, match="runs on 2 site"):
+        report("op-c", "accepted")  # both places are taken
+    report("op-c", "refused", detail="not on the allow-list")  # refusing takes no place
+    with pytest.raises(TaskError, match="not the task's current assignment"):
+        report("op-a", "running", run=2)
+    with pytest.raises(TaskError, match="may become running, failed, refused"):
+        report("op-a", "completed", exit_code=0)  # not running yet
+    report("op-a", "running")
+    with pytest.raises(TaskError, match="completed run exited with code 0"):
+        report("op-a", "completed", exit_code=3)
+    with pytest.raises(TaskError, match="log_tail must be a string of at most"):
+        report("op-a", "running", log_tail="x" * 5000)
+    with pytest.raises(TaskError, match="has not announced itself"):
+        report("op-z", "accepted")
+    report("op-a", "completed", exit_code=0, log_tail="done")
+    with pytest.raises(TaskError, match="nothing: it is over"):
+        report("op-a", "failed", exit_code=1)
+    assert not run_summary(book.snapshot()["run-1"])["done"]
+    report("op-b", "failed", exit_code=2)
+    summary = run_summary(book.snapshot()["run-1"])
+    assert summary["done"] and not summary["ok"]
+    assert summary["runs"] == {"op-a": "completed", "op-b": "failed", "op-c": "refused"}
+    book.change("task_reset", {"task": "run-1"}, "ops", 4.0, {}, roster)()
+    book.change("task_assign", {"task": "run-1", "target": {"operators": ["op-b"]}}, "ops", 5.0,
+                {}, roster)()  # fmt: skip
+    with pytest.raises(TaskError, match="not the task's current assignment"):
+        report("op-b", "accepted", run=1)  # a report for the withdrawn run
+    with pytest.raises(TaskError, match="is not assigned to operator op-a"):
+        report("op-a", "accepted", run=2)
+    report("op-b", "accepted", run=2)
 
 
 def test_a_task_without_the_required_approvals_changes_nothing(pki, tmp_path: Path) -> None:  # noqa: F811
@@ -153,7 +216,7 @@ def test_a_task_without_the_required_approvals_changes_nothing(pki, tmp_path: Pa
     assert events[0]["kind"] == "task_created" and events[0]["approvers"] == ["adm-a", "adm-c"]
     shown = ledger.snap["tasks"]["run-1"]["spec"]  # the file list as its length
     assert shown == {**task, "bundle": {**task["bundle"], "files": 2}}
-    ledger.ok("adm-a", "task_assign", task="run-1", target={"all": True})
+    ledger.ok("adm-a", "task_assign", task="run-1", target={"peers": 1})
     assert ledger.snap["tasks"]["run-1"]["assignment"] is None  # one approval of two
 
 
@@ -178,11 +241,13 @@ def test_tasks_from_the_cli_and_from_python(ledger_net: LocalLedger, tmp_path: P
     assert "task run-1: bundle" in created and "task_created" in created
     assert "run-1: contract study" in _ok("task", "list") and "not assigned" in _ok("task", "list")
     assert '"entrypoint": "train.py"' in _ok("task", "show", "run-1")
-    assert "task_assigned" in _ok("task", "assign", "run-1", "--all")
+    no_one = run_cli("task", "assign", "run-1", "--all")
+    assert no_one.returncode == 1 and "no operator has announced itself yet" in no_one.stderr
+    assert "task_assigned" in _ok("task", "assign", "run-1", "--peers", "3")
     again = run_cli("task", "assign", "run-1", "--peers", "2")
     assert again.returncode == 1 and "reset it first" in again.stderr
     both = run_cli("task", "assign", "run-1")
-    assert both.returncode == 1 and "exactly one of --peers N or --all" in both.stderr
+    assert both.returncode == 1 and "exactly one of --peers N, --all or --target" in both.stderr
     assert "task_reset" in _ok("task", "reset", "run-1")
     bad = run_cli("task", "create", "-f", str(_task_file(tmp_path / "b", entrypoint="x.py")))
     assert bad.returncode == 1 and "is not a file of its bundle" in bad.stderr

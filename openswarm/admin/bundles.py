@@ -9,12 +9,18 @@ machine, and any changed byte gives another. Only the digest and the list go on 
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import os
 import unicodedata
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from openswarm.ledger.blobs import PIECE_BYTES
+from openswarm.ledger.client import LedgerClient, LedgerError
 from openswarm.ledger.tasks import MAX_BUNDLE_BYTES, bundle_digest
+from openswarm.pki import Identity
 
 _SKIPPED = ("__pycache__",)
 
@@ -60,4 +66,80 @@ def bundle_of(folder: Path | str, limit: int = MAX_BUNDLE_BYTES) -> dict[str, An
     return {"digest": bundle_digest(files), "size": size, "files": files}
 
 
-__all__ = ["BundleError", "bundle_digest", "bundle_of"]
+def push_bundle(endpoints: list[str], identity: Identity, folder: Path | str,
+                bundle: Mapping[str, Any]) -> dict[str, str | None]:  # fmt: skip
+    """Upload the files of `bundle` (from `folder`) to each ledger node at `endpoints`;
+    endpoint -> None (stored) or why not. BundleError if no node took them all."""
+    root = Path(folder)
+    outcome: dict[str, str | None] = {}
+    for endpoint in endpoints:
+        try:
+            with LedgerClient([endpoint], identity, timeout_s=30) as client:
+                for path, digest in sorted(bundle["files"].items()):
+                    _upload(client, (root / path).read_bytes(), digest)
+            outcome[endpoint] = None
+        except (LedgerError, OSError) as exc:
+            outcome[endpoint] = str(exc)
+    if all(why is not None for why in outcome.values()):
+        raise BundleError("no ledger node took the program bundle: " + "; ".join(
+            f"{e}: {why}" for e, why in outcome.items()))  # fmt: skip
+    return outcome
+
+
+def _upload(client: LedgerClient, data: bytes, digest: str) -> None:
+    if hashlib.sha256(data).hexdigest() != digest:
+        raise BundleError(f"a file with digest {digest[:12]}… changed since the bundle was made")
+    offset = 0
+    while True:
+        piece = data[offset : offset + PIECE_BYTES]
+        text = base64.b64encode(piece).decode("ascii")
+        request = {"digest": digest, "size": len(data), "offset": offset, "data": text}
+        answer = client.call("PutBlob", request)
+        if answer.get("done"):
+            return
+        offset += len(piece)
+
+
+def fetch_bundle(client: LedgerClient, bundle: Mapping[str, Any], dest: Path) -> None:
+    """Write the files of `bundle` (`{digest, size, files}`, as the ledger recorded it) under
+    `dest`, each checked against its digest, from whichever ledger node of `client` holds
+    it; BundleError names a file no node could give with the right bytes."""
+    if bundle_digest(bundle["files"]) != bundle["digest"]:
+        raise BundleError("the bundle's file list does not match its digest")
+    root = dest.resolve()
+    for path, digest in sorted(bundle["files"].items()):
+        target = (root / path).resolve()
+        if root not in target.parents:
+            raise BundleError(f"bundle path {path!r} leads outside the bundle folder")
+        data = _download(client, path, digest)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temporary = target.with_name(target.name + ".part")
+        temporary.write_bytes(data)
+        os.replace(temporary, target)
+
+
+def _download(client: LedgerClient, path: str, digest: str) -> bytes:
+    problems = []
+    for endpoint in client.endpoints:
+        try:
+            with LedgerClient([endpoint], client.identity, timeout_s=30) as one:
+                data = bytearray()
+                while True:
+                    answer = one.call("GetBlob", {"digest": digest, "offset": len(data)})
+                    piece = base64.b64decode(answer["data"], validate=True)
+                    size = int(answer["size"])
+                    if size > MAX_BUNDLE_BYTES:
+                        raise BundleError(f"{endpoint} offers {size} bytes")
+                    data += piece
+                    if len(data) >= size or not piece:
+                        break
+        except (LedgerError, BundleError, ValueError, KeyError) as exc:
+            problems.append(f"{endpoint}: {exc}")
+            continue
+        if hashlib.sha256(data).hexdigest() == digest:
+            return bytes(data)
+        problems.append(f"{endpoint}: its bytes do not match the digest on the ledger")
+    raise BundleError(f"bundle file {path} ({digest[:12]}…): " + "; ".join(problems))
+
+
+__all__ = ["BundleError", "bundle_digest", "bundle_of", "fetch_bundle", "push_bundle"]

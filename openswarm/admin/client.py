@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 from openswarm.admin.contexts import ContextError, resolve
-from openswarm.admin.views import contract_rows, identities_by_role, member_rows, perf_rows
+from openswarm.admin.views import (
+    contract_rows,
+    identities_by_role,
+    member_rows,
+    operator_rows,
+    perf_rows,
+)
 from openswarm.ledger.client import LedgerClient, LedgerError, Outcome
+from openswarm.ledger.tasks import run_summary
 from openswarm.pki import Identity, PkiError
 
 
@@ -62,21 +70,60 @@ class Admin:
         return outcome
 
     def create_task(self, task_file: Path | str) -> Outcome:
-        """Record the task that `task_file` defines (see openswarm.admin.tasks), its program
-        folder's bundle digest included; TaskError names a mistake in the file, AdminError
-        a refusal by the ledger."""
-        from openswarm.admin.tasks import load_task
+        """Upload the program bundle of the task that `task_file` defines to the ledger nodes
+        and record the task (see openswarm.admin.tasks); TaskError names a mistake in the
+        file, AdminError a refusal by the ledger or a bundle no node took."""
+        from openswarm.admin.bundles import BundleError, push_bundle
+        from openswarm.admin.tasks import read_task
 
-        return self._submit("task_create", {"task": load_task(task_file)})
+        task, folder = read_task(task_file)
+        try:
+            push_bundle(self.client.endpoints, self.client.identity, folder, task["bundle"])
+        except BundleError as exc:
+            raise AdminError(str(exc)) from exc
+        return self._submit("task_create", {"task": task})
 
-    def assign_task(self, name: str, *, peers: int | None = None) -> Outcome:
-        """Ask the sites to run task `name`: any `peers` of them, or (None) all."""
-        target: dict[str, Any] = {"all": True} if peers is None else {"peers": peers}
+    def assign_task(self, name: str, *, peers: int | None = None,
+                    operators: list[str] | None = None) -> Outcome:  # fmt: skip
+        """Ask the sites to run task `name`: any `peers` of them, the named `operators`, or
+        (neither) every operator that has announced itself."""
+        if peers is not None and operators:
+            raise AdminError("give peers or operators, not both")
+        target: dict[str, Any] = {"all": True}
+        if peers is not None:
+            target = {"peers": peers}
+        elif operators:
+            target = {"operators": sorted(operators)}
         return self._submit("task_assign", {"task": name, "target": target})
 
     def reset_task(self, name: str) -> Outcome:
         """Withdraw task `name`'s assignment (the sites stop running it)."""
         return self._submit("task_reset", {"task": name})
+
+    def task_status(self, name: str) -> dict[str, Any]:
+        """Where task `name`'s assignment stands: `{assigned, run, done, ok, runs}` (see
+        openswarm.ledger.tasks.run_summary) plus each run's record under `details`."""
+        task = self.tasks().get(name)
+        if task is None:
+            raise AdminError(f"no task named {name!r} on this ledger")
+        assignment = task.get("assignment") or {}
+        return {**run_summary(task), "details": assignment.get("runs", {})}
+
+    def wait_task(
+        self, name: str, timeout_s: float = 3600.0, poll_s: float = 2.0
+    ) -> dict[str, Any]:
+        """Block until task `name`'s runs are done (`task_status`); AdminError after
+        `timeout_s`. HPE's isTaskDone, waited for."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            status = self.task_status(name)
+            if status["done"]:
+                return status
+            if not status["assigned"]:
+                raise AdminError(f"task {name} is not assigned (any more)")
+            if time.monotonic() >= deadline:
+                raise AdminError(f"task {name} is not done after {timeout_s:g} s: {status['runs']}")
+            time.sleep(poll_s)
 
     def tasks(self) -> dict[str, dict[str, Any]]:
         """Every task on the ledger: its definition, author, and assignment."""
@@ -100,15 +147,18 @@ class Admin:
         return self._call(lambda: self.client.state(name))["state"]
 
     def nodes(self) -> dict[str, Any]:
-        """Ledger nodes' status, admitted identities by role, and each contract's members
-        with whether they are present (as `openswarm nodes --json`)."""
+        """Ledger nodes' status, admitted identities by role, operators (alive, host, peer)
+        and each contract's members with whether they are present (as `openswarm nodes
+        --json`)."""
         status = node_status(self.client)
         state = self._state()
         ledger_time = max((float(n["ledger_time"]) for n in status.values() if "error" not in n),
-                          default=0.0)  # fmt: skip
+                          default=float(state.get("ledger_time") or 0.0))  # fmt: skip
         members = {name: member_rows(c, ledger_time)
                    for name, c in sorted((state.get("contracts") or {}).items())}  # fmt: skip
-        return {"nodes": status, "identities": identities_by_role(state), "members": members}
+        return {"swarm": state.get("swarm"), "ledger_time": ledger_time, "nodes": status,
+                "identities": identities_by_role(state),
+                "operators": operator_rows(state, ledger_time), "members": members}  # fmt: skip
 
     def perf(self, contract: str) -> dict[str, dict[str, Any]]:
         """Each member's latest loss, metric, epochs and ETA in seconds (HPE's PERFDATA)."""

@@ -31,7 +31,12 @@ FILE_FIELDS = tuple(sorted({*TASK_FIELDS, "program"} - {"bundle"}))
 
 def load_task(path: Path | str) -> dict[str, Any]:
     """The task that task file `path` defines, with its program folder's bundle; TaskError
-    (or BundleError) names what is wrong and where."""
+    names what is wrong and where."""
+    return read_task(path)[0]
+
+
+def read_task(path: Path | str) -> tuple[dict[str, Any], Path]:
+    """The task that task file `path` defines, and its program folder."""
     source = Path(path)
     try:
         raw = yaml.safe_load(source.read_text(encoding="utf-8"))
@@ -52,9 +57,9 @@ def load_task(path: Path | str) -> dict[str, Any]:
     except BundleError as exc:
         raise TaskError(f"task file {source}: {exc}") from None
     try:
-        return check_task(raw)
+        return check_task(raw), folder
     except TaskError as exc:
         raise TaskError(f"task file {source}: {exc}") from None
 
 
-__all__ = ["FILE_FIELDS", "load_task"]
+__all__ = ["FILE_FIELDS", "load_task", "read_task"]

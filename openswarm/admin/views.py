@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from openswarm.ledger.operators import alive
+
 
 def contract_rows(ledger_state: Mapping[str, Any]) -> list[dict[str, Any]]:
     """One summary per training contract of `ledger_state` (LedgerClient.state())."""
@@ -44,6 +46,17 @@ def member_rows(contract: Mapping[str, Any], ledger_time: float) -> list[dict[st
             "silent_s": round(silent, 1),
             "leads": member.get("leads", True),
         })  # fmt: skip
+    return rows
+
+
+def operator_rows(ledger_state: Mapping[str, Any], ledger_time: float) -> dict[str, Any]:
+    """Each operator of `ledger_state`: its host, the peer it runs as, when it was last
+    heard from and whether it is alive (a heartbeat within three of its intervals)."""
+    rows = {}
+    for name, entry in sorted((ledger_state.get("operators") or {}).items()):
+        silent = max(0.0, ledger_time - float(entry["last_seen"]))
+        rows[name] = {"host": entry.get("host", ""), "peer": entry["peer"],
+                      "alive": alive(entry, ledger_time), "silent_s": round(silent, 1)}  # fmt: skip
     return rows
 
 

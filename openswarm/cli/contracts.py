@@ -119,38 +119,35 @@ def register(app: typer.Typer) -> None:
         connect: str = _CONNECT, identity: Path = _IDENTITY, context: str = _CONTEXT,
         as_json: bool = _JSON,
     ) -> None:  # fmt: skip
-        """Ledger nodes (reachable, height, quorum), admitted identities by role, and each
-        contract's members with whether they are present on the ledger."""
-        from openswarm.admin.client import node_status
-        from openswarm.admin.views import identities_by_role, member_rows
-        from openswarm.ledger.client import LedgerError
+        """Ledger nodes (reachable, height, quorum), admitted identities by role, operators
+        (alive, the peer they run as) and each contract's members with whether they are
+        present on the ledger."""
+        from openswarm.admin.client import Admin, AdminError
 
-        with _client(connect, identity, context) as client:
-            nodes = node_status(client)
-            try:
-                state = client.state()
-            except LedgerError as exc:
-                _fail(str(exc))
-        answered = [n for n in nodes.values() if "error" not in n]
-        ledger_time = max((float(n["ledger_time"]) for n in answered), default=0.0)
-        members = {name: member_rows(c, ledger_time)
-                   for name, c in sorted((state.get("contracts") or {}).items())}  # fmt: skip
+        try:
+            with Admin(context, connect=connect, identity=identity) as admin:
+                view = admin.nodes()
+        except AdminError as exc:
+            _fail(str(exc))
         if as_json:
-            typer.echo(json.dumps({"nodes": nodes, "identities": identities_by_role(state),
-                                   "members": members}, indent=2, sort_keys=True))  # fmt: skip
+            typer.echo(json.dumps(view, indent=2, sort_keys=True))
             return
-        when = dt.datetime.fromtimestamp(ledger_time, dt.UTC).isoformat(timespec="seconds")
-        typer.echo(f"swarm {state.get('swarm')}, ledger time {when}")
-        for endpoint, node in nodes.items():
+        when = dt.datetime.fromtimestamp(view["ledger_time"], dt.UTC).isoformat(timespec="seconds")
+        typer.echo(f"swarm {view['swarm']}, ledger time {when}")
+        for endpoint, node in view["nodes"].items():
             if "error" in node:
                 typer.echo(f"ledger node  {endpoint}  UNREACHABLE: {node['error']}")
             else:
                 quorum = "" if node.get("has_quorum", True) else "  NO QUORUM"
                 typer.echo(f"ledger node  {node['node']} {endpoint}  height {node['height']}"
                            f"{quorum}")  # fmt: skip
-        for role, names in identities_by_role(state).items():
+        for role, names in view["identities"].items():
             typer.echo(f"{role + 's':<12} {', '.join(names)}")
-        for contract, rows in members.items():
+        for name, row in view["operators"].items():
+            alive = "alive" if row["alive"] else f"silent for {row['silent_s']:.0f} s"
+            typer.echo(f"operator     {name} on {row['host'] or '?'} as peer {row['peer']}  "
+                       f"{alive}")  # fmt: skip
+        for contract, rows in view["members"].items():
             for row in rows:
                 where = (
                     "present"

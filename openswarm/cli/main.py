@@ -9,6 +9,7 @@ from openswarm.cli.context import context_app
 from openswarm.cli.contracts import contract_app
 from openswarm.cli.contracts import register as register_contracts
 from openswarm.cli.ledger import ledger_app
+from openswarm.cli.operator import operator_app
 from openswarm.cli.pki import pki_app
 from openswarm.cli.run import register as register_run
 from openswarm.cli.status import register as register_status
@@ -25,6 +26,7 @@ app.add_typer(ledger_app, name="ledger")
 app.add_typer(context_app, name="context")
 app.add_typer(contract_app, name="contract")
 app.add_typer(task_app, name="task")
+app.add_typer(operator_app, name="operator")
 register_run(app)
 register_status(app)
 register_contracts(app)

@@ -52,7 +52,7 @@ def init_command(
 def issue_command(
     ca_dir: Path = typer.Argument(..., help="The CA folder (from `openswarm pki init`)."),
     name: str = typer.Argument(..., help="The identity's name (a safe identifier)."),
-    role: str = typer.Option(..., "--role", help="peer, ledger or admin."),
+    role: str = typer.Option(..., "--role", help="peer, ledger, admin or operator."),
     hosts: list[str] = typer.Option(
         [], "--host", help="DNS name or IP the holder serves on (repeatable)."
     ),

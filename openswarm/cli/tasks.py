@@ -9,7 +9,7 @@ from typing import Any
 import typer
 
 from openswarm.cli.contracts import _CONNECT, _CONTEXT, _IDENTITY, _JSON, _ledger_state
-from openswarm.cli.ledger import _admin_tx, _fail
+from openswarm.cli.ledger import _admin_tx, _client, _fail
 
 task_app = typer.Typer(help="Tasks: what every site of the swarm runs.", no_args_is_help=True)
 
@@ -19,18 +19,26 @@ def create(
     task_file: Path = typer.Option(..., "-f", "--file", help="The task file (YAML)."),
     connect: str = _CONNECT, identity: Path = _IDENTITY, context: str = _CONTEXT,
 ) -> None:  # fmt: skip
-    """Record a task: its program folder becomes a content-addressed bundle (only its
-    digest and file list go on the ledger); a task never changes once recorded."""
-    from openswarm.admin.tasks import load_task
+    """Record a task: its program folder becomes a content-addressed bundle, uploaded to the
+    ledger nodes (only its digest and file list go on the ledger); a task never changes."""
+    from openswarm.admin.bundles import BundleError, push_bundle
+    from openswarm.admin.tasks import read_task
     from openswarm.ledger.tasks import TaskError
 
     try:
-        task = load_task(task_file)
+        task, folder = read_task(task_file)
     except TaskError as exc:
         _fail(str(exc))
     bundle = task["bundle"]
     typer.echo(f"task {task['name']}: bundle {bundle['digest'][:16]}… ({len(bundle['files'])} "
                f"files, {bundle['size']} bytes), entrypoint {task['entrypoint']}")  # fmt: skip
+    with _client(connect, identity, context) as client:
+        try:
+            stored = push_bundle(client.endpoints, client.identity, folder, bundle)
+        except BundleError as exc:
+            _fail(str(exc))
+    for endpoint, why in stored.items():
+        typer.echo(f"bundle on {endpoint}: " + ("stored" if why is None else f"NOT stored ({why})"))
     _admin_tx(connect, identity, context, "task_create", payload={"task": task})
 
 
@@ -67,14 +75,60 @@ def show(
 def assign(
     name: str = typer.Argument(..., help="The task."),
     peers: int = typer.Option(None, "--peers", help="Any N of the sites run it."),
-    every: bool = typer.Option(False, "--all", help="Every site runs it."),
+    every: bool = typer.Option(False, "--all", help="Every operator that has announced itself."),
+    target: list[str] = typer.Option([], "--target", help="This operator runs it (repeatable)."),
     connect: str = _CONNECT, identity: Path = _IDENTITY, context: str = _CONTEXT,
 ) -> None:  # fmt: skip
     """Ask the sites to run a task (with the admin quorum's approval)."""
-    if (peers is None) == (not every):
-        _fail("give exactly one of --peers N or --all")
-    target: dict[str, Any] = {"all": True} if every else {"peers": peers}
-    _admin_tx(connect, identity, context, "task_assign", payload={"task": name, "target": target})
+    if sum((peers is not None, every, bool(target))) != 1:
+        _fail("give exactly one of --peers N, --all or --target OPERATOR")
+    chosen: dict[str, Any] = {"all": True}
+    if peers is not None:
+        chosen = {"peers": peers}
+    elif target:
+        chosen = {"operators": sorted(set(target))}
+    _admin_tx(connect, identity, context, "task_assign", payload={"task": name, "target": chosen})
+
+
+@task_app.command("wait")
+def wait(
+    name: str = typer.Argument(..., help="The task."),
+    timeout: float = typer.Option(3600.0, "--timeout", help="Seconds to wait at most."),
+    connect: str = _CONNECT, identity: Path = _IDENTITY, context: str = _CONTEXT,
+) -> None:  # fmt: skip
+    """Wait until every site assigned the task has finished it; exit 0 only if all completed
+    (1: some failed or refused, 2: not done in time)."""
+    from openswarm.admin.client import Admin, AdminError
+
+    try:
+        with Admin(context, connect=connect, identity=identity) as admin:
+            status = admin.wait_task(name, timeout_s=timeout)
+    except AdminError as exc:
+        _fail(str(exc), code=2)
+    for operator, run in sorted(status["details"].items()):
+        code = "" if run.get("exit_code") is None else f" (exit {run['exit_code']})"
+        detail = f": {run['detail']}" if run.get("detail") else ""
+        typer.echo(f"{operator} as {run['peer']}: {run['state']}{code}{detail}")
+    if not status["ok"]:
+        raise typer.Exit(1)
+
+
+@task_app.command("logs")
+def logs(
+    name: str = typer.Argument(..., help="The task."),
+    connect: str = _CONNECT, identity: Path = _IDENTITY, context: str = _CONTEXT,
+) -> None:  # fmt: skip
+    """The last lines of each site's log of the task's current run, as its operator reported
+    them (the whole log stays on the host, in the operator's work folder)."""
+    tasks = _ledger_state(connect, identity, context).get("tasks") or {}
+    if name not in tasks:
+        _fail(f"no task named {name!r} (known: {', '.join(tasks) or 'none yet'})")
+    runs = (tasks[name].get("assignment") or {}).get("runs", {})
+    if not runs:
+        typer.echo(f"task {name}: no site has reported a run of it")
+    for operator, run in sorted(runs.items()):
+        typer.echo(f"=== {operator} ({run['state']}) ===")
+        typer.echo(run.get("log_tail") or "(no output)")
 
 
 @task_app.command("reset")
@@ -91,4 +145,9 @@ def _assigned(task: dict[str, Any]) -> str:
     if assignment is None:
         return "not assigned" + (f" (reset {task['resets']} time(s))" if task["resets"] else "")
     target = assignment["target"]
-    return "assigned to all sites" if target.get("all") else f"assigned to {target['peers']} sites"
+    if target.get("peers"):
+        whom = f"any {target['peers']} site(s)"
+    else:
+        whom = ", ".join(assignment["operators"])
+    states = ", ".join(f"{op} {run['state']}" for op, run in sorted(assignment["runs"].items()))
+    return f"run {assignment['run']} assigned to {whom}" + (f": {states}" if states else "")

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from openswarm.ledger.blobs import BlobStore
 from openswarm.ledger.block import genesis_block
 from openswarm.ledger.config import ConfigError, EtcdSettings, LedgerConfig
 from openswarm.ledger.etcd_client import EtcdClient, EtcdError
@@ -107,7 +108,9 @@ def start_node(config: LedgerConfig) -> LedgerNode:
     if imported:
         _check_imported(replica, imported, config)
     limits = CallLimits(rate_per_s=config.rate_per_s, burst=config.rate_burst)
-    service = LedgerService(replica, submit_timeout_s=config.submit_timeout_s, limits=limits)
+    blobs = BlobStore(config.data_dir / "blobs")
+    service = LedgerService(replica, submit_timeout_s=config.submit_timeout_s, limits=limits,
+                            blobs=blobs)  # fmt: skip
     try:
         server, port = make_server(
             identity,

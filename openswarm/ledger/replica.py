@@ -11,6 +11,7 @@ another genesis, is refused before anything is served.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import threading
 import time
@@ -301,6 +302,19 @@ class LedgerReplica:
     def snapshot(self, contract: str | None = None, recent: int | None = None) -> dict[str, Any]:
         with self._changed:
             return self._state.snapshot(contract, recent)
+
+    def tasks(self, task: str | None = None) -> dict[str, Any]:
+        """The tasks and operators (what an operator watches), with the ledger time; with
+        `task`, that task's whole definition as well (its bundle's file list included)."""
+        with self._changed:
+            state = self._state
+            answer: dict[str, Any] = {"height": state.height, "ledger_time": state.ledger_time,
+                                      "tasks": state.tasks.snapshot(),
+                                      "operators": state.operators.snapshot()}  # fmt: skip
+            if task is not None:
+                found = state.tasks.tasks.get(task)
+                answer["spec"] = None if found is None else json.loads(json.dumps(found["spec"]))
+            return answer
 
     def summary(self) -> dict[str, Any]:
         """Height, last hash, swarm and genesis hash: the state without its contracts."""

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
 
+from openswarm.ledger.blobs import PIECE_BYTES, BlobError, BlobStore
 from openswarm.ledger.ordering import OrderingError
 from openswarm.ledger.replica import LedgerHalted, LedgerReplica
 from openswarm.ledger.state import NotPermitted, Rejected
@@ -62,8 +65,10 @@ class LedgerService:
         *,
         submit_timeout_s: float = 5.0,
         limits: CallLimits | None = None,
+        blobs: BlobStore | None = None,
     ) -> None:
         self.replica = replica
+        self.blobs = blobs
         self.submit_timeout_s = submit_timeout_s
         self.limiter = CallLimiter(limits)
         self.served = ServedCounts()
@@ -303,6 +308,47 @@ class LedgerService:
                 yield answer
             self.replica.wait_for_change(contract, seen, STREAM_POLL_S)
 
+    # --- tasks and their files ------------------------------------------------------------
+    def tasks(self, request: dict[str, Any], context: grpc.ServicerContext) -> dict[str, Any]:
+        """Tasks and operators; with `task`, that task's whole definition too."""
+        task = request.get("task")
+        if task is not None and not isinstance(task, str):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "'task' must be a string")
+        return self.replica.tasks(task)
+
+    def put_blob(self, request: dict[str, Any], context: grpc.ServicerContext) -> dict:
+        """A piece of a bundle file, from an admin: {digest, size, offset, data (base64)}."""
+        require_role(context, "admin")
+        store = self._blob_store(context)
+        try:
+            data = base64.b64decode(str(request.get("data", "")), validate=True)
+            return store.put(request.get("digest"), request.get("size"),  # type: ignore[arg-type]
+                             _int(request, "offset", 0, context), data)  # fmt: skip
+        except (BlobError, binascii.Error) as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"file refused: {exc}")
+        except OSError as exc:
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"this node cannot store files: {exc}")
+        raise AssertionError("unreachable: abort raises")
+
+    def get_blob(self, request: dict[str, Any], context: grpc.ServicerContext) -> dict:
+        """A piece of a bundle file, for an operator or admin: {digest, offset, length}."""
+        require_role(context, "operator", "admin")
+        store = self._blob_store(context)
+        try:
+            data, size = store.get(request.get("digest"),  # type: ignore[arg-type]
+                                   _int(request, "offset", 0, context),
+                                   _int(request, "length", PIECE_BYTES, context))  # fmt: skip
+        except BlobError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except FileNotFoundError as exc:
+            context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        return {"size": size, "data": base64.b64encode(data).decode("ascii")}
+
+    def _blob_store(self, context: grpc.ServicerContext) -> BlobStore:
+        if self.blobs is None:
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, "this ledger node stores no files")
+        return self.blobs
+
     # --- wiring ---------------------------------------------------------------------------
     def handler(self) -> grpc.GenericRpcHandler:
         unary = {
@@ -315,6 +361,9 @@ class LedgerService:
             "AddReplica": self.add_replica,
             "RemoveReplica": self.remove_replica,
             "Archive": self.archive,
+            "Tasks": self.tasks,
+            "PutBlob": self.put_blob,
+            "GetBlob": self.get_blob,
         }
         methods = {
             name: grpc.unary_unary_rpc_method_handler(

@@ -24,6 +24,7 @@ from openswarm.ledger.contract import (
     TrainingContract,
 )
 from openswarm.ledger.genesis import check_genesis, genesis_sites
+from openswarm.ledger.operators import OperatorError, OperatorRoster
 from openswarm.ledger.quorum import QUORUM_TYPES, Proposals, QuorumError
 from openswarm.ledger.tasks import TaskBook, TaskError
 from openswarm.ledger.ticks import TickError, check_tick_form, check_tick_signature, majority_time
@@ -68,6 +69,7 @@ class LedgerState:
         # Contracts exist only as the genesis or an admin's contract_create made them, with
         # their settings (none given: the defaults); a peer can join one, never configure it.
         self.tasks = TaskBook()  # what the sites should run (ledger/tasks.py)
+        self.operators = OperatorRoster()  # who runs them, as which peer (ledger/operators.py)
         self.contracts: dict[str, TrainingContract] = {
             name: TrainingContract(name, ContractSettings.from_payload(settings))
             for name, settings in sorted(genesis["contracts"].items())
@@ -401,10 +403,16 @@ class LedgerState:
         return events
 
     def _admin_change(self, tx: Transaction) -> Callable[[], Events]:
+        if tx.type == "operator_heartbeat":
+            try:
+                return self.operators.heartbeat(tx.payload, tx.sender, self.ledger_time,
+                                                self.admitted, self.admitted_sites)  # fmt: skip
+            except (OperatorError, ContractError) as exc:
+                raise Rejected(str(exc)) from exc
         if tx.type.startswith("task_"):
             try:
                 return self.tasks.change(tx.type, tx.payload, tx.sender, self.ledger_time,
-                                         self.contracts)  # fmt: skip
+                                         self.contracts, self.operators)  # fmt: skip
             except TaskError as exc:
                 raise Rejected(str(exc)) from exc
         if tx.type == "admit":
@@ -423,6 +431,8 @@ class LedgerState:
 
         def apply() -> Events:
             self.admitted[name] = role
+            if role != "operator":
+                self.operators.forget(name)
             if site is not None:
                 self.admitted_sites[name] = site
             self._advance_time()
@@ -454,6 +464,7 @@ class LedgerState:
             del self.admitted[name]
             self.admitted_sites.pop(name, None)
             self.latest_ticks.pop(name, None)
+            self.operators.forget(name)
             self._advance_time()
             for contract in self.contracts.values():  # revocation takes effect at once
                 contract.expel(name)
@@ -534,6 +545,8 @@ class LedgerState:
             "proposals": self.proposals.snapshot(),
             "contracts": {name: c.snapshot() for name, c in sorted(self.contracts.items())},
             "tasks": self.tasks.snapshot(),
+            "operators": self.operators.snapshot(),
+            "ledger_time": self.ledger_time,
         }
 
 

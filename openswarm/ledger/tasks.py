@@ -25,6 +25,7 @@ from openswarm.ledger.contract_checks import (
     check_name,
     check_str,
 )
+from openswarm.ledger.operators import OperatorRoster
 
 Events = list[dict[str, Any]]
 TASK_TYPES = ("run_swarm",)
@@ -49,6 +50,19 @@ _REQUIREMENT = re.compile(
 )
 TASK_FIELDS = ("args", "bundle", "contract", "description", "entrypoint", "env", "name",
                "private_data", "requirements", "type")  # fmt: skip
+
+
+#: A run's states, and which may follow each (None: no report yet). `refused`: the site
+#: will not run it (bundle not allowed or not matching, data not configured).
+NEXT_STATES: dict[str | None, tuple[str, ...]] = {
+    None: ("accepted", "refused"),
+    "accepted": ("running", "failed", "refused"),
+    "running": ("running", "completed", "failed"),
+}
+CLAIMING = ("accepted", "running", "completed", "failed")  # runs that count towards {peers: N}
+FINISHED = ("completed", "failed", "refused")
+REPORT_FIELDS = ("detail", "exit_code", "log_tail", "run", "state", "task")
+MAX_LOG_TAIL = 4000  # characters of a run's log on the ledger (the whole log stays on the host)
 
 
 class TaskError(ContractError):
@@ -187,18 +201,32 @@ class TaskBook:
     def __init__(self) -> None:
         self.tasks: dict[str, dict[str, Any]] = {}
 
-    def change(self, tx_type: str, payload: Any, sender: str, now: float,
-               contracts: Mapping[str, Any]) -> Callable[[], Events]:  # fmt: skip
+    def change(
+        self,
+        tx_type: str,
+        payload: Any,
+        sender: str,
+        now: float,
+        contracts: Mapping[str, Any],
+        roster: OperatorRoster,
+    ) -> Callable[[], Events]:
         """The checked change `tx_type` asks for, to apply later; TaskError if refused."""
         try:
-            return self._change(tx_type, payload, sender, now, contracts)
+            return self._change(tx_type, payload, sender, now, contracts, roster)
         except TaskError:
             raise
         except ContractError as exc:  # a field check
             raise TaskError(f"'{tx_type}': {exc}") from None
 
-    def _change(self, tx_type: str, payload: Any, sender: str, now: float,
-                contracts: Mapping[str, Any]) -> Callable[[], Events]:  # fmt: skip
+    def _change(
+        self,
+        tx_type: str,
+        payload: Any,
+        sender: str,
+        now: float,
+        contracts: Mapping[str, Any],
+        roster: OperatorRoster,
+    ) -> Callable[[], Events]:
         if not isinstance(payload, Mapping):
             raise TaskError(f"'{tx_type}' needs an object payload")
         if tx_type in ("task_create", "task_reset") and set(payload) != {"task"}:
@@ -212,7 +240,9 @@ class TaskBook:
             known = ", ".join(names[:10]) + (" …" if len(names) > 10 else "") or "none yet"
             raise TaskError(f"'{tx_type}': no task named {str(name)[:80]!r} (known: {known})")
         if tx_type == "task_assign":
-            return self._assign(task, payload, now)
+            return self._assign(task, payload, now, roster)
+        if tx_type == "task_report":
+            return self._report(task, payload, sender, now, roster)
         return self._reset(task, now)
 
     def _create(self, spec: Any, sender: str, now: float,
@@ -233,25 +263,97 @@ class TaskBook:
 
         return apply
 
-    def _assign(self, task: dict[str, Any], payload: Mapping[str, Any],
-                now: float) -> Callable[[], Events]:  # fmt: skip
+    def _assign(self, task: dict[str, Any], payload: Mapping[str, Any], now: float,
+                roster: OperatorRoster) -> Callable[[], Events]:  # fmt: skip
         name = task["spec"]["name"]
         if set(payload) != {"task", "target"}:
             raise TaskError("'task_assign' needs payload {task, target}")
         target = payload["target"]
+        known = sorted(roster.operators)
+        operators: list[str] | None = None
         if isinstance(target, Mapping) and set(target) == {"all"} and target["all"] is True:
             checked: dict[str, Any] = {"all": True}
+            operators = known
         elif isinstance(target, Mapping) and set(target) == {"peers"}:
             checked = {"peers": check_int(target["peers"], "target peers", minimum=1)}
+        elif isinstance(target, Mapping) and set(target) == {"operators"}:
+            chosen = target["operators"]
+            if (not isinstance(chosen, list) or not chosen or len(chosen) > MAX_ITEMS
+                    or len(set(map(str, chosen))) != len(chosen)):  # fmt: skip
+                raise TaskError(f"target operators must list 1 to {MAX_ITEMS} distinct names")
+            unknown = [str(o)[:80] for o in chosen if o not in roster.operators]
+            if unknown:
+                raise TaskError(
+                    f"task {name}: no operator named {', '.join(unknown)} has "
+                    f"announced itself (known: {', '.join(known) or 'none'})"
+                )
+            operators = sorted(chosen)
+            checked = {"operators": operators}
         else:
-            raise TaskError("task_assign target must be {all: true} or {peers: N}")
+            raise TaskError("task_assign target must be {all: true}, {peers: N} or "
+                            "{operators: [NAME, …]}")  # fmt: skip
+        if operators == []:
+            raise TaskError(f"task {name}: no operator has announced itself yet; start "
+                            "'openswarm operator start' on the hosts first")  # fmt: skip
         if task["assignment"] is not None:
             raise TaskError(f"task {name} is assigned already: reset it first "
                             "('openswarm task reset')")  # fmt: skip
 
         def apply() -> Events:
-            task["assignment"] = {"target": checked, "assigned_at": now}
-            return [{"kind": "task_assigned", "task": name, "target": dict(checked)}]
+            task["assignment"] = {"target": checked, "assigned_at": now,
+                                  "run": task["resets"] + 1, "operators": operators,
+                                  "runs": {}}  # fmt: skip
+            return [{"kind": "task_assigned", "task": name, "target": dict(checked),
+                     "run": task["resets"] + 1}]  # fmt: skip
+
+        return apply
+
+    def _report(self, task: dict[str, Any], payload: Mapping[str, Any], sender: str,
+                now: float, roster: OperatorRoster) -> Callable[[], Events]:  # fmt: skip
+        name = task["spec"]["name"]
+        if not {"task", "run", "state"} <= set(payload) <= set(REPORT_FIELDS):
+            raise TaskError(f"'task_report' needs payload {{{', '.join(REPORT_FIELDS)}}} (task, "
+                            "run and state at least)")  # fmt: skip
+        assignment = task["assignment"]
+        if sender not in roster.operators:
+            raise TaskError(f"operator {sender} has not announced itself (operator_heartbeat)")
+        run = check_int(payload["run"], "run", minimum=1)
+        if assignment is None or assignment["run"] != run:
+            raise TaskError(f"task {name} run {run} is not the task's current assignment")
+        runs = assignment["runs"]
+        if assignment["operators"] is not None and sender not in assignment["operators"]:
+            raise TaskError(f"task {name} run {run} is not assigned to operator {sender}")
+        state = payload["state"]
+        before = runs.get(sender, {}).get("state")
+        if state not in NEXT_STATES.get(before, ()):
+            allowed = ", ".join(NEXT_STATES.get(before, ())) or "nothing: it is over"
+            raise TaskError(f"task {name}: a run that is {before or 'not started'} may become "
+                            f"{allowed}, not {str(state)[:40]!r}")  # fmt: skip
+        cap = assignment["target"].get("peers")
+        taken = sum(r["state"] in CLAIMING for o, r in runs.items() if o != sender)
+        if cap is not None and before is None and state in CLAIMING and taken >= cap:
+            raise TaskError(f"task {name} runs on {cap} site(s), and {taken} have it already")
+        exit_code = payload.get("exit_code")
+        if exit_code is not None:
+            exit_code = check_int(exit_code, "exit_code", minimum=-255)
+            if exit_code > 255:
+                raise TaskError("exit_code must be between -255 and 255")
+        if state == "completed" and exit_code != 0:
+            raise TaskError("a completed run exited with code 0; report any other as failed")
+        tail = payload.get("log_tail", "")
+        if not isinstance(tail, str) or len(tail) > MAX_LOG_TAIL:
+            raise TaskError(f"log_tail must be a string of at most {MAX_LOG_TAIL} characters")
+        detail = payload.get("detail", "")
+        if detail != "":
+            detail = _check_text(detail, "detail")
+
+        def apply() -> Events:
+            record = runs.setdefault(sender, {"started_at": now})
+            record.update({"state": state, "exit_code": exit_code, "detail": detail,
+                           "at": now, "peer": roster.operators[sender]["peer"]})  # fmt: skip
+            if tail or "log_tail" not in record:
+                record["log_tail"] = tail
+            return [{"kind": "task_" + state, "task": name, "run": run, "operator": sender}]
 
         return apply
 
@@ -278,6 +380,24 @@ class TaskBook:
         return shown
 
 
+def run_summary(task: Mapping[str, Any]) -> dict[str, Any]:
+    """Where a task's current assignment stands (from its snapshot): `done` once every
+    operator it names has finished (or, for {peers: N}, N have), `ok` if all of those
+    completed; `runs` is operator -> state."""
+    assignment = task.get("assignment")
+    if assignment is None:
+        return {"assigned": False, "done": False, "ok": False, "runs": {}}
+    runs = {op: r["state"] for op, r in sorted(assignment["runs"].items())}
+    if assignment["operators"] is not None:
+        counted = [runs.get(op) for op in assignment["operators"]]
+        done = all(state in FINISHED for state in counted)
+    else:  # a site that refused leaves its place to another
+        counted = [state for state in runs.values() if state in ("completed", "failed")]
+        done = len(counted) >= assignment["target"]["peers"]
+    ok = done and all(state == "completed" for state in counted)
+    return {"assigned": True, "run": assignment["run"], "done": done, "ok": ok, "runs": runs}
+
+
 def _copy(value: Any) -> Any:
     if isinstance(value, Mapping):
         return {k: _copy(v) for k, v in value.items()}
@@ -286,5 +406,5 @@ def _copy(value: Any) -> Any:
     return value
 
 
-__all__ = ["MAX_BUNDLE_BYTES", "TASK_FIELDS", "TASK_TYPES", "TaskBook", "TaskError",
-           "bundle_digest", "check_task"]  # fmt: skip
+__all__ = ["MAX_BUNDLE_BYTES", "NEXT_STATES", "TASK_FIELDS", "TASK_TYPES", "TaskBook",
+           "TaskError", "bundle_digest", "check_task", "run_summary"]  # fmt: skip

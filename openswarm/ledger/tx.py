@@ -21,8 +21,10 @@ from openswarm.pki import Identity
 ADMIN_TYPES = frozenset(
     {"admit", "revoke", "contract_create", "archive", "task_create", "task_assign", "task_reset"}
 )
+#: What a site's operator (openswarm.operator) reports: that it is alive, and its task runs.
+OPERATOR_TYPES = frozenset({"operator_heartbeat", "task_report"})
 CONTRACT_TYPES = CALL_TYPES
-TX_TYPES = ADMIN_TYPES | CONTRACT_TYPES
+TX_TYPES = ADMIN_TYPES | OPERATOR_TYPES | CONTRACT_TYPES
 _FIELDS = ("type", "contract", "round", "sender", "nonce", "payload", "timestamp", "cert")
 
 
@@ -31,6 +33,8 @@ class TxFormatError(ValueError):
 
 
 def required_role(tx_type: str) -> str:
+    if tx_type in OPERATOR_TYPES:
+        return "operator"
     return "admin" if tx_type in ADMIN_TYPES else "peer"
 
 

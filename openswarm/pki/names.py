@@ -7,8 +7,8 @@ from urllib.parse import urlsplit
 
 from openswarm.pki.errors import PkiError
 
-ROLES = ("peer", "ledger", "admin")
-"""The roles an identity may hold."""
+ROLES = ("peer", "ledger", "admin", "operator")
+"""The roles an identity may hold (an operator runs its site's tasks: openswarm.operator)."""
 
 SPIFFE_SCHEME = "spiffe"
 

@@ -1,0 +1,172 @@
+"""The operator: on each host, watches the ledger for tasks assigned to it and runs them.
+
+It announces itself and stays visibly alive with `operator_heartbeat` (naming the peer
+identity its runs use), and for each task assigned to it (all operators, it by name, or any
+N of them while places are left) claims a run with `task_report accepted`, checks and runs it
+(openswarm.operator.runner) and reports `running`, then `completed` or `failed` with the exit
+code and the end of the log, or `refused` with the reason. A reset (or a new assignment)
+stops the run. Every report is a signed ledger transaction; the ledger refuses one that does
+not match the task's current assignment.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from openswarm.ledger.client import LedgerClient, LedgerError
+from openswarm.operator.config import OperatorConfig
+from openswarm.operator.runner import TaskRun
+
+log = logging.getLogger(__name__)
+#: How long a report is retried while no ledger node answers.
+REPORT_PATIENCE_S = 300.0
+
+
+class OperatorError(RuntimeError):
+    """The operator cannot work (the ledger refuses its heartbeat); the message says why."""
+
+
+class Operator:
+    """One host's operator (see the module docstring)."""
+
+    def __init__(self, config: OperatorConfig) -> None:
+        self.config = config
+        self.name = config.identity.name
+        self.client = LedgerClient(list(config.ledger), config.identity, timeout_s=15)
+        self.runs: dict[str, TaskRun] = {}  # task -> its current (or last) run here
+        self._next_heartbeat = 0.0
+        self._stop = threading.Event()
+
+    # --- the loop -------------------------------------------------------------------------
+    def serve(self) -> None:
+        """Announce this operator, then watch and run tasks until `stop()`."""
+        self.heartbeat()
+        log.info("operator %s runs tasks as peer %s", self.name, self.config.peer_identity.name)
+        try:
+            while not self._stop.is_set():
+                try:
+                    self.step()
+                except LedgerError as exc:  # the ledger is away for now: keep trying
+                    log.warning("operator %s: %s", self.name, exc)
+                self._stop.wait(self.config.poll_s)
+        finally:
+            for run in self.runs.values():
+                if not run.finished.is_set():
+                    run.stop()
+            self.client.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def step(self) -> None:
+        """One look at the ledger: heartbeat when due, start and stop runs."""
+        if time.monotonic() >= self._next_heartbeat:
+            self.heartbeat()
+        view = self.client.call("Tasks", {})
+        for name, task in view["tasks"].items():
+            self._follow(name, task)
+
+    def heartbeat(self) -> None:
+        payload = {
+            "peer": self.config.peer_identity.name,
+            "host": self.config.host,
+            "heartbeat_s": self.config.heartbeat_s,
+        }
+        outcome = self.client.submit("operator_heartbeat", payload=payload)
+        if not outcome.applied:
+            raise OperatorError(f"the ledger refused operator {self.name}: {outcome.reason}")
+        self._next_heartbeat = time.monotonic() + self.config.heartbeat_s
+
+    # --- one task -------------------------------------------------------------------------
+    def _follow(self, name: str, task: dict[str, Any]) -> None:
+        assignment = task.get("assignment")
+        current = self.runs.get(name)
+        number = None if assignment is None else assignment["run"]
+        if current is not None and current.run != number and not current.finished.is_set():
+            log.info("operator %s: task %s was reset; stopping its run", self.name, name)
+            current.stop()
+        if assignment is None or not self._mine(assignment):
+            return
+        if current is not None and current.run == number:
+            return
+        record = assignment["runs"].get(self.name)
+        if record is not None:  # this run began here before the operator (re)started
+            if record["state"] in ("accepted", "running"):
+                self._report(name, number, "failed", detail="the operator restarted mid-run")
+            self.runs[name] = _Finished(name, number)  # type: ignore[assignment]
+            return
+        self._begin(name, number)
+
+    def _mine(self, assignment: dict[str, Any]) -> bool:
+        if assignment["operators"] is not None:
+            return self.name in assignment["operators"]
+        claimed = sum(
+            r["state"] in ("accepted", "running", "completed", "failed")
+            for r in assignment["runs"].values()
+        )
+        return self.name in assignment["runs"] or claimed < assignment["target"]["peers"]
+
+    def _begin(self, name: str, number: int) -> None:
+        outcome = self.client.submit(
+            "task_report", payload={"task": name, "run": number, "state": "accepted"}
+        )
+        if not outcome.applied:  # another site took the last place, or the task was reset
+            log.info("operator %s: not running task %s: %s", self.name, name, outcome.reason)
+            self.runs[name] = _Finished(name, number)  # type: ignore[assignment]
+            return
+        spec = self.client.call("Tasks", {"task": name})["spec"]
+        run = TaskRun(
+            name,
+            number,
+            spec,
+            self.config,
+            self.client,
+            lambda state, **more: self._report(name, number, state, **more),
+        )
+        self.runs[name] = run
+        log.info("operator %s: starting task %s run %d", self.name, name, number)
+        run.start()
+
+    def _report(self, task: str, run: int, state: str, **more: Any) -> None:
+        payload = {
+            "task": task,
+            "run": run,
+            "state": state,
+            **{k: v for k, v in more.items() if v is not None},
+        }
+        deadline = time.monotonic() + REPORT_PATIENCE_S
+        while True:  # a report lost to a passing outage would leave the run unfinished
+            try:
+                outcome = self.client.submit("task_report", payload=payload)
+                break
+            except LedgerError as exc:
+                if not exc.transient or time.monotonic() > deadline or self._stop.is_set():
+                    log.warning(
+                        "operator %s: could not report %s of %s: %s", self.name, state, task, exc
+                    )
+                    return
+                self._stop.wait(2.0)
+        if not outcome.applied:
+            log.warning(
+                "operator %s: report %s of %s refused: %s", self.name, state, task, outcome.reason
+            )
+        else:
+            log.info("operator %s: task %s run %d %s", self.name, task, run, state)
+
+
+class _Finished:
+    """A run this operator will not start again (done, refused, or taken elsewhere)."""
+
+    def __init__(self, task: str, run: int) -> None:
+        self.task, self.run = task, run
+        self.finished = threading.Event()
+        self.finished.set()
+
+    def stop(self) -> None:
+        pass
+
+
+__all__ = ["Operator", "OperatorError"]
