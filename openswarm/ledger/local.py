@@ -107,6 +107,7 @@ class LocalLedger:
         hosts: Sequence[str] | None = None,
         sites: Mapping[str, Sequence[str]] | None = None,
         admin_quorum: int = 1,
+        identity_hosts: Mapping[str, Sequence[str]] | None = None,
     ) -> LocalLedger:
         """Issue identities, write the genesis and one config per replica (nothing runs yet).
 
@@ -115,7 +116,9 @@ class LocalLedger:
         each replica's address (one per replica; default loopback): its identity names it,
         and it serves gRPC and etcd peer traffic there. `sites` (site -> the names of its
         identities) gives each site its own CA (`site_ca_dir`) and puts the bundle of all of
-        them into every identity folder; `admin_quorum` is the genesis's.
+        them into every identity folder; `admin_quorum` is the genesis's. `identity_hosts`
+        adds host names or addresses to identities' certificates (a peer that serves models
+        at a host address must have it named there).
         """
         from openswarm import DEFAULT_CONTRACT
         from openswarm.ledger.genesis import make_genesis
@@ -137,7 +140,7 @@ class LocalLedger:
             *((a, "admin") for a in admins),
             *extra_identities,
         ]:
-            names = ["localhost", LOOPBACK]
+            names = ["localhost", LOOPBACK, *(identity_hosts or {}).get(name, ())]
             if role == "ledger":
                 names.append(hosts[int(name.rsplit("-", 1)[1]) - 1])
             net._issue(name, role, sorted(set(names)), site_of)
