@@ -1,0 +1,121 @@
+"""Hostile operators, peers and uploads against a real ledger node (issue 14): a peer's
+certificate acting as an operator, an operator taking another's peer or another's run,
+bundle files uploaded or read by the wrong role, bytes that do not match their digest, and
+names that try to leave the store."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from harness import running_ledger
+
+from openswarm.ledger.client import LedgerClient, LedgerError
+from openswarm.ledger.local import LocalLedger
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalLedger]:
+    yield from running_ledger(
+        tmp_path_factory.mktemp("operator-attacks") / "net", replicas=1,
+        peers=["site-a", "site-b"], contract_settings={},
+        extra_identities=[("op-a", "operator"), ("op-b", "operator")],
+    )  # fmt: skip
+
+
+def _beat(client: LedgerClient, peer: str) -> str | None:
+    """The ledger's reason for refusing the heartbeat (None: applied)."""
+    return client.submit("operator_heartbeat", payload={"peer": peer, "heartbeat_s": 5}).reason
+
+
+def test_a_peer_certificate_cannot_act_as_an_operator(net: LocalLedger, tmp_path: Path) -> None:
+    with net.client("site-a") as peer, pytest.raises(LedgerError, match="needs role 'operator'"):
+        peer.submit("operator_heartbeat", payload={"peer": "site-a"})
+    with net.client("site-a") as peer, pytest.raises(LedgerError, match="needs role 'operator'"):
+        peer.submit("task_report", payload={"task": "t", "run": 1, "state": "accepted"})
+    config = tmp_path / "operator.yaml"
+    (tmp_path / "work").mkdir()
+    config.write_text(yaml.safe_dump({
+        "ledger": net.endpoints, "identity": str(net.identity_dir("site-a")),
+        "peer_identity": str(net.identity_dir("site-a")), "work_dir": str(tmp_path / "work"),
+        "allow_admin_approved": True}))  # fmt: skip
+    started = subprocess.run(
+        [sys.executable, "-m", "openswarm.cli.main", "operator", "start", "--config", str(config)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert started.returncode == 2, started.stderr
+    assert "a peer's certificate cannot act as an operator" in started.stderr
+    assert "Traceback" not in started.stderr
+
+
+def test_an_operator_runs_as_its_own_peer_only(net: LocalLedger) -> None:
+    with net.client("op-a") as op_a, net.client("op-b") as op_b:
+        assert "not a peer admitted" in (_beat(op_a, "admin") or "")  # not a peer at all
+        assert "not a peer admitted" in (_beat(op_a, "nobody") or "")
+        assert _beat(op_a, "site-a") is None
+        assert "is run by operator op-a already" in (_beat(op_b, "site-a") or "")
+        assert _beat(op_b, "site-b") is None
+        refused = op_a.submit("operator_heartbeat", payload={"peer": "site-a", "heartbeat_s": -1})
+        assert "heartbeat_s" in (refused.reason or "")
+        refused = op_a.submit("operator_heartbeat", payload={"peer": "site-a", "host": "a\nb"})
+        assert "printable" in (refused.reason or "")
+        refused = op_a.submit("operator_heartbeat", payload={"peer": "site-a", "extra": 1})
+        assert "needs payload" in (refused.reason or "")
+
+
+def _put(client: LedgerClient, data: bytes, digest: str | None = None, offset: int = 0,
+         size: int | None = None) -> dict:  # fmt: skip
+    return client.call("PutBlob", {
+        "digest": digest or hashlib.sha256(data).hexdigest(), "offset": offset,
+        "size": len(data) if size is None else size,
+        "data": base64.b64encode(data).decode("ascii")})  # fmt: skip
+
+
+def test_bundle_files_go_in_by_admins_and_out_to_operators_only(net: LocalLedger) -> None:
+    data = b"print('hello from a bundle')\n"
+    digest = hashlib.sha256(data).hexdigest()
+    for name in ("site-a", "op-a"):
+        with net.client(name) as other, pytest.raises(LedgerError, match="PERMISSION_DENIED"):
+            _put(other, data)
+    with net.client("admin") as admin:
+        assert _put(admin, data) == {"done": True, "have": len(data)}
+    with net.client("site-a") as peer, pytest.raises(LedgerError, match="PERMISSION_DENIED"):
+        peer.call("GetBlob", {"digest": digest})
+    with net.client("op-a") as operator:
+        answer = operator.call("GetBlob", {"digest": digest})
+        assert base64.b64decode(answer["data"]) == data and answer["size"] == len(data)
+        with pytest.raises(LedgerError, match="NOT_FOUND"):
+            operator.call("GetBlob", {"digest": "0" * 64})
+
+
+def test_uploads_that_lie_store_nothing(net: LocalLedger) -> None:
+    store = net.root / "ledger-1" / "blobs"
+    data = b"x = 1\n" * 100
+    with net.client("admin") as admin:
+        with pytest.raises(LedgerError, match="hash to"):
+            _put(admin, data, digest="ab" * 32)  # bytes that are not the named file
+        assert not (store / ("ab" * 32)).exists()
+        assert not list((store / "partial").iterdir())
+        for digest in ("../../etc/passwd", "AB" * 32, "ab" * 31):
+            with pytest.raises(LedgerError, match="64 lowercase hex"):
+                _put(admin, data, digest=digest)
+        with pytest.raises(LedgerError, match="send offset 0"):
+            _put(admin, data, offset=10)  # a gap
+        with pytest.raises(LedgerError, match="past the file's"):
+            _put(admin, data, size=10)
+        with pytest.raises(LedgerError, match="size must be"):
+            _put(admin, data, size=1 << 40)
+        half = len(data) // 2
+        digest = hashlib.sha256(data).hexdigest()
+        assert _put(admin, data[:half], digest=digest, size=len(data)) == {
+            "done": False, "have": half}  # fmt: skip
+        assert _put(admin, data[half:], digest=digest, offset=half, size=len(data))["done"]
+    assert (store / digest).read_bytes() == data
