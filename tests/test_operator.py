@@ -22,6 +22,7 @@ from harness import run_cli, running_ledger
 from openswarm.admin import Admin, AdminError
 from openswarm.admin.tasks import load_task
 from openswarm.ledger.local import LocalLedger
+from swarmlearning.swci import Swci
 
 pytestmark = pytest.mark.slow
 
@@ -171,8 +172,9 @@ def test_a_site_refuses_what_it_does_not_allow(swarm: LocalLedger, tmp_path: Pat
 
 
 def test_a_reset_stops_the_runs_and_a_new_assignment_runs_again(
-    swarm: LocalLedger, tmp_path: Path
+    swarm: LocalLedger, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("OPENSWARM_CONTEXTS", str(tmp_path / "contexts.yaml"))
     configs = [operator_config(swarm, tmp_path, s) for s in SITES[:2]]
     with Admin(connect=",".join(swarm.endpoints), identity=swarm.identity_dir("admin")) as admin:
         admin.create_contract("digits", min_peers=3)  # a third site never comes: runs wait
@@ -186,10 +188,15 @@ def test_a_reset_stops_the_runs_and_a_new_assignment_runs_again(
             _until(lambda: admin.task_status("digits-1")["runs"] == both)
             admin.reset_task("digits-1")
             _until(lambda: not _training(tmp_path))  # both runs' processes are gone
-            admin.assign_task("digits-1", peers=1)
-            _until(lambda: list(admin.task_status("digits-1")["runs"].values()) == ["running"])
+            # the second assignment through the SWCI-shaped facade
+            swci = Swci()
+            swci.createContext("lab", ",".join(swarm.endpoints), swarm.identity_dir("admin"))
+            swci.switchContext("lab")
+            assert swci.finalizeTask("digits-1") and swci.assignTask("digits-1", peers=1)
+            _until(lambda: list(swci.getTaskStatus("digits-1")["runs"].values()) == ["running"])
             assert admin.tasks()["digits-1"]["assignment"]["run"] == 2
-            admin.reset_task("digits-1")
+            assert not swci.isTaskDone("digits-1")
+            swci.resetTask("digits-1")
             _until(lambda: not _training(tmp_path))
 
 
