@@ -404,7 +404,7 @@ def remove_replica(
 @ledger_app.command("admit")
 def admit_cmd(
     name: str = typer.Argument(..., help="The identity's name (as its certificate says)."),
-    role: str = typer.Option(..., "--role", help="peer, ledger or admin."),
+    role: str = typer.Option(..., "--role", help="peer, ledger, admin or operator."),
     site: str = typer.Option(None, "--site", help="Its site, whose CA issues its certificate."),
     connect: str = typer.Option(None, "--connect", help=CONNECT_HELP),
     identity: Path = typer.Option(None, "--identity", help=ADMIN_HELP),

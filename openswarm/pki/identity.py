@@ -54,7 +54,7 @@ class Identity:
 
     @property
     def role(self) -> str:
-        """peer, ledger or admin."""
+        """peer, ledger, admin or operator."""
         return self.info.role
 
     @property
