@@ -21,6 +21,7 @@ from openswarm.operator.config import OperatorConfig
 from openswarm.operator.runner import TaskRun
 
 log = logging.getLogger(__name__)
+MAX_DETAIL = 500
 #: How long a report is retried while no ledger node answers.
 REPORT_PATIENCE_S = 300.0
 
@@ -131,6 +132,8 @@ class Operator:
         run.start()
 
     def _report(self, task: str, run: int, state: str, **more: Any) -> None:
+        if more.get("detail"):  # one printable line, as the ledger takes it
+            more["detail"] = " ".join(str(more["detail"]).split())[:MAX_DETAIL]
         payload = {
             "task": task,
             "run": run,
