@@ -263,3 +263,22 @@ def test_tasks_from_the_cli_and_from_python(ledger_net: LocalLedger, tmp_path: P
         admin.reset_task("run-2")
         with pytest.raises(AdminError, match="not assigned"):
             admin.reset_task("run-2")
+
+
+def test_a_revoked_operators_unfinished_runs_fail(tmp_path: Path) -> None:
+    book, roster = TaskBook(), _roster("op-a", "op-b")
+    book.change("task_create", {"task": load_task(_task_file(tmp_path))}, "ops", 1.0,
+                {"study": object()}, roster)()  # fmt: skip
+    book.change("task_assign", {"task": "run-1", "target": {"all": True}}, "ops", 2.0, {},
+                roster)()  # fmt: skip
+    payload = {"task": "run-1", "run": 1, "state": "accepted"}
+    book.change("task_report", payload, "op-a", 3.0, {}, roster)()
+    book.change("task_report", {**payload, "state": "running"}, "op-a", 3.0, {}, roster)()
+    book.change("task_report", {**payload, "state": "completed", "exit_code": 0}, "op-a", 4.0,
+                {}, roster)()  # fmt: skip
+    assert not run_summary(book.snapshot()["run-1"])["done"]  # op-b never began
+    events = book.operator_gone("op-b", 5.0)
+    assert events == [{"kind": "task_failed", "task": "run-1", "operator": "op-b"}]
+    summary = run_summary(book.snapshot()["run-1"])
+    assert summary["done"] and summary["runs"] == {"op-a": "completed", "op-b": "failed"}
+    assert book.operator_gone("op-a", 6.0) == []  # a finished run stays as it was

@@ -469,7 +469,8 @@ class LedgerState:
             for contract in self.contracts.values():  # revocation takes effect at once
                 contract.expel(name)
                 self.changed_at[contract.name] = self.height + 1
-            return [{"kind": "revoked", "name": name}]
+            return [{"kind": "revoked", "name": name},
+                    *self.tasks.operator_gone(name, self.ledger_time)]  # fmt: skip
 
         return apply
 

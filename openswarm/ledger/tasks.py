@@ -369,6 +369,24 @@ class TaskBook:
 
         return apply
 
+    def operator_gone(self, name: str, now: float) -> Events:
+        """Operator `name` was revoked: its unfinished runs of current assignments fail (so
+        that waiting for them ends)."""
+        events = []
+        for task_name, task in sorted(self.tasks.items()):
+            assignment = task["assignment"]
+            if assignment is None:
+                continue
+            record = assignment["runs"].get(name)
+            named = assignment["operators"] is not None and name in assignment["operators"]
+            if (record is None and named) or (record and record["state"] not in FINISHED):
+                assignment["runs"][name] = {
+                    **(record or {"started_at": now, "peer": None, "log_tail": ""}),
+                    "state": "failed", "exit_code": None, "at": now,
+                    "detail": "its operator was revoked"}  # fmt: skip
+                events.append({"kind": "task_failed", "task": task_name, "operator": name})
+        return events
+
     def snapshot(self) -> dict[str, Any]:
         """The tasks, each bundle's file list as its length (the digest pins the list)."""
         shown = {}

@@ -44,7 +44,14 @@ class Operator:
     # --- the loop -------------------------------------------------------------------------
     def serve(self) -> None:
         """Announce this operator, then watch and run tasks until `stop()`."""
-        self.heartbeat()
+        while True:  # a ledger that is not up yet is waited for; a refusal is final
+            try:
+                self.heartbeat()
+                break
+            except LedgerError as exc:
+                if not exc.transient or self._stop.wait(self.config.poll_s):
+                    raise
+                log.warning("operator %s: waiting for the ledger: %s", self.name, exc)
         log.info("operator %s runs tasks as peer %s", self.name, self.config.peer_identity.name)
         try:
             while not self._stop.is_set():
