@@ -186,6 +186,12 @@ def test_a_reset_stops_the_runs_and_a_new_assignment_runs_again(
             admin.assign_task("digits-1", operators=["op-a", "op-b"])
             both = {"op-a": "running", "op-b": "running"}
             _until(lambda: admin.task_status("digits-1")["runs"] == both)
+            _until(
+                lambda: all(
+                    "registered with digits" in (r.get("log_tail") or "")
+                    for r in admin.task_logs("digits-1", refresh=True).values()
+                )
+            )
             admin.reset_task("digits-1")
             _until(lambda: not _training(tmp_path))  # both runs' processes are gone
             # the second assignment through the SWCI-shaped facade

@@ -109,6 +109,29 @@ class Admin:
         assignment = task.get("assignment") or {}
         return {**run_summary(task), "details": assignment.get("runs", {})}
 
+    def task_logs(
+        self, name: str, *, refresh: bool = False, timeout_s: float = 30.0
+    ) -> dict[str, dict[str, Any]]:
+        """Each site's record of task `name`'s current run, its `log_tail` included; with
+        `refresh`, the running sites are asked for their latest lines first (a `task_logs`
+        transaction) and waited for up to `timeout_s`."""
+        runs = self.task_status(name)["details"]
+        if not refresh:
+            return runs
+        self._submit("task_logs", {"task": name})
+        asked = {op: r["reports"] for op, r in runs.items() if r["state"] == "running"}
+        deadline = time.monotonic() + timeout_s
+        while True:
+            runs = self.task_status(name)["details"]
+            stale = [
+                op
+                for op, seen in asked.items()
+                if runs.get(op, {}).get("reports") == seen and runs[op]["state"] == "running"
+            ]
+            if not stale or time.monotonic() >= deadline:
+                return runs
+            time.sleep(0.5)
+
     def wait_task(
         self, name: str, timeout_s: float = 3600.0, poll_s: float = 2.0
     ) -> dict[str, Any]:

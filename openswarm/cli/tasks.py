@@ -116,28 +116,24 @@ def wait(
 @task_app.command("logs")
 def logs(
     name: str = typer.Argument(..., help="The task."),
+    refresh: bool = typer.Option(False, "--refresh",
+                                 help="Ask the running sites for their latest lines first."),
     connect: str = _CONNECT, identity: Path = _IDENTITY, context: str = _CONTEXT,
 ) -> None:  # fmt: skip
     """The last lines of each site's log of the task's current run, as its operator reported
     them (the whole log stays on the host, in the operator's work folder)."""
-    tasks = _ledger_state(connect, identity, context).get("tasks") or {}
-    if name not in tasks:
-        _fail(f"no task named {name!r} (known: {', '.join(tasks) or 'none yet'})")
-    runs = (tasks[name].get("assignment") or {}).get("runs", {})
+    from openswarm.admin.client import Admin, AdminError
+
+    try:
+        with Admin(context, connect=connect, identity=identity) as admin:
+            runs = admin.task_logs(name, refresh=refresh)
+    except AdminError as exc:
+        _fail(str(exc))
     if not runs:
         typer.echo(f"task {name}: no site has reported a run of it")
     for operator, run in sorted(runs.items()):
         typer.echo(f"=== {operator} ({run['state']}) ===")
         typer.echo(run.get("log_tail") or "(no output)")
-
-
-@task_app.command("reset")
-def reset(
-    name: str = typer.Argument(..., help="The task."),
-    connect: str = _CONNECT, identity: Path = _IDENTITY, context: str = _CONTEXT,
-) -> None:  # fmt: skip
-    """Withdraw a task's assignment."""
-    _admin_tx(connect, identity, context, "task_reset", payload={"task": name})
 
 
 def _assigned(task: dict[str, Any]) -> str:

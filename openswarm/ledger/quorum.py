@@ -18,7 +18,8 @@ from openswarm.ledger.canonical import canonical_bytes, sha256_hex
 
 #: Admin transaction types that need the quorum. 'archive' does not: it only lets the
 #: ordering layer drop records every node already holds in its chain (nothing is lost, no
-#: member, contract or weight changes), and it is routine housekeeping.
+#: member, contract or weight changes), and it is routine housekeeping; nor does 'task_logs',
+#: which only asks the operators for the end of their runs' logs.
 QUORUM_TYPES = frozenset(
     {"admit", "revoke", "contract_create", "task_create", "task_assign", "task_reset"}
 )

@@ -229,7 +229,7 @@ class TaskBook:
     ) -> Callable[[], Events]:
         if not isinstance(payload, Mapping):
             raise TaskError(f"'{tx_type}' needs an object payload")
-        if tx_type in ("task_create", "task_reset") and set(payload) != {"task"}:
+        if tx_type in ("task_create", "task_reset", "task_logs") and set(payload) != {"task"}:
             raise TaskError(f"'{tx_type}' needs payload {{task}} and nothing else")
         if tx_type == "task_create":
             return self._create(payload.get("task"), sender, now, contracts)
@@ -243,7 +243,22 @@ class TaskBook:
             return self._assign(task, payload, now, roster)
         if tx_type == "task_report":
             return self._report(task, payload, sender, now, roster)
+        if tx_type == "task_logs":
+            return self._ask_logs(task)
         return self._reset(task, now)
+
+    def _ask_logs(self, task: dict[str, Any]) -> Callable[[], Events]:
+        """Ask the operators running `task` to report the end of their logs again."""
+        name, assignment = task["spec"]["name"], task["assignment"]
+        if assignment is None:
+            raise TaskError(f"task {name} is not assigned, so no site runs it")
+
+        def apply() -> Events:
+            assignment["log_requests"] = assignment.get("log_requests", 0) + 1
+            return [{"kind": "task_logs_requested", "task": name,
+                     "request": assignment["log_requests"]}]  # fmt: skip
+
+        return apply
 
     def _create(self, spec: Any, sender: str, now: float,
                 contracts: Mapping[str, Any]) -> Callable[[], Events]:  # fmt: skip
@@ -302,7 +317,7 @@ class TaskBook:
         def apply() -> Events:
             task["assignment"] = {"target": checked, "assigned_at": now,
                                   "run": task["resets"] + 1, "operators": operators,
-                                  "runs": {}}  # fmt: skip
+                                  "runs": {}, "log_requests": 0}  # fmt: skip
             return [{"kind": "task_assigned", "task": name, "target": dict(checked),
                      "run": task["resets"] + 1}]  # fmt: skip
 
@@ -348,7 +363,8 @@ class TaskBook:
             detail = _check_text(detail, "detail")
 
         def apply() -> Events:
-            record = runs.setdefault(sender, {"started_at": now})
+            record = runs.setdefault(sender, {"started_at": now, "reports": 0})
+            record["reports"] = record.get("reports", 0) + 1
             record.update({"state": state, "exit_code": exit_code, "detail": detail,
                            "at": now, "peer": roster.operators[sender]["peer"]})  # fmt: skip
             if tail or "log_tail" not in record:

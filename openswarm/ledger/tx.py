@@ -19,7 +19,16 @@ from openswarm.pki import Identity
 
 #: Transaction types and the role a sender must hold for each.
 ADMIN_TYPES = frozenset(
-    {"admit", "revoke", "contract_create", "archive", "task_create", "task_assign", "task_reset"}
+    {
+        "admit",
+        "revoke",
+        "contract_create",
+        "archive",
+        "task_create",
+        "task_assign",
+        "task_reset",
+        "task_logs",
+    }
 )
 #: What a site's operator (openswarm.operator) reports: that it is alive, and its task runs.
 OPERATOR_TYPES = frozenset({"operator_heartbeat", "task_report"})

@@ -99,6 +99,11 @@ class Operator:
         if assignment is None or not self._mine(assignment):
             return
         if current is not None and current.run == number:
+            asked = assignment.get("log_requests", 0)
+            if isinstance(current, TaskRun) and asked > current.logs_sent:
+                current.logs_sent = asked
+                if current.process is not None and not current.finished.is_set():
+                    self._report(name, number, "running", log_tail=current.tail())
             return
         record = assignment["runs"].get(self.name)
         if record is not None:  # this run began here before the operator (re)started

@@ -58,6 +58,7 @@ class TaskRun:
     report: Report  # report(state, exit_code=…, detail=…, log_tail=…)
     folder: Path = field(init=False)
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    logs_sent: int = field(default=0, init=False)  # log requests of the ledger answered
     finished: threading.Event = field(default_factory=threading.Event, init=False)
     _stop: threading.Event = field(default_factory=threading.Event, init=False)
 
