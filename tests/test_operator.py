@@ -139,6 +139,8 @@ def test_operators_run_an_assigned_task_as_their_sites(swarm: LocalLedger, tmp_p
     ]
     waited = run_cli("task", "wait", "digits-1", "--timeout", "5", *context)
     assert waited.returncode == 0 and "op-a as site-a: completed (exit 0)" in waited.stdout
+    logs = run_cli("task", "logs", "digits-1", *context)
+    assert logs.returncode == 0 and "=== op-c (completed) ===" in logs.stdout, logs.stderr
     shown = run_cli("nodes", *context)
     assert "op-b" in shown.stdout and "site-b" in shown.stdout, shown.stdout
 

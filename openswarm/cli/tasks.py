@@ -136,6 +136,15 @@ def logs(
         typer.echo(run.get("log_tail") or "(no output)")
 
 
+@task_app.command("reset")
+def reset(
+    name: str = typer.Argument(..., help="The task."),
+    connect: str = _CONNECT, identity: Path = _IDENTITY, context: str = _CONTEXT,
+) -> None:  # fmt: skip
+    """Withdraw a task's assignment: the operators stop its runs."""
+    _admin_tx(connect, identity, context, "task_reset", payload={"task": name})
+
+
 def _assigned(task: dict[str, Any]) -> str:
     assignment = task.get("assignment")
     if assignment is None:

@@ -437,6 +437,9 @@ class SwarmPeer:
             self._wait_round_closed(round)
             if not retry:
                 return RoundResult(round, None, None, None, ())
+            caught_up = self._catch_up(after=round)
+            if caught_up is not None:
+                return caught_up
         del data  # `local` holds it, until the round is over
         result = self._follow(local) or RoundResult(local.round, None, None, None, ())
         timings = dict(self._timings)
@@ -566,6 +569,9 @@ class SwarmPeer:
             return None
         if self.name not in record["participants"]:
             return None
+        caught_up = self._catch_up(after=r)  # this round's model is history already
+        if caught_up is not None:
+            return caught_up
         digest = record["digest"]
         if record.get("shards") and assembled_from != tuple(map(posted_as, record["shards"])):
             mine, problem = None, None  # assembled from other shards: fetched and checked
@@ -591,9 +597,12 @@ class SwarmPeer:
                     params = self._fetch_merged(record, holders)
             except SwarmError as exc:
                 # Its leader died or sent something malformed: train on with this site's
-                # parameters (the contract falls back to the merge before; the next merges).
-                log.warning("%s: %s; keeping this site's parameters", self.name, exc)
-                return None
+                # parameters (the contract falls back to the merge before; the next merges),
+                # unless a later merge has come meanwhile.
+                caught_up = self._catch_up(after=r)
+                if caught_up is None:
+                    log.warning("%s: %s; keeping this site's parameters", self.name, exc)
+                return caught_up
             if record.get("shards") and mine is None and not self._is_the_shards(record):
                 return None
         if record["leader"] != self.name:
@@ -607,6 +616,22 @@ class SwarmPeer:
             r, params, digest, record["leader"], tuple(record["participants"]),
             record.get("sync_interval"),
         )  # fmt: skip
+
+    def _catch_up(self, after: int) -> RoundResult | None:
+        """The latest merged model, if the swarm merged one after round `after` (this site
+        was cut off or stalled meanwhile): the site rejoins from it instead of offering its
+        stale parameters or fetching a model the swarm has moved past. None otherwise."""
+        latest = self.view()["latest_merged"]
+        if latest is None or latest["round"] <= after or latest["digest"] == self.current_digest:
+            return None
+        found = self.latest_merged()
+        if found is None:
+            return None
+        log.info("%s: the swarm merged round %d while this site was away; rejoining from that "
+                 "model (%s…)", self.name, found.round, found.digest[:12])  # fmt: skip
+        self.current_digest = found.digest
+        self._reference = structure(found.params)
+        return RoundResult(found.round, found.params, found.digest, found.leader, ())
 
     def _fetch_merged(self, merged: Mapping[str, Any], sources: list[str]) -> Params:
         """Fetch the merged model `merged` ({round, digest, size, merged_at?}) from whichever
