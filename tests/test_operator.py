@@ -221,3 +221,72 @@ def _until(check: Any, timeout_s: float = 90.0) -> None:
     while not check():
         assert time.monotonic() < deadline, "condition not reached in time"
         time.sleep(0.5)
+
+
+def _wheel(folder: Path, name: str = "openswarm_probe_dep", version: str = "1.0") -> Path:
+    """A one-module wheel, made by hand (a zip with its metadata): the host's own index."""
+    import base64
+    import hashlib
+    import zipfile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    dist = f"{name}-{version}.dist-info"
+    files = {
+        f"{name}/__init__.py": b"VALUE = 42\n",
+        f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
+        f"{dist}/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+        b"Tag: py3-none-any\n",
+    }
+    record = [f"{path},sha256={base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b'=').decode()},{len(data)}"  # noqa: E501
+              for path, data in files.items()]  # fmt: skip
+    files[f"{dist}/RECORD"] = ("\n".join([*record, f"{dist}/RECORD,,"]) + "\n").encode()
+    path = folder / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as archive:
+        for member, data in files.items():
+            archive.writestr(member, data)
+    return path
+
+
+PROBE = """\
+import json, os, openswarm_probe_dep
+names = ("DATA_DIR", "OPENSWARM_IDENTITY", "OPENSWARM_CONTRACT", "OPENSWARM_PEER_NAME", "LR")
+print(json.dumps({"value": openswarm_probe_dep.VALUE, **{n: os.environ.get(n) for n in names},
+                  "data": sorted(os.listdir(os.environ["DATA_DIR"]))}))
+"""
+
+
+def test_a_run_installs_its_requirements_from_the_hosts_index(
+    swarm: LocalLedger, tmp_path: Path
+) -> None:
+    """The task's requirements come from the site's own package index (find_links here):
+    there, the run imports them; where the index lacks one, pip's refusal ends the run as
+    failed, its output in the reported log."""
+    wheels = tmp_path / "wheels"
+    _wheel(wheels)
+    (tmp_path / "empty-index").mkdir()
+    program = tmp_path / "probe" / "program"
+    program.mkdir(parents=True)
+    (program / "probe.py").write_text(PROBE)
+    spec = {"name": "probe", "contract": "digits", "program": "program", "entrypoint": "probe.py",
+            "env": {"LR": "0.1"}, "private_data": "digits",
+            "requirements": ["openswarm_probe_dep==1.0"]}  # fmt: skip
+    (tmp_path / "probe" / "task.yaml").write_text(yaml.safe_dump(spec))
+    empty = str(tmp_path / "empty-index")
+    configs = [operator_config(swarm, tmp_path, "a", find_links=str(wheels)),
+               operator_config(swarm, tmp_path, "b", find_links=empty)]  # fmt: skip
+    with Admin(connect=",".join(swarm.endpoints), identity=swarm.identity_dir("admin")) as admin:
+        admin.create_contract("digits", min_peers=2)
+        admin.create_task(tmp_path / "probe" / "task.yaml")
+        with operators(configs, tmp_path) as procs:
+            wait_operators(admin, ["op-a", "op-b"], procs, tmp_path)
+            admin.assign_task("probe", operators=["op-a", "op-b"])
+            status = admin.wait_task("probe", timeout_s=DEADLINE_S, poll_s=0.5)
+    details = status["details"]
+    assert status["runs"] == {"op-a": "completed", "op-b": "failed"}, (status, _logs(tmp_path))
+    seen = json.loads(details["op-a"]["log_tail"].strip().splitlines()[-1])
+    assert seen == {"value": 42, "DATA_DIR": str(tmp_path / "data-a"), "LR": "0.1",
+                    "OPENSWARM_IDENTITY": str(swarm.identity_dir("site-a")),
+                    "OPENSWARM_CONTRACT": "digits", "OPENSWARM_PEER_NAME": "site-a",
+                    "data": ["digits.npz"]}  # fmt: skip
+    assert "could not install the task's requirements" in details["op-b"]["detail"]
+    assert "openswarm_probe_dep==1.0" in details["op-b"]["log_tail"]  # pip's own words
