@@ -77,9 +77,11 @@ def test_a_task_file_is_read_checked_and_bundled(tmp_path: Path) -> None:
         ({"env": {"DATA_DIR": "/"}}, "set by the operator"),
         ({"env": {"lower": "x"}}, "upper case"),
         ({"env": {"FOO\n": "x"}}, "upper case"),
-        ({"env": {"PIP_INDEX_URL": "http://evil"}}, "where code and packages come from"),
-        ({"env": {"LD_PRELOAD": "/tmp/x.so"}}, "where code and packages come from"),
-        ({"env": {"PYTHONSTARTUP": "x.py"}}, "where code and packages come from"),
+        ({"env": {"PIP_INDEX_URL": "http://evil"}}, "where code, packages and traffic"),
+        ({"env": {"LD_PRELOAD": "/tmp/x.so"}}, "where code, packages and traffic"),
+        ({"env": {"PYTHONSTARTUP": "x.py"}}, "where code, packages and traffic"),
+        ({"env": {"HTTPS_PROXY": "http://evil:3128"}}, "where code, packages and traffic"),
+        ({"env": {"BASH_ENV": "/tmp/x.sh"}}, "set by the operator"),
         ({"env": {"A": "x\ny"}}, "without control characters"),
         ({"args": ["x" * 501]}, "at most 500 characters"),
         ({"requirements": ["numpy\n"]}, "without control characters"),
@@ -147,7 +149,7 @@ def test_tasks_are_immutable_and_assigned_once_until_reset(tmp_path: Path) -> No
                    {"operators": []}, {"operators": ["op-a", "op-a"]}):  # fmt: skip
         with pytest.raises(TaskError):
             change("task_assign", {"task": "run-1", "target": target})
-    with pytest.raises(TaskError, match="no operator has announced itself yet"):
+    with pytest.raises(TaskError, match="no operator is alive"):
         change("task_assign", {"task": "run-1", "target": {"all": True}}, operators=nobody)
     change("task_assign", {"task": "run-1", "target": {"all": True}}, 3.0)()
     with pytest.raises(TaskError, match="assigned already: reset it first"):
@@ -177,13 +179,15 @@ def test_a_run_reports_only_forward_and_only_its_own(tmp_path: Path) -> None:
     report("op-c", "refused", detail="not on the allow-list")  # refusing takes no place
     with pytest.raises(TaskError, match="not the task's current assignment"):
         report("op-a", "running", run=2)
-    with pytest.raises(TaskError, match="may become running, failed, refused"):
-        report("op-a", "completed", exit_code=0)  # not running yet
+    with pytest.raises(TaskError, match="may become running, completed, failed, refused"):
+        report("op-a", "accepted")  # accepted already
     report("op-a", "running")
     with pytest.raises(TaskError, match="completed run exited with code 0"):
         report("op-a", "completed", exit_code=3)
     with pytest.raises(TaskError, match="log_tail must be a string of at most"):
         report("op-a", "running", log_tail="x" * 5000)
+    with pytest.raises(TaskError, match="without control characters"):
+        report("op-a", "running", log_tail="\x1b]0;owned\x07 \x1b[2J")  # a terminal's escapes
     with pytest.raises(TaskError, match="has not announced itself"):
         report("op-z", "accepted")
     report("op-a", "completed", exit_code=0, log_tail="done")
@@ -242,7 +246,7 @@ def test_tasks_from_the_cli_and_from_python(ledger_net: LocalLedger, tmp_path: P
     assert "run-1: contract study" in _ok("task", "list") and "not assigned" in _ok("task", "list")
     assert '"entrypoint": "train.py"' in _ok("task", "show", "run-1")
     no_one = run_cli("task", "assign", "run-1", "--all")
-    assert no_one.returncode == 1 and "no operator has announced itself yet" in no_one.stderr
+    assert no_one.returncode == 1 and "no operator is alive" in no_one.stderr
     assert "task_assigned" in _ok("task", "assign", "run-1", "--peers", "3")
     again = run_cli("task", "assign", "run-1", "--peers", "2")
     assert again.returncode == 1 and "reset it first" in again.stderr
@@ -282,3 +286,14 @@ def test_a_revoked_operators_unfinished_runs_fail(tmp_path: Path) -> None:
     summary = run_summary(book.snapshot()["run-1"])
     assert summary["done"] and summary["runs"] == {"op-a": "completed", "op-b": "failed"}
     assert book.operator_gone("op-a", 6.0) == []  # a finished run stays as it was
+
+
+def test_all_means_every_operator_alive_now(tmp_path: Path) -> None:
+    book, roster = TaskBook(), _roster("op-a", "op-b")  # both last heard of at 1.0, every 10 s
+    admitted = {"peer-op-b": "peer", "op-b": "operator"}
+    roster.heartbeat({"peer": "peer-op-b", "heartbeat_s": 10}, "op-b", 25.0, admitted, {})()
+    book.change("task_create", {"task": load_task(_task_file(tmp_path))}, "ops", 1.0,
+                {"study": object()}, roster)()  # fmt: skip
+    book.change("task_assign", {"task": "run-1", "target": {"all": True}}, "ops", 40.0, {},
+                roster)()  # fmt: skip
+    assert book.snapshot()["run-1"]["assignment"]["operators"] == ["op-b"]  # op-a: 39 s silent

@@ -13,6 +13,7 @@ import hashlib
 import os
 import re
 import threading
+import time
 from pathlib import Path
 
 from openswarm.ledger.tasks import MAX_BUNDLE_BYTES
@@ -21,6 +22,9 @@ from openswarm.ledger.tasks import MAX_BUNDLE_BYTES
 PIECE_BYTES = 512 << 10
 #: Default space a node gives to stored files, all together.
 DEFAULT_CAPACITY = 4 << 30
+#: Uploads under way at once, and how long an untouched one is kept.
+MAX_PARTIALS = 32
+PARTIAL_EXPIRY_S = 3600.0
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
@@ -52,20 +56,22 @@ class BlobStore:
         with self._lock:
             if self.has(digest):
                 return {"done": True, "have": size}
-            part = self.partial / digest
+            part, declared = self.partial / digest, self.partial / f"{digest}.size"
             have = part.stat().st_size if part.exists() else 0
-            if offset == 0 and have:
-                part.unlink()  # a restarted upload
+            if offset == 0:
+                self._drop(digest)  # a restarted upload
                 have = 0
+                self._expire()
+                self._reserve(size)
+                declared.write_text(str(size))
+            elif not declared.exists() or declared.read_text() != str(size):
+                raise BlobError(f"no upload of {digest[:12]}… with {size} bytes is under way; "
+                                "start it at offset 0")  # fmt: skip
             if offset != have:
                 raise BlobError(f"upload of {digest[:12]}… holds {have} bytes; send offset {have}")
             if offset + len(data) > size:
+                self._drop(digest)
                 raise BlobError(f"piece ends at {offset + len(data)}, past the file's {size} bytes")
-            if offset == 0 and self.used() + size > self.capacity:
-                raise BlobError(
-                    f"this ledger node's file store is full ({self.capacity} "
-                    "bytes); free space in its data folder's blobs/"
-                )
             with open(part, "ab") as handle:
                 handle.write(data)
             have += len(data)
@@ -76,13 +82,44 @@ class BlobStore:
                 for block in iter(lambda: handle.read(1 << 20), b""):
                     sha.update(block)
             if sha.hexdigest() != digest:
-                part.unlink()
+                self._drop(digest)
                 raise BlobError(
                     f"the {size} bytes sent hash to {sha.hexdigest()[:12]}…, not to "
                     f"{digest[:12]}…; nothing was stored"
                 )
             os.replace(part, self.root / digest)
+            declared.unlink(missing_ok=True)
             return {"done": True, "have": have}
+
+    def _reserve(self, size: int) -> None:
+        """BlobError unless `size` more bytes fit: stored files count with their size, and
+        uploads under way with the size they declared (so that many begun uploads cannot
+        together outgrow the store); at most MAX_PARTIALS uploads at once."""
+        declared = list(self.partial.glob("*.size"))
+        if len(declared) >= MAX_PARTIALS:
+            raise BlobError(
+                f"{MAX_PARTIALS} uploads are under way on this ledger node already; finish "
+                f"them, or wait {PARTIAL_EXPIRY_S:.0f} s for them to expire"
+            )
+        reserved = sum(int(p.read_text() or 0) for p in declared)
+        stored = sum(p.stat().st_size for p in self.root.iterdir() if p.is_file())
+        if stored + reserved + size > self.capacity:
+            raise BlobError(f"this ledger node's file store is full ({self.capacity} bytes); "
+                            "free space in its data folder's blobs/")  # fmt: skip
+
+    def _expire(self) -> None:
+        """Drop uploads untouched for PARTIAL_EXPIRY_S (begun and abandoned)."""
+        now = time.time()
+        for declared in self.partial.glob("*.size"):
+            digest = declared.name.removesuffix(".size")
+            part = self.partial / digest
+            touched = (part if part.exists() else declared).stat().st_mtime
+            if now - touched > PARTIAL_EXPIRY_S:
+                self._drop(digest)
+
+    def _drop(self, digest: str) -> None:
+        (self.partial / digest).unlink(missing_ok=True)
+        (self.partial / f"{digest}.size").unlink(missing_ok=True)
 
     def get(self, digest: str, offset: int, length: int) -> tuple[bytes, int]:
         """Up to `length` (≤ PIECE_BYTES) bytes of file `digest` from `offset`, and its size."""
@@ -93,9 +130,6 @@ class BlobStore:
         with open(path, "rb") as handle:
             handle.seek(min(max(offset, 0), size))
             return handle.read(max(0, min(length, PIECE_BYTES))), size
-
-    def used(self) -> int:
-        return sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file())
 
 
 def _checked(digest: object) -> str:

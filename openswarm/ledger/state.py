@@ -409,12 +409,18 @@ class LedgerState:
                                                 self.admitted, self.admitted_sites)  # fmt: skip
             except (OperatorError, ContractError) as exc:
                 raise Rejected(str(exc)) from exc
+            except (TypeError, KeyError, ValueError, AttributeError) as exc:
+                raise _malformed(tx.type, exc) from exc
         if tx.type.startswith("task_"):
             try:
                 return self.tasks.change(tx.type, tx.payload, tx.sender, self.ledger_time,
                                          self.contracts, self.operators)  # fmt: skip
             except TaskError as exc:
                 raise Rejected(str(exc)) from exc
+            except (TypeError, KeyError, ValueError, AttributeError) as exc:
+                # a shape no check foresaw: refused the same way on every replica, never a
+                # halt (only the exception's type goes in the reason: its text may vary)
+                raise _malformed(tx.type, exc) from exc
         if tx.type == "admit":
             return self._admit(tx.payload)
         if tx.type == "revoke":
@@ -549,6 +555,11 @@ class LedgerState:
             "operators": self.operators.snapshot(),
             "ledger_time": self.ledger_time,
         }
+
+
+def _malformed(tx_type: str, exc: Exception) -> Rejected:
+    return Rejected(f"'{tx_type}': malformed payload ({type(exc).__name__}); see the "
+                    "transaction's documented fields")  # fmt: skip
 
 
 __all__ = ["MAX_TX_SKEW_S", "NONCE_WINDOW_S", "LedgerState", "NotPermitted", "Rejected"]

@@ -25,7 +25,7 @@ from openswarm.ledger.contract_checks import (
     check_name,
     check_str,
 )
-from openswarm.ledger.operators import OperatorRoster
+from openswarm.ledger.operators import OperatorRoster, alive
 
 Events = list[dict[str, Any]]
 TASK_TYPES = ("run_swarm",)
@@ -38,9 +38,13 @@ MAX_PATH_BYTES = 64 << 10  # their paths together
 _ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]{0,63}")
 #: Variables a task may not set: what the operator sets for the run itself (the site's
 #: identity, ledger, data), and what would change where code or packages come from.
-RESERVED_ENV = ("DATA_DIR", "MAX_EPOCHS", "PATH", "HOME")
-_RESERVED_PREFIXES = ("OPENSWARM_", "SL_", "PIP_", "LD_", "PYTHON", "UV_", "CONDA")
+RESERVED_ENV = ("DATA_DIR", "MAX_EPOCHS", "PATH", "HOME", "SCRATCH_DIR", "MODEL_DIR", "BASH_ENV",
+                "ENV", "SHELL", "TMPDIR", "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE",
+                "CURL_CA_BUNDLE", "NO_PROXY")  # fmt: skip
+_RESERVED_PREFIXES = ("OPENSWARM_", "SL_", "PIP_", "LD_", "PYTHON", "UV_", "CONDA", "GIT_")
+_RESERVED_SUFFIXES = ("_PROXY",)  # where the run's traffic would go
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_LOG_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # all but tab and newline
 # a requirement: a distribution name, maybe extras, and version clauses; nothing else (no
 # pip options such as --index-url, no URLs or paths: a site installs from its own index)
 _REQUIREMENT = re.compile(
@@ -56,7 +60,7 @@ TASK_FIELDS = ("args", "bundle", "contract", "description", "entrypoint", "env",
 #: will not run it (bundle not allowed or not matching, data not configured).
 NEXT_STATES: dict[str | None, tuple[str, ...]] = {
     None: ("accepted", "refused"),
-    "accepted": ("running", "failed", "refused"),
+    "accepted": ("running", "completed", "failed", "refused"),  # "running" may be lost
     "running": ("running", "completed", "failed"),
 }
 CLAIMING = ("accepted", "running", "completed", "failed")  # runs that count towards {peers: N}
@@ -175,10 +179,11 @@ def _check_env(value: Any, task: str) -> dict[str, str]:
         if not isinstance(key, str) or not _ENV_NAME.fullmatch(key):
             raise TaskError(f"task {task}: env name {str(key)[:80]!r} must be upper case "
                             "letters, digits and '_'")  # fmt: skip
-        if key in RESERVED_ENV or key.startswith(_RESERVED_PREFIXES):
+        if (key in RESERVED_ENV or key.startswith(_RESERVED_PREFIXES)
+                or key.endswith(_RESERVED_SUFFIXES)):  # fmt: skip
             raise TaskError(f"task {task}: env {key} is set by the operator for the run (its "
-                            "identity, ledger, data, and where code and packages come from), "
-                            "not by a task")  # fmt: skip
+                            "identity, ledger, data, and where code, packages and traffic come "
+                            "from), not by a task")  # fmt: skip
         env[key] = _check_text(item, f"task {task}: env {key}")
     return dict(sorted(env.items()))
 
@@ -285,16 +290,18 @@ class TaskBook:
             raise TaskError("'task_assign' needs payload {task, target}")
         target = payload["target"]
         known = sorted(roster.operators)
+        living = [n for n in known if alive(roster.operators[n], now)]
         operators: list[str] | None = None
         if isinstance(target, Mapping) and set(target) == {"all"} and target["all"] is True:
             checked: dict[str, Any] = {"all": True}
-            operators = known
+            operators = living  # one that stopped announcing itself would never report
         elif isinstance(target, Mapping) and set(target) == {"peers"}:
             checked = {"peers": check_int(target["peers"], "target peers", minimum=1)}
         elif isinstance(target, Mapping) and set(target) == {"operators"}:
             chosen = target["operators"]
             if (not isinstance(chosen, list) or not chosen or len(chosen) > MAX_ITEMS
-                    or len(set(map(str, chosen))) != len(chosen)):  # fmt: skip
+                    or not all(isinstance(o, str) for o in chosen)
+                    or len(set(chosen)) != len(chosen)):  # fmt: skip
                 raise TaskError(f"target operators must list 1 to {MAX_ITEMS} distinct names")
             unknown = [str(o)[:80] for o in chosen if o not in roster.operators]
             if unknown:
@@ -308,8 +315,9 @@ class TaskBook:
             raise TaskError("task_assign target must be {all: true}, {peers: N} or "
                             "{operators: [NAME, …]}")  # fmt: skip
         if operators == []:
-            raise TaskError(f"task {name}: no operator has announced itself yet; start "
-                            "'openswarm operator start' on the hosts first")  # fmt: skip
+            raise TaskError(f"task {name}: no operator is alive (none has announced itself in "
+                            "its last three heartbeats); start 'openswarm operator start' on "
+                            "the hosts first")  # fmt: skip
         if task["assignment"] is not None:
             raise TaskError(f"task {name} is assigned already: reset it first "
                             "('openswarm task reset')")  # fmt: skip
@@ -356,8 +364,12 @@ class TaskBook:
         if state == "completed" and exit_code != 0:
             raise TaskError("a completed run exited with code 0; report any other as failed")
         tail = payload.get("log_tail", "")
-        if not isinstance(tail, str) or len(tail) > MAX_LOG_TAIL:
-            raise TaskError(f"log_tail must be a string of at most {MAX_LOG_TAIL} characters")
+        if not isinstance(tail, str) or len(tail) > MAX_LOG_TAIL or _LOG_CONTROL.search(tail):
+            raise TaskError(
+                f"log_tail must be a string of at most {MAX_LOG_TAIL} characters, "
+                "without control characters but newlines and tabs (an admin's "
+                "terminal prints it)"
+            )
         detail = payload.get("detail", "")
         if detail != "":
             detail = _check_text(detail, "detail")

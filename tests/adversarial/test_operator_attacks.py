@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -107,15 +108,59 @@ def test_uploads_that_lie_store_nothing(net: LocalLedger) -> None:
         for digest in ("../../etc/passwd", "AB" * 32, "ab" * 31):
             with pytest.raises(LedgerError, match="64 lowercase hex"):
                 _put(admin, data, digest=digest)
-        with pytest.raises(LedgerError, match="send offset 0"):
-            _put(admin, data, offset=10)  # a gap
+        with pytest.raises(LedgerError, match="start it at offset 0"):
+            _put(admin, data, offset=10)  # no upload begun
+        half = len(data) // 2
+        digest = hashlib.sha256(data).hexdigest()
+        _put(admin, data[:half], digest=digest, size=len(data))
+        with pytest.raises(LedgerError, match=f"holds {half} bytes; send offset {half}"):
+            _put(admin, data[half:], digest=digest, offset=half + 1, size=len(data))  # a gap
+        with pytest.raises(LedgerError, match="with 10000 bytes is under way"):
+            _put(admin, data[half:], digest=digest, offset=half, size=10000)  # another size
         with pytest.raises(LedgerError, match="past the file's"):
             _put(admin, data, size=10)
         with pytest.raises(LedgerError, match="size must be"):
             _put(admin, data, size=1 << 40)
-        half = len(data) // 2
-        digest = hashlib.sha256(data).hexdigest()
         assert _put(admin, data[:half], digest=digest, size=len(data)) == {
             "done": False, "have": half}  # fmt: skip
         assert _put(admin, data[half:], digest=digest, offset=half, size=len(data))["done"]
     assert (store / digest).read_bytes() == data
+
+
+def test_task_payloads_of_unforeseen_shapes_are_refused_not_fatal(net: LocalLedger) -> None:
+    """Odd JSON where names belong (objects, lists) is refused; the ledger goes on (a
+    state machine that raised instead would halt every replica on the same record)."""
+    with net.client("admin") as admin:
+        for payload in ({"task": {}, "target": {"all": True}}, {"task": ["x"]},
+                        {"task": "t", "target": {"operators": [{}]}},
+                        {"task": "t", "target": {"operators": [["op-a"]]}}):  # fmt: skip
+            outcome = admin.submit("task_assign", payload=payload)
+            assert not outcome.applied, payload
+        with net.client("op-a") as operator:
+            for payload in ({"peer": {}}, {"peer": ["site-a"]}, {"peer": "site-a", "host": {}}):
+                assert not operator.submit("operator_heartbeat", payload=payload).applied
+            odd = {"task": "t", "run": {}, "state": []}
+            assert not operator.submit("task_report", payload=odd).applied
+        assert admin.status()["halted"] is None
+        assert admin.submit("task_reset", payload={"task": "nope"}).reason  # still answering
+
+
+def test_begun_uploads_cannot_outgrow_the_store(tmp_path: Path) -> None:
+    """Each upload reserves its declared size when it begins, so many begun (and never
+    finished) uploads cannot fill a node's disk past its store; abandoned ones expire."""
+    from openswarm.ledger.blobs import MAX_PARTIALS, BlobError, BlobStore
+
+    store = BlobStore(tmp_path / "blobs", capacity=1 << 20)
+    store.put("aa" * 32, 600_000, 0, b"x")
+    with pytest.raises(BlobError, match="file store is full"):
+        store.put("bb" * 32, 600_000, 0, b"x")  # 1.2 MB declared in all
+    store.put("aa" * 32, 600_000, 0, b"y")  # restarting one's own upload frees its place
+    roomy = BlobStore(tmp_path / "roomy", capacity=1 << 30)
+    for index in range(MAX_PARTIALS):
+        roomy.put(f"{index:064x}", 10, 0, b"x")
+    with pytest.raises(BlobError, match="uploads are under way"):
+        roomy.put("cc" * 32, 10, 0, b"x")
+    for declared in roomy.partial.glob("*"):
+        os.utime(declared, (1.0, 1.0))  # abandoned long ago
+    roomy.put("cc" * 32, 10, 0, b"x")
+    assert len(list(roomy.partial.glob("*.size"))) == 1
