@@ -290,3 +290,30 @@ def test_a_run_installs_its_requirements_from_the_hosts_index(
                     "data": ["digits.npz"]}  # fmt: skip
     assert "could not install the task's requirements" in details["op-b"]["detail"]
     assert "openswarm_probe_dep==1.0" in details["op-b"]["log_tail"]  # pip's own words
+
+
+def test_an_operator_that_died_stops_its_orphaned_run_when_it_returns(
+    swarm: LocalLedger, tmp_path: Path
+) -> None:
+    """Killed outright (no chance to stop its runs), an operator leaves its run's process
+    behind; started again, it stops that process and reports the run failed, and waiting
+    for the task ends."""
+    configs = [operator_config(swarm, tmp_path, s) for s in SITES[:2]]
+    with Admin(connect=",".join(swarm.endpoints), identity=swarm.identity_dir("admin")) as admin:
+        admin.create_contract("digits", min_peers=3)  # a third site never comes: runs wait
+        admin.create_task(_task_file(tmp_path))
+        with operators(configs, tmp_path) as procs:
+            wait_operators(admin, ["op-a", "op-b"], procs, tmp_path)
+            admin.assign_task("digits-1", operators=["op-a"])
+            _until(lambda: admin.task_status("digits-1")["runs"] == {"op-a": "running"})
+            procs[0].kill()
+            procs[0].wait()
+            orphans = _training(tmp_path)
+            assert len(orphans) == 1  # its run lives on, as the site's peer
+            (tmp_path / "again").mkdir()
+            with operators(configs[:1], tmp_path / "again") as again:
+                status = admin.wait_task("digits-1", timeout_s=60, poll_s=0.5)
+                assert again[0].poll() is None
+    assert status["runs"] == {"op-a": "failed"}
+    assert "restarted mid-run (its process was stopped)" in status["details"]["op-a"]["detail"]
+    assert not _training(tmp_path)

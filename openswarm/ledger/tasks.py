@@ -44,7 +44,7 @@ RESERVED_ENV = ("DATA_DIR", "MAX_EPOCHS", "PATH", "HOME", "SCRATCH_DIR", "MODEL_
 _RESERVED_PREFIXES = ("OPENSWARM_", "SL_", "PIP_", "LD_", "PYTHON", "UV_", "CONDA", "GIT_")
 _RESERVED_SUFFIXES = ("_PROXY",)  # where the run's traffic would go
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_LOG_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # all but tab and newline
+_LOG_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # all but tab and newline
 # a requirement: a distribution name, maybe extras, and version clauses; nothing else (no
 # pip options such as --index-url, no URLs or paths: a site installs from its own index)
 _REQUIREMENT = re.compile(

@@ -18,10 +18,12 @@ from typing import Any
 
 from openswarm.ledger.client import LedgerClient, LedgerError
 from openswarm.operator.config import OperatorConfig
-from openswarm.operator.runner import TaskRun
+from openswarm.operator.runner import TaskRun, printable, stop_orphan
+from openswarm.operator.spec import SpecError, agreed_spec
 
 log = logging.getLogger(__name__)
 MAX_DETAIL = 500
+STOP_WAIT_S = 30.0  # how long a stopping operator waits for its runs to end
 #: How long a report is retried while no ledger node answers.
 REPORT_PATIENCE_S = 300.0
 
@@ -61,9 +63,11 @@ class Operator:
                     log.warning("operator %s: %s", self.name, exc)
                 self._stop.wait(self.config.poll_s)
         finally:
-            for run in self.runs.values():
-                if not run.finished.is_set():
-                    run.stop()
+            running = [r for r in self.runs.values() if isinstance(r, TaskRun) and r.active]
+            for run in running:
+                run.stop()
+            for run in running:
+                run.finished.wait(STOP_WAIT_S)
             self.client.close()
 
     def stop(self) -> None:
@@ -93,25 +97,28 @@ class Operator:
         assignment = task.get("assignment")
         current = self.runs.get(name)
         number = None if assignment is None else assignment["run"]
-        if current is not None and current.run != number and not current.finished.is_set():
+        if isinstance(current, TaskRun) and current.run != number and current.active:
             log.info("operator %s: task %s was reset; stopping its run", self.name, name)
-            current.stop()
+            current.stop()  # returns at once; the run's thread ends it
         if assignment is None or not self._mine(assignment):
             return
-        if current is not None and current.run == number:
-            asked = assignment.get("log_requests", 0)
-            if isinstance(current, TaskRun) and asked > current.logs_sent:
-                current.logs_sent = asked
-                if current.process is not None and not current.finished.is_set():
-                    self._report(name, number, "running", log_tail=current.tail())
-            return
         record = assignment["runs"].get(self.name)
+        if current is not None and current.run == number:
+            if isinstance(current, _Claimed):
+                self._resume_claim(name, number, record)
+            elif isinstance(current, TaskRun):
+                self._answer_log_request(name, current, assignment.get("log_requests", 0))
+            return
         if record is not None:  # this run began here before the operator (re)started
             if record["state"] in ("accepted", "running"):
-                self._report(name, number, "failed", detail="the operator restarted mid-run")
-            self.runs[name] = _Finished(name, number)  # type: ignore[assignment]
+                stopped = stop_orphan(self._run_folder(name, number))
+                self._report(name, number, "failed", detail="the operator restarted mid-run"
+                             + (" (its process was stopped)" if stopped else ""))  # fmt: skip
+            self.runs[name] = _Finished(name, number)
             return
-        self._begin(name, number)
+        if self._busy():
+            return  # one run at a time on a fixed port: the next waits for the port
+        self._claim(name, number)
 
     def _mine(self, assignment: dict[str, Any]) -> bool:
         if assignment["operators"] is not None:
@@ -122,30 +129,61 @@ class Operator:
         )
         return self.name in assignment["runs"] or claimed < assignment["target"]["peers"]
 
-    def _begin(self, name: str, number: int) -> None:
+    def _busy(self) -> bool:
+        """Whether a run here still holds the fixed port runs serve on (port 0: never)."""
+        if self.config.listen.rpartition(":")[2] == "0":
+            return False
+        return any(isinstance(r, TaskRun) and r.active for r in self.runs.values())
+
+    def _claim(self, name: str, number: int) -> None:
+        """Claim run `number` of task `name` on the ledger (`accepted`), then start it."""
+        self.runs[name] = _Claimed(name, number)  # whatever the answer, the ledger decides
         outcome = self.client.submit(
             "task_report", payload={"task": name, "run": number, "state": "accepted"}
         )
         if not outcome.applied:  # another site took the last place, or the task was reset
             log.info("operator %s: not running task %s: %s", self.name, name, outcome.reason)
-            self.runs[name] = _Finished(name, number)  # type: ignore[assignment]
+            self.runs[name] = _Finished(name, number)
             return
-        spec = self.client.call("Tasks", {"task": name})["spec"]
-        run = TaskRun(
-            name,
-            number,
-            spec,
-            self.config,
-            self.client,
-            lambda state, **more: self._report(name, number, state, **more),
-        )
+        self._launch(name, number)
+
+    def _resume_claim(self, name: str, number: int, record: dict[str, Any] | None) -> None:
+        """A claim whose answer was lost, or whose run did not start yet: go on from what
+        the ledger recorded."""
+        if record is None:
+            self._claim(name, number)
+        elif record["state"] == "accepted":
+            self._launch(name, number)
+        else:
+            self.runs[name] = _Finished(name, number)
+
+    def _launch(self, name: str, number: int) -> None:
+        try:
+            spec = agreed_spec(self.client, name)
+        except SpecError as exc:
+            self.runs[name] = _Finished(name, number)
+            self._report(name, number, "refused", detail=str(exc))
+            return
+        run = TaskRun(name, number, spec, self.config, self.client,
+                      lambda state, **more: self._report(name, number, state, **more))  # fmt: skip
         self.runs[name] = run
         log.info("operator %s: starting task %s run %d", self.name, name, number)
         run.start()
 
+    def _answer_log_request(self, name: str, run: TaskRun, asked: int) -> None:
+        if asked > run.logs_sent:
+            run.logs_sent = asked
+            if run.process is not None and run.active:
+                self._report(name, run.run, "running", log_tail=run.tail())
+
+    def _run_folder(self, name: str, number: int) -> Any:
+        return self.config.work_dir / "tasks" / name / f"run-{number}"
+
     def _report(self, task: str, run: int, state: str, **more: Any) -> None:
         if more.get("detail"):  # one printable line, as the ledger takes it
-            more["detail"] = " ".join(str(more["detail"]).split())[:MAX_DETAIL]
+            more["detail"] = " ".join(printable(str(more["detail"])).split())[:MAX_DETAIL]
+        if more.get("log_tail"):
+            more["log_tail"] = printable(more["log_tail"], keep="\n\t")
         payload = {
             "task": task,
             "run": run,
@@ -175,13 +213,12 @@ class Operator:
 class _Finished:
     """A run this operator will not start again (done, refused, or taken elsewhere)."""
 
-    def __init__(self, task: str, run: int) -> None:
+    def __init__(self, task: str, run: int | None) -> None:
         self.task, self.run = task, run
-        self.finished = threading.Event()
-        self.finished.set()
 
-    def stop(self) -> None:
-        pass
+
+class _Claimed(_Finished):
+    """A run claimed on the ledger (or being claimed) that has not started here yet."""
 
 
 __all__ = ["Operator", "OperatorError"]

@@ -46,7 +46,9 @@ def make_environment(
     (purelib / "_openswarm_operator.pth").write_text("\n".join(lines) + "\n")
     if not requirements:
         return python
-    argv = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "--no-input"]
+    # wheels only: installing must not run a package's own build code on this host
+    argv = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "--no-input",
+            "--only-binary", ":all:"]  # fmt: skip
     if package_index is not None:
         argv += ["--index-url", package_index]
     if find_links is not None:

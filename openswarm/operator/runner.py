@@ -9,6 +9,8 @@ that needs more confinement runs the operator itself in a container or a separat
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import signal
 import subprocess
@@ -23,7 +25,9 @@ from openswarm.ledger.client import LedgerClient
 from openswarm.operator.config import OperatorConfig
 from openswarm.operator.environment import EnvironmentFailed, make_environment
 
+log = logging.getLogger(__name__)
 STOP_GRACE_S = 10.0
+PGID_FILE = "pgid"  # the run's process group, for an operator that restarts after a crash
 TAIL_CHARS = 4000
 #: Variables of the operator's own environment a run keeps (locale, temp, math threads).
 KEPT_VARIABLES = (
@@ -85,10 +89,15 @@ class TaskRun:
     def start(self) -> None:
         threading.Thread(target=self._supervise, name=f"run-{self.task}", daemon=True).start()
 
+    @property
+    def active(self) -> bool:
+        """True until the run's thread is done (its process ended, or stopped)."""
+        return not self.finished.is_set()
+
     def stop(self) -> None:
-        """Stop the run (its process group), and wait for its thread."""
+        """Ask the run to stop (its process group: SIGTERM, then SIGKILL); returns at once,
+        `finished` is set once it has."""
         self._stop.set()
-        self.finished.wait(STOP_GRACE_S * 2 + 5)
 
     def _supervise(self) -> None:
         try:
@@ -97,7 +106,12 @@ class TaskRun:
             self.report("refused", detail=str(exc))
         except (BundleError, EnvironmentFailed, OSError, subprocess.SubprocessError) as exc:
             self.report("failed", detail=str(exc)[:400], log_tail=self.tail())
+        except Exception as exc:  # whatever it was, the ledger hears of it
+            log.exception("task %s run %d", self.task, self.run)
+            self.report("failed", detail=f"the operator failed: {type(exc).__name__}: {exc}",
+                        log_tail=self.tail())  # fmt: skip
         finally:
+            (self.folder / PGID_FILE).unlink(missing_ok=True)
             self.finished.set()
 
     def _run(self) -> None:
@@ -131,6 +145,7 @@ class TaskRun:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+            (self.folder / PGID_FILE).write_text(str(self.process.pid))
         self.report("running", log_tail="")
         while not self._stop.is_set():
             try:
@@ -201,4 +216,31 @@ class TaskRun:
         return text[-TAIL_CHARS:]
 
 
-__all__ = ["RunRefused", "TaskRun"]
+def printable(text: str, keep: str = "") -> str:
+    """`text` with control characters (but those in `keep`) shown as '?': what the ledger
+    accepts in a report, and what an admin's terminal prints safely."""
+    return "".join(c if not _is_control(c) or c in keep else "?" for c in text)
+
+
+def _is_control(char: str) -> bool:
+    return char < " " or "\x7f" <= char <= "\x9f"
+
+
+def stop_orphan(folder: Path) -> bool:
+    """Kill the process group of a run in `folder` left behind by an operator that died
+    (its pgid file names it; the group must still be that run's: its command line names
+    the folder). True if one was stopped."""
+    try:
+        pgid = int((folder / PGID_FILE).read_text())
+        command = Path(f"/proc/{pgid}/cmdline").read_bytes().replace(b"\0", b" ")
+    except (OSError, ValueError):
+        return False
+    if str(folder).encode() not in command:
+        return False
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
+    (folder / PGID_FILE).unlink(missing_ok=True)
+    return True
+
+
+__all__ = ["RunRefused", "TaskRun", "printable", "stop_orphan"]

@@ -12,13 +12,22 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import grpc
 import pytest
 import yaml
 from harness import running_ledger
 
+from openswarm import DEFAULT_CONTRACT
+from openswarm.admin.bundles import bundle_of, push_bundle
 from openswarm.ledger.client import LedgerClient, LedgerError
 from openswarm.ledger.local import LocalLedger
+from openswarm.ledger.service import SERVICE
+from openswarm.ledger.tasks import check_task
+from openswarm.net import json_method_handlers, make_server
+from openswarm.operator.spec import SpecError, agreed_spec
+from openswarm.pki import Identity, issue_identity
 
 pytestmark = pytest.mark.slow
 
@@ -164,3 +173,53 @@ def test_begun_uploads_cannot_outgrow_the_store(tmp_path: Path) -> None:
         os.utime(declared, (1.0, 1.0))  # abandoned long ago
     roomy.put("cc" * 32, 10, 0, b"x")
     assert len(list(roomy.partial.glob("*.size"))) == 1
+
+
+@pytest.fixture
+def lying_node(net: LocalLedger, tmp_path: Path) -> Iterator[Any]:
+    """Ledger nodes that answer `Tasks` with a definition of their own (each holds a genuine
+    ledger certificate of the swarm's CA, as a compromised node would)."""
+    servers: list[grpc.Server] = []
+
+    def start(spec: dict[str, Any], name: str) -> str:
+        identity = Identity.load(issue_identity(net.pki_dir, name, "ledger",
+                                                hosts=["localhost", "127.0.0.1"]))  # fmt: skip
+        answer = {"height": 1, "ledger_time": 1.0, "tasks": {}, "operators": {}, "spec": spec}
+        handler = json_method_handlers(SERVICE, {"Tasks": lambda request, context: answer})
+        server, port = make_server(identity, "127.0.0.1:0", [handler], max_workers=2)
+        server.start()
+        servers.append(server)
+        return f"127.0.0.1:{port}"
+
+    yield start
+    for server in servers:
+        server.stop(None)
+
+
+def test_an_operator_does_not_take_one_ledger_nodes_word_for_a_task(
+    net: LocalLedger, tmp_path: Path, lying_node: Any
+) -> None:
+    program = tmp_path / "program"
+    program.mkdir()
+    (program / "train.py").write_text("print('vetted')\n")
+    bundle = bundle_of(program)
+    spec = {"name": "vetted", "contract": DEFAULT_CONTRACT, "bundle": bundle,
+            "entrypoint": "train.py", "private_data": "mnist"}  # fmt: skip
+    with net.client("admin") as admin:
+        push_bundle(net.endpoints, admin.identity, program, bundle)
+        assert admin.submit("task_create", payload={"task": spec}).applied
+    changed = {**check_task(spec), "private_data": "patients", "args": ["--upload", "x"]}
+    first = lying_node(changed, "ledger-evil-1")
+    second = lying_node({**changed, "args": ["--other"]}, "ledger-evil-2")
+    escaping = {**check_task(spec), "entrypoint": "../../../../usr/bin/env"}
+    third = lying_node(escaping, "ledger-evil-3")
+    for endpoints, match in (
+        ([*net.endpoints, first], "disagree about its definition"),  # no majority
+        ([*net.endpoints, first, second], "3 versions, 1 of 3"),
+        ([third], "breaks the ledger's rules"),  # even a node alone must tell a lawful one
+    ):
+        with (LedgerClient(endpoints, net.identity("op-a")) as operator,
+              pytest.raises(SpecError, match=match)):  # fmt: skip
+            agreed_spec(operator, "vetted")
+    with LedgerClient(net.endpoints, net.identity("op-a")) as operator:
+        assert agreed_spec(operator, "vetted") == check_task(spec)
