@@ -39,7 +39,7 @@ class Operator:
         self.config = config
         self.name = config.identity.name
         self.client = LedgerClient(list(config.ledger), config.identity, timeout_s=15)
-        self.runs: dict[str, TaskRun] = {}  # task -> its current (or last) run here
+        self.runs: dict[str, TaskRun | _Finished] = {}  # task -> its current (or last) run here
         self._next_heartbeat = 0.0
         self._stop = threading.Event()
 
