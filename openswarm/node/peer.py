@@ -137,6 +137,7 @@ class SwarmPeer:
         self.finished = False
         self.rounds_joined = 0
         self.current_digest: str | None = None
+        self._last_round: int | None = None  # the round of the last merged model this site had
         self._led: set[int] = set()
         self._audited: set[tuple[int, str, str]] = set()  # (round, leader, digest) recomputed
         self._last_wait_log = 0.0
@@ -401,6 +402,7 @@ class SwarmPeer:
             log.warning("%s: %s; starting from this site's own parameters", self.name, exc)
             return None
         self._latest = RoundResult(latest["round"], params, latest["digest"], latest["leader"], ())
+        self._last_round = max(self._last_round or 0, latest["round"])
         return self._latest
 
     # --- one round ------------------------------------------------------------------------
@@ -415,6 +417,10 @@ class SwarmPeer:
         """
         started = time.perf_counter()
         self._timings = {}
+        if self._last_round is not None:  # away for two merges or more: catch up first
+            caught_up = self._catch_up(after=self._last_round + 1)
+            if caught_up is not None:
+                return caught_up
         with self._timed("encode"):
             data = self.transport.pack(params)
             digest = digest_encoded(data)
@@ -437,7 +443,7 @@ class SwarmPeer:
             self._wait_round_closed(round)
             if not retry:
                 return RoundResult(round, None, None, None, ())
-            caught_up = self._catch_up(after=round)
+            caught_up = self._catch_up(after=round, missed=True)
             if caught_up is not None:
                 return caught_up
         del data  # `local` holds it, until the round is over
@@ -488,9 +494,9 @@ class SwarmPeer:
                 return None
             if step.kind == "left_out":
                 # sealed without us: wait for its end, then join the next round with the
-                # same (unmerged) parameters
+                # same (unmerged) parameters, unless this site has missed more merges
                 self._wait_round_closed(r)
-                return None
+                return self._catch_up(after=r, missed=True)
             if step.kind == "lead":
                 self._led.add(r)
                 self._lead(state, local)
@@ -566,9 +572,9 @@ class SwarmPeer:
             record = next((h for h in full.get("history", []) if h["round"] == r), None)
         if record is None or record["status"] != "merged":
             log.warning("%s: round %d ended without a merged model", self.name, r)
-            return None
-        if self.name not in record["participants"]:
-            return None
+            return self._catch_up(after=r, missed=True)
+        if self.name not in record["participants"]:  # merged without this site
+            return self._catch_up(after=r, missed=True)
         caught_up = self._catch_up(after=r)  # this round's model is history already
         if caught_up is not None:
             return caught_up
@@ -612,17 +618,22 @@ class SwarmPeer:
         release_freed_memory()  # what the round's transfers left in the heap
         self.rounds_joined += 1
         self.current_digest = digest
+        self._last_round = r
         return RoundResult(
             r, params, digest, record["leader"], tuple(record["participants"]),
             record.get("sync_interval"),
         )  # fmt: skip
 
-    def _catch_up(self, after: int) -> RoundResult | None:
-        """The latest merged model, if the swarm merged one after round `after` (this site
-        was cut off or stalled meanwhile): the site rejoins from it instead of offering its
-        stale parameters or fetching a model the swarm has moved past. None otherwise."""
+    def _catch_up(self, after: int, *, missed: bool = False) -> RoundResult | None:
+        """The latest merged model, if the swarm merged one after round `after` (with
+        `missed`: after the round following the last merge this site had, if earlier), as
+        when this site was cut off or stalled: the site rejoins from it instead of offering
+        its stale parameters or fetching a model the swarm has moved past. None otherwise."""
         latest = self.view()["latest_merged"]
-        if latest is None or latest["round"] <= after or latest["digest"] == self.current_digest:
+        since = after
+        if missed and self._last_round is not None:
+            since = min(after, self._last_round + 1)
+        if latest is None or latest["round"] <= since or latest["digest"] == self.current_digest:
             return None
         found = self.latest_merged()
         if found is None:
@@ -631,6 +642,7 @@ class SwarmPeer:
                  "model (%s…)", self.name, found.round, found.digest[:12])  # fmt: skip
         self.current_digest = found.digest
         self._reference = structure(found.params)
+        self._last_round = found.round
         return RoundResult(found.round, found.params, found.digest, found.leader, ())
 
     def _fetch_merged(self, merged: Mapping[str, Any], sources: list[str]) -> Params:
