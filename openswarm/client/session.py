@@ -197,7 +197,11 @@ class SwarmSession:
             # final merge overwrites the model in place.
             self._last_local = decode(encode(self.model.get_params()))
             if self._batches_since_sync or self.rounds == 0:
-                self._sync()
+                last = self._sync()
+                if last.params is not None and peer.name not in last.participants:
+                    # it caught up with the swarm rather than merging: what it offers now
+                    # is the model it caught up with, not its stale one
+                    self._last_local = decode(encode(self.model.get_params()))
             result = peer.finish(self._contribution)
             if result is not None and result.params is not None:
                 self.model.set_params(result.params)
@@ -243,13 +247,14 @@ class SwarmSession:
             raise SwarmError("call train_begin() (on_train_begin) before the other steps")
         return self.peer
 
-    def _sync(self) -> None:
+    def _sync(self) -> RoundResult:
         peer = self._require_peer()
         self._batches_since_sync = 0
         result = peer.sync(self.model.get_params())
         self._load(result)
         if result.params is not None:
             self._report(result)
+        return result
 
     def _load(self, result: RoundResult) -> None:
         if result.params is not None:

@@ -138,6 +138,7 @@ class SwarmPeer:
         self.rounds_joined = 0
         self.current_digest: str | None = None
         self._last_round: int | None = None  # the round of the last merged model this site had
+        self._out_of_touch = False  # a ledger call failed since then (cut off, ledger down)
         self._led: set[int] = set()
         self._audited: set[tuple[int, str, str]] = set()  # (round, leader, digest) recomputed
         self._last_wait_log = 0.0
@@ -257,6 +258,7 @@ class SwarmPeer:
                 if "RESOURCE_EXHAUSTED" in str(exc):  # busy or rate-limited: it is there
                     log.info("%s: ledger busy while %s (%s); retrying", self.name, what, exc)
                 else:
+                    self._out_of_touch = True
                     log.warning("%s: ledger unavailable while %s (%s); retrying", self.name,
                                 what, exc)  # fmt: skip
             # jittered, so that sites refused together do not all come back together
@@ -317,6 +319,7 @@ class SwarmPeer:
                 try:
                     client.submit("heartbeat", contract=self.contract)
                 except LedgerError as exc:
+                    self._out_of_touch = self._out_of_touch or exc.transient
                     log.debug("%s: heartbeat not sent: %s", self.name, exc)
 
     def watch(self) -> ContractWatch:
@@ -417,10 +420,12 @@ class SwarmPeer:
         """
         started = time.perf_counter()
         self._timings = {}
-        if self._last_round is not None:  # away for two merges or more: catch up first
-            caught_up = self._catch_up(after=self._last_round + 1)
-            if caught_up is not None:
-                return caught_up
+        # back after losing touch for two merges or more (or never had the swarm's model
+        # though it has one): catch up first
+        last = self._last_round
+        caught_up = self._catch_up(after=0 if last is None else last + 1, missed=True)
+        if caught_up is not None:
+            return caught_up
         with self._timed("encode"):
             data = self.transport.pack(params)
             digest = digest_encoded(data)
@@ -441,6 +446,7 @@ class SwarmPeer:
                 break
             log.info("%s: ready for round %d refused (%s)", self.name, round, outcome.reason)
             self._wait_round_closed(round)
+            self._note_jump(round)
             if not retry:
                 return RoundResult(round, None, None, None, ())
             caught_up = self._catch_up(after=round, missed=True)
@@ -489,6 +495,7 @@ class SwarmPeer:
             if step.quorum and quorum_since is None:
                 quorum_since = now
             if step.kind == "closed":
+                self._note_jump(r)
                 return self._closed(state, r, local)
             if step.kind == "over":
                 return None
@@ -496,6 +503,7 @@ class SwarmPeer:
                 # sealed without us: wait for its end, then join the next round with the
                 # same (unmerged) parameters, unless this site has missed more merges
                 self._wait_round_closed(r)
+                self._note_jump(r)
                 return self._catch_up(after=r, missed=True)
             if step.kind == "lead":
                 self._led.add(r)
@@ -619,31 +627,52 @@ class SwarmPeer:
         self.rounds_joined += 1
         self.current_digest = digest
         self._last_round = r
+        self._out_of_touch = False
         return RoundResult(
             r, params, digest, record["leader"], tuple(record["participants"]),
             record.get("sync_interval"),
         )  # fmt: skip
 
+    def _note_jump(self, waited_in: int) -> None:
+        """A site that waited in round `waited_in` and finds the swarm two rounds or more
+        further on lost touch meanwhile (its link, or its process, stalled): the ledger's
+        pushes did not reach it, whether or not a call of it failed."""
+        if self.view()["round"] >= waited_in + 2:
+            self._out_of_touch = True
+
     def _catch_up(self, after: int, *, missed: bool = False) -> RoundResult | None:
-        """The latest merged model, if the swarm merged one after round `after` (with
-        `missed`: after the round following the last merge this site had, if earlier), as
-        when this site was cut off or stalled: the site rejoins from it instead of offering
-        its stale parameters or fetching a model the swarm has moved past. None otherwise."""
+        """The latest merged model, for a site to rejoin from instead of offering stale
+        parameters or fetching a model the swarm has moved past; None if it should not.
+
+        Without `missed`: if the swarm merged a round after round `after`. With `missed`
+        (this site was left out, or refused): if it never had a merged model, or if it lost
+        touch with the ledger and the swarm merged two rounds or more since the last merge
+        it had. A slow site that never lost touch goes on offering its own training."""
         latest = self.view()["latest_merged"]
-        since = after
-        if missed and self._last_round is not None:
-            since = min(after, self._last_round + 1)
-        if latest is None or latest["round"] <= since or latest["digest"] == self.current_digest:
+        if latest is None or latest["digest"] == self.current_digest:
             return None
+        if not missed:
+            if latest["round"] <= after:
+                return None
+        elif self._last_round is not None and (
+            not self._out_of_touch or latest["round"] <= min(after, self._last_round + 1)
+        ):
+            return None
+        started = time.perf_counter()
         found = self.latest_merged()
         if found is None:
             return None
+        fetched = time.perf_counter() - started
         log.info("%s: the swarm merged round %d while this site was away; rejoining from that "
                  "model (%s…)", self.name, found.round, found.digest[:12])  # fmt: skip
         self.current_digest = found.digest
         self._reference = structure(found.params)
         self._last_round = found.round
-        return RoundResult(found.round, found.params, found.digest, found.leader, ())
+        self._out_of_touch = False
+        record = next((h for h in self.view()["history"] if h["round"] == found.round), {})
+        timings = {"encode": 0.0, "transfer": fetched, "ledger": 0.0, "total": fetched}
+        return RoundResult(found.round, found.params, found.digest, found.leader, (),
+                           record.get("sync_interval"), timings)  # fmt: skip
 
     def _fetch_merged(self, merged: Mapping[str, Any], sources: list[str]) -> Params:
         """Fetch the merged model `merged` ({round, digest, size, merged_at?}) from whichever
