@@ -250,8 +250,11 @@ class SwarmPeer:
         deadline = time.monotonic() + self.settings.ledger_retry_s
         pause = 0.1
         while True:
+            started = time.monotonic()
             try:
-                return call()
+                answer = call()
+                self._note_slow_call(started)
+                return answer
             except LedgerError as exc:
                 if not exc.transient or time.monotonic() + pause > deadline:
                     raise SwarmError(f"ledger unavailable while {what}: {exc}") from exc
@@ -315,9 +318,10 @@ class SwarmPeer:
             while not self._stop.wait(max(0.0, self._last_submit + every - time.monotonic())):
                 if time.monotonic() - self._last_submit < every:
                     continue
-                self._last_submit = time.monotonic()
+                self._last_submit = started = time.monotonic()
                 try:
                     client.submit("heartbeat", contract=self.contract)
+                    self._note_slow_call(started)
                 except LedgerError as exc:
                     self._out_of_touch = self._out_of_touch or exc.transient
                     log.debug("%s: heartbeat not sent: %s", self.name, exc)
@@ -632,6 +636,12 @@ class SwarmPeer:
             r, params, digest, record["leader"], tuple(record["participants"]),
             record.get("sync_interval"),
         )  # fmt: skip
+
+    def _note_slow_call(self, started: float) -> None:
+        """A ledger call that took half a heartbeat or more to answer: the link stalled
+        (cut off for a while, then back), and the swarm may have moved on meanwhile."""
+        if time.monotonic() - started >= self.settings.heartbeat_s / 2:
+            self._out_of_touch = True
 
     def _note_jump(self, waited_in: int) -> None:
         """A site that waited in round `waited_in` and finds the swarm two rounds or more
