@@ -10,6 +10,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -72,10 +73,12 @@ def operators(configs: list[Path], root: Path) -> Iterator[list[subprocess.Popen
                 proc.wait()
 
 
+def _admin(net: LocalLedger) -> Admin:
+    return Admin(connect=",".join(net.endpoints), identity=net.identity_dir("admin"))
+
+
 def wait_operators(admin: Admin, names: list[str], procs: list[subprocess.Popen[bytes]],
                    root: Path) -> None:  # fmt: skip
-    import time
-
     deadline = time.monotonic() + 60
     while not set(names) <= set(admin.nodes()["operators"]):
         for proc in procs:
@@ -111,7 +114,7 @@ def _task_file(root: Path, **changes: Any) -> Path:
 
 def test_operators_run_an_assigned_task_as_their_sites(swarm: LocalLedger, tmp_path: Path) -> None:
     configs = [operator_config(swarm, tmp_path, s) for s in SITES]
-    with Admin(connect=",".join(swarm.endpoints), identity=swarm.identity_dir("admin")) as admin:
+    with _admin(swarm) as admin:
         admin.create_contract("digits", min_peers=3)
         admin.create_task(_task_file(tmp_path))
         with operators(configs, tmp_path) as procs:
@@ -155,7 +158,7 @@ def test_a_site_refuses_what_it_does_not_allow(swarm: LocalLedger, tmp_path: Pat
         operator_config(swarm, tmp_path, "b", private_data={}),
         operator_config(swarm, tmp_path, "c", allow=[digest], allow_admin_approved=False),
     ]
-    with Admin(connect=",".join(swarm.endpoints), identity=swarm.identity_dir("admin")) as admin:
+    with _admin(swarm) as admin:
         admin.create_contract("digits", min_peers=3)
         admin.create_task(task_file)
         stored = swarm.root / "ledger-1" / "blobs"
@@ -178,7 +181,7 @@ def test_a_reset_stops_the_runs_and_a_new_assignment_runs_again(
 ) -> None:
     monkeypatch.setenv("OPENSWARM_CONTEXTS", str(tmp_path / "contexts.yaml"))
     configs = [operator_config(swarm, tmp_path, s) for s in SITES[:2]]
-    with Admin(connect=",".join(swarm.endpoints), identity=swarm.identity_dir("admin")) as admin:
+    with _admin(swarm) as admin:
         admin.create_contract("digits", min_peers=3)  # a third site never comes: runs wait
         admin.create_task(_task_file(tmp_path))
         with operators(configs, tmp_path) as procs:
@@ -215,8 +218,6 @@ def _training(root: Path) -> list[str]:
 
 
 def _until(check: Any, timeout_s: float = 90.0) -> None:
-    import time
-
     deadline = time.monotonic() + timeout_s
     while not check():
         assert time.monotonic() < deadline, "condition not reached in time"
@@ -274,7 +275,7 @@ def test_a_run_installs_its_requirements_from_the_hosts_index(
     empty = str(tmp_path / "empty-index")
     configs = [operator_config(swarm, tmp_path, "a", find_links=str(wheels)),
                operator_config(swarm, tmp_path, "b", find_links=empty)]  # fmt: skip
-    with Admin(connect=",".join(swarm.endpoints), identity=swarm.identity_dir("admin")) as admin:
+    with _admin(swarm) as admin:
         admin.create_contract("digits", min_peers=2)
         admin.create_task(tmp_path / "probe" / "task.yaml")
         with operators(configs, tmp_path) as procs:
@@ -299,7 +300,7 @@ def test_an_operator_that_died_stops_its_orphaned_run_when_it_returns(
     behind; started again, it stops that process and reports the run failed, and waiting
     for the task ends."""
     configs = [operator_config(swarm, tmp_path, s) for s in SITES[:2]]
-    with Admin(connect=",".join(swarm.endpoints), identity=swarm.identity_dir("admin")) as admin:
+    with _admin(swarm) as admin:
         admin.create_contract("digits", min_peers=3)  # a third site never comes: runs wait
         admin.create_task(_task_file(tmp_path))
         with operators(configs, tmp_path) as procs:

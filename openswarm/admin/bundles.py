@@ -10,6 +10,7 @@ machine, and any changed byte gives another. Only the digest and the list go on 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
 import unicodedata
@@ -107,32 +108,36 @@ def fetch_bundle(client: LedgerClient, bundle: Mapping[str, Any], dest: Path) ->
     if bundle_digest(bundle["files"]) != bundle["digest"]:
         raise BundleError("the bundle's file list does not match its digest")
     root = dest.resolve()
-    for path, digest in sorted(bundle["files"].items()):
-        target = (root / path).resolve()
-        if root not in target.parents:
-            raise BundleError(f"bundle path {path!r} leads outside the bundle folder")
-        data = _download(client, path, digest)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        temporary = target.with_name(target.name + ".part")
-        temporary.write_bytes(data)
-        os.replace(temporary, target)
+    with contextlib.ExitStack() as stack:  # one connection per node, for all the files
+        nodes = [stack.enter_context(LedgerClient([e], client.identity, timeout_s=30))
+                 for e in client.endpoints]  # fmt: skip
+        for path, digest in sorted(bundle["files"].items()):
+            target = (root / path).resolve()
+            if root not in target.parents:
+                raise BundleError(f"bundle path {path!r} leads outside the bundle folder")
+            data = _download(nodes, path, digest)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            temporary = target.with_name(target.name + ".part")
+            temporary.write_bytes(data)
+            os.replace(temporary, target)
 
 
-def _download(client: LedgerClient, path: str, digest: str) -> bytes:
+def _download(nodes: list[LedgerClient], path: str, digest: str) -> bytes:
+    """File `digest` from the first node that gives bytes matching it."""
     problems = []
-    for endpoint in client.endpoints:
+    for node in nodes:
+        endpoint = node.endpoints[0]
         try:
-            with LedgerClient([endpoint], client.identity, timeout_s=30) as one:
-                data = bytearray()
-                while True:
-                    answer = one.call("GetBlob", {"digest": digest, "offset": len(data)})
-                    piece = base64.b64decode(answer["data"], validate=True)
-                    size = int(answer["size"])
-                    if size > MAX_BUNDLE_BYTES:
-                        raise BundleError(f"{endpoint} offers {size} bytes")
-                    data += piece
-                    if len(data) >= size or not piece:
-                        break
+            data = bytearray()
+            while True:
+                answer = node.call("GetBlob", {"digest": digest, "offset": len(data)})
+                piece = base64.b64decode(answer["data"], validate=True)
+                size = int(answer["size"])
+                if size > MAX_BUNDLE_BYTES:
+                    raise BundleError(f"{endpoint} offers {size} bytes")
+                data += piece
+                if len(data) >= size or not piece:
+                    break
         except (LedgerError, BundleError, ValueError, KeyError) as exc:
             problems.append(f"{endpoint}: {exc}")
             continue

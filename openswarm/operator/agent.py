@@ -18,7 +18,7 @@ from typing import Any
 
 from openswarm.ledger.client import LedgerClient, LedgerError
 from openswarm.operator.config import OperatorConfig
-from openswarm.operator.runner import TaskRun, printable, stop_orphan
+from openswarm.operator.runner import TaskRun, printable, run_folder, stop_orphan
 from openswarm.operator.spec import SpecError, agreed_spec
 
 log = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ class Operator:
             return
         if record is not None:  # this run began here before the operator (re)started
             if record["state"] in ("accepted", "running"):
-                stopped = stop_orphan(self._run_folder(name, number))
+                stopped = stop_orphan(run_folder(self.config, name, number))
                 self._report(name, number, "failed", detail="the operator restarted mid-run"
                              + (" (its process was stopped)" if stopped else ""))  # fmt: skip
             self.runs[name] = _Finished(name, number)
@@ -175,9 +175,6 @@ class Operator:
             run.logs_sent = asked
             if run.process is not None and run.active:
                 self._report(name, run.run, "running", log_tail=run.tail())
-
-    def _run_folder(self, name: str, number: int) -> Any:
-        return self.config.work_dir / "tasks" / name / f"run-{number}"
 
     def _report(self, task: str, run: int, state: str, **more: Any) -> None:
         if more.get("detail"):  # one printable line, as the ledger takes it

@@ -67,7 +67,7 @@ class TaskRun:
     _stop: threading.Event = field(default_factory=threading.Event, init=False)
 
     def __post_init__(self) -> None:
-        self.folder = self.config.work_dir / "tasks" / self.task / f"run-{self.run}"
+        self.folder = run_folder(self.config, self.task, self.run)
 
     @property
     def log_path(self) -> Path:
@@ -216,6 +216,11 @@ class TaskRun:
         return text[-TAIL_CHARS:]
 
 
+def run_folder(config: OperatorConfig, task: str, run: int) -> Path:
+    """Where run `run` of `task` keeps its files on this host."""
+    return config.work_dir / "tasks" / task / f"run-{run}"
+
+
 def printable(text: str, keep: str = "") -> str:
     """`text` with control characters (but those in `keep`) shown as '?': what the ledger
     accepts in a report, and what an admin's terminal prints safely."""
@@ -243,4 +248,4 @@ def stop_orphan(folder: Path) -> bool:
     return True
 
 
-__all__ = ["RunRefused", "TaskRun", "printable", "stop_orphan"]
+__all__ = ["RunRefused", "TaskRun", "printable", "run_folder", "stop_orphan"]
