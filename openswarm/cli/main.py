@@ -14,6 +14,7 @@ from openswarm.cli.pki import pki_app
 from openswarm.cli.run import register as register_run
 from openswarm.cli.status import register as register_status
 from openswarm.cli.tasks import task_app
+from openswarm.cli.ui import register as register_ui
 
 app = typer.Typer(
     name="openswarm",
@@ -30,6 +31,7 @@ app.add_typer(operator_app, name="operator")
 register_run(app)
 register_status(app)
 register_contracts(app)
+register_ui(app)
 
 
 def _print_version(value: bool) -> None:

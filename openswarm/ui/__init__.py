@@ -1,0 +1,2 @@
+"""The dashboard (`openswarm ui`): the swarm, its contracts, its ledger and its experiments,
+live in a browser."""

@@ -1,0 +1,160 @@
+"""What the dashboard reads from the chain itself: one summary per block, and each contract's
+metrics and merges over every round (the contract state keeps only the recent ones)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Block kinds that are not transactions.
+TICK, GENESIS = "tick", "genesis"
+
+
+def block_summary(block: Mapping[str, Any]) -> dict[str, Any]:
+    """One line of the ledger explorer: height, hash, kind (a transaction's type, `tick` or
+    `genesis`), sender, contract, round, outcome and time."""
+    tx = block.get("tx") if isinstance(block.get("tx"), dict) else None
+    outcome = block.get("outcome") if isinstance(block.get("outcome"), dict) else {}
+    if tx is not None:
+        kind, sender, time = tx.get("type"), tx.get("sender"), tx.get("timestamp")
+    elif isinstance(block.get("tick"), dict):
+        kind, sender = TICK, block["tick"].get("node")
+        time = (outcome.get("result") or {}).get("ledger_time")
+    else:
+        kind, sender, time = GENESIS, None, None
+    return {
+        "height": block.get("height"),
+        "hash": block.get("hash"),
+        "kind": str(kind) if kind is not None else "?",
+        "sender": sender,
+        "contract": tx.get("contract") if tx else None,
+        "round": tx.get("round") if tx else None,
+        "status": outcome.get("status") if tx or kind == TICK else "applied",
+        "reason": outcome.get("reason"),
+        "time": time if isinstance(time, int | float) else None,
+        "tx_id": block.get("tx_id"),
+    }
+
+
+@dataclass
+class ContractRun:
+    """One contract's whole run as the chain records it."""
+
+    contract: str
+    settings: dict[str, Any] = field(default_factory=dict)
+    #: (round, site) → the site's last applied metrics report of that round
+    metrics: dict[tuple[int, str], dict[str, Any]] = field(default_factory=dict)
+    #: round → {digest, leader, participants, height, time}
+    merges: dict[int, dict[str, Any]] = field(default_factory=dict)
+    first_time: float | None = None
+    last_time: float | None = None
+
+    def sites(self) -> list[str]:
+        return sorted({site for _, site in self.metrics})
+
+    def series(self) -> dict[str, dict[str, list[Any]]]:
+        """Per site: rounds and the loss, metric and epoch it reported for each."""
+        out: dict[str, dict[str, list[Any]]] = {}
+        for (round, site), report in sorted(self.metrics.items()):
+            line = out.setdefault(site, {"round": [], "loss": [], "metric": [], "epoch": []})
+            line["round"].append(round)
+            for key in ("loss", "metric", "epoch"):
+                line[key].append(report.get(key))
+        return out
+
+    def final_metrics(self) -> dict[str, dict[str, Any]]:
+        """Each site's last report (loss, metric, epoch, total_epochs, round)."""
+        final: dict[str, dict[str, Any]] = {}
+        for (round, site), report in sorted(self.metrics.items()):
+            final[site] = {**report, "round": round}
+        return final
+
+    def duration_s(self) -> float | None:
+        if self.first_time is None or self.last_time is None:
+            return None
+        return max(0.0, self.last_time - self.first_time)
+
+
+class ChainIndex:
+    """Blocks added in order, summarised once; contract runs built as they come."""
+
+    def __init__(self) -> None:
+        self.summaries: list[dict[str, Any]] = []
+        self.runs: dict[str, ContractRun] = {}
+
+    @property
+    def next_height(self) -> int:
+        return len(self.summaries)
+
+    def add(self, blocks: Iterable[Mapping[str, Any]]) -> int:
+        """Take the blocks that continue the chain (others are ignored); returns how many."""
+        added = 0
+        for block in blocks:
+            if block.get("height") != self.next_height:
+                continue
+            self.summaries.append(block_summary(block))
+            self._record(block)
+            added += 1
+        return added
+
+    def _record(self, block: Mapping[str, Any]) -> None:
+        tx = block.get("tx")
+        outcome = block.get("outcome") or {}
+        if not isinstance(tx, dict) or outcome.get("status") != "applied":
+            return
+        kind, name = tx.get("type"), tx.get("contract")
+        payload = tx.get("payload") if isinstance(tx.get("payload"), dict) else {}
+        if kind == "contract_create":  # the payload is the settings
+            if isinstance(name, str) and name:
+                self.runs.setdefault(name, ContractRun(name)).settings = dict(payload)
+            return
+        if not isinstance(name, str) or not name:
+            return
+        time = tx.get("timestamp") if isinstance(tx.get("timestamp"), int | float) else None
+        run = self.runs.setdefault(name, ContractRun(name))
+        if time is not None:
+            run.first_time = time if run.first_time is None else min(run.first_time, time)
+            run.last_time = time if run.last_time is None else max(run.last_time, time)
+        for event in (outcome.get("result") or {}).get("events") or []:
+            if event.get("kind") == "metrics":
+                run.metrics[(int(event["round"]), str(event["member"]))] = {
+                    k: event.get(k) for k in ("loss", "metric", "epoch", "total_epochs")
+                }
+            elif event.get("kind") == "merged":
+                run.merges[int(event["round"])] = {
+                    "digest": event.get("digest"),
+                    "leader": event.get("leader"),
+                    "participants": event.get("participants") or [],
+                    "height": block.get("height"),
+                    "time": time,
+                }
+
+    def search(
+        self,
+        *,
+        height: int | None = None,
+        kind: str | None = None,
+        sender: str | None = None,
+        round: int | None = None,
+        contract: str | None = None,
+        limit: int = 200,
+    ) -> list[dict[str, Any]]:
+        """The newest `limit` block summaries that match every filter given."""
+        if height is not None:
+            found = self.summaries[height : height + 1] if 0 <= height < len(self.summaries) else []
+            return list(found)
+        hits = []
+        for summary in reversed(self.summaries):
+            if kind and summary["kind"] != kind:
+                continue
+            if sender and summary["sender"] != sender:
+                continue
+            if round is not None and summary["round"] != round:
+                continue
+            if contract and summary["contract"] != contract:
+                continue
+            hits.append(summary)
+            if len(hits) >= limit:
+                break
+        return hits

@@ -1,0 +1,113 @@
+"""Saved experiments: a training run's record from the ledger, with a user's title and note,
+kept in one JSON file so that runs of different swarms can be compared later."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+MAX_TITLE = 200
+MAX_NOTE = 10_000
+MAX_SAVED = 1_000
+
+
+class ExperimentError(ValueError):
+    """A save or an annotation the store refuses; the message says why."""
+
+
+class ExperimentStore:
+    """The experiments saved in `path` (created on the first save)."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path).expanduser()
+        self._lock = threading.Lock()
+
+    def list(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return self._read()
+
+    def save(
+        self, record: dict[str, Any], *, title: str, note: str = "", swarm: str | None
+    ) -> dict[str, Any]:
+        """Keep `record` (see views.run_record) under a new id with its title and note."""
+        title, note = (
+            _checked_text(title, "title", MAX_TITLE),
+            _checked_text(note, "note", MAX_NOTE),
+        )
+        if not title.strip():
+            raise ExperimentError("an experiment needs a title: name what this run tried")
+        entry = {
+            "id": secrets.token_hex(6),
+            "title": title,
+            "note": note,
+            "swarm": swarm,
+            "saved_at": time.time(),
+            "record": record,
+        }
+        with self._lock:
+            saved = self._read()
+            if len(saved) >= MAX_SAVED:
+                raise ExperimentError(
+                    f"{self.path} already holds {MAX_SAVED} experiments; "
+                    "delete some before saving more"
+                )
+            saved.append(entry)
+            self._write(saved)
+        return entry
+
+    def annotate(
+        self, experiment_id: str, *, title: str | None = None, note: str | None = None
+    ) -> dict[str, Any]:
+        """Change a saved experiment's title or note."""
+        with self._lock:
+            saved = self._read()
+            for entry in saved:
+                if entry["id"] == experiment_id:
+                    if title is not None:
+                        entry["title"] = _checked_text(title, "title", MAX_TITLE)
+                    if note is not None:
+                        entry["note"] = _checked_text(note, "note", MAX_NOTE)
+                    self._write(saved)
+                    return entry
+        raise ExperimentError(f"no saved experiment with id {experiment_id!r}")
+
+    def delete(self, experiment_id: str) -> None:
+        with self._lock:
+            saved = self._read()
+            kept = [e for e in saved if e["id"] != experiment_id]
+            if len(kept) == len(saved):
+                raise ExperimentError(f"no saved experiment with id {experiment_id!r}")
+            self._write(kept)
+
+    def _read(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ExperimentError(
+                f"{self.path} is not a readable experiments file ({exc}); move it aside "
+                "or pass another --experiments file"
+            ) from exc
+        if not isinstance(data, dict) or not isinstance(data.get("experiments"), list):
+            raise ExperimentError(f"{self.path} is not an experiments file (no 'experiments' list)")
+        return data["experiments"]
+
+    def _write(self, saved: list[dict[str, Any]]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fresh = self.path.with_name(self.path.name + ".tmp")
+        fresh.write_text(json.dumps({"experiments": saved}, indent=1), encoding="utf-8")
+        os.replace(fresh, self.path)
+
+
+def _checked_text(value: Any, what: str, limit: int) -> str:
+    if not isinstance(value, str):
+        raise ExperimentError(f"the {what} must be text")
+    if len(value) > limit:
+        raise ExperimentError(f"the {what} has {len(value)} characters; at most {limit} fit")
+    return value

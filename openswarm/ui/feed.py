@@ -1,0 +1,124 @@
+"""The dashboard's view of the ledger: polled through one client, cached, and a version
+number that grows whenever the ledger does, for the pages that wait on it."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from openswarm.admin.client import node_status
+from openswarm.ledger.client import LedgerClient, LedgerError
+from openswarm.ui.chain import ChainIndex
+
+log = logging.getLogger(__name__)
+
+#: Blocks fetched per call while catching up with a long chain.
+BLOCKS_PER_CALL = 500
+
+
+class LedgerFeed:
+    """Keeps the ledger's state, status and chain index fresh (every `poll_s`), and wakes the
+    pages waiting in `wait_newer` whenever something changed."""
+
+    def __init__(self, client: LedgerClient, *, poll_s: float = 0.5) -> None:
+        self.client = client
+        self.poll_s = poll_s
+        self.index = ChainIndex()
+        self.state: dict[str, Any] = {}
+        self.nodes: dict[str, dict[str, Any]] = {}
+        self.error: str | None = None
+        self.version = 0
+        self._changed = threading.Condition()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ui-feed", daemon=True)
+        self._lock = threading.Lock()  # guards index, state and nodes while they change
+
+    def start(self) -> None:
+        self.refresh()
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        with self._changed:
+            self._changed.notify_all()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        next_nodes = 0.0
+        while not self._stop.wait(self.poll_s):
+            try:
+                self.refresh(with_nodes=time.monotonic() >= next_nodes)
+            except Exception:  # a bug here must not end the feed silently
+                log.exception("refreshing the dashboard's view of the ledger failed")
+            if time.monotonic() >= next_nodes:
+                next_nodes = time.monotonic() + 2.0
+
+    def refresh(self, *, with_nodes: bool = True) -> bool:
+        """Read what changed; True if anything did."""
+        try:
+            status = self.client.status()
+            fresh_nodes = node_status(self.client) if with_nodes else None
+            blocks: list[dict[str, Any]] = []
+            height = int(status.get("height") or 0)
+            start = self.index.next_height
+            while start + len(blocks) <= height:
+                first = start + len(blocks)
+                chunk = self.client.blocks(first, min(height, first + BLOCKS_PER_CALL - 1))
+                if not chunk:
+                    break
+                blocks.extend(chunk)
+            state = self.client.state() if blocks or not self.state else None
+            error = None
+        except LedgerError as exc:
+            error, blocks, state, fresh_nodes = str(exc), [], None, None
+        with self._lock:
+            changed = error != self.error
+            self.error = error
+            if blocks:
+                changed |= self.index.add(blocks) > 0
+            if state is not None:
+                self.state, changed = state, True
+            if fresh_nodes is not None and _health(fresh_nodes) != _health(self.nodes):
+                changed = True
+            if fresh_nodes is not None:
+                self.nodes = fresh_nodes
+        if changed:
+            with self._changed:
+                self.version += 1
+                self._changed.notify_all()
+        return changed
+
+    def wait_newer(self, version: int, timeout_s: float) -> int:
+        """The version once it is past `version`, or after `timeout_s`, or at close."""
+        with self._changed:
+            self._changed.wait_for(
+                lambda: self.version > version or self._stop.is_set(), timeout=timeout_s
+            )
+            return self.version
+
+    @property
+    def closed(self) -> bool:
+        return self._stop.is_set()
+
+    def read(self) -> _Snapshot:
+        """A consistent view to compute a page from (hold it only briefly)."""
+        return _Snapshot(self)
+
+
+class _Snapshot:
+    def __init__(self, feed: LedgerFeed) -> None:
+        self._feed = feed
+
+    def __enter__(self) -> LedgerFeed:
+        self._feed._lock.acquire()
+        return self._feed
+
+    def __exit__(self, *exc: object) -> None:
+        self._feed._lock.release()
+
+
+def _health(nodes: dict[str, dict[str, Any]]) -> list[tuple[str, bool, Any]]:
+    return [(e, "error" in n, n.get("height")) for e, n in sorted(nodes.items())]
