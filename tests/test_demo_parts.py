@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import urllib.request
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 import pytest
+from PIL import Image
 
+from openswarm import DEFAULT_CONTRACT
 from openswarm.demo.baselines import centralized_accuracy, local_accuracies
 from openswarm.demo.data import (
     HOME_CLASSES,
@@ -19,6 +23,7 @@ from openswarm.demo.data import (
     shard_counts,
     skewed_shards,
 )
+from openswarm.demo.plot import accuracy_series
 from openswarm.demo.run_demo import DemoReport, PeerReport, format_report, run_demo
 from openswarm.demo.train import parse_args
 
@@ -123,9 +128,26 @@ def test_train_script_needs_data(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.slow
 def test_demo_swarm_beats_local_models(tmp_path: Path) -> None:
     out = tmp_path / "demo.json"
-    run_demo(epochs=4, workdir=tmp_path / "demo", json_path=out, echo=lambda _: None,
-             show_progress=False)  # fmt: skip
+    seen: dict = {}
+
+    def look(url: str) -> None:  # `demo --ui`: the dashboard serves the finished swarm
+        answer = urllib.request.urlopen(f"{url}api/contract/{quote(DEFAULT_CONTRACT)}", timeout=10)
+        seen.update(json.loads(answer.read()))
+
+    lines: list[str] = []
+    run_demo(epochs=4, workdir=tmp_path / "demo", json_path=out, echo=lines.append,
+             show_progress=False, ui_listen="127.0.0.1:0", hold_ui=look)  # fmt: skip
     data = json.loads(out.read_text())
+    assert any(line.startswith("dashboard at http://127.0.0.1:") for line in lines), lines
+    assert seen["all_finished"] and [s["name"] for s in seen["sites"]] == [
+        "site-1", "site-2", "site-3"
+    ]  # fmt: skip
+    # the plot beside the JSON draws what the ledger recorded: a line per site over the rounds
+    series = accuracy_series(Path(data["ledger_dir"]), DEFAULT_CONTRACT)
+    assert sorted(series) == ["site-1", "site-2", "site-3"]
+    assert series == seen["series"]
+    with Image.open(out.with_suffix(".png")) as picture:
+        assert picture.format == "PNG" and picture.size[0] > 400
     peers = data["peers"]
     assert [p["name"] for p in peers] == ["site-1", "site-2", "site-3"]
     digests = {p["final_digest"] for p in peers}

@@ -84,8 +84,15 @@ def demo(
         "--topology",
         help="Who merges: leader (one site a round) or sharded (every site a part).",
     ),
+    ui: bool = typer.Option(
+        False, "--ui", help="Serve the dashboard on the demo's swarm (its URL is printed)."
+    ),
+    ui_listen: str = typer.Option(
+        "127.0.0.1:0", "--ui-listen", help="HOST:PORT for --ui (port 0: any free one)."
+    ),
 ) -> None:
-    """Skewed MNIST shards on N sites: local-only vs swarm vs centralized accuracy."""
+    """Skewed MNIST shards on N sites: local-only vs swarm vs centralized accuracy, and a
+    PNG of each site's accuracy over the rounds."""
     from openswarm.demo.data import DataError
     from openswarm.demo.run_demo import DemoFailed, failure_text, run_demo
     from openswarm.launch import LaunchError
@@ -94,7 +101,8 @@ def demo(
         _fail(f"--epochs must be at least 1, got {epochs}")
     try:
         run_demo(peers=peers, epochs=epochs, workdir=workdir, json_path=json_path,
-                 echo=typer.echo, compression=compression, topology=topology)  # fmt: skip
+                 echo=typer.echo, compression=compression, topology=topology,
+                 ui_listen=ui_listen if ui else None, hold_ui=_hold_dashboard)  # fmt: skip
     except (DataError, LaunchError) as exc:
         _fail(str(exc))
     except DemoFailed as exc:
@@ -103,6 +111,19 @@ def demo(
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         raise typer.Exit(INTERRUPTED) from None
+
+
+def _hold_dashboard(url: str) -> None:
+    """Keep the demo's dashboard (and its ledger) up until Ctrl-C or SIGTERM."""
+    import contextlib
+    import signal
+    import threading
+
+    typer.echo(f"the dashboard stays up at {url}; press Ctrl-C to end the demo")
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    with contextlib.suppress(KeyboardInterrupt):
+        done.wait()
 
 
 def register(app: typer.Typer) -> None:

@@ -10,9 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from openswarm import DEFAULT_CONTRACT
 from openswarm.demo.train import DEFAULT_EPOCHS, DEFAULT_SYNC_FREQUENCY
 from openswarm.launch.launcher import LaunchError, SwarmRunResult, run_swarm
 from openswarm.launch.progress import ProgressPrinter, format_summary
+from openswarm.ledger.local import LocalLedger
 
 Echo = Callable[[str], None]
 
@@ -87,10 +89,15 @@ def run_demo(
     show_progress: bool = True,
     compression: str | None = None,
     topology: str | None = None,
+    ui_listen: str | None = None,
+    hold_ui: Callable[[str], None] | None = None,
 ) -> DemoReport:
-    """Prepare the data, train the baselines, run the swarm, print the table.
+    """Prepare the data, train the baselines, run the swarm, print the table, and draw each
+    site's accuracy over the rounds (a PNG next to the JSON, else in the run folder).
 
-    Raises DemoFailed when the swarm run does not end with every peer exiting 0.
+    With `ui_listen` (HOST:PORT), a dashboard serves the swarm from the start; once the run
+    is over, `hold_ui(url)` is called while it still serves (it returns when the user is
+    done). Raises DemoFailed when the swarm run does not end with every peer exiting 0.
     """
     from openswarm.demo.baselines import centralized_accuracy, local_accuracies
     from openswarm.demo.data import Split, check_sites, prepare
@@ -108,6 +115,50 @@ def run_demo(
     local = local_accuracies(shards, test, epochs)
     central = centralized_accuracy(shards, test, epochs)
     echo(f"training the swarm: {peers} peers, a merge every {sync_frequency} batches")
+    dashboard = _Dashboard(ui_listen, echo)
+    try:
+        report = _swarm_part(
+            root,
+            data,
+            peers,
+            epochs,
+            sync_frequency,
+            compression,
+            topology,
+            show_progress,
+            local,
+            central,
+            dashboard,
+        )
+        echo(format_report(report))
+        echo(f"demo took {time.monotonic() - started:.0f} s; files in {root}")
+        if json_path is not None:
+            json_path.parent.mkdir(parents=True, exist_ok=True)
+            json_path.write_text(json.dumps(report.to_json(), indent=2) + "\n", encoding="utf-8")
+            echo(f"wrote {json_path}")
+        picture = (json_path.with_suffix(".png") if json_path is not None
+                   else root / "accuracy.png")  # fmt: skip
+        _draw(report, central, picture, echo)
+        if dashboard.url is not None and hold_ui is not None:
+            hold_ui(dashboard.url)
+    finally:
+        dashboard.close()
+    return report
+
+
+def _swarm_part(
+    root: Path,
+    data: Any,
+    peers: int,
+    epochs: int,
+    sync_frequency: int,
+    compression: str | None,
+    topology: str | None,
+    show_progress: bool,
+    local: list[float],
+    central: float,
+    dashboard: _Dashboard,
+) -> DemoReport:
     run = run_swarm(
         "openswarm.demo.train",
         peers,
@@ -124,7 +175,10 @@ def run_demo(
         workdir=root / "swarm",
         epochs=epochs,
         on_progress=ProgressPrinter() if show_progress else None,
+        on_ledger=dashboard.start if dashboard.listen else None,
+        keep_ledger=dashboard.listen is not None,
     )
+    dashboard.ledger = run.ledger
     if not run.ok:
         reason = "interrupted" if run.interrupted else run.error or "a peer failed"
         raise DemoFailed(f"the swarm run did not complete ({reason})", run)
@@ -146,13 +200,52 @@ def run_demo(
         topology=topology or "leader",
         received_mb=_received_mb(run),
     )
-    echo(format_report(report))
-    echo(f"demo took {time.monotonic() - started:.0f} s; files in {root}")
-    if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(report.to_json(), indent=2) + "\n", encoding="utf-8")
-        echo(f"wrote {json_path}")
     return report
+
+
+def _draw(report: DemoReport, central: float, path: Path, echo: Echo) -> None:
+    from openswarm.demo.plot import accuracy_series, plot_accuracy
+
+    series = accuracy_series(report.ledger_dir, DEFAULT_CONTRACT)
+    try:
+        plot_accuracy(series, path, centralized=central,
+                      local={p.name: p.local_accuracy for p in report.peers})  # fmt: skip
+    except ImportError:
+        echo("no plot: matplotlib is not installed (pip install 'openswarm[demo]')")
+        return
+    echo(f"wrote {path} (each site's accuracy over the rounds)")
+
+
+class _Dashboard:
+    """The demo's dashboard, when asked for: started once the ledger serves, closed (with
+    the ledger the run kept for it) at the end."""
+
+    def __init__(self, listen: str | None, echo: Echo) -> None:
+        self.listen = listen
+        self.echo = echo
+        self.url: str | None = None
+        self.ledger: LocalLedger | None = None
+        self._running: Any = None
+        self._client: Any = None
+
+    def start(self, ledger: LocalLedger) -> None:
+        from openswarm.ui.launch import UiError, start_dashboard
+
+        self._client = ledger.client("admin")
+        try:
+            self._running = start_dashboard(self._client, self.listen or "127.0.0.1:0")
+        except UiError as exc:
+            raise LaunchError(f"the dashboard did not start: {exc}") from exc
+        self.url = self._running.url
+        self.echo(f"dashboard at {self.url} (live while the swarm trains)")
+
+    def close(self) -> None:
+        if self._running is not None:
+            self._running.close()
+        if self._client is not None:
+            self._client.close()
+        if self.ledger is not None:
+            self.ledger.close()
 
 
 def format_report(report: DemoReport) -> str:

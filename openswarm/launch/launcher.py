@@ -78,6 +78,8 @@ class SwarmRunResult:
     seconds: float = 0.0
     interrupted: bool = False
     error: str | None = None
+    #: The ledger, still serving, when the run was asked to keep it (the caller closes it).
+    ledger: LocalLedger | None = None
 
     @property
     def exit_codes(self) -> dict[str, int | None]:
@@ -220,6 +222,8 @@ def run_swarm(
     on_progress: ProgressFn | None = None,
     poll_s: float = 1.0,
     stop_grace_s: float = 5.0,
+    on_ledger: Callable[[LocalLedger], None] | None = None,
+    keep_ledger: bool = False,
 ) -> SwarmRunResult:
     """Run `peers` copies of `script` as a swarm; returns when all have exited.
 
@@ -227,6 +231,8 @@ def run_swarm(
     peer and the ledger and returns a result with `interrupted=True`. Each peer runs in its
     own folder RUN_DIR/NAME; `threads_per_peer` (default: the cores divided among the peers)
     bounds its math libraries' threads unless OMP_NUM_THREADS and friends are set.
+    `on_ledger` is called with the ledger once it serves (before any peer starts); with
+    `keep_ledger` the ledger still serves when this returns (`result.ledger`: close it).
     """
     dirs = resolve_data_dirs(data_dirs, peers)
     command = command_for(str(script), script_args, module=module)
@@ -246,6 +252,7 @@ def run_swarm(
     with _stop_on_sigterm():
         run = _Run(result, command, dirs, contract, min_peers, epochs, started)
         run.threads_per_peer = threads_per_peer
+        run.on_ledger, run.keep_ledger = on_ledger, keep_ledger
         run.execute(on_progress, poll_s, stop_grace_s)
     result.seconds = time.monotonic() - started
     return result
@@ -276,6 +283,8 @@ class _Run:
         self.threads_per_peer: int | None = None
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.state: dict[str, Any] | None = None
+        self.on_ledger: Callable[[LocalLedger], None] | None = None
+        self.keep_ledger = False
 
     def execute(self, on_progress: ProgressFn | None, poll_s: float, grace_s: float) -> None:
         try:
@@ -289,7 +298,9 @@ class _Run:
             with _deferred_interrupts():
                 self._stop_peers(grace_s)
                 self._collect()
-                if self.ledger is not None:
+                if self.ledger is not None and self.keep_ledger and not self.result.interrupted:
+                    self.result.ledger = self.ledger
+                elif self.ledger is not None:
                     self.ledger.close()
 
     def _start(self) -> None:
@@ -301,6 +312,8 @@ class _Run:
         except LedgerError as exc:
             self.result.error = f"the ledger did not start: {exc}"
             raise _Abort from exc
+        if self.on_ledger is not None:
+            self.on_ledger(self.ledger)
         self.specs = peer_specs(
             self.ledger, self.result.run_dir, self.data_dirs,
             contract=self.contract, min_peers=self.min_peers, epochs=self.epochs,
