@@ -10,7 +10,7 @@ KERAS_VENV := .venv-keras
 KERAS_STAMP := $(KERAS_VENV)/.installed
 KERAS_PINS := 'tensorflow-cpu==2.21.*' 'tf-keras==2.21.*' 'jax==0.10.*'
 
-.PHONY: setup setup-keras etcd test test-core test-backends lint demo bench bench-flower clean
+.PHONY: setup setup-keras etcd browser test test-core test-backends lint demo bench bench-flower clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,16 +38,22 @@ etcd:
 	@command -v etcd >/dev/null || { echo "error: etcd is not installed and apt-get could not install etcd-server; install etcd 3.4+ (or 3.5.3+) and put it on PATH" >&2; exit 1; }
 	@command -v ip >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 >/dev/null; }
 
+# The dashboard's browser tests drive Debian's Chromium through its chromedriver (Selenium
+# is pointed at both; nothing is downloaded at test time).
+browser:
+	@{ command -v chromium >/dev/null && command -v chromedriver >/dev/null; } || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
+	@{ command -v chromium >/dev/null && command -v chromedriver >/dev/null; } || { echo "error: chromium and chromedriver are not installed and apt-get could not install them; install Debian's chromium and chromium-driver" >&2; exit 1; }
+
 lint: $(STAMP)
 	$(BIN)/ruff check openswarm swarmlearning tests benchmarks examples
 	$(BIN)/ruff format --check openswarm swarmlearning tests benchmarks examples
 
-test: $(STAMP) $(KERAS_STAMP) etcd
+test: $(STAMP) $(KERAS_STAMP) etcd browser
 	$(MAKE) lint
 	$(BIN)/pytest -q
 	$(KERAS_VENV)/bin/pytest -q tests/backends
 
-test-core: $(STAMP) etcd
+test-core: $(STAMP) etcd browser
 	$(BIN)/pytest -q
 
 test-backends: $(KERAS_STAMP) etcd

@@ -32,6 +32,8 @@ STATIC = {"app.js": "text/javascript; charset=utf-8", "app.css": "text/css; char
 MAX_BODY = 64 * 1024
 KEEPALIVE_S = 15.0
 VOUCH_CACHE_S = 30.0
+#: Live pages served at once (each holds a thread while it is open).
+MAX_STREAMS = 64
 #: Pushes to one page come at most this often, however fast the ledger moves.
 MIN_PUSH_S = 0.25
 SECURITY_HEADERS = {
@@ -72,6 +74,7 @@ class Dashboard:
         self._verified: tuple[int, dict[str, Any]] | None = None
         self._verify_lock = threading.Lock()
         self._vouched: dict[str, tuple[float, str | None, str | None]] = {}
+        self.streams = threading.BoundedSemaphore(MAX_STREAMS)
 
     # --- page data ---
 
@@ -121,6 +124,8 @@ class Dashboard:
             blocks: list[dict[str, Any]] = []
             try:
                 height = int(self.client.status()["height"])
+                if self._verified is not None and self._verified[0] == height:
+                    return self._verified[1]  # nothing new to check
                 while len(blocks) <= height:
                     chunk = self.client.blocks(
                         len(blocks), min(height, len(blocks) + BLOCKS_PER_CALL - 1)
@@ -413,6 +418,17 @@ def handler_for(dashboard: Dashboard, host: str, port: int) -> type[BaseHTTPRequ
         def _events(self, query: dict[str, str]) -> None:
             page = query.get("page") or ""
             dashboard.page_data(page, query)  # a bad page or filter fails here, as JSON
+            if not dashboard.streams.acquire(blocking=False):
+                raise RequestError(
+                    HTTPStatus.SERVICE_UNAVAILABLE,
+                    f"{MAX_STREAMS} pages are already open on this dashboard; close some",
+                )
+            try:
+                self._stream(page, query)
+            finally:
+                dashboard.streams.release()
+
+        def _stream(self, page: str, query: dict[str, str]) -> None:
             self.send_response(HTTPStatus.OK)
             self.send_header("Content-Type", "text/event-stream")
             self.send_header("Connection", "close")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import ssl
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -366,3 +367,56 @@ def test_mtls_lets_in_only_certificates_the_ledger_vouches_for(
             answer = _call(port, path, method="POST", headers=WRITE, body=body, tls=peer_tls)
             assert answer.status == 403, (path, answer)
             assert "not an admin's" in answer.error()
+
+
+def _raw_exchange(port: int, request: bytes, quiet_s: float = 3.0) -> bytes:
+    """Send raw bytes on one connection; everything that comes back until it closes (or is
+    quiet for `quiet_s`)."""
+    received = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=quiet_s) as sock:
+        sock.sendall(request)
+        try:
+            while chunk := sock.recv(65536):
+                received += chunk
+        except TimeoutError:
+            pass
+    return received
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="server bug: a refused request's body is left unread on a kept-alive connection "
+    "and is parsed as a second request that passes the Host and X-OpenSwarm-UI checks",
+)
+@pytest.mark.parametrize("outer_host", ["same-host", "evil.example"])
+def test_a_refused_request_cannot_smuggle_a_write_in_its_body(
+    net: LocalLedger, tmp_path: Path, outer_host: str
+) -> None:
+    """Client-side desync: a cross-site form (text/plain, no X-OpenSwarm-UI header) or a
+    rebound page (foreign Host) posts a body that is itself a complete write request; the
+    outer request is refused, and the body must not be answered as a request of its own."""
+    experiments = tmp_path / "experiments.json"
+    victim = {"id": "victim", "title": "keep me", "note": "", "swarm": SWARM, "saved_at": 0.0}
+    experiments.write_text(json.dumps({"experiments": [{**victim, "record": None}]}))
+    args = _ledger_args(net, "admin", experiments)
+    with ui_process(*args, "--listen", "127.0.0.1:0") as (_, url):
+        port = _port(url)
+        host = f"127.0.0.1:{port}" if outer_host == "same-host" else outer_host
+        inner = b'{"delete": true}'
+        smuggled = (
+            b"POST /api/experiments/victim HTTP/1.1\r\n"
+            + f"Host: 127.0.0.1:{port}\r\nX-OpenSwarm-UI: 1\r\n".encode()
+            + f"Content-Length: {len(inner)}\r\nConnection: close\r\n\r\n".encode()
+            + inner
+        )
+        outer = (
+            b"POST /api/experiments HTTP/1.1\r\n"
+            + f"Host: {host}\r\nContent-Type: text/plain\r\n".encode()
+            + f"Content-Length: {len(smuggled)}\r\n\r\n".encode()
+            + smuggled
+        )
+        answers = _raw_exchange(port, outer)
+        assert answers.startswith(b"HTTP/1.1 403 "), answers[:200]
+        assert answers.count(b"HTTP/1.1 ") == 1, answers.decode(errors="replace")
+    saved = json.loads(experiments.read_text())["experiments"]
+    assert [e["id"] for e in saved] == ["victim"], saved
