@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,6 +37,10 @@ def ui_process(*args: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
         if not first.startswith("dashboard at "):
             proc.wait(timeout=30)
             pytest.fail(f"openswarm ui did not start: {first}{proc.stdout.read()}")
+        # the rest of its output is drained, so that a chatty dashboard never blocks on a
+        # full pipe; it is kept for a failing test's report
+        rest: list[str] = []
+        threading.Thread(target=lambda: rest.extend(proc.stdout), daemon=True).start()
         yield proc, first.split("dashboard at ", 1)[1].strip()
     finally:
         proc.terminate()

@@ -73,7 +73,7 @@ def test_pages_follow_a_training_swarm_live(swarm: Swarm, tmp_path: Path) -> Non
     ):  # fmt: skip
         wait = WebDriverWait(driver, 120, poll_frequency=0.1)
         # the sites train one epoch, then wait for the test before the second
-        swarm.start_all(EPOCHS="3", MIN_PEERS="3", HOLD_FILE=str(hold), HOLD_EPOCH="1")
+        swarm.start_all(EPOCHS="3", MIN_PEERS="3", HOLD_FILE=str(hold), HOLD_EPOCH="1", AUDIT="1")
 
         driver.get(url)
         wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "tr.peer-row")) == 3)
@@ -113,6 +113,17 @@ def test_pages_follow_a_training_swarm_live(swarm: Swarm, tmp_path: Path) -> Non
         last = state["metrics"][max(state["metrics"], key=int)]
         for site, (_, loss, metric) in final.items():
             assert loss == f"{last[site]['loss']:.4f}" and metric == f"{last[site]['metric']:.4f}"
+        # each merge was audited by one site, which agreed; the page says who
+        audited = {
+            h["round"]: h["audit"]["auditors"][0] for h in state["history"] if h.get("audit")
+        }
+        assert audited, state["history"]
+        cells = driver.execute_script(
+            "return Object.fromEntries([...document.querySelectorAll('tr.round-row')]"
+            ".map((r) => [r.dataset.round, r.querySelector('td.audit').textContent]))"
+        )
+        for round, auditor in audited.items():
+            assert cells[str(round)] == f"{auditor} agreed", (round, cells)
         screenshot(driver, "3-contract-finished")
 
         # the ledger explorer: find round 2's merge by type and round, and verify the chain

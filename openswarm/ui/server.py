@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, quote, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
 from openswarm.ledger.client import LedgerClient, LedgerError
 from openswarm.ledger.verify import verify_blocks
@@ -31,7 +31,8 @@ PAGES = ("swarm", "contract", "ledger", "experiments")
 STATIC = {"app.js": "text/javascript; charset=utf-8", "app.css": "text/css; charset=utf-8"}
 MAX_BODY = 64 * 1024
 KEEPALIVE_S = 15.0
-VOUCH_CACHE_S = 30.0
+VOUCH_CACHE_S = 5.0
+IDLE_TIMEOUT_S = 60.0
 #: Live pages served at once (each holds a thread while it is open).
 MAX_STREAMS = 64
 #: Pushes to one page come at most this often, however fast the ledger moves.
@@ -282,6 +283,9 @@ def handler_for(dashboard: Dashboard, host: str, port: int) -> type[BaseHTTPRequ
         sys_version = ""
         protocol_version = "HTTP/1.1"
         may_write = True  # the client's own rights, beyond the dashboard identity's (mTLS)
+        client_cert: bytes | None = None  # the client's certificate (mTLS)
+        body_read = False
+        timeout = IDLE_TIMEOUT_S  # an idle or stalled connection does not hold a thread for ever
 
         def log_message(self, format: str, *args: Any) -> None:
             log.debug("%s %s", self.address_string(), format % args)
@@ -297,13 +301,14 @@ def handler_for(dashboard: Dashboard, host: str, port: int) -> type[BaseHTTPRequ
         def _handle(self, route: Callable[[str, dict[str, str]], None]) -> None:
             parts = urlsplit(self.path)
             query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+            self.body_read = False
             try:
                 if self._admit(parts.path, query):
                     route(parts.path, query)
             except RequestError as exc:
                 self._json({"error": str(exc)}, exc.status)
-            except (BrokenPipeError, ConnectionResetError):
-                pass
+            except (BrokenPipeError, ConnectionResetError, TimeoutError, ssl.SSLError):
+                self.close_connection = True
 
         def _admit(self, path: str, query: dict[str, str]) -> bool:
             access = dashboard.access
@@ -315,14 +320,18 @@ def handler_for(dashboard: Dashboard, host: str, port: int) -> type[BaseHTTPRequ
                 return True
             if access.mode == "mtls":  # the handshake demanded a certificate of the swarm's CA
                 der = self.connection.getpeercert(binary_form=True)  # type: ignore[attr-defined]
-                self.may_write = dashboard.vouched_admin(ssl.DER_cert_to_PEM_cert(der).encode())
+                self.client_cert = ssl.DER_cert_to_PEM_cert(der).encode()
+                self.may_write = dashboard.vouched_admin(self.client_cert)
                 return True
             if access.token_matches(self.headers, None):
                 return True
             if access.token_matches({}, query.get("token")) and self.command == "GET":
                 # the login link: keep the token in a cookie and drop it from the address
                 self.send_response(HTTPStatus.SEE_OTHER)
-                self.send_header("Location", path or "/")
+                rest = urlencode({k: v for k, v in query.items() if k != "token"})
+                self.send_header("Location", (path or "/") + (f"?{rest}" if rest else ""))
+                self.send_header("Connection", "close")
+                self.close_connection = True
                 self.send_header(
                     "Set-Cookie", f"{COOKIE}={access.token}; HttpOnly; SameSite=Strict; Path=/"
                 )
@@ -405,8 +414,10 @@ def handler_for(dashboard: Dashboard, host: str, port: int) -> type[BaseHTTPRequ
                     HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                     f"a request body may hold at most {MAX_BODY} bytes",
                 )
+            raw = self.rfile.read(length)
+            self.body_read = True
             try:
-                body = json.loads(self.rfile.read(length) or b"{}")
+                body = json.loads(raw or b"{}")
             except ValueError as exc:
                 raise RequestError(HTTPStatus.BAD_REQUEST, f"the body is not JSON: {exc}") from exc
             if not isinstance(body, dict):
@@ -438,6 +449,11 @@ def handler_for(dashboard: Dashboard, host: str, port: int) -> type[BaseHTTPRequ
             self.close_connection = True
             version, sent = -1, 0.0
             while not dashboard.feed.closed:
+                if self.client_cert is not None:  # a certificate revoked since ends its pages
+                    try:
+                        dashboard.vouched_admin(self.client_cert)
+                    except RequestError:
+                        return
                 newer = dashboard.feed.wait_newer(version, KEEPALIVE_S)
                 if newer == version:
                     self.wfile.write(b": keepalive\n\n")
@@ -454,6 +470,11 @@ def handler_for(dashboard: Dashboard, host: str, port: int) -> type[BaseHTTPRequ
 
         def _send(self, body: bytes, content_type: str, status: HTTPStatus = HTTPStatus.OK) -> None:
             self.send_response(status)
+            if status >= 400 or (self._has_body() and not self.body_read):
+                # what a refused request carried is never read: it must not be taken for a
+                # second request on the same connection
+                self.send_header("Connection", "close")
+                self.close_connection = True
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
             for key, value in SECURITY_HEADERS.items():
@@ -461,12 +482,22 @@ def handler_for(dashboard: Dashboard, host: str, port: int) -> type[BaseHTTPRequ
             self.end_headers()
             self.wfile.write(body)
 
+        def _has_body(self) -> bool:
+            return (self.headers.get("Content-Length") or "0").strip() not in ("", "0") or bool(
+                self.headers.get("Transfer-Encoding")
+            )
+
     return Handler
 
 
 class DashboardServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that breaks off (or fails the TLS handshake) is not the server's error:
+        a line in the debug log, not a traceback on stderr that anyone could fill."""
+        log.debug("connection from %s ended abnormally", client_address, exc_info=True)
 
 
 def serve(

@@ -206,8 +206,18 @@ function swarmPage() {
 
 // --- Contract ---
 
+const PHASES = ["encode", "transfer", "merge", "load", "ledger"];
+
+function phaseLegend() {
+  return el("p", { class: "legend-row" }, "time by phase, the sites' mean: ", PHASES.map((p, i) => {
+    const swatch = el("span", { class: "swatch" });
+    swatch.style.background = PALETTE[i];
+    return el("span", { class: "legend-item" }, swatch, p);
+  }));
+}
+
 function phaseBar(phases) {
-  const order = ["encode", "transfer", "merge", "load", "ledger"];
+  const order = PHASES;
   const total = order.reduce((sum, p) => sum + (phases[p] || 0), 0);
   if (!total) return el("span", { class: "muted" }, "–");
   const bar = el("div", { class: "phases", title: order.filter((p) => phases[p]).map((p) => `${p} ${phases[p].toFixed(3)} s`).join(", ") });
@@ -229,7 +239,7 @@ function contractPage(name) {
     }
     fill("summary", el("h1", {}, "Contract ", el("span", { id: "contract-name" }, name)), errorLine(data),
       el("p", { class: "headline" }, "round ", el("b", { id: "round" }, fmt(data.round)),
-        " · leader ", el("b", { id: "leader" }, data.leader || (data.sealed ? "sharded" : "not sealed yet")),
+        " · leader ", el("b", { id: "leader" }, data.leader || (data.all_finished ? "–" : data.sealed ? "sharded" : "not sealed yet")),
         " · merged rounds ", el("b", { id: "merged-rounds" }, fmt(data.merged_rounds)),
         data.sync_interval ? ` · sync every ${data.sync_interval} batches` : "",
         data.all_finished ? el("span", { class: "ok", id: "all-finished" }, " · all sites finished") : ""),
@@ -257,17 +267,34 @@ function contractPage(name) {
         el("td", {}, r.leader || "–"),
         el("td", {}, r.digest ? el("a", { href: "/ledger?height=" + r.merged_height, title: r.digest, class: "digest" }, short(r.digest)) : "–"),
         el("td", {}, phaseBar(r.phases)),
-        el("td", {}, r.excluded.map((e) => `${e.peer || e.member || e.name || "?"}: ${e.reason || ""}`).join("; ") || "–"),
+        el("td", {}, r.excluded.map((e) => `${e.name}: ${e.reason}`).join("; ") || "–"),
         el("td", {}, r.failed_leaders.join(", ") || "–"),
-        el("td", {}, auditText(r.audit))))));
+        el("td", { class: "audit" }, auditText(r))))), phaseLegend());
     fill("settings-section", el("h2", {}, "Settings"), el("pre", { id: "settings" }, JSON.stringify(data.settings, null, 1)));
   });
 }
 
-function auditText(audit) {
-  if (!audit) return "–";
-  const parts = Object.entries(audit.attested || audit.auditors || {}).map(([who, what]) => `${who}: ${typeof what === "object" ? JSON.stringify(what) : what}`);
-  return (audit.outcome || audit.status || "") + (parts.length ? " (" + parts.join("; ") + ")" : "") || JSON.stringify(audit);
+function auditText(round) {
+  const audit = round.audit;
+  const parts = [];
+  if (audit) {
+    for (const who of audit.auditors || []) {
+      const said = (audit.attestations || {})[who];
+      if (said !== undefined) {
+        const agrees = round.digest && said.startsWith(round.digest + ":");
+        parts.push(`${who} ${agrees ? "agreed" : "found " + short(said.split(":")[0])}`);
+      } else if ((audit.abstained || {})[who] !== undefined) {
+        parts.push(`${who} abstained: ${audit.abstained[who]}`);
+      } else {
+        parts.push(`${who} did not answer`);
+      }
+    }
+    if ((audit.contradicted || []).length) parts.push("outvoted: " + audit.contradicted.join(", "));
+  }
+  for (const rejected of round.rejected_merges || []) {
+    parts.push(`merge by ${rejected.leader} rejected (${short(rejected.digest)})`);
+  }
+  return parts.join("; ") || "–";
 }
 
 // --- Ledger explorer ---
