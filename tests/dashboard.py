@@ -4,6 +4,7 @@ Chromium driven by Selenium (no browser download), with screenshots kept as arti
 from __future__ import annotations
 
 import os
+import queue
 import shutil
 import subprocess
 import sys
@@ -21,8 +22,30 @@ CHROMIUM = ("/usr/bin/chromium", "/usr/bin/chromium-browser")
 CHROMEDRIVER = ("/usr/bin/chromedriver",)
 
 
+class UiProcess:
+    """A running `openswarm ui`: its process and the lines it printed after the URL."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+        self.lines: queue.Queue[str] = queue.Queue()
+        # drained all along, so that a chatty dashboard never blocks on a full pipe
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def _drain(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line)
+
+    def next_line(self, timeout_s: float = 30) -> str:
+        """The next line it printed (fails the test if none comes in time)."""
+        try:
+            return self.lines.get(timeout=timeout_s)
+        except queue.Empty:
+            pytest.fail(f"openswarm ui printed nothing more in {timeout_s} s")
+
+
 @contextmanager
-def ui_process(*args: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+def ui_process(*args: str) -> Iterator[tuple[UiProcess, str]]:
     """`openswarm ui ARGS…` in its own process; yields it and the URL it printed."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "openswarm.cli.main", "ui", *args],
@@ -37,11 +60,7 @@ def ui_process(*args: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
         if not first.startswith("dashboard at "):
             proc.wait(timeout=30)
             pytest.fail(f"openswarm ui did not start: {first}{proc.stdout.read()}")
-        # the rest of its output is drained, so that a chatty dashboard never blocks on a
-        # full pipe; it is kept for a failing test's report
-        rest: list[str] = []
-        threading.Thread(target=lambda: rest.extend(proc.stdout), daemon=True).start()
-        yield proc, first.split("dashboard at ", 1)[1].strip()
+        yield UiProcess(proc), first.split("dashboard at ", 1)[1].strip()
     finally:
         proc.terminate()
         try:

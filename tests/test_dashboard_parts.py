@@ -371,7 +371,6 @@ def test_malformed_blocks_summarise_without_raising() -> None:
     assert index.runs == {C: ContractRun(C)}  # block 5: applied, but with nothing in it
 
 
-@pytest.mark.xfail(strict=True, reason="bug: ChainIndex._record assumes a well-formed outcome")
 @pytest.mark.parametrize(
     "outcome",
     [
@@ -388,7 +387,6 @@ def test_a_malformed_outcome_does_not_stop_the_index(outcome: Any) -> None:
     assert index.add([block, {"height": 1}]) == 2
 
 
-@pytest.mark.xfail(strict=True, reason="bug: block_summary assumes a tick's result is a dict")
 def test_a_tick_with_a_malformed_result_summarises() -> None:
     block = {"height": 1, "tick": {"node": "n"}, "outcome": {"status": "applied", "result": "x"}}
     assert block_summary(block)["kind"] == "tick"
@@ -588,7 +586,6 @@ def test_experiments_refuse_unknown_ids_and_a_full_file(tmp_path: Path) -> None:
     assert len(store.list()) == MAX_SAVED
 
 
-@pytest.mark.xfail(strict=True, reason="bug: annotate accepts the empty title that save refuses")
 def test_annotate_refuses_an_empty_title(tmp_path: Path) -> None:
     store = ExperimentStore(tmp_path / "e.json")
     kept = store.save(RECORD, title="kept", swarm=None)
@@ -807,7 +804,6 @@ def test_parse_listen_refuses(listen: str) -> None:
     assert repr(listen) in str(refused.value) and "HOST:PORT" in str(refused.value)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: parse_listen lets these through or fails untidily")
 @pytest.mark.parametrize("listen", ["[]:8080", "127.0.0.1:²"])
 def test_parse_listen_refuses_an_empty_bracketed_host_and_odd_digits(listen: str) -> None:
     with pytest.raises(UiError, match="HOST:PORT"):

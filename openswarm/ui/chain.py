@@ -15,14 +15,16 @@ def block_summary(block: Mapping[str, Any]) -> dict[str, Any]:
     """One line of the ledger explorer: height, hash, kind (a transaction's type, `tick` or
     `genesis`), sender, contract, round, outcome and time."""
     tx = block.get("tx") if isinstance(block.get("tx"), dict) else None
-    outcome = block.get("outcome") if isinstance(block.get("outcome"), dict) else {}
+    outcome = _mapping(block.get("outcome"))
     if tx is not None:
         kind, sender, time = tx.get("type"), tx.get("sender"), tx.get("timestamp")
     elif isinstance(block.get("tick"), dict):
         kind, sender = TICK, block["tick"].get("node")
-        time = (outcome.get("result") or {}).get("ledger_time")
-    else:
+        time = _mapping(outcome.get("result")).get("ledger_time")
+    elif "genesis" in block:
         kind, sender, time = GENESIS, None, None
+    else:
+        kind, sender, time = None, None, None
     return {
         "height": block.get("height"),
         "hash": block.get("hash"),
@@ -30,7 +32,7 @@ def block_summary(block: Mapping[str, Any]) -> dict[str, Any]:
         "sender": sender,
         "contract": tx.get("contract") if tx else None,
         "round": tx.get("round") if tx else None,
-        "status": outcome.get("status") if tx or kind == TICK else "applied",
+        "status": "applied" if kind == GENESIS else outcome.get("status"),
         "reason": outcome.get("reason"),
         "time": time if isinstance(time, int | float) else None,
         "tx_id": block.get("tx_id"),
@@ -100,7 +102,7 @@ class ChainIndex:
 
     def _record(self, block: Mapping[str, Any]) -> None:
         tx = block.get("tx")
-        outcome = block.get("outcome") or {}
+        outcome = _mapping(block.get("outcome"))
         if not isinstance(tx, dict) or outcome.get("status") != "applied":
             return
         kind, name = tx.get("type"), tx.get("contract")
@@ -116,13 +118,16 @@ class ChainIndex:
         if time is not None:
             run.first_time = time if run.first_time is None else min(run.first_time, time)
             run.last_time = time if run.last_time is None else max(run.last_time, time)
-        for event in (outcome.get("result") or {}).get("events") or []:
-            if event.get("kind") == "metrics":
-                run.metrics[(int(event["round"]), str(event["member"]))] = {
+        events = _mapping(outcome.get("result")).get("events")
+        for event in events if isinstance(events, list) else []:
+            if not isinstance(event, dict) or type(event.get("round")) is not int:
+                continue
+            if event.get("kind") == "metrics" and isinstance(event.get("member"), str):
+                run.metrics[(event["round"], event["member"])] = {
                     k: event.get(k) for k in ("loss", "metric", "epoch", "total_epochs")
                 }
             elif event.get("kind") == "merged":
-                run.merges[int(event["round"])] = {
+                run.merges[event["round"]] = {
                     "digest": event.get("digest"),
                     "leader": event.get("leader"),
                     "participants": event.get("participants") or [],
@@ -158,3 +163,7 @@ class ChainIndex:
             if len(hits) >= limit:
                 break
         return hits
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, dict) else {}

@@ -35,12 +35,7 @@ class ExperimentStore:
         self, record: dict[str, Any], *, title: str, note: str = "", swarm: str | None
     ) -> dict[str, Any]:
         """Keep `record` (see views.run_record) under a new id with its title and note."""
-        title, note = (
-            _checked_text(title, "title", MAX_TITLE),
-            _checked_text(note, "note", MAX_NOTE),
-        )
-        if not title.strip():
-            raise ExperimentError("an experiment needs a title: name what this run tried")
+        title, note = _checked_title(title), _checked_text(note, "note", MAX_NOTE)
         entry = {
             "id": secrets.token_hex(6),
             "title": title,
@@ -69,7 +64,7 @@ class ExperimentStore:
             for entry in saved:
                 if entry["id"] == experiment_id:
                     if title is not None:
-                        entry["title"] = _checked_text(title, "title", MAX_TITLE)
+                        entry["title"] = _checked_title(title)
                     if note is not None:
                         entry["note"] = _checked_text(note, "note", MAX_NOTE)
                     self._write(saved)
@@ -95,7 +90,10 @@ class ExperimentStore:
                 "or pass another --experiments file"
             ) from exc
         if not isinstance(data, dict) or not isinstance(data.get("experiments"), list):
-            raise ExperimentError(f"{self.path} is not an experiments file (no 'experiments' list)")
+            raise ExperimentError(
+                f"{self.path} is not an experiments file (no 'experiments' list); move it "
+                "aside or pass another --experiments file"
+            )
         return data["experiments"]
 
     def _write(self, saved: list[dict[str, Any]]) -> None:
@@ -111,3 +109,10 @@ def _checked_text(value: Any, what: str, limit: int) -> str:
     if len(value) > limit:
         raise ExperimentError(f"the {what} has {len(value)} characters; at most {limit} fit")
     return value
+
+
+def _checked_title(value: Any) -> str:
+    title = _checked_text(value, "title", MAX_TITLE)
+    if not title.strip():
+        raise ExperimentError("an experiment needs a title: name what this run tried")
+    return title

@@ -62,15 +62,19 @@ class LedgerFeed:
             status = self.client.status()
             fresh_nodes = node_status(self.client) if with_nodes else None
             blocks: list[dict[str, Any]] = []
-            height = int(status.get("height") or 0)
-            start = self.index.next_height
-            while start + len(blocks) <= height:
-                first = start + len(blocks)
-                chunk = self.client.blocks(first, min(height, first + BLOCKS_PER_CALL - 1))
-                if not chunk:
-                    break
-                blocks.extend(chunk)
-            state = self.client.state() if blocks or not self.state else None
+            state = None
+            if int(status.get("height") or 0) >= self.index.next_height or not self.state:
+                # the state first, then the blocks up to its height: a page shows both from
+                # the same point of the chain
+                state = self.client.state()
+                height = int(state.get("height") or 0)
+                start = self.index.next_height
+                while start + len(blocks) <= height:
+                    first = start + len(blocks)
+                    chunk = self.client.blocks(first, min(height, first + BLOCKS_PER_CALL - 1))
+                    if not chunk:
+                        break
+                    blocks.extend(chunk)
             error = None
         except LedgerError as exc:
             error, blocks, state, fresh_nodes = str(exc), [], None, None

@@ -29,9 +29,11 @@ def default_experiments_file() -> Path:
 def parse_listen(listen: str) -> tuple[str, int]:
     """HOST:PORT (IPv6 in brackets) → (host, port)."""
     host, sep, port = listen.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    good = sep and host and port.isascii() and port.isdigit() and int(port) <= 65535
+    if not good:
         raise UiError(f"--listen {listen!r} is not HOST:PORT (e.g. 127.0.0.1:8080)")
-    return host.strip("[]"), int(port)
+    return host, int(port)
 
 
 @dataclass

@@ -119,8 +119,7 @@ def test_off_loopback_nothing_answers_without_the_login_token(
     """An address beyond this machine: pages, assets, JSON and events all need the token."""
     args = _ledger_args(net, "admin", tmp_path / "experiments.json")
     with ui_process(*args, "--listen", "0.0.0.0:0") as (proc, url):
-        assert proc.stdout is not None
-        assert "listens beyond this machine" in proc.stdout.readline()
+        assert "listens beyond this machine" in proc.next_line()
         token = parse_qs(urlsplit(url).query)["token"][0]
         assert len(token) >= 20, url
         port = _port(url)
@@ -179,8 +178,7 @@ def test_a_rebound_host_name_gets_nothing_from_a_loopback_dashboard(
     """DNS rebinding: a page of evil.example whose name now resolves to 127.0.0.1 is refused."""
     args = _ledger_args(net, "admin", tmp_path / "experiments.json")
     with ui_process(*args, "--listen", "127.0.0.1:0") as (proc, url):
-        assert proc.stdout is not None
-        assert "loopback only" in proc.stdout.readline()
+        assert "loopback only" in proc.next_line()
         port = _port(url)
         assert "token" not in url
         for host in (f"evil.example:{port}", "evil.example", f"127.0.0.1.evil.example:{port}"):
@@ -294,8 +292,7 @@ def test_a_dashboard_of_a_peer_identity_is_read_only(net: LocalLedger, tmp_path:
     experiments = tmp_path / "experiments.json"
     args = _ledger_args(net, "site-1", experiments)
     with ui_process(*args, "--listen", "127.0.0.1:0") as (proc, url):
-        assert proc.stdout is not None
-        lines = [proc.stdout.readline(), proc.stdout.readline()]
+        lines = [proc.next_line(), proc.next_line()]
         assert "read-only: site-1 is a peer" in lines[1], lines
         port = _port(url)
         assert _call(port, "/api/whoami").json() == {
@@ -330,8 +327,7 @@ def test_mtls_lets_in_only_certificates_the_ledger_vouches_for(
     stranger = issue_identity(net.pki_dir, "mallory", "admin", out_dir=tmp_path / "mallory")
     args = _ledger_args(net, "admin", tmp_path / "experiments.json")
     with ui_process(*args, "--mtls", "--listen", "127.0.0.1:0") as (proc, url):
-        assert proc.stdout is not None
-        assert "HTTPS" in proc.stdout.readline()
+        assert "HTTPS" in proc.next_line()
         assert url.startswith("https://127.0.0.1:") and "token" not in url
         port = _port(url)
 
