@@ -29,7 +29,14 @@ from openswarm.ui.experiments import (
     ExperimentStore,
 )
 from openswarm.ui.launch import UiError, default_experiments_file, parse_listen
-from openswarm.ui.views import contract_view, experiments_view, round_rows, swarm_view
+from openswarm.ui.views import (
+    MAX_POINTS,
+    contract_view,
+    experiments_view,
+    round_rows,
+    swarm_view,
+    thinned,
+)
 
 C = DEFAULT_CONTRACT
 REPORT_KEYS = ("loss", "metric", "epoch", "total_epochs")
@@ -808,3 +815,30 @@ def test_parse_listen_refuses(listen: str) -> None:
 def test_parse_listen_refuses_an_empty_bracketed_host_and_odd_digits(listen: str) -> None:
     with pytest.raises(UiError, match="HOST:PORT"):
         parse_listen(listen)
+
+
+def _report_block(height: int, round: int, site: str, loss: float) -> dict[str, Any]:
+    event = {"kind": "metrics", "round": round, "member": site, "loss": loss, "metric": 0.5,
+             "epoch": 1, "total_epochs": 2}  # fmt: skip
+    tx = {"type": "metrics", "contract": "thin", "round": round, "sender": site,
+          "timestamp": 1.0 + height, "payload": {}}  # fmt: skip
+    return {"height": height, "hash": f"{height:064x}", "tx": tx,
+            "outcome": {"status": "applied", "result": {"events": [event]}}}  # fmt: skip
+
+
+def test_curves_follow_a_replaced_report_and_stay_small() -> None:
+    """A page's curves: a report that replaces an earlier one shows at once (the cached
+    curves are recomputed), and a long run is sent as at most MAX_POINTS points a site,
+    its first and last rounds kept."""
+    index = ChainIndex()
+    index.add([{"height": 0, "hash": "0" * 64, "genesis": {}}])
+    index.add([_report_block(h, h, "site-1", 1.0) for h in range(1, 2501)])
+    run = index.runs["thin"]
+    assert run.series()["site-1"]["loss"][0] == 1.0
+    index.add([_report_block(2501, 1, "site-1", 0.25)])  # round 1 reported again
+    assert run.series()["site-1"]["loss"][0] == 0.25
+    line = thinned(run.series())["site-1"]
+    assert len(line["round"]) == MAX_POINTS
+    assert (line["round"][0], line["round"][-1]) == (1, 2500)
+    assert line["round"] == sorted(set(line["round"]))
+    assert thinned(run.series(), most=5000)["site-1"] == run.series()["site-1"]

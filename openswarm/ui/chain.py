@@ -51,18 +51,27 @@ class ContractRun:
     merges: dict[int, dict[str, Any]] = field(default_factory=dict)
     first_time: float | None = None
     last_time: float | None = None
+    #: Reports recorded so far (a report that replaces an earlier one counts too).
+    reports: int = field(default=0, compare=False)
+    _series: tuple[int, dict[str, dict[str, list[Any]]]] | None = field(
+        default=None, compare=False, repr=False
+    )
 
     def sites(self) -> list[str]:
         return sorted({site for _, site in self.metrics})
 
     def series(self) -> dict[str, dict[str, list[Any]]]:
-        """Per site: rounds and the loss, metric and epoch it reported for each."""
+        """Per site: rounds and the loss, metric and epoch it reported for each (computed
+        once per change of the reports; treat it as read-only)."""
+        if self._series is not None and self._series[0] == self.reports:
+            return self._series[1]
         out: dict[str, dict[str, list[Any]]] = {}
         for (round, site), report in sorted(self.metrics.items()):
             line = out.setdefault(site, {"round": [], "loss": [], "metric": [], "epoch": []})
             line["round"].append(round)
             for key in ("loss", "metric", "epoch"):
                 line[key].append(report.get(key))
+        self._series = (self.reports, out)
         return out
 
     def final_metrics(self) -> dict[str, dict[str, Any]]:
@@ -126,6 +135,7 @@ class ChainIndex:
                 run.metrics[(event["round"], event["member"])] = {
                     k: event.get(k) for k in ("loss", "metric", "epoch", "total_epochs")
                 }
+                run.reports += 1
             elif event.get("kind") == "merged":
                 run.merges[event["round"]] = {
                     "digest": event.get("digest"),

@@ -8,6 +8,8 @@ import threading
 import time
 from typing import Any
 
+import grpc
+
 from openswarm.admin.client import node_status
 from openswarm.ledger.client import LedgerClient, LedgerError
 from openswarm.ui.chain import ChainIndex
@@ -16,11 +18,14 @@ log = logging.getLogger(__name__)
 
 #: Blocks fetched per call while catching up with a long chain.
 BLOCKS_PER_CALL = 500
+#: The least time between two reads of the ledger, however fast blocks come.
+MIN_READ_GAP_S = 0.05
 
 
 class LedgerFeed:
-    """Keeps the ledger's state, status and chain index fresh (every `poll_s`), and wakes the
-    pages waiting in `wait_newer` whenever something changed."""
+    """Keeps the ledger's state, status and chain index fresh, and wakes the pages waiting in
+    `wait_newer` whenever something changed. It reads again as soon as the ledger's block
+    stream shows a new block, and every `poll_s` regardless (node health, a broken stream)."""
 
     def __init__(self, client: LedgerClient, *, poll_s: float = 0.5) -> None:
         self.client = client
@@ -33,22 +38,49 @@ class LedgerFeed:
         self._changed = threading.Condition()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ui-feed", daemon=True)
+        self._follower = threading.Thread(target=self._follow, name="ui-follow", daemon=True)
         self._lock = threading.Lock()  # guards index, state and nodes while they change
+        self._nudge = threading.Event()  # a new block: read now
+        self._stream: Any = None
 
     def start(self) -> None:
         self.refresh()
         self._thread.start()
+        self._follower.start()
 
     def close(self) -> None:
         self._stop.set()
+        self._nudge.set()
+        stream = self._stream
+        if stream is not None:
+            stream.cancel()
         with self._changed:
             self._changed.notify_all()
-        if self._thread.is_alive():
-            self._thread.join(timeout=5)
+        for thread in (self._thread, self._follower):
+            if thread.is_alive():
+                thread.join(timeout=5)
+
+    def _follow(self) -> None:
+        """Nudge the reader at each new block of the ledger's stream (from the height it has
+        read); on a broken stream, open it again after a second."""
+        while not self._stop.is_set():
+            try:
+                self._stream = self.client.stream(self.index.next_height)
+                for _ in self._stream:
+                    self._nudge.set()
+                    if self._stop.is_set():
+                        return
+            except (LedgerError, grpc.RpcError) as exc:
+                log.debug("the ledger's block stream ended: %s", exc)
+            self._stop.wait(1.0)
 
     def _run(self) -> None:
         next_nodes = 0.0
-        while not self._stop.wait(self.poll_s):
+        while not self._stop.is_set():
+            self._nudge.wait(self.poll_s)
+            self._nudge.clear()
+            if self._stop.wait(MIN_READ_GAP_S):  # blocks in a burst: one read for them all
+                return
             try:
                 self.refresh(with_nodes=time.monotonic() >= next_nodes)
             except Exception:  # a bug here must not end the feed silently

@@ -10,6 +10,9 @@ from openswarm.ledger.tasks import run_summary
 from openswarm.protocol import ROUND_PHASES
 from openswarm.ui.chain import ChainIndex, ContractRun
 
+#: Points per site a page's curves carry at most.
+MAX_POINTS = 1000
+
 
 def ledger_time(state: Mapping[str, Any], nodes: Mapping[str, Mapping[str, Any]]) -> float:
     times = [float(n["ledger_time"]) for n in nodes.values() if n.get("ledger_time") is not None]
@@ -154,12 +157,27 @@ def contract_view(
         "demoted": state.get("demoted") or [],
         "bad_auditors": state.get("bad_auditors") or [],
         "sites": sites,
-        "series": run.series() if run else {},
+        "series": thinned(run.series()) if run else {},
         "rounds": round_rows(state, run),
         "merges": [
             {"round": r, **m} for r, m in sorted((run.merges if run else {}).items(), reverse=True)
         ],
     }
+
+
+def thinned(series: dict[str, dict[str, list[Any]]], most: int = MAX_POINTS
+            ) -> dict[str, dict[str, list[Any]]]:  # fmt: skip
+    """Each site's curves with at most `most` points (evenly spread, the last one kept), so
+    that what a page is sent each time does not grow with the run."""
+    out = {}
+    for site, line in series.items():
+        count = len(line["round"])
+        if count <= most:
+            out[site] = line
+            continue
+        picks = sorted({round(i * (count - 1) / (most - 1)) for i in range(most)})
+        out[site] = {key: [values[i] for i in picks] for key, values in line.items()}
+    return out
 
 
 def run_record(run: ContractRun, state: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -173,7 +191,7 @@ def run_record(run: ContractRun, state: Mapping[str, Any] | None) -> dict[str, A
         "duration_s": run.duration_s(),
         "rounds": len(run.merges),
         "finished": bool((state or {}).get("all_finished")),
-        "series": run.series(),
+        "series": thinned(run.series()),
     }
 
 
