@@ -9,11 +9,9 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from openswarm.ledger.client import LedgerClient, LedgerError
-from openswarm.ui.chain import ChainIndex
+from openswarm.ui.chain import ChainIndex, read_blocks
 
 TARGETS = ("mlflow", "tensorboard")
-#: Blocks fetched per call while reading the chain.
-BLOCKS_PER_CALL = 500
 #: What `pip install` adds the exporters' libraries.
 INSTALL_HINT = "pip install 'openswarm[export]'"
 
@@ -79,10 +77,9 @@ def read_contract(client: LedgerClient, contract: str) -> ContractExport:
     status = client.status()
     height = int(status.get("height") or 0)
     index, times = ChainIndex(), {}
-    while index.next_height <= height:
+    for chunk in read_blocks(client, 0, height):
         start = index.next_height
-        chunk = client.blocks(start, min(height, start + BLOCKS_PER_CALL - 1))
-        if not chunk or index.add(chunk) == 0:
+        if index.add(chunk) == 0:
             break
         stop = index.next_height
         times.update(report_times(b for b in chunk if start <= b.get("height", -1) < stop))

@@ -3,12 +3,31 @@ metrics and merges over every round (the contract state keeps only the recent on
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 #: Block kinds that are not transactions.
 TICK, GENESIS = "tick", "genesis"
+#: Blocks asked for per call while reading a long chain.
+BLOCKS_PER_CALL = 500
+
+
+class BlockSource(Protocol):
+    def blocks(self, start: int = 0, stop: int | None = None) -> list[dict[str, Any]]: ...
+
+
+def read_blocks(client: BlockSource, start: int, height: int) -> Iterator[list[dict[str, Any]]]:
+    """The blocks from `start` to `height` (inclusive), BLOCKS_PER_CALL at a time."""
+    while start <= height:
+        chunk = client.blocks(start, min(height, start + BLOCKS_PER_CALL - 1))
+        if not chunk:
+            return
+        yield chunk
+        last = chunk[-1].get("height")
+        if type(last) is not int or last < start:
+            return  # not the blocks asked for: stop rather than ask again
+        start = last + 1
 
 
 def block_summary(block: Mapping[str, Any]) -> dict[str, Any]:

@@ -12,12 +12,10 @@ import grpc
 
 from openswarm.admin.client import node_status
 from openswarm.ledger.client import LedgerClient, LedgerError
-from openswarm.ui.chain import ChainIndex
+from openswarm.ui.chain import ChainIndex, read_blocks
 
 log = logging.getLogger(__name__)
 
-#: Blocks fetched per call while catching up with a long chain.
-BLOCKS_PER_CALL = 500
 #: The least time between two reads of the ledger, however fast blocks come.
 MIN_READ_GAP_S = 0.05
 
@@ -100,12 +98,7 @@ class LedgerFeed:
                 # the same point of the chain
                 state = self.client.state()
                 height = int(state.get("height") or 0)
-                start = self.index.next_height
-                while start + len(blocks) <= height:
-                    first = start + len(blocks)
-                    chunk = self.client.blocks(first, min(height, first + BLOCKS_PER_CALL - 1))
-                    if not chunk:
-                        break
+                for chunk in read_blocks(self.client, self.index.next_height, height):
                     blocks.extend(chunk)
             error = None
         except LedgerError as exc:

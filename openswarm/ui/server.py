@@ -21,8 +21,9 @@ from openswarm.ledger.client import LedgerClient, LedgerError
 from openswarm.ledger.verify import verify_blocks
 from openswarm.pki.certs import certificate_identity
 from openswarm.ui.access import COOKIE, WRITE_HEADER, Access, allowed_hosts
+from openswarm.ui.chain import read_blocks
 from openswarm.ui.experiments import ExperimentError, ExperimentStore
-from openswarm.ui.feed import BLOCKS_PER_CALL, LedgerFeed
+from openswarm.ui.feed import LedgerFeed
 from openswarm.ui.views import contract_view, experiments_view, run_record, swarm_view
 
 log = logging.getLogger(__name__)
@@ -127,12 +128,7 @@ class Dashboard:
                 height = int(self.client.status()["height"])
                 if self._verified is not None and self._verified[0] == height:
                     return self._verified[1]  # nothing new to check
-                while len(blocks) <= height:
-                    chunk = self.client.blocks(
-                        len(blocks), min(height, len(blocks) + BLOCKS_PER_CALL - 1)
-                    )
-                    if not chunk:
-                        break
+                for chunk in read_blocks(self.client, 0, height):
                     blocks.extend(chunk)
             except LedgerError as exc:
                 raise RequestError(
