@@ -326,3 +326,28 @@ def test_progress_lines_from_the_contract_state() -> None:
     printer(progress)
     printer(progress)
     assert "\x1b[5F" in tty.getvalue()  # the block of header + 4 lines redrawn in place
+
+
+def test_a_kept_ledger_is_handed_over_only_when_the_run_ended(tmp_path: Path, script: Path) -> None:
+    """`keep_ledger`: a finished run hands its still serving ledger to the caller; a run
+    whose `on_ledger` failed (a dashboard that could not start) leaves no ledger behind."""
+    seen = []
+
+    def refuse(ledger) -> None:
+        seen.append(ledger)
+        raise LaunchError("the dashboard did not start")
+
+    with pytest.raises(LaunchError, match="dashboard did not start"):
+        run_swarm(script, 1, workdir=tmp_path / "refused", on_ledger=refuse, keep_ledger=True)
+    assert len(seen) == 1 and not seen[0].replicas[0].running
+
+    result = run_swarm(script, 1, workdir=tmp_path / "kept", on_ledger=seen.append,
+                       keep_ledger=True)  # fmt: skip
+    try:
+        assert result.ok and result.ledger is seen[1] and result.ledger.replicas[0].running
+        with result.ledger.client("admin") as client:
+            assert client.status()["height"] > 0
+    finally:
+        if result.ledger is not None:
+            result.ledger.close()
+    assert not seen[1].replicas[0].running

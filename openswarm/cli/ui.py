@@ -52,7 +52,8 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"dashboard at {running.url}")
         if access == "token":
             typer.echo("it listens beyond this machine: only the link above (with its login "
-                       "token) opens it; keep the token to yourself")  # fmt: skip
+                       "token) opens it; keep the token to yourself. Plain HTTP: across a "
+                       "network you do not trust, use --mtls (or a TLS proxy)")  # fmt: skip
         elif access == "mtls":
             typer.echo(
                 "HTTPS; clients need a certificate of this swarm that the ledger vouches for"

@@ -15,6 +15,7 @@ from openswarm.demo.train import DEFAULT_EPOCHS, DEFAULT_SYNC_FREQUENCY
 from openswarm.launch.launcher import LaunchError, SwarmRunResult, run_swarm
 from openswarm.launch.progress import ProgressPrinter, format_summary
 from openswarm.ledger.local import LocalLedger
+from openswarm.ledger.store import StoreError
 
 Echo = Callable[[str], None]
 
@@ -178,7 +179,7 @@ def _swarm_part(
         on_ledger=dashboard.start if dashboard.listen else None,
         keep_ledger=dashboard.listen is not None,
     )
-    dashboard.ledger = run.ledger
+    dashboard.ledger = run.ledger or dashboard.ledger
     if not run.ok:
         reason = "interrupted" if run.interrupted else run.error or "a peer failed"
         raise DemoFailed(f"the swarm run did not complete ({reason})", run)
@@ -206,12 +207,15 @@ def _swarm_part(
 def _draw(report: DemoReport, central: float, path: Path, echo: Echo) -> None:
     from openswarm.demo.plot import accuracy_series, plot_accuracy
 
-    series = accuracy_series(report.ledger_dir, DEFAULT_CONTRACT)
     try:
+        series = accuracy_series(report.ledger_dir, DEFAULT_CONTRACT)
         plot_accuracy(series, path, centralized=central,
                       local={p.name: p.local_accuracy for p in report.peers})  # fmt: skip
     except ImportError:
         echo("no plot: matplotlib is not installed (pip install 'openswarm[demo]')")
+        return
+    except (OSError, ValueError, StoreError) as exc:  # an unwritable folder, a broken chain
+        echo(f"no plot: {exc}")
         return
     echo(f"wrote {path} (each site's accuracy over the rounds)")
 
@@ -231,6 +235,7 @@ class _Dashboard:
     def start(self, ledger: LocalLedger) -> None:
         from openswarm.ui.launch import UiError, start_dashboard
 
+        self.ledger = ledger  # closed by close(), however the run ends
         self._client = ledger.client("admin")
         try:
             self._running = start_dashboard(self._client, self.listen or "127.0.0.1:0")

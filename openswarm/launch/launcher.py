@@ -287,18 +287,20 @@ class _Run:
         self.keep_ledger = False
 
     def execute(self, on_progress: ProgressFn | None, poll_s: float, grace_s: float) -> None:
+        ended = False  # the run came to its end (not an interrupt, not an error raised here)
         try:
             self._start()
             self._watch(on_progress, poll_s, grace_s)
+            ended = True
         except _Abort:
-            pass
+            ended = True
         except KeyboardInterrupt:
             self.result.interrupted = True
         finally:
             with _deferred_interrupts():
                 self._stop_peers(grace_s)
                 self._collect()
-                if self.ledger is not None and self.keep_ledger and not self.result.interrupted:
+                if self.ledger is not None and self.keep_ledger and ended:
                     self.result.ledger = self.ledger
                 elif self.ledger is not None:
                     self.ledger.close()

@@ -3,11 +3,16 @@ kept in one JSON file so that runs of different swarms can be compared later."""
 
 from __future__ import annotations
 
+import copy
+import fcntl
 import json
 import os
 import secrets
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +31,14 @@ class ExperimentStore:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path).expanduser()
         self._lock = threading.Lock()
+        self._cache: tuple[tuple[int, int, int], list[dict[str, Any]]] | None = None
 
     def list(self) -> list[dict[str, Any]]:
-        with self._lock:
-            return self._read()
+        """The saved experiments (shared with later calls: do not change them)."""
+        if not self.path.exists():
+            return []
+        with self._lock, self._file_lock():
+            return self._read(shared=True)
 
     def save(
         self, record: dict[str, Any], *, title: str, note: str = "", swarm: str | None
@@ -44,7 +53,7 @@ class ExperimentStore:
             "saved_at": time.time(),
             "record": record,
         }
-        with self._lock:
+        with self._lock, self._file_lock():
             saved = self._read()
             if len(saved) >= MAX_SAVED:
                 raise ExperimentError(
@@ -59,7 +68,7 @@ class ExperimentStore:
         self, experiment_id: str, *, title: str | None = None, note: str | None = None
     ) -> dict[str, Any]:
         """Change a saved experiment's title or note."""
-        with self._lock:
+        with self._lock, self._file_lock():
             saved = self._read()
             for entry in saved:
                 if entry["id"] == experiment_id:
@@ -72,16 +81,31 @@ class ExperimentStore:
         raise ExperimentError(f"no saved experiment with id {experiment_id!r}")
 
     def delete(self, experiment_id: str) -> None:
-        with self._lock:
+        with self._lock, self._file_lock():
             saved = self._read()
             kept = [e for e in saved if e["id"] != experiment_id]
             if len(kept) == len(saved):
                 raise ExperimentError(f"no saved experiment with id {experiment_id!r}")
             self._write(kept)
 
-    def _read(self) -> list[dict[str, Any]]:
+    @contextmanager
+    def _file_lock(self) -> Iterator[None]:
+        """Other dashboards may share the file: one reads or changes it at a time."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_name(self.path.name + ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _read(self, *, shared: bool = False) -> list[dict[str, Any]]:
         if not self.path.exists():
             return []
+        stamp = self.path.stat()
+        key = (stamp.st_mtime_ns, stamp.st_size, stamp.st_ino)
+        if self._cache is not None and self._cache[0] == key:
+            return self._cache[1] if shared else copy.deepcopy(self._cache[1])
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
@@ -94,13 +118,22 @@ class ExperimentStore:
                 f"{self.path} is not an experiments file (no 'experiments' list); move it "
                 "aside or pass another --experiments file"
             )
-        return data["experiments"]
+        self._cache = (key, data["experiments"])
+        return data["experiments"] if shared else copy.deepcopy(data["experiments"])
 
     def _write(self, saved: list[dict[str, Any]]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fresh = self.path.with_name(self.path.name + ".tmp")
-        fresh.write_text(json.dumps({"experiments": saved}, indent=1), encoding="utf-8")
-        os.replace(fresh, self.path)
+        handle, fresh = tempfile.mkstemp(
+            prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent
+        )
+        try:
+            with os.fdopen(handle, "w", encoding="utf-8") as out:
+                json.dump({"experiments": saved}, out, indent=1)
+            os.replace(fresh, self.path)
+        except BaseException:
+            Path(fresh).unlink(missing_ok=True)
+            raise
+        self._cache = None
 
 
 def _checked_text(value: Any, what: str, limit: int) -> str:

@@ -40,6 +40,7 @@ class LedgerFeed:
         self._lock = threading.Lock()  # guards index, state and nodes while they change
         self._nudge = threading.Event()  # a new block: read now
         self._stream: Any = None
+        self._genesis: Any = None  # the chain this view is of
 
     def start(self) -> None:
         self.refresh()
@@ -90,6 +91,8 @@ class LedgerFeed:
         """Read what changed; True if anything did."""
         try:
             status = self.client.status()
+            if status.get("genesis_hash") != self._genesis:
+                self._restart(status.get("genesis_hash"))
             fresh_nodes = node_status(self.client) if with_nodes else None
             blocks: list[dict[str, Any]] = []
             state = None
@@ -119,6 +122,13 @@ class LedgerFeed:
                 self.version += 1
                 self._changed.notify_all()
         return changed
+
+    def _restart(self, genesis_hash: Any) -> None:
+        """Another chain answers at these addresses (a new swarm there): forget the old one."""
+        with self._lock:
+            self._genesis = genesis_hash
+            self.index = ChainIndex()
+            self.state = {}
 
     def wait_newer(self, version: int, timeout_s: float) -> int:
         """The version once it is past `version`, or after `timeout_s`, or at close."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import socket
 import ssl
 import threading
 import time
@@ -18,7 +19,7 @@ from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
 from openswarm.ledger.client import LedgerClient, LedgerError
-from openswarm.ledger.verify import verify_blocks
+from openswarm.ledger.verify import VerifyReport, verify_blocks
 from openswarm.pki.certs import certificate_identity
 from openswarm.ui.access import COOKIE, WRITE_HEADER, Access, allowed_hosts
 from openswarm.ui.chain import read_blocks
@@ -33,6 +34,10 @@ STATIC = {"app.js": "text/javascript; charset=utf-8", "app.css": "text/css; char
 MAX_BODY = 64 * 1024
 KEEPALIVE_S = 15.0
 VOUCH_CACHE_S = 5.0
+#: A verification serves every asker for this long; others wait this long for one under way.
+REVERIFY_S, VERIFY_WAIT_S = 10.0, 30.0
+#: Connections served at once; more are closed at once (each holds a thread).
+MAX_CONNECTIONS = 256
 IDLE_TIMEOUT_S = 60.0
 #: Live pages served at once (each holds a thread while it is open).
 MAX_STREAMS = 64
@@ -81,6 +86,7 @@ class Dashboard:
     # --- page data ---
 
     def page_data(self, page: str, query: dict[str, str]) -> dict[str, Any]:
+        saved = self._saved() if page == "experiments" else []  # file I/O: not under the lock
         with self.feed.read() as feed:
             state, nodes, error, index = feed.state, feed.nodes, feed.error, feed.index
             if page == "swarm":
@@ -98,7 +104,7 @@ class Dashboard:
                 }
             if page == "experiments":
                 return {
-                    **experiments_view(index, state, self._saved()),
+                    **experiments_view(index, state, self._visible(saved, state.get("swarm"))),
                     "error": error,
                     "can_write": self.can_write,
                 }
@@ -109,6 +115,24 @@ class Dashboard:
             return self.store.list()
         except ExperimentError as exc:
             return [{"id": "", "title": "(unreadable)", "note": str(exc), "record": None}]
+
+    def _visible(self, saved: list[dict[str, Any]], swarm: Any) -> list[dict[str, Any]]:
+        """Experiments of every swarm for a viewer on this machine; a remote viewer (token
+        or certificate) sees only this swarm's."""
+        if self.access.mode == "open":
+            return saved
+        return [entry for entry in saved if entry.get("swarm") == swarm]
+
+    def _own_experiment(self, experiment_id: str) -> None:
+        """A remote writer may change only this swarm's experiments."""
+        if self.access.mode == "open":
+            return
+        with self.feed.read() as feed:
+            swarm = feed.state.get("swarm")
+        if not any(e.get("id") == experiment_id for e in self._visible(self._saved(), swarm)):
+            raise RequestError(
+                HTTPStatus.BAD_REQUEST, f"no saved experiment with id {experiment_id!r}"
+            )
 
     def block(self, height: int) -> dict[str, Any]:
         try:
@@ -122,29 +146,40 @@ class Dashboard:
     def verify(self) -> dict[str, Any]:
         """Re-check the whole chain as `openswarm ledger verify` does: hashes, links,
         signatures and every outcome, replayed."""
-        with self._verify_lock:
-            blocks: list[dict[str, Any]] = []
-            try:
-                height = int(self.client.status()["height"])
-                if self._verified is not None and self._verified[0] == height:
-                    return self._verified[1]  # nothing new to check
-                for chunk in read_blocks(self.client, 0, height):
-                    blocks.extend(chunk)
-            except LedgerError as exc:
-                raise RequestError(
-                    HTTPStatus.BAD_GATEWAY, f"the ledger did not answer: {exc}"
-                ) from exc
-            report = verify_blocks(blocks)
-            result = {
-                "ok": report.ok,
-                "blocks": report.blocks,
-                "bad_height": report.bad_height,
-                "problem": report.problem,
-                "head_hash": report.head_hash,
-                "checked_at": time.time(),
-            }
-            self._verified = (height, result)
-            return result
+        if not self._verify_lock.acquire(timeout=VERIFY_WAIT_S):
+            raise RequestError(
+                HTTPStatus.SERVICE_UNAVAILABLE, "the chain is being verified; ask again soon"
+            )
+        try:
+            return self._verify()
+        finally:
+            self._verify_lock.release()
+
+    def _verify(self) -> dict[str, Any]:
+        last = self._verified
+        if last is not None and time.time() - last[1]["checked_at"] < REVERIFY_S:
+            return last[1]  # checked moments ago: one replay serves everyone
+        blocks: list[dict[str, Any]] = []
+        try:
+            height = int(self.client.status()["height"])
+            for chunk in read_blocks(self.client, 0, height):
+                blocks.extend(chunk)
+        except LedgerError as exc:
+            raise RequestError(HTTPStatus.BAD_GATEWAY, f"the ledger did not answer: {exc}") from exc
+        report = verify_blocks(blocks)
+        if report.ok and len(blocks) != height + 1:
+            problem = f"the ledger gave {len(blocks)} of its {height + 1} blocks"
+            report = VerifyReport(False, len(blocks), len(blocks), problem)
+        result = {
+            "ok": report.ok,
+            "blocks": report.blocks,
+            "bad_height": report.bad_height,
+            "problem": report.problem,
+            "head_hash": report.head_hash,
+            "checked_at": time.time(),
+        }
+        self._verified = (height, result)
+        return result
 
     # --- experiments ---
 
@@ -168,6 +203,7 @@ class Dashboard:
         return entry
 
     def annotate_experiment(self, experiment_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        self._own_experiment(experiment_id)
         try:
             if body.get("delete") is True:
                 self.store.delete(experiment_id)
@@ -226,7 +262,7 @@ def _filters(query: dict[str, str]) -> dict[str, Any]:
         text = (query.get(key) or "").strip()
         if not text:
             return None
-        if not text.isdigit():
+        if not _whole_number(text):
             raise RequestError(
                 HTTPStatus.BAD_REQUEST, f"{key} must be a whole number, got {text!r}"
             )
@@ -239,6 +275,10 @@ def _filters(query: dict[str, str]) -> dict[str, Any]:
         "round": number("round"),
         "contract": query.get("contract") or None,
     }
+
+
+def _whole_number(text: str) -> bool:
+    return text.isascii() and text.isdigit() and len(text) <= 18
 
 
 def _shell(page: str, name: str) -> bytes:
@@ -305,10 +345,19 @@ def handler_for(dashboard: Dashboard, host: str, port: int) -> type[BaseHTTPRequ
                 self._json({"error": str(exc)}, exc.status)
             except (BrokenPipeError, ConnectionResetError, TimeoutError, ssl.SSLError):
                 self.close_connection = True
+            except Exception:  # a bug: the client hears of it, the log gets the traceback
+                log.exception("the dashboard failed to answer %s %s", self.command, parts.path)
+                self._json(
+                    {"error": "the dashboard failed; its log says why"},
+                    HTTPStatus.INTERNAL_SERVER_ERROR,
+                )
 
         def _admit(self, path: str, query: dict[str, str]) -> bool:
             access = dashboard.access
             if access.mode == "open":
+                if self.headers.get("Sec-Fetch-Site") == "cross-site":
+                    # another web site's page, making the browser ask a local dashboard
+                    raise RequestError(HTTPStatus.FORBIDDEN, "no answers to other web sites")
                 if (self.headers.get("Host") or "") not in hosts:
                     raise RequestError(
                         HTTPStatus.FORBIDDEN, "this dashboard answers only to localhost"
@@ -368,7 +417,7 @@ def handler_for(dashboard: Dashboard, host: str, port: int) -> type[BaseHTTPRequ
                 )
             if path.startswith("/api/block/"):
                 text = path[len("/api/block/") :]
-                if not text.isdigit():
+                if not _whole_number(text):
                     raise RequestError(HTTPStatus.BAD_REQUEST, "a block's height is a whole number")
                 return self._json(dashboard.block(int(text)))
             if path == "/api/verify":
@@ -489,6 +538,24 @@ def handler_for(dashboard: Dashboard, host: str, port: int) -> type[BaseHTTPRequ
 class DashboardServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], handler: Any) -> None:
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        self.connections = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.connections.acquire(blocking=False):
+            self.shutdown_request(request)  # full: a flood holds no more threads
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.connections.release()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that breaks off (or fails the TLS handshake) is not the server's error:

@@ -411,3 +411,60 @@ def test_a_refused_request_cannot_smuggle_a_write_in_its_body(
         assert answers.count(b"HTTP/1.1 ") == 1, answers.decode(errors="replace")
     saved = json.loads(experiments.read_text())["experiments"]
     assert [e["id"] for e in saved] == ["victim"], saved
+
+
+def test_a_page_of_another_web_site_gets_nothing_from_a_loopback_dashboard(
+    net: LocalLedger, tmp_path: Path
+) -> None:
+    """A page of another site, open in the user's browser, makes it fetch (an <img>, a
+    script tag, fetch with no-cors) from the local dashboard: the browser says
+    `Sec-Fetch-Site: cross-site`, and nothing is answered, not even the costly verify."""
+    args = _ledger_args(net, "admin", tmp_path / "experiments.json")
+    with ui_process(*args, "--listen", "127.0.0.1:0") as (_, url):
+        port = _port(url)
+        host = {"Host": f"127.0.0.1:{port}"}
+        for path in ("/api/verify", "/api/swarm", "/", "/events?page=swarm"):
+            answer = _call(port, path, headers={**host, "Sec-Fetch-Site": "cross-site"})
+            assert answer.status == 403, (path, answer.status)
+            assert "other web sites" in answer.error()
+        for own in ("same-origin", "none"):  # the dashboard's own pages, a typed address
+            assert _call(port, "/api/swarm", headers={**host, "Sec-Fetch-Site": own}).status == 200
+        # digits that are not ASCII digits are no number either
+        answer = _call(port, "/api/ledger?round=%C2%B2", headers=host)
+        assert answer.status == 400 and "round" in answer.error()
+
+
+def test_a_remote_viewer_sees_and_changes_only_this_swarms_experiments(
+    net: LocalLedger, tmp_path: Path
+) -> None:
+    """The experiments file may hold runs of other swarms (a local user compares them); a
+    viewer from elsewhere (with the login token) sees only this swarm's, and cannot annotate
+    or delete another swarm's."""
+    experiments = tmp_path / "experiments.json"
+    ours = {"id": "ours", "title": "here", "note": "", "swarm": SWARM, "saved_at": 0.0}
+    theirs = {"id": "theirs", "title": "elsewhere", "note": "private", "swarm": "other-swarm",
+              "saved_at": 0.0}  # fmt: skip
+    experiments.write_text(
+        json.dumps({"experiments": [{**ours, "record": None}, {**theirs, "record": None}]})
+    )
+    args = _ledger_args(net, "admin", experiments)
+    with ui_process(*args, "--listen", "0.0.0.0:0") as (_, url):
+        port = _port(url)
+        token = parse_qs(urlsplit(url).query)["token"][0]
+        auth = {"Authorization": f"Bearer {token}"}
+        page = _call(port, "/api/experiments", headers=auth).json()
+        assert [e["id"] for e in page["saved"]] == ["ours"]
+        for body in ({"note": "changed"}, {"delete": True}):
+            answer = _call(port, "/api/experiments/theirs", method="POST",
+                           headers={**auth, **WRITE}, body=json.dumps(body).encode())  # fmt: skip
+            assert answer.status == 400 and "theirs" in answer.error()
+        answer = _call(port, "/api/experiments/ours", method="POST", headers={**auth, **WRITE},
+                       body=json.dumps({"note": "seen"}).encode())  # fmt: skip
+        assert answer.status == 200
+    saved = {e["id"]: e for e in json.loads(experiments.read_text())["experiments"]}
+    assert saved["theirs"]["note"] == "private" and saved["ours"]["note"] == "seen"
+    # on this machine every swarm's experiments are shown
+    with ui_process(*args, "--listen", "127.0.0.1:0") as (_, url):
+        port = _port(url)
+        page = _call(port, "/api/experiments", headers={"Host": f"127.0.0.1:{port}"}).json()
+        assert sorted(e["id"] for e in page["saved"]) == ["ours", "theirs"]

@@ -93,6 +93,13 @@ function subscribe(page, params, render) {
   source.onerror = () => {
     live.textContent = "reconnecting…";
     live.className = "live off";
+    if (source.readyState !== EventSource.CLOSED) return; // the browser tries again itself
+    // refused (a bad filter, too many pages, a new login needed…): say why, try again later
+    fetch("/api/" + (page === "contract" ? "contract/" + encodeURIComponent(params.name) : page) + "?" + query.toString())
+      .then((answer) => answer.json())
+      .then((data) => { live.textContent = data.error ? "not live: " + data.error : "reconnecting…"; })
+      .catch(() => { live.textContent = "not live: the dashboard does not answer"; });
+    setTimeout(() => { if (!source.replaced) Object.assign(source, { replaced: subscribe(page, params, render) }); }, 5000);
   };
   return source;
 }
@@ -265,7 +272,9 @@ function contractPage(name) {
       data.rounds.map((r) => el("tr", { class: "round-row", "data-round": r.round },
         el("td", {}, fmt(r.round)), el("td", { class: r.status === "merged" && !r.voided ? "ok" : "bad" }, r.voided ? "voided" : r.status),
         el("td", {}, r.leader || "–"),
-        el("td", {}, r.digest ? el("a", { href: "/ledger?height=" + r.merged_height, title: r.digest, class: "digest" }, short(r.digest)) : "–"),
+        el("td", {}, !r.digest ? "–" : r.merged_height === null || r.merged_height === undefined
+          ? el("span", { title: r.digest, class: "digest" }, short(r.digest))
+          : el("a", { href: "/ledger?height=" + r.merged_height, title: r.digest, class: "digest" }, short(r.digest))),
         el("td", {}, phaseBar(r.phases)),
         el("td", {}, r.excluded.map((e) => `${e.name}: ${e.reason}`).join("; ") || "–"),
         el("td", {}, r.failed_leaders.join(", ") || "–"),
@@ -274,17 +283,22 @@ function contractPage(name) {
   });
 }
 
+// a value a peer named, never one inherited by every object ("constructor", "toString"…)
+function own(object, key) {
+  return object && Object.hasOwn(object, key) ? object[key] : undefined;
+}
+
 function auditText(round) {
   const audit = round.audit;
   const parts = [];
   if (audit) {
     for (const who of audit.auditors || []) {
-      const said = (audit.attestations || {})[who];
-      if (said !== undefined) {
+      const said = own(audit.attestations, who);
+      if (typeof said === "string") {
         const agrees = round.digest && said.startsWith(round.digest + ":");
         parts.push(`${who} ${agrees ? "agreed" : "found " + short(said.split(":")[0])}`);
-      } else if ((audit.abstained || {})[who] !== undefined) {
-        parts.push(`${who} abstained: ${audit.abstained[who]}`);
+      } else if (own(audit.abstained, who) !== undefined) {
+        parts.push(`${who} abstained: ${own(audit.abstained, who)}`);
       } else {
         parts.push(`${who} did not answer`);
       }
@@ -318,7 +332,10 @@ function ledgerPage() {
       if (value) params[f] = value;
     }
     history.replaceState(null, "", "/ledger" + (Object.keys(params).length ? "?" + new URLSearchParams(params) : ""));
-    if (source) source.close();
+    if (source) {
+      source.replaced = true; // no retry of the old search
+      source.close();
+    }
     source = subscribe("ledger", params, renderBlocks);
   };
   form.onsubmit = (event) => { event.preventDefault(); start(); };
@@ -326,9 +343,15 @@ function ledgerPage() {
   const verify = el("button", { id: "verify", type: "button" }, "verify the chain");
   verify.onclick = async () => {
     verifyResult.textContent = "verifying…";
-    const answer = await fetch("/api/verify");
-    const report = await answer.json();
-    showVerify(verifyResult, report);
+    try {
+      const answer = await fetch("/api/verify");
+      const report = await answer.json();
+      if (!answer.ok) throw new Error(report.error || answer.statusText);
+      showVerify(verifyResult, report);
+    } catch (error) {
+      verifyResult.className = "bad";
+      verifyResult.textContent = "could not verify: " + error.message;
+    }
   };
   fill("explorer-head", el("h1", {}, "Ledger"), form, el("p", {}, verify, " ", verifyResult));
   region("blocks-section");
