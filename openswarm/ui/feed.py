@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import grpc
@@ -118,10 +120,14 @@ class LedgerFeed:
             if fresh_nodes is not None:
                 self.nodes = fresh_nodes
         if changed:
-            with self._changed:
-                self.version += 1
-                self._changed.notify_all()
+            self.touch()
         return changed
+
+    def touch(self) -> None:
+        """Wake the waiting pages: something they show changed."""
+        with self._changed:
+            self.version += 1
+            self._changed.notify_all()
 
     def _restart(self, genesis_hash: Any) -> None:
         """Another chain answers at these addresses (a new swarm there): forget the old one."""
@@ -142,21 +148,11 @@ class LedgerFeed:
     def closed(self) -> bool:
         return self._stop.is_set()
 
-    def read(self) -> _Snapshot:
+    @contextmanager
+    def read(self) -> Iterator[LedgerFeed]:
         """A consistent view to compute a page from (hold it only briefly)."""
-        return _Snapshot(self)
-
-
-class _Snapshot:
-    def __init__(self, feed: LedgerFeed) -> None:
-        self._feed = feed
-
-    def __enter__(self) -> LedgerFeed:
-        self._feed._lock.acquire()
-        return self._feed
-
-    def __exit__(self, *exc: object) -> None:
-        self._feed._lock.release()
+        with self._lock:
+            yield self
 
 
 def _health(nodes: dict[str, dict[str, Any]]) -> list[tuple[str, bool, Any]]:

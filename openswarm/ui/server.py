@@ -199,7 +199,7 @@ class Dashboard:
             )
         except ExperimentError as exc:
             raise RequestError(HTTPStatus.BAD_REQUEST, str(exc)) from exc
-        self._changed()
+        self.feed.touch()
         return entry
 
     def annotate_experiment(self, experiment_id: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -214,7 +214,7 @@ class Dashboard:
                 )
         except ExperimentError as exc:
             raise RequestError(HTTPStatus.BAD_REQUEST, str(exc)) from exc
-        self._changed()
+        self.feed.touch()
         return entry
 
     def check_writable(self, client_may_write: bool) -> None:
@@ -250,11 +250,6 @@ class Dashboard:
                 HTTPStatus.FORBIDDEN, f"the ledger does not vouch for your certificate: {cached[1]}"
             )
         return cached[2] == "admin"
-
-    def _changed(self) -> None:
-        with self.feed._changed:
-            self.feed.version += 1
-            self.feed._changed.notify_all()
 
 
 def _filters(query: dict[str, str]) -> dict[str, Any]:
