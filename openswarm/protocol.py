@@ -48,6 +48,18 @@ SHARDED_METHODS = ("mean", "coordmedian", "trimmed_mean")
 #: encoding as it is, so only the lossless compressions.
 SHARDED_COMPRESSIONS = ("none", "zstd")
 
+#: Merge methods that are server-side optimizers: the round's weighted mean taken as a
+#: pseudo-gradient, their state carried in the merged model (merge/server_opt.py).
+SERVER_OPTIMIZERS = ("fedavgm", "fedadam", "fedyogi", "fedadagrad")
+#: The compressions a server optimizer's state survives (float16 and int8 flush the small
+#: second moments to zero).
+SERVER_OPTIMIZER_COMPRESSIONS = ("none", "zstd", "bfloat16", "bfloat16+zstd")
+#: Names of the tensors a merged model carries besides the model: a server optimizer's
+#: state (``<prefix><slot>/<tensor>``), and SCAFFOLD's control variates
+#: (``<prefix><tensor>``), which snapshots carry too.
+STATE_PREFIX = "openswarm:opt/"
+CONTROL_VARIATE_PREFIX = "openswarm:scaffold/"
+
 #: How models travel between sites (codec/transport.py): as they are, zstd-compressed,
 #: or with float tensors as 16-bit floats or int8 with a scale (lossy), optionally zstd too.
 COMPRESSIONS = ("none", "zstd", "float16", "float16+zstd", "bfloat16", "bfloat16+zstd",

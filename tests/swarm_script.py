@@ -6,7 +6,8 @@ sync), BATCH_DELAY_S (simulated
 compute per batch), BALLAST (extra float32 buffer values: a larger model), and BAD_PARAMS
 (`nan` or `shape`: from the second round on this site offers broken parameters),
 PRESENCE_TIMEOUT (seconds a silent member counts as present), LEAD=0 (never lead),
-MERGE_METHOD, WEIGHT_POLICY and NODE_WEIGHT (the declared weight), AUDIT (auditors per
+MERGE_METHOD, MERGE_OPTIONS (JSON), PROXIMAL_MU and CONTROL_VARIATES=1 (drift
+remedies), WEIGHT_POLICY and NODE_WEIGHT (the declared weight), AUDIT (auditors per
 merge) and MAY_AUDIT=0 (never audit), COMPRESSION (how models travel),
 HOLD_FILE and HOLD_EPOCH (wait before that epoch until the test creates the file), and FAULT
 (a hostile or failing behaviour from tests/adversarial/faults.py).
@@ -93,6 +94,9 @@ def main() -> None:
         presence_timeout_s=float(env.get("PRESENCE_TIMEOUT", "30")),
         lead=False if env.get("LEAD") == "0" else None,  # None: SL_MAKE_ME_ADMIN decides
         merge_method=env.get("MERGE_METHOD", "mean"),
+        merge_options=json.loads(env.get("MERGE_OPTIONS") or "{}"),
+        proximal_mu=float(env.get("PROXIMAL_MU", "0")),
+        control_variates=env.get("CONTROL_VARIATES") == "1",
         weight_policy=env.get("WEIGHT_POLICY") or None,
         node_weight=int(env.get("NODE_WEIGHT", "1")),
         audit=int(env["AUDIT"]) if env.get("AUDIT") else None,
@@ -110,7 +114,7 @@ def main() -> None:
                           **options)  # fmt: skip
         broken.session = cb.session
     else:
-        cb = SwarmCallback(model, **options)
+        cb = SwarmCallback(model, optimizer=opt, **options)
     cb.on_train_begin()
     print(f"joined at round {cb.rounds} digest-ready", flush=True)
     await_members(cb, int(env.get("AWAIT_MEMBERS", "0")))

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from openswarm.client.base import ModelMethods
+from openswarm.client.drift import Drift
 from openswarm.client.session import SwarmSession
 from openswarm.client.torch import (
     FAILED,
@@ -34,6 +35,7 @@ from openswarm.client.torch import (
     NOTHING,
     GroupMessage,
     SiteGroup,
+    hook_drift,
     host_tensors,
     matching_tensors,
     require_bfloat16_support,
@@ -79,6 +81,7 @@ class HfModel:
         self.val_batch_size = val_batch_size
         require_bfloat16_support(self._state())
         self.loaded = False
+        self.lr: float | None = None
 
     # --- parameters -----------------------------------------------------------------------
     def get_params(self) -> dict[str, torch.Tensor]:
@@ -104,6 +107,15 @@ class HfModel:
 
             return get_peft_model_state_dict(self.model)
         return self.model.state_dict()
+
+    def install_drift(self, drift: Drift) -> bool:
+        """Add the drift correction to the synced parameters' gradients (`hook_drift`;
+        PEFT adapters, synced under other names, get a step after each batch instead)."""
+        return hook_drift(self.model, self._state().keys(), drift)
+
+    def learning_rate(self) -> float | None:
+        """The Trainer's learning rate (set at the start of training)."""
+        return self.lr
 
     # --- validation -----------------------------------------------------------------------
     def evaluate(self) -> tuple[float | None, float | None]:
@@ -191,6 +203,13 @@ class SwarmCallback(ModelMethods, TrainerCallback):
         if self.total_epochs is None and getattr(state, "num_train_epochs", 0):
             self.session.total_epochs = int(state.num_train_epochs)
         self.group = None if self.loopback else _site_group(args)
+        if self.group is not None and self.session.drift.active:
+            raise SwarmError(
+                "proximal_mu and control_variates take one process per site for now: its "
+                "gradients must all be corrected alike, and DDP averages them across ranks"
+            )
+        rate = getattr(args, "learning_rate", None)
+        self.hf.lr = float(rate) if isinstance(rate, int | float) and rate > 0 else None
         self._group_steps = 0
         self._site_step(lambda: self.session.train_begin(), shared=True)
 

@@ -80,6 +80,19 @@ class KerasModel:
             values.append(value if value.flags.writeable else value.copy())
         model.set_weights(values)
 
+    def learning_rate(self) -> float | None:
+        """The compiled optimizer's learning rate now (for the drift corrections), if
+        readable; SGD's momentum counts as for torch (lr over 1 - momentum)."""
+        optimizer = getattr(self.source(), "optimizer", None)
+        try:
+            lr = float(np.asarray(optimizer.learning_rate))
+            momentum = float(np.asarray(getattr(optimizer, "momentum", 0.0) or 0.0))
+        except (AttributeError, TypeError, ValueError):
+            return None
+        if not lr > 0:
+            return None
+        return lr / (1.0 - momentum) if 0 <= momentum < 1 else lr
+
     def evaluate(self) -> tuple[float | None, float | None]:
         data = self.val_data
         if data is None:

@@ -31,6 +31,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, Protocol, runtime_checkable
 
+from openswarm.client.drift import Drift, without_variates
 from openswarm.codec import decode, digest, encode
 from openswarm.node.peer import RoundResult, SwarmPeer
 from openswarm.node.settings import NetworkConfig, SwarmSettings
@@ -99,6 +100,9 @@ class SwarmSession:
         merge_topology: str | None = None,
         network: NetworkConfig | None = None,
         logger: logging.Logger | None = None,
+        proximal_mu: float = 0.0,
+        control_variates: bool = False,
+        local_lr: float | None = None,
     ) -> None:
         if not isinstance(model, ModelAdapter):
             raise SwarmError(
@@ -132,6 +136,10 @@ class SwarmSession:
             merge_memory=merge_memory or env_merge_memory(),
             merge_topology=merge_topology,
         )
+        self.drift = Drift(proximal_mu=proximal_mu, control_variates=control_variates,
+                           local_lr=local_lr, merge_method=merge_method)  # fmt: skip
+        self._hooked = False  # whether the adapter corrects gradients itself
+        self._lr: float | None = None  # the local learning rate the correction uses
         self.sync_frequency = sync_frequency
         self.use_adaptive_sync = use_adaptive_sync
         self.total_epochs = total_epochs
@@ -156,25 +164,29 @@ class SwarmSession:
                 "adaptive sync decides from validation loss: give validation data "
                 "(val_data, or adsValData in the HPE API)"
             )
+        if self.drift.active:
+            self._start_drift()
         if self.loopback:
             self._check_loopback()
             return
         assert self.network is not None
         self.peer = SwarmPeer(self.settings, self.network)
         self.peer.register()
-        latest = self.peer.latest_merged(self.model.get_params())
+        latest = self.peer.latest_merged(self._offer())
         if latest is not None:
             self.logger.info("%s: loading the latest merged model (round %d)",
                              self.peer.name, latest.round)  # fmt: skip
             self._load(latest)
         else:
-            result = self.peer.sync(self.model.get_params())
+            result = self.peer.sync(self._offer())
             self._load(result)
             if result.params is not None:
                 self._report(result)
 
     def batch_end(self) -> None:
         """Count a batch; every `sync_frequency` batches, merge with the swarm."""
+        if self.drift.active:
+            self._correct_drift()
         if self.loopback:
             return
         self._batches_since_sync += 1
@@ -195,23 +207,26 @@ class SwarmSession:
         try:
             # "snapshot" contributes the site's own last local weights: copy them before the
             # final merge overwrites the model in place.
-            self._last_local = decode(encode(self.model.get_params()))
+            self._last_local = decode(encode(self._offer()))
             if self._batches_since_sync or self.rounds == 0:
                 last = self._sync()
                 if last.params is not None and peer.name not in last.participants:
                     # it caught up with the swarm rather than merging: what it offers now
                     # is the model it caught up with, not its stale one
-                    self._last_local = decode(encode(self.model.get_params()))
+                    self._last_local = decode(encode(self._offer()))
             result = peer.finish(self._contribution)
             if result is not None and result.params is not None:
-                self.model.set_params(result.params)
+                self.model.set_params(self.drift.loaded(result.params))
                 self._report(result)  # the final model, after the last epoch
             self.final_digest = digest(self.model.get_params())
             # the swarm's final parameters as they arrived (with a lossy compression their
-            # digest is not the ledger's, which covers the compressed form)
+            # digest is not the ledger's, which covers the compressed form; a merged model
+            # with an optimizer's state or control variates carries more than the model)
+            extra = peer.carries_state or self.drift.control_variates
             swarm_digest = None if result is None else (
-                result.digest if result.params is None or not peer.transport.lossy_mode
-                else digest(result.params)
+                result.digest
+                if result.params is None or not (peer.transport.lossy_mode or extra)
+                else digest(without_variates(result.params))
             )  # fmt: skip
             if swarm_digest is not None and swarm_digest != self.final_digest:
                 raise SwarmError(
@@ -242,6 +257,33 @@ class SwarmSession:
             "no swarm", len(data), "n/a" if loss is None else f"{loss:.4f}",
         )  # fmt: skip
 
+    def _start_drift(self) -> None:
+        """Set up the drift correction before training: gradient hooks where the adapter
+        installs them (`install_drift`), else a corrective step after each batch, which
+        needs the local learning rate (`local_lr`, or the adapter's `learning_rate()`)."""
+        install = getattr(self.model, "install_drift", None)
+        rate = getattr(self.model, "learning_rate", None)
+        found = rate() if callable(rate) else None
+        self._hooked = bool(install(self.drift)) if callable(install) else False
+        if not self._hooked:
+            self._lr = self.drift.require_lr(found, f"proximal_mu or control_variates with "
+                                             f"{type(self.model).__name__}")  # fmt: skip
+        elif self.drift.control_variates:
+            self._lr = self.drift.require_lr(found, "control_variates")
+        else:
+            self._lr = self.drift.local_lr or found
+
+    def _correct_drift(self) -> None:
+        self.drift.steps += 1
+        if not self._hooked and self.drift.anchor:
+            assert self._lr is not None
+            self.model.set_params(self.drift.decoupled(self.model.get_params(), self._lr))
+
+    def _offer(self) -> Mapping[str, Any]:
+        """What this site syncs: its model's parameters (and its control variates)."""
+        params = self.model.get_params()
+        return self.drift.offer(params, self._lr) if self.drift.control_variates else params
+
     def _require_peer(self) -> SwarmPeer:
         if self.peer is None:
             raise SwarmError("call train_begin() (on_train_begin) before the other steps")
@@ -250,7 +292,7 @@ class SwarmSession:
     def _sync(self) -> RoundResult:
         peer = self._require_peer()
         self._batches_since_sync = 0
-        result = peer.sync(self.model.get_params())
+        result = peer.sync(self._offer())
         self._load(result)
         if result.params is not None:
             self._report(result)
@@ -259,7 +301,7 @@ class SwarmSession:
     def _load(self, result: RoundResult) -> None:
         if result.params is not None:
             started = time.perf_counter()
-            self.model.set_params(result.params)
+            self.model.set_params(self.drift.loaded(result.params))
             result.timings["load"] = time.perf_counter() - started
             self.rounds += 1
             self.round_timings.append(dict(result.timings))
@@ -293,5 +335,5 @@ class SwarmSession:
             return None
         if mode == "active":
             latest = self._require_peer().latest_merged()
-            return self.model.get_params() if latest is None else latest.params
+            return self._offer() if latest is None else latest.params
         return self._last_local

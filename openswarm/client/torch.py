@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from openswarm.client.base import LoopCallback
+from openswarm.client.drift import Drift
 from openswarm.codec import CodecError, to_torch
 from openswarm.protocol import SwarmError
 
@@ -29,7 +30,8 @@ MetricFn = Callable[[torch.Tensor, torch.Tensor], float]
 class TorchModel:
     """The model adapter of a `torch.nn.Module`: its whole state_dict (buffers included) on
     any device; `evaluate()` averages `loss_fn` (and `metric_fn`) over `val_data`'s
-    `(x, y)` batches."""
+    `(x, y)` batches. `optimizer` (optional) tells the drift corrections the local learning
+    rate."""
 
     def __init__(
         self,
@@ -39,6 +41,7 @@ class TorchModel:
         loss_fn: LossFn | str | None = None,
         loss_args: Mapping[str, Any] | None = None,
         metric_fn: MetricFn | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
     ) -> None:
         if not isinstance(model, torch.nn.Module):
             raise SwarmError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -47,9 +50,18 @@ class TorchModel:
         self.val_data = val_data
         self.loss_fn = _loss(loss_fn, loss_args)
         self.metric_fn = metric_fn
+        self.optimizer = optimizer
 
     def get_params(self) -> dict[str, torch.Tensor]:
         return host_tensors(self.module.state_dict())
+
+    def install_drift(self, drift: Drift) -> bool:
+        """Add the drift correction to the parameters' gradients (see `hook_drift`)."""
+        return hook_drift(self.module, self.module.state_dict().keys(), drift)
+
+    def learning_rate(self) -> float | None:
+        """The optimizer's steady step size (lr, over 1 - momentum for SGD), if given."""
+        return optimizer_step_size(self.optimizer)
 
     def set_params(self, params: Mapping[str, Any]) -> None:
         tensors = matching_tensors(self.module.state_dict(), params)
@@ -109,13 +121,77 @@ class SwarmCallback(LoopCallback):
         loss_fn: LossFn | str | None = None,
         loss_args: Mapping[str, Any] | None = None,
         metric_fn: MetricFn | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
         **options: Any,
     ) -> None:
         adapter = TorchModel(
-            model, val_data=val_data, loss_fn=loss_fn, loss_args=loss_args, metric_fn=metric_fn
-        )
+            model, val_data=val_data, loss_fn=loss_fn, loss_args=loss_args, metric_fn=metric_fn,
+            optimizer=optimizer,
+        )  # fmt: skip
         super().__init__(adapter, sync_frequency, min_peers, **options)
         self.model = model
+
+
+def hook_drift(module: torch.nn.Module, synced: Iterable[str], drift: Drift) -> bool:
+    """Make backward add `drift`'s correction (``mu*(w - w_merged) + c - c_i``) to the
+    gradient of each trainable parameter of `module` that is synced under its own name;
+    False (nothing hooked) if none is, e.g. PEFT adapters synced under other names."""
+    names = set(synced)
+    params = [(n, p) for n, p in module.named_parameters() if p.requires_grad and n in names]
+    if not params:
+        return False
+    drift.trainable = frozenset(n for n, _ in params)
+    hooks = _DriftHooks(drift)
+    for name, param in params:
+        param.register_hook(hooks.for_param(name, param))
+    return True
+
+
+class _DriftHooks:
+    """Gradient hooks holding the anchor and ``c - c_i`` as tensors on each parameter's
+    device, refreshed when the drift state changes (a merge was loaded)."""
+
+    def __init__(self, drift: Drift) -> None:
+        self.drift = drift
+        self.version = -1
+        self.anchor: dict[str, torch.Tensor] = {}
+        self.shift: dict[str, torch.Tensor] = {}
+
+    def for_param(self, name: str, param: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        def add_correction(grad: torch.Tensor) -> torch.Tensor:
+            if self.version != self.drift.version:
+                self.anchor.clear()
+                self.shift.clear()
+                self.version = self.drift.version
+            drift = self.drift
+            if name not in drift.anchor:
+                return grad
+            if name not in self.anchor:
+                self.anchor[name] = torch.from_numpy(drift.anchor[name]).to(param.device)
+                if drift.control_variates and name in drift.swarm_c:
+                    shift = drift.swarm_c[name] - drift.site_c.get(name, 0.0)
+                    self.shift[name] = torch.from_numpy(shift).to(param.device)
+            extra = torch.zeros_like(grad, dtype=torch.float32)
+            if drift.proximal_mu:
+                extra += drift.proximal_mu * (param.detach().float() - self.anchor[name])
+            if name in self.shift:
+                extra += self.shift[name]
+            return grad + extra.to(grad.dtype)
+
+        return add_correction
+
+
+def optimizer_step_size(optimizer: Any) -> float | None:
+    """A torch optimizer's first group's lr, over (1 - momentum) for SGD with momentum;
+    None without one."""
+    if optimizer is None or not getattr(optimizer, "param_groups", None):
+        return None
+    group = optimizer.param_groups[0]
+    lr = float(group.get("lr", 0.0))
+    momentum = float(group.get("momentum", 0.0) or 0.0)
+    if lr <= 0:
+        return None
+    return lr / (1.0 - momentum) if 0 <= momentum < 1 else lr
 
 
 def _loss(loss_fn: LossFn | str | None, args: Mapping[str, Any] | None) -> LossFn | None:

@@ -45,6 +45,8 @@ from openswarm.protocol import (
     PRESENCE_TIMEOUT_S,
     ROUND_CALLS,
     ROUND_PHASES,
+    SERVER_OPTIMIZER_COMPRESSIONS,
+    SERVER_OPTIMIZERS,
     SHARDED_COMPRESSIONS,
     SHARDED_METHODS,
     WEIGHT_POLICY,
@@ -119,6 +121,8 @@ class ContractSettings:
                                 f"got {self.merge_topology!r}")  # fmt: skip
         if self.merge_topology == "sharded":
             _check_shardable(self)
+        if self.merge_method in SERVER_OPTIMIZERS:
+            _check_server_optimizer(self)
         audit = check_int(self.audit, "audit", minimum=0)
         if audit > MAX_AUDITORS or (audit and audit % 2 == 0):
             raise ContractError(
@@ -1237,6 +1241,12 @@ def _check_traffic(value: Any) -> dict[str, int] | None:
 
 def _check_shardable(settings: ContractSettings) -> None:
     """What a sharded merge needs: a coordinate-wise method and a lossless transport."""
+    if settings.merge_method in SERVER_OPTIMIZERS:
+        raise ContractError(
+            f"merge_topology sharded cannot run merge method {settings.merge_method}: its "
+            "optimizer state travels in the whole merged model, which one leader makes; use "
+            "merge_topology leader"
+        )
     if settings.merge_method not in SHARDED_METHODS:
         raise ContractError(
             f"merge_topology sharded needs a coordinate-wise merge method "
@@ -1247,6 +1257,16 @@ def _check_shardable(settings: ContractSettings) -> None:
         raise ContractError(
             f"merge_topology sharded cuts snapshots into byte ranges, so it needs a lossless "
             f"compression ({', '.join(SHARDED_COMPRESSIONS)}), not {settings.compression!r}"
+        )
+
+
+def _check_server_optimizer(settings: ContractSettings) -> None:
+    """What a server-side optimizer needs: a transport its state survives."""
+    if settings.compression not in SERVER_OPTIMIZER_COMPRESSIONS:
+        raise ContractError(
+            f"merge method {settings.merge_method} carries its optimizer state in the merged "
+            f"model, which compression {settings.compression!r} would flush to zero; use one "
+            f"of {', '.join(SERVER_OPTIMIZER_COMPRESSIONS)}"
         )
 
 

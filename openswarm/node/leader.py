@@ -41,6 +41,7 @@ from openswarm.codec.transport import Transport
 from openswarm.merge import MergeInputError, NonFiniteInput, merge
 from openswarm.merge.layered import Loader, merge_layered
 from openswarm.merge.running_mean import Float64Sum, RunningMean, weight_scale
+from openswarm.merge.server_opt import initial, step
 from openswarm.node.checks import Params, Structure, mismatch, structure
 from openswarm.node.exchange import Buffer, ExchangeClient, ExchangeError
 from openswarm.node.memory import spilled
@@ -74,6 +75,9 @@ class Leader:
         self.transport = Transport()  # how models travel (the contract's compression)
         # where a leader keeps the snapshots it pulled, for its auditors: (round, digest, data)
         self.mirror: Callable[[int, str, Buffer], None] | None = None
+        # a server optimizer's previous merged model, with its state, from its ledger record
+        # ({round, digest, size, …}): held here, or fetched and checked
+        self.prior: Callable[[Mapping[str, Any]], Params] | None = None
 
     def run(self, view: Mapping[str, Any], round: int, own_data: bytes,
             reference: Structure | None, cap: int) -> Merged:  # fmt: skip
@@ -89,11 +93,15 @@ class Leader:
                 raise MergeInputError(
                     f"this site's own model cannot start the swarm: {exc}"
                 ) from None
+            if self.settings.server_optimizer:  # with the optimizer's state, all zero
+                data = self.transport.pack(initial(self.settings.merge_method, own,
+                                                   reference or structure(own)))  # fmt: skip
+                return Merged(data, digest_encoded(data), [self.name], [])
             return Merged(own_data, digest_encoded(own_data), [self.name], [])
         pulls = _Pulls(self, view, round, own_data, own, reference or structure(own), cap)
         names = list(view["current"]["ranking"])
         if self._streams():
-            return self._stream(pulls, names)
+            return self._optimized(pulls, self._stream(pulls, names))
         if self.settings.merge_memory == "layer":
             return self._layer_by_layer(pulls, names)
         with self.timed("transfer"):
@@ -124,7 +132,7 @@ class Leader:
             if found.excluded:
                 first = found.excluded[0]
                 raise MergeInputError(f"snapshot of {first['name']}: {first['reason']}")
-            return found
+            return self._optimized(pulls, found)
         with self.timed("transfer"):
             sets, weights, used, excluded = self._gather(pulls, names)
         if excluded:
@@ -140,8 +148,28 @@ class Leader:
         return Merged(data, digest_encoded(data), used, [])
 
     def _streams(self) -> bool:
-        """Whether the contract's merge can take snapshots one at a time (`mean`)."""
-        return self.settings.merge_method == "mean" and not self.settings.merge_options
+        """Whether the contract's merge can take snapshots one at a time (`mean`, and the
+        server optimizers, which step from the mean)."""
+        return self.settings.server_optimizer or (
+            self.settings.merge_method == "mean" and not self.settings.merge_options
+        )
+
+    def _optimized(self, pulls: _Pulls, mean: Merged) -> Merged:
+        """With a server optimizer, the round's merged model: the previous one (the
+        contract's latest merged model, with the optimizer's state) stepped along the
+        round's `mean` (openswarm.merge.server_opt); otherwise `mean` itself."""
+        if not self.settings.server_optimizer:
+            return mean
+        if self.prior is None:
+            raise MergeInputError("no way to find the previous merged model")
+        previous = self.prior(pulls.view["latest_merged"])
+        with self.timed("merge"):
+            averaged = self.transport.unpack(mean.data, pulls.reference, copy=False)
+            params = step(self.settings.merge_method, self.settings.merge_options, previous,
+                          averaged, pulls.reference)  # fmt: skip
+        with self.timed("encode"):
+            data = self.transport.pack(params)
+        return Merged(data, digest_encoded(data), mean.used, mean.excluded)
 
     def _stream(self, pulls: _Pulls, names: list[str]) -> Merged:
         """The weighted mean of `names`' snapshots, pulled one after another in ranking

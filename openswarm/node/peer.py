@@ -34,6 +34,7 @@ from openswarm.codec.transport import Transport
 from openswarm.ledger.client import LedgerClient, LedgerError, Outcome
 from openswarm.ledger.tx import make_transaction
 from openswarm.merge import MergeInputError
+from openswarm.merge.server_opt import merged_structure, model_part
 from openswarm.node.checks import Structure, mismatch, structure
 from openswarm.node.decide import IDLE_S, Me, RoundView, next_step, posted_as
 from openswarm.node.exchange import CHUNK_BYTES, ExchangeClient, ExchangeError, ExchangeServer
@@ -125,6 +126,7 @@ class SwarmPeer:
         self.endpoint = f"{network.advertise or self.server.host}:{self.server.port}"
         self.fetcher = fetcher or ExchangeClient(self.identity)
         self._leader = Leader(self.name, settings, self.fetcher, self._timed)
+        self._leader.prior = self._previous_merged
         self._shard_merger = ShardMerger(self.name, settings, self.fetcher, self._timed)
         self._shard_assembly = ShardAssembly(self.name, self.server.store, self.fetcher)
         self._sharded: set[tuple[int, int, tuple[str, ...]]] = set()  # see decide.Me
@@ -736,20 +738,55 @@ class SwarmPeer:
         return None if found is None else self._decode_merged(r, digest, found.data, False)
 
     def _decode_merged(self, r: int, digest: str, data: bytes, finite: bool = True) -> Params:
-        """Decode a merged model and check it fits this site's model and (if `finite`) is
-        finite; a bad one is reported to the contract as refused (SwarmError)."""
+        """Decode a merged model and check it fits this site's model (with a server
+        optimizer's state, when the contract has one) and (if `finite`) is finite; a bad one
+        is reported to the contract as refused (SwarmError). Returns the model's tensors."""
+        expected = self._merged_structure()
         try:
-            params = self.transport.unpack(data, self._own_structure)
-            problem = None if self._own_structure is None else mismatch(self._own_structure, params)
+            params = self.transport.unpack(data, expected)
+            problem = None if expected is None else mismatch(expected, params)
             if problem is None and finite:
                 check_finite(params)
         except CodecError as exc:
             problem = f"malformed: {exc}"
         if problem is None:
-            return params
+            return model_part(params)
         log.error("%s: merged model of round %d refused: %s", self.name, r, problem)
         self._report_refused(r, digest, problem)
         raise SwarmError(f"the merged model of round {r} is refused: {problem}")
+
+    def _merged_structure(self) -> Structure | None:
+        """What a merged model must look like here: this site's model, and a server
+        optimizer's state when the contract has one."""
+        if self._own_structure is None:
+            return None
+        return merged_structure(self.settings.merge_method, self._own_structure)
+
+    def _previous_merged(self, record: Mapping[str, Any]) -> Params:
+        """The merged model `record` ({round, digest, size, leader}) names, whole (with a
+        server optimizer's state): held here, or fetched from its holders and checked.
+        MergeInputError if it cannot be had."""
+        r, digest = int(record["round"]), str(record["digest"])
+        if self.server.store.find("merged", r, digest) is None:
+            try:
+                self._fetch_merged(record, [record["leader"]])
+            except SwarmError as exc:
+                raise MergeInputError(
+                    f"the previous merged model (round {r}) cannot be had: {exc}"
+                ) from None
+        found = self.server.store.find("merged", r, digest)
+        if found is None:
+            raise MergeInputError(f"the previous merged model (round {r}) is not held here")
+        try:
+            return self.transport.unpack(found.data, self._merged_structure(), copy=False)
+        except CodecError as exc:
+            raise MergeInputError(f"the previous merged model (round {r}): {exc}") from None
+
+    @property
+    def carries_state(self) -> bool:
+        """Whether merged models carry more than the model (a server optimizer's state),
+        so that their digest is not that of the model a site loads."""
+        return self.settings.server_optimizer
 
     def _model_structure(self) -> Structure | None:
         """What a model must look like here: the swarm's current one, else this site's."""

@@ -19,6 +19,8 @@ from openswarm.protocol import (
     MERGE_TOPOLOGIES,
     MIN_PEERS,
     PRESENCE_TIMEOUT_S,
+    SERVER_OPTIMIZER_COMPRESSIONS,
+    SERVER_OPTIMIZERS,
     WEIGHT_POLICIES,
     SwarmConfigError,
 )
@@ -96,13 +98,36 @@ class SwarmSettings:
                 f"presence_timeout_s ({self.presence_timeout_s:g}) must be at least three "
                 f"heartbeats ({3 * self.heartbeat_s:g} s), or live sites look gone"
             )
-        from openswarm.merge import MERGE_METHODS
+        from openswarm.merge import MERGE_METHODS, MergeInputError
+        from openswarm.merge.server_opt import check_options, is_server_optimizer
 
-        if self.merge_method not in MERGE_METHODS:
+        if self.merge_method not in MERGE_METHODS and not is_server_optimizer(self.merge_method):
             raise SwarmConfigError(
                 f"unknown merge method {self.merge_method!r}; use one of "
-                f"{', '.join(sorted(MERGE_METHODS))}"
+                f"{', '.join(sorted(MERGE_METHODS))} or a server optimizer "
+                f"({', '.join(SERVER_OPTIMIZERS)})"
             )
+        if is_server_optimizer(self.merge_method):
+            try:
+                check_options(self.merge_method, self.merge_options)
+            except MergeInputError as exc:
+                raise SwarmConfigError(str(exc)) from None
+            if self.merge_topology == "sharded":
+                raise SwarmConfigError(
+                    f"merge method {self.merge_method} needs merge_topology leader: its "
+                    "optimizer state travels in the whole merged model, which one leader makes"
+                )
+            if self.compression not in (None, *SERVER_OPTIMIZER_COMPRESSIONS):
+                raise SwarmConfigError(
+                    f"merge method {self.merge_method} carries its optimizer state in the "
+                    f"merged model, which compression {self.compression!r} would flush to "
+                    f"zero; use one of {', '.join(SERVER_OPTIMIZER_COMPRESSIONS)}"
+                )
+
+    @property
+    def server_optimizer(self) -> bool:
+        """Whether the merge method is a server optimizer (state in the merged model)."""
+        return self.merge_method in SERVER_OPTIMIZERS
 
     def contract_settings(self) -> dict[str, Any]:
         """What the contract records and every peer must agree on (the weight policy, the
