@@ -90,20 +90,45 @@ def demo(
     ui_listen: str = typer.Option(
         "127.0.0.1:0", "--ui-listen", help="HOST:PORT for --ui (port 0: any free one)."
     ),
+    merge: str = typer.Option(
+        "mean",
+        "--merge",
+        help="Merge method: mean, a robust one (coordmedian, trimmed_mean, …) or a server "
+        "optimizer (fedavgm, fedadam, fedyogi, fedadagrad).",
+    ),
+    merge_option: list[str] = typer.Option(
+        [],
+        "--merge-option",
+        help="KEY=NUMBER for the merge method, e.g. server_lr=0.03 (repeat for more).",
+    ),
+    proximal_mu: float = typer.Option(
+        0.0, "--proximal-mu", help="FedProx: pull local training towards the last merge."
+    ),
+    control_variates: bool = typer.Option(
+        False, "--control-variates", help="SCAFFOLD: correct local drift with control variates."
+    ),
+    seed: int = typer.Option(
+        0, "--seed", help="Moves the data split, the initial weights and the shuffling."
+    ),
 ) -> None:
     """Skewed MNIST shards on N sites: local-only vs swarm vs centralized accuracy, and a
     PNG of each site's accuracy over the rounds."""
     from openswarm.demo.data import DataError
-    from openswarm.demo.run_demo import DemoFailed, failure_text, run_demo
+    from openswarm.demo.run_demo import DemoFailed, DemoTraining, failure_text, run_demo
     from openswarm.launch import LaunchError
+    from openswarm.protocol import SwarmError
 
     if epochs < 1:
         _fail(f"--epochs must be at least 1, got {epochs}")
+    training = DemoTraining(merge=merge, merge_options=_merge_options(merge_option),
+                            proximal_mu=proximal_mu, control_variates=control_variates,
+                            seed=seed)  # fmt: skip
     try:
         run_demo(peers=peers, epochs=epochs, workdir=workdir, json_path=json_path,
                  echo=typer.echo, compression=compression, topology=topology,
-                 ui_listen=ui_listen if ui else None, hold_ui=_hold_dashboard)  # fmt: skip
-    except (DataError, LaunchError) as exc:
+                 ui_listen=ui_listen if ui else None, hold_ui=_hold_dashboard,
+                 training=training)  # fmt: skip
+    except (DataError, LaunchError, SwarmError) as exc:
         _fail(str(exc))
     except DemoFailed as exc:
         typer.echo(failure_text(exc), err=True)
@@ -111,6 +136,20 @@ def demo(
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         raise typer.Exit(INTERRUPTED) from None
+
+
+def _merge_options(pairs: list[str]) -> dict[str, float]:
+    """--merge-option KEY=NUMBER pairs as a dict (exits naming a malformed one)."""
+    options: dict[str, float] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        try:
+            options[key.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not key.strip():
+            _fail(f"--merge-option takes KEY=NUMBER (e.g. server_lr=0.03), got {pair!r}")
+    return options
 
 
 def _hold_dashboard(url: str) -> None:

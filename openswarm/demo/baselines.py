@@ -13,22 +13,34 @@ import numpy as np
 import torch
 
 from openswarm.demo.data import Split
-from openswarm.demo.model import evaluate, loader, make_model, make_optimizer, train_epoch
+from openswarm.demo.model import (
+    MODEL_SEED,
+    evaluate,
+    loader,
+    make_model,
+    make_optimizer,
+    shuffle_seed,
+    train_epoch,
+)
 
 
-def train_alone(train: Split, test: Split, epochs: int, seed: int = 0) -> float:
-    """Test accuracy of the model trained for `epochs` on `train` only."""
+def train_alone(train: Split, test: Split, epochs: int, seed: int = 0, run_seed: int = 0) -> float:
+    """Test accuracy of the model trained for `epochs` on `train` only (`run_seed`: the
+    demo's --seed, which moves the initial weights and the shuffling)."""
     with _one_thread():
-        model = make_model()
+        model = make_model(MODEL_SEED + run_seed)
         optimizer = make_optimizer(model)
         for epoch in range(epochs):
-            train_epoch(model, optimizer, loader(train, shuffle=True, seed=seed * 1000 + epoch))
+            order = shuffle_seed(seed, epoch, run_seed)
+            train_epoch(model, optimizer, loader(train, shuffle=True, seed=order))
         return evaluate(model, test)
 
 
-def local_accuracies(shards: Sequence[Split], test: Split, epochs: int) -> list[float]:
+def local_accuracies(
+    shards: Sequence[Split], test: Split, epochs: int, run_seed: int = 0
+) -> list[float]:
     """Test accuracy of a local-only model per site."""
-    return [train_alone(s, test, epochs, seed=rank) for rank, s in enumerate(shards)]
+    return [train_alone(s, test, epochs, rank, run_seed) for rank, s in enumerate(shards)]
 
 
 def pooled(shards: Sequence[Split]) -> Split:
@@ -36,9 +48,11 @@ def pooled(shards: Sequence[Split]) -> Split:
     return Split(x=np.concatenate([s.x for s in shards]), y=np.concatenate([s.y for s in shards]))
 
 
-def centralized_accuracy(shards: Sequence[Split], test: Split, epochs: int) -> float:
+def centralized_accuracy(
+    shards: Sequence[Split], test: Split, epochs: int, run_seed: int = 0
+) -> float:
     """Test accuracy of the model trained on the pooled shards."""
-    return train_alone(pooled(shards), test, epochs, seed=len(shards))
+    return train_alone(pooled(shards), test, epochs, len(shards), run_seed)
 
 
 @contextlib.contextmanager

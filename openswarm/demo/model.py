@@ -31,6 +31,11 @@ def make_optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
     return torch.optim.SGD(model.parameters(), lr=LEARNING_RATE, momentum=MOMENTUM)
 
 
+def shuffle_seed(rank: int, epoch: int, run_seed: int = 0) -> int:
+    """The seed of site `rank`'s shuffling in `epoch` (the demo's --seed moves them all)."""
+    return run_seed * 100_000 + rank * 1000 + epoch
+
+
 def loader(data: Split, *, shuffle: bool, seed: int = 0, batch_size: int = BATCH_SIZE):
     """A DataLoader over `data`; shuffling follows `seed`."""
     dataset = TensorDataset(torch.from_numpy(data.x), torch.from_numpy(data.y))

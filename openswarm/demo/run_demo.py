@@ -5,8 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from openswarm.launch.launcher import LaunchError, SwarmRunResult, run_swarm
 from openswarm.launch.progress import ProgressPrinter, format_summary
 from openswarm.ledger.local import LocalLedger
 from openswarm.ledger.store import StoreError
+from openswarm.protocol import SwarmError
 
 Echo = Callable[[str], None]
 
@@ -48,6 +49,7 @@ class DemoReport:
     compression: str = "none"
     received_mb: float | None = None  # models all sites received over the run
     topology: str = "leader"  # who merged: the leader, or every site a shard
+    training: Mapping[str, Any] = field(default_factory=dict)  # merge and drift options, seed
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -67,7 +69,59 @@ class DemoReport:
             "compression": self.compression,
             "topology": self.topology,
             "received_mb": None if self.received_mb is None else round(self.received_mb, 2),
+            "training": dict(self.training),
         }
+
+
+@dataclass(frozen=True)
+class DemoTraining:
+    """How the demo's swarm trains beyond the plain demo: the merge method (and its
+    options), FedProx's mu, SCAFFOLD's control variates, and the seed of the data split,
+    the initial weights and the shuffling (the same budget whatever is chosen)."""
+
+    merge: str = "mean"
+    merge_options: Mapping[str, Any] = field(default_factory=dict)
+    proximal_mu: float = 0.0
+    control_variates: bool = False
+    seed: int = 0
+
+    def check(self, compression: str | None, topology: str | None) -> None:
+        """SwarmError (before anything trains) if these options do not go together."""
+        from openswarm.client.drift import Drift
+        from openswarm.node.settings import SwarmSettings
+
+        if not isinstance(self.seed, int) or not 0 <= self.seed < 10_000:
+            raise SwarmError(f"--seed must be an integer from 0 to 9999, got {self.seed!r}")
+        SwarmSettings(merge_method=self.merge, merge_options=dict(self.merge_options),
+                      compression=compression, merge_topology=topology)  # fmt: skip
+        Drift(proximal_mu=self.proximal_mu, control_variates=self.control_variates,
+              local_lr=1.0, merge_method=self.merge)  # fmt: skip
+
+    def script_args(self) -> list[str]:
+        """The options of openswarm.demo.train that say the same."""
+        args = ["--merge", self.merge, "--seed", str(self.seed)]
+        if self.merge_options:
+            args += ["--merge-options", json.dumps(dict(self.merge_options))]
+        if self.proximal_mu:
+            args += ["--proximal-mu", repr(float(self.proximal_mu))]
+        if self.control_variates:
+            args.append("--control-variates")
+        return args
+
+    def describe(self) -> str:
+        options = ", ".join(f"{k}={v:g}" for k, v in sorted(self.merge_options.items()))
+        parts = [f"merge {self.merge}" + (f" ({options})" if options else "")]
+        if self.proximal_mu:
+            parts.append(f"FedProx mu={self.proximal_mu:g}")
+        if self.control_variates:
+            parts.append("SCAFFOLD control variates")
+        parts.append(f"seed {self.seed}")
+        return ", ".join(parts)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"merge": self.merge, "merge_options": dict(self.merge_options),
+                "proximal_mu": self.proximal_mu, "control_variates": self.control_variates,
+                "seed": self.seed}  # fmt: skip
 
 
 def default_demo_dir(base: Path = Path("runs")) -> Path:
@@ -92,30 +146,36 @@ def run_demo(
     topology: str | None = None,
     ui_listen: str | None = None,
     hold_ui: Callable[[str], None] | None = None,
+    training: DemoTraining | None = None,
 ) -> DemoReport:
     """Prepare the data, train the baselines, run the swarm, print the table, and draw each
     site's accuracy over the rounds (a PNG next to the JSON, else in the run folder).
 
     With `ui_listen` (HOST:PORT), a dashboard serves the swarm from the start; once the run
     is over, `hold_ui(url)` is called while it still serves (it returns when the user is
-    done). Raises DemoFailed when the swarm run does not end with every peer exiting 0.
+    done). `training` chooses the merge method and the drift corrections, and the seed.
+    Raises DemoFailed when the swarm run does not end with every peer exiting 0, and
+    SwarmError (before any training) when the options do not go together.
     """
     from openswarm.demo.baselines import centralized_accuracy, local_accuracies
-    from openswarm.demo.data import Split, check_sites, prepare
+    from openswarm.demo.data import SEED, Split, check_sites, prepare
 
     check_sites(peers)
+    training = training or DemoTraining()
+    training.check(compression, topology)
     started = time.monotonic()
     root = (workdir or default_demo_dir()).expanduser().resolve()
     if (root / "swarm").exists():
         raise LaunchError(f"{root} already holds a demo run; choose another --workdir")
     echo(f"preparing {peers} non-IID shards of the MNIST subset in {root / 'data'}")
-    data = prepare(root / "data", peers)
+    data = prepare(root / "data", peers, seed=SEED + training.seed)
     shards = [Split.load(d / "shard.npz") for d in data.shard_dirs]
     test = Split.load(data.test_path)
     echo(f"training the baselines ({epochs} epochs): each site alone, and all data pooled")
-    local = local_accuracies(shards, test, epochs)
-    central = centralized_accuracy(shards, test, epochs)
-    echo(f"training the swarm: {peers} peers, a merge every {sync_frequency} batches")
+    local = local_accuracies(shards, test, epochs, training.seed)
+    central = centralized_accuracy(shards, test, epochs, training.seed)
+    echo(f"training the swarm: {peers} peers, a merge every {sync_frequency} batches; "
+         f"{training.describe()}")  # fmt: skip
     dashboard = _Dashboard(ui_listen, echo)
     try:
         report = _swarm_part(
@@ -130,6 +190,7 @@ def run_demo(
             local,
             central,
             dashboard,
+            training,
         )
         echo(format_report(report))
         echo(f"demo took {time.monotonic() - started:.0f} s; files in {root}")
@@ -159,6 +220,7 @@ def _swarm_part(
     local: list[float],
     central: float,
     dashboard: _Dashboard,
+    training: DemoTraining,
 ) -> DemoReport:
     run = run_swarm(
         "openswarm.demo.train",
@@ -172,6 +234,7 @@ def _swarm_part(
             str(sync_frequency),
             *(["--compression", compression] if compression else []),
             *(["--topology", topology] if topology else []),
+            *training.script_args(),
         ],
         workdir=root / "swarm",
         epochs=epochs,
@@ -200,6 +263,7 @@ def _swarm_part(
         compression=compression or "none",
         topology=topology or "leader",
         received_mb=_received_mb(run),
+        training=training.to_json(),
     )
     return report
 
@@ -270,6 +334,8 @@ def format_report(report: DemoReport) -> str:
         rows.append(f"final digest (same on every peer): {digests.pop()}")
     else:
         rows.append("final digests differ between peers!")
+    if report.training:
+        rows.append(f"swarm training: {DemoTraining(**report.training).describe()}")
     rows.append(
         f"rounds: {report.rounds}, swarm time: {report.seconds:.1f} s, ledger: {report.ledger_dir}"
     )

@@ -33,6 +33,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--result", type=Path, default=os.environ.get("OPENSWARM_RESULT"))
     parser.add_argument("--compression", default=None, help="how models travel (contract)")
     parser.add_argument("--topology", default=None, help="who merges: leader or sharded")
+    parser.add_argument("--merge", default="mean", help="merge method (contract)")
+    parser.add_argument(
+        "--merge-options", type=json.loads, default={}, help="its options, a JSON object"
+    )
+    parser.add_argument("--proximal-mu", type=float, default=0.0, help="FedProx's mu")
+    parser.add_argument(
+        "--control-variates", action="store_true", help="SCAFFOLD's control variates"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="moves initial weights, shuffles")
     args = parser.parse_args(argv)
     if args.data_dir is None:
         parser.error("no data: pass --data-dir or set OPENSWARM_DATA_DIR (openswarm run does)")
@@ -46,11 +55,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from openswarm.demo.data import Split
     from openswarm.demo.model import (
+        MODEL_SEED,
         accuracy_of,
         evaluate,
         loader,
         make_model,
         make_optimizer,
+        shuffle_seed,
         train_epoch,
     )
     from openswarm.torch import SwarmCallback
@@ -61,13 +72,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     shard = Split.load(args.data_dir / "shard.npz")
     test = Split.load(args.test or args.data_dir.parent / "test.npz")
 
-    model = make_model()
+    model = make_model(MODEL_SEED + args.seed)
     optimizer = make_optimizer(model)
     callback = SwarmCallback(
         model,
         sync_frequency=args.sync_frequency,
         min_peers=args.min_peers,
-        merge_method="mean",
+        merge_method=args.merge,
+        merge_options=args.merge_options,
+        proximal_mu=args.proximal_mu,
+        control_variates=args.control_variates,
+        optimizer=optimizer,  # tells the drift corrections the local step size
         node_weight=min(100, max(1, round(len(shard) / 50))),  # 1-100: one per 50 samples
         # the test set is only watched (loss/metric on the ledger), never trained on
         val_data=loader(test, shuffle=False, batch_size=500),
@@ -79,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     callback.on_train_begin()
     for epoch in range(args.epochs):
-        batches = loader(shard, shuffle=True, seed=rank * 1000 + epoch)
+        batches = loader(shard, shuffle=True, seed=shuffle_seed(rank, epoch, args.seed))
         loss = train_epoch(model, optimizer, batches, after_batch=callback.on_batch_end)
         callback.on_epoch_end(epoch)
         print(f"{name}: epoch {epoch + 1}/{args.epochs} training loss {loss:.4f}", flush=True)
