@@ -1,0 +1,214 @@
+"""FedProx's proximal term and SCAFFOLD's control variates (openswarm.client.drift): each
+against an independent reference on small problems, their refusals, and two in-process
+sessions over plain adapters that train with both and end with one model."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from openswarm.client import LoopCallback
+from openswarm.client.drift import Drift, variate_name
+from openswarm.client.torch import TorchModel, optimizer_step_size
+from openswarm.codec import digest
+from openswarm.ledger.local import LocalLedger
+from openswarm.node.settings import NetworkConfig
+from openswarm.protocol import SwarmError
+
+
+def _net(seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Tanh(), torch.nn.Linear(3, 2))
+
+
+def _batch() -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(5)
+    return torch.randn(8, 4, generator=generator), torch.randint(0, 2, (8,), generator=generator)
+
+
+def _grads(model: torch.nn.Module, extra_loss: Any = None) -> dict[str, torch.Tensor]:
+    x, y = _batch()
+    model.zero_grad()
+    loss = torch.nn.functional.cross_entropy(model(x), y)
+    if extra_loss is not None:
+        loss = loss + extra_loss(model)
+    loss.backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def _numpy(model: torch.nn.Module) -> dict[str, np.ndarray]:
+    return {n: t.detach().numpy().copy() for n, t in model.state_dict().items()}
+
+
+def test_the_proximal_hook_adds_the_gradient_of_mu_half_the_squared_distance() -> None:
+    mu = 0.3
+    anchor = _numpy(_net(1))
+    hooked = _net(2)
+    drift = Drift(proximal_mu=mu)
+    assert TorchModel(hooked).install_drift(drift)
+    drift.loaded(anchor)
+    got = _grads(hooked)
+    reference = _net(2)  # the same weights, the proximal term written into the loss
+
+    def proximal(model: torch.nn.Module) -> torch.Tensor:
+        return sum(
+            mu / 2 * ((p - torch.from_numpy(anchor[n])) ** 2).sum()
+            for n, p in model.named_parameters()
+        )
+
+    want = _grads(reference, proximal)
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-6)
+    assert any(not torch.allclose(want[n], _grads(_net(2))[n]) for n in want)  # it matters
+
+
+def test_the_scaffold_hook_adds_the_swarms_minus_the_sites_control_variate() -> None:
+    rng = np.random.default_rng(0)
+    net = _net(3)
+    plain = _grads(_net(3))
+    drift = Drift(control_variates=True, local_lr=0.1)
+    assert TorchModel(net).install_drift(drift)
+    merged = _numpy(_net(3))
+    swarm_c = {n: rng.standard_normal(v.shape).astype(np.float32) for n, v in merged.items()}
+    merged.update({variate_name(n): c for n, c in swarm_c.items()})
+    drift.loaded(merged)
+    site_c = {n: rng.standard_normal(v.shape).astype(np.float32) for n, v in swarm_c.items()}
+    drift.site_c = dict(site_c)
+    drift.version += 1
+    got = _grads(net)
+    for name, grad in plain.items():
+        want = grad + torch.from_numpy(swarm_c[name] - site_c[name])
+        torch.testing.assert_close(got[name], want, rtol=1e-5, atol=1e-6)
+
+
+def test_the_control_variate_update_is_scaffolds_option_two() -> None:
+    lr, steps = 0.05, 4
+    rng = np.random.default_rng(1)
+    x = {"w": rng.standard_normal((3, 2)).astype(np.float32), "n": np.array(7)}
+    c = rng.standard_normal((3, 2)).astype(np.float32)
+    drift = Drift(control_variates=True, local_lr=lr)
+    first = drift.offer(x)  # before any merge: zero variates, the integer tensor has none
+    assert set(first) == {"w", "n", variate_name("w")}
+    assert not first[variate_name("w")].any()
+    drift.loaded({"w": x["w"], "n": x["n"], variate_name("w"): c})
+    y = {"w": x["w"] - 0.2, "n": x["n"]}
+    drift.steps = steps
+    offered = drift.offer(y)
+    c_i = np.zeros_like(c)  # the site's variate so far
+    want = c_i - c + (x["w"] - y["w"]) / (steps * lr)
+    np.testing.assert_allclose(offered[variate_name("w")], want, rtol=1e-5)
+    np.testing.assert_array_equal(drift.offer(y)[variate_name("w")], offered[variate_name("w")])
+    drift.loaded({"w": y["w"], "n": x["n"], variate_name("w"): c})  # kept once merged
+    np.testing.assert_array_equal(drift.site_c["w"], offered[variate_name("w")])
+
+
+def test_the_corrective_step_after_a_batch_is_sgd_on_the_corrected_gradient() -> None:
+    mu, lr = 0.5, 0.1
+    drift = Drift(proximal_mu=mu, control_variates=True, local_lr=lr)
+    anchor = np.array([1.0, -2.0], np.float32)
+    c = np.array([0.3, 0.1], np.float32)
+    drift.loaded({"w": anchor, variate_name("w"): c})
+    drift.site_c = {"w": np.array([0.1, 0.4], np.float32)}
+    w = np.array([2.0, 0.0], np.float32)
+    stepped = drift.decoupled({"w": w}, lr)["w"]
+    want = w - lr * (mu * (w - anchor) + c - drift.site_c["w"])
+    np.testing.assert_allclose(stepped, want, rtol=1e-6)
+
+
+def test_the_step_size_of_sgd_with_momentum_is_lr_over_one_minus_momentum() -> None:
+    net = _net(0)
+    assert optimizer_step_size(torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)) == (
+        pytest.approx(0.5)
+    )
+    assert optimizer_step_size(torch.optim.Adam(net.parameters(), lr=0.01)) == 0.01
+    assert optimizer_step_size(None) is None
+
+
+@pytest.mark.parametrize(
+    ("options", "cause"),
+    [
+        ({"control_variates": True, "merge_method": "krum"}, "not 'krum'"),
+        ({"control_variates": True, "merge_method": "coordmedian"}, "robust method"),
+        ({"proximal_mu": -1.0}, "proximal_mu"),
+        ({"proximal_mu": float("nan")}, "proximal_mu"),
+        ({"proximal_mu": True}, "proximal_mu"),
+        ({"local_lr": 0.0}, "local_lr"),
+    ],
+)
+def test_options_that_cannot_work_are_refused_naming_the_cause(
+    options: dict[str, Any], cause: str
+) -> None:
+    with pytest.raises(SwarmError, match=cause):
+        Drift(**options)
+
+
+class ArrayModel:
+    """A dict of float32 arrays; a "training step" moves it toward the site's own target."""
+
+    def __init__(self, seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        self.arrays = {"w": rng.standard_normal((3, 2)).astype(np.float32)}
+        self.target = float(seed)
+
+    def step(self) -> None:
+        self.arrays["w"] += np.float32(0.1) * (np.float32(self.target) - self.arrays["w"])
+
+    def get_params(self) -> dict[str, np.ndarray]:
+        return {n: v.copy() for n, v in self.arrays.items()}
+
+    def set_params(self, params: Mapping[str, Any]) -> None:
+        for name, value in self.arrays.items():
+            value[...] = np.asarray(params[name])
+
+    def evaluate(self) -> tuple[float, None]:
+        return float(np.mean(self.arrays["w"] ** 2)), None
+
+
+def test_an_adapter_that_cannot_hook_gradients_needs_the_local_learning_rate(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SWARM_LOOPBACK", "True")
+    cb = LoopCallback(ArrayModel(1), sync_frequency=2, min_peers=2, proximal_mu=0.1)
+    with pytest.raises(SwarmError, match="local_lr"):
+        cb.on_train_begin()
+
+
+def test_two_sessions_with_both_corrections_end_with_one_model(ledger1: LocalLedger) -> None:
+    models = [ArrayModel(1), ArrayModel(3)]
+    callbacks = []
+    for i, model in enumerate(models):
+        name = f"p{i + 1}"
+        network = NetworkConfig(ledger=tuple(ledger1.endpoints),
+                                identity=ledger1.identity_dir(name),
+                                admin_identity=ledger1.identity_dir("admin"))  # fmt: skip
+        callbacks.append(LoopCallback(
+            model, sync_frequency=2, min_peers=2, training_contract="drift", total_epochs=2,
+            network=network, proximal_mu=0.5, control_variates=True, local_lr=0.1,
+        ))  # fmt: skip
+
+    def train(cb: LoopCallback, model: ArrayModel) -> None:
+        cb.on_train_begin()
+        for epoch in range(2):
+            for _ in range(4):
+                model.step()
+                cb.on_batch_end()
+            cb.on_epoch_end(epoch)
+        cb.on_train_end()
+
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(train, callbacks, models))
+    finals = {cb.final_digest for cb in callbacks}
+    assert len(finals) == 1 and None not in finals
+    assert all(digest(m.get_params()) == callbacks[0].final_digest for m in models)
+    drift = callbacks[0].session.drift
+    assert drift.site_c and drift.swarm_c  # the variates travelled and were merged
+    assert not np.array_equal(drift.swarm_c["w"], np.zeros_like(drift.swarm_c["w"]))
+    # the merged models carry the variates: the ledger's digest is not the model's
+    with ledger1.client("admin") as client:
+        latest = client.state("drift")["state"]["latest_merged"]
+    assert latest["digest"] not in finals
