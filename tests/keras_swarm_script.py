@@ -5,7 +5,8 @@ Keras 3 on the backend KERAS_BACKEND names (torch by default) with
 `openswarm.client.tf_keras.SwarmCallback`. Trains with the callback in `model.fit`, then the
 same model alone on the same shard for comparison; writes both test accuracies, the final
 digest and the Keras in use to OPENSWARM_RESULT. Settings: MAX_EPOCHS, MIN_PEERS,
-SYNC_FREQUENCY.
+SYNC_FREQUENCY, PROXIMAL_MU and CONTROL_VARIATES=1 (drift corrections, a step after each
+batch at the compiled SGD's learning rate).
 """
 
 from __future__ import annotations
@@ -68,6 +69,8 @@ def main() -> None:
         sync_frequency=int(env.get("SYNC_FREQUENCY", "4")),
         min_peers=int(env.get("MIN_PEERS", "2")),
         val_data=(x_test, y_test),
+        proximal_mu=float(env.get("PROXIMAL_MU", "0")),
+        control_variates=env.get("CONTROL_VARIATES") == "1",
     )
     model.fit(x, y, batch_size=32, epochs=epochs, verbose=0, callbacks=[cb])
     alone = build(rank)

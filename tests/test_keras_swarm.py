@@ -17,6 +17,8 @@ keras = pytest.importorskip("keras")
 import skewed_digits  # noqa: E402
 from keras_runs import check_keras_swarm  # noqa: E402
 
+from openswarm.client.drift import Drift  # noqa: E402
+from openswarm.client.keras_common import KerasModel  # noqa: E402
 from openswarm.codec import digest  # noqa: E402
 from openswarm.keras import SwarmCallback  # noqa: E402
 from openswarm.ledger.local import LocalLedger  # noqa: E402
@@ -46,6 +48,31 @@ def _model(seed: int = 0) -> keras.Model:
 def test_three_keras_sites_agree_and_beat_training_alone(tmp_path: Path) -> None:
     # TensorFlow, JAX and Keras 2: tests/backends, in the environment that has them
     check_keras_swarm(tmp_path / "run", "torch")
+
+
+@pytest.mark.slow
+def test_three_keras_sites_correcting_drift_agree_and_beat_training_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PROXIMAL_MU", "0.01")  # the sites inherit the environment
+    monkeypatch.setenv("CONTROL_VARIATES", "1")
+    check_keras_swarm(tmp_path / "run", "torch")
+
+
+def test_the_compiled_optimizers_learning_rate_steps_the_drift_correction() -> None:
+    model = _model()
+    model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.5), loss="mse")
+    adapter = KerasModel(lambda: model)
+    assert adapter.learning_rate() == pytest.approx(0.2)  # lr / (1 - momentum)
+    drift = Drift(proximal_mu=0.5)
+    anchor = adapter.get_params()
+    drift.loaded(anchor)
+    moved = {n: v + 1.0 for n, v in anchor.items()}
+    adapter.set_params(moved)
+    adapter.set_params(drift.decoupled(adapter.get_params(), 0.2))
+    for name, value in adapter.get_params().items():
+        if name in drift.anchor:  # float weights: w - lr * mu * (w - anchor)
+            np.testing.assert_allclose(value, moved[name] - 0.2 * 0.5 * 1.0, rtol=1e-5)
 
 
 def test_weights_are_named_in_order_and_load_exactly(tmp_path: Path) -> None:
