@@ -51,6 +51,21 @@ SHARDED_COMPRESSIONS = ("none", "zstd")
 #: Merge methods that are server-side optimizers: the round's weighted mean taken as a
 #: pseudo-gradient, their state carried in the merged model (merge/server_opt.py).
 SERVER_OPTIMIZERS = ("fedavgm", "fedadam", "fedyogi", "fedadagrad")
+#: Each server optimizer's hyperparameters (contract merge_options) and their defaults.
+SERVER_OPTIMIZER_DEFAULTS: dict[str, dict[str, float]] = {
+    "fedavgm": {"server_lr": 1.0, "momentum": 0.9},
+    "fedadam": {"server_lr": 0.01, "beta1": 0.9, "beta2": 0.99, "tau": 1e-3},
+    "fedyogi": {"server_lr": 0.01, "beta1": 0.9, "beta2": 0.99, "tau": 1e-3},
+    "fedadagrad": {"server_lr": 0.01, "beta1": 0.0, "tau": 1e-3},
+}
+#: Where each lies: (lowest, highest, whether the lowest itself is allowed); below highest.
+_SERVER_OPTIMIZER_RANGES = {
+    "server_lr": (0.0, 100.0, False),
+    "momentum": (0.0, 1.0, True),
+    "beta1": (0.0, 1.0, True),
+    "beta2": (0.0, 1.0, False),
+    "tau": (0.0, 1.0, False),
+}
 #: The compressions a server optimizer's state survives (float16 and int8 flush the small
 #: second moments to zero).
 SERVER_OPTIMIZER_COMPRESSIONS = ("none", "zstd", "bfloat16", "bfloat16+zstd")
@@ -85,6 +100,29 @@ PRESENCE_TIMEOUT_S = 30.0
 WEIGHT_POLICIES = ("equal", "declared", "fixed")
 WEIGHT_POLICY = "declared"
 DECLARED_WEIGHTS = range(1, 101)
+
+
+def server_optimizer_problem(method: str, options: object) -> str | None:
+    """Why `options` are not valid hyperparameters of server optimizer `method` (unknown
+    names, non-numbers, values out of range), or None."""
+    defaults = SERVER_OPTIMIZER_DEFAULTS.get(method)
+    if defaults is None:
+        return f"{method!r} is not a server optimizer; use one of {', '.join(SERVER_OPTIMIZERS)}"
+    if not isinstance(options, dict):
+        return f"merge_options of {method} must be an object"
+    unknown = sorted(str(k) for k in options if k not in defaults)
+    if unknown:
+        known = ", ".join(f"{k} (default {v:g})" for k, v in defaults.items())
+        return f"merge method {method!r} has no option(s) {', '.join(unknown)}; options: {known}"
+    for key, value in options.items():
+        low, high, low_ok = _SERVER_OPTIMIZER_RANGES[key]
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return f"{method} option {key} must be a number, got {value!r}"
+        number = float(value)
+        if not ((low <= number if low_ok else low < number) and number < high):
+            lower = "≥" if low_ok else ">"
+            return f"{method} option {key} must be {lower} {low:g} and < {high:g}, got {value!r}"
+    return None
 
 
 class SwarmError(RuntimeError):

@@ -212,3 +212,23 @@ def test_two_sessions_with_both_corrections_end_with_one_model(ledger1: LocalLed
     with ledger1.client("admin") as client:
         latest = client.state("drift")["state"]["latest_merged"]
     assert latest["digest"] not in finals
+
+
+def test_scikit_learn_takes_the_constant_schedules_step_and_asks_for_local_lr_otherwise(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from sklearn.linear_model import SGDClassifier
+
+    from openswarm.sklearn import SwarmCallback as SklearnCallback
+
+    monkeypatch.setenv("SWARM_LOOPBACK", "True")
+    x = np.random.default_rng(0).standard_normal((8, 3))
+    y = np.arange(8) % 2
+    constant = SGDClassifier(learning_rate="constant", eta0=0.02).partial_fit(x, y, [0, 1])
+    cb = SklearnCallback(constant, 2, 2, proximal_mu=0.1)
+    cb.on_train_begin()  # no local_lr needed: eta0
+    assert cb.adapter.learning_rate() == 0.02
+    optimal = SGDClassifier().partial_fit(x, y, [0, 1])  # a schedule that changes the step
+    with pytest.raises(SwarmError, match="local_lr"):
+        SklearnCallback(optimal, 2, 2, control_variates=True).on_train_begin()
+    SklearnCallback(optimal, 2, 2, control_variates=True, local_lr=0.01).on_train_begin()

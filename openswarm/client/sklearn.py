@@ -67,6 +67,16 @@ class SklearnModel:
             value = np.array(params[name], dtype=current[name].dtype, order="C")
             setattr(self.estimator, name, value)
 
+    def learning_rate(self) -> float | None:
+        """The step size of a constant-rate SGD estimator (``learning_rate="constant"``:
+        ``eta0``), for the drift corrections; None for the other schedules (pass local_lr)."""
+        est: Any = self.estimator
+        if getattr(est, "learning_rate", None) == "constant":
+            eta0 = getattr(est, "eta0", None)
+            if isinstance(eta0, int | float) and eta0 > 0:
+                return float(eta0)
+        return None
+
     def evaluate(self) -> tuple[float | None, float | None]:
         if self.val_data is None:
             return None, None

@@ -50,6 +50,7 @@ from openswarm.protocol import (
     SHARDED_COMPRESSIONS,
     SHARDED_METHODS,
     WEIGHT_POLICY,
+    server_optimizer_problem,
 )
 
 __all__ = [
@@ -121,8 +122,6 @@ class ContractSettings:
                                 f"got {self.merge_topology!r}")  # fmt: skip
         if self.merge_topology == "sharded":
             _check_shardable(self)
-        if self.merge_method in SERVER_OPTIMIZERS:
-            _check_server_optimizer(self)
         audit = check_int(self.audit, "audit", minimum=0)
         if audit > MAX_AUDITORS or (audit and audit % 2 == 0):
             raise ContractError(
@@ -148,6 +147,8 @@ class ContractSettings:
         options = json_copy(self.merge_options, "merge_options")
         object.__setattr__(self, "leader_timeout_s", timeout)
         object.__setattr__(self, "merge_options", MappingProxyType(options))
+        if self.merge_method in SERVER_OPTIMIZERS:
+            _check_server_optimizer(self)
 
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any]) -> ContractSettings:
@@ -1261,7 +1262,11 @@ def _check_shardable(settings: ContractSettings) -> None:
 
 
 def _check_server_optimizer(settings: ContractSettings) -> None:
-    """What a server-side optimizer needs: a transport its state survives."""
+    """What a server-side optimizer needs: valid hyperparameters and a transport its state
+    survives."""
+    problem = server_optimizer_problem(settings.merge_method, dict(settings.merge_options))
+    if problem is not None:
+        raise ContractError(problem)
     if settings.compression not in SERVER_OPTIMIZER_COMPRESSIONS:
         raise ContractError(
             f"merge method {settings.merge_method} carries its optimizer state in the merged "

@@ -16,9 +16,11 @@ The optimizer state is data, not an object: float tensors named ``STATE_PREFIX +
 "/" + name`` that follow the model's tensors in the merged model, so the merged model of
 a round (its digest on the ledger) carries everything the next round's leader needs, and
 any leader, or an auditor, continues from it bit for bit. The first merged model (the
-initial sync) carries zero state. Integer and bool tensors take the mean as it is, and
-tensors whose names start with ``UNOPTIMIZED_PREFIXES`` (SCAFFOLD's control variates)
-too. Everything here is pure: numpy in, numpy out; it never reads the ledger or a file.
+initial sync, the leader's own snapshot, which the contract checks as such) carries no
+state: a previous model without any counts as zero state. Integer and bool tensors take
+the mean as it is, and tensors whose names start with ``UNOPTIMIZED_PREFIXES`` (SCAFFOLD's
+control variates) too. Everything here is pure: numpy in, numpy out; it never reads the
+ledger or a file.
 """
 
 from __future__ import annotations
@@ -35,7 +37,12 @@ from openswarm.codec.limits import MAX_NAME_BYTES
 from openswarm.codec.tensors import TensorSpec
 from openswarm.merge.errors import MergeInputError
 from openswarm.merge.numeric import acc_dtype, as_float, store
-from openswarm.protocol import CONTROL_VARIATE_PREFIX, SERVER_OPTIMIZERS, STATE_PREFIX
+from openswarm.protocol import (
+    CONTROL_VARIATE_PREFIX,
+    SERVER_OPTIMIZER_DEFAULTS,
+    STATE_PREFIX,
+    server_optimizer_problem,
+)
 
 Params = dict[str, Any]
 Structure = dict[str, TensorSpec]
@@ -54,26 +61,8 @@ class ServerOptimizer:
 
 
 OPTIMIZERS: dict[str, ServerOptimizer] = {
-    "fedavgm": ServerOptimizer("fedavgm", ("m",), {"server_lr": 1.0, "momentum": 0.9}),
-    "fedadam": ServerOptimizer(
-        "fedadam", ("m", "v"), {"server_lr": 0.01, "beta1": 0.9, "beta2": 0.99, "tau": 1e-3}
-    ),
-    "fedyogi": ServerOptimizer(
-        "fedyogi", ("m", "v"), {"server_lr": 0.01, "beta1": 0.9, "beta2": 0.99, "tau": 1e-3}
-    ),
-    "fedadagrad": ServerOptimizer(
-        "fedadagrad", ("m", "v"), {"server_lr": 0.01, "beta1": 0.0, "tau": 1e-3}
-    ),
-}
-assert tuple(OPTIMIZERS) == SERVER_OPTIMIZERS
-
-#: Where each hyperparameter must lie: (lowest, highest, whether the lowest is allowed).
-_RANGES = {
-    "server_lr": (0.0, 100.0, False),
-    "momentum": (0.0, 1.0, True),
-    "beta1": (0.0, 1.0, True),
-    "beta2": (0.0, 1.0, False),
-    "tau": (0.0, 1.0, False),
+    name: ServerOptimizer(name, ("m",) if name == "fedavgm" else ("m", "v"), defaults)
+    for name, defaults in SERVER_OPTIMIZER_DEFAULTS.items()
 }
 
 
@@ -85,31 +74,10 @@ def is_server_optimizer(method: str) -> bool:
 def check_options(method: str, options: Mapping[str, Any]) -> dict[str, float]:
     """The optimizer's hyperparameters: `options` over the defaults, each checked to be a
     number in its range (below 1 for the decay rates). MergeInputError names a bad one."""
-    optimizer = OPTIMIZERS.get(method)
-    if optimizer is None:
-        raise MergeInputError(
-            f"{method!r} is not a server optimizer; use one of {', '.join(OPTIMIZERS)}"
-        )
-    unknown = sorted(set(options) - set(optimizer.defaults))
-    if unknown:
-        raise MergeInputError(
-            f"merge method {method!r} has no option(s) {', '.join(map(str, unknown))}; "
-            f"options: {', '.join(f'{k} (default {v:g})' for k, v in optimizer.defaults.items())}"
-        )
-    chosen = dict(optimizer.defaults)
-    for key, value in options.items():
-        low, high, low_ok = _RANGES[key]
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise MergeInputError(f"{method} option {key} must be a number, got {value!r}")
-        number = float(value)
-        fits = (low <= number if low_ok else low < number) and number < high
-        if not fits:
-            lower = "≥" if low_ok else ">"
-            raise MergeInputError(
-                f"{method} option {key} must be {lower} {low:g} and < {high:g}, got {value!r}"
-            )
-        chosen[key] = number
-    return chosen
+    problem = server_optimizer_problem(method, options)
+    if problem is not None:
+        raise MergeInputError(problem)
+    return {**OPTIMIZERS[method].defaults, **{k: float(v) for k, v in options.items()}}
 
 
 def state_name(slot: str, name: str) -> str:
@@ -170,6 +138,8 @@ def step(method: str, options: Mapping[str, Any], previous: Mapping[str, Any],
     in `merged_structure` order. Deterministic: the same inputs give the same bits."""
     hyper = check_options(method, options)
     full_specs = merged_structure(method, specs)
+    if not any(is_state(name) for name in previous):  # the initial sync: zero state
+        previous = initial(method, previous, specs)
     missing = [name for name in full_specs if name not in previous]
     if missing:
         raise MergeInputError(

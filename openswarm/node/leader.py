@@ -41,7 +41,7 @@ from openswarm.codec.transport import Transport
 from openswarm.merge import MergeInputError, NonFiniteInput, merge
 from openswarm.merge.layered import Loader, merge_layered
 from openswarm.merge.running_mean import Float64Sum, RunningMean, weight_scale
-from openswarm.merge.server_opt import initial, step
+from openswarm.merge.server_opt import step
 from openswarm.node.checks import Params, Structure, mismatch, structure
 from openswarm.node.exchange import Buffer, ExchangeClient, ExchangeError
 from openswarm.node.memory import spilled
@@ -93,10 +93,8 @@ class Leader:
                 raise MergeInputError(
                     f"this site's own model cannot start the swarm: {exc}"
                 ) from None
-            if self.settings.server_optimizer:  # with the optimizer's state, all zero
-                data = self.transport.pack(initial(self.settings.merge_method, own,
-                                                   reference or structure(own)))  # fmt: skip
-                return Merged(data, digest_encoded(data), [self.name], [])
+            # (a server optimizer's state starts at zero: this model carries none, so that
+            # the contract can check it is the leader's snapshot)
             return Merged(own_data, digest_encoded(own_data), [self.name], [])
         pulls = _Pulls(self, view, round, own_data, own, reference or structure(own), cap)
         names = list(view["current"]["ranking"])

@@ -34,7 +34,7 @@ from openswarm.codec.transport import Transport
 from openswarm.ledger.client import LedgerClient, LedgerError, Outcome
 from openswarm.ledger.tx import make_transaction
 from openswarm.merge import MergeInputError
-from openswarm.merge.server_opt import merged_structure, model_part
+from openswarm.merge.server_opt import is_state, merged_structure, model_part
 from openswarm.node.checks import Structure, mismatch, structure
 from openswarm.node.decide import IDLE_S, Me, RoundView, next_step, posted_as
 from openswarm.node.exchange import CHUNK_BYTES, ExchangeClient, ExchangeError, ExchangeServer
@@ -745,6 +745,12 @@ class SwarmPeer:
         try:
             params = self.transport.unpack(data, expected)
             problem = None if expected is None else mismatch(expected, params)
+            if (
+                problem is not None
+                and self.settings.server_optimizer
+                and not any(map(is_state, params))
+            ):  # the initial sync carries no optimizer state (it counts as zero)
+                problem = mismatch(self._own_structure or {}, params)
             if problem is None and finite:
                 check_finite(params)
         except CodecError as exc:
