@@ -33,7 +33,7 @@ OPTIONS: dict[str, tuple[str, dict[str, float], float, bool]] = {
     "fedadagrad": ("fedadagrad", {}, 0.0, False),
     "fedprox": ("mean", {}, 0.01, False),
     "scaffold": ("mean", {}, 0.0, True),
-    "fedadam+fedprox": ("fedadam", {}, 0.01, False),
+    "scaffold+fedavgm": ("fedavgm", {}, 0.0, True),
 }
 
 

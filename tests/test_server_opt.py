@@ -230,7 +230,7 @@ def test_check_options_refuses_a_bad_option_and_names_it(method, options, named)
 def test_check_options_fills_the_defaults_and_takes_what_fits() -> None:
     assert check_options("fedadam", {"beta1": 0}) == {"server_lr": 0.01, "beta1": 0.0,
                                                      "beta2": 0.99, "tau": 1e-3}  # fmt: skip
-    assert check_options("fedavgm", {"momentum": 0}) == {"server_lr": 1.0, "momentum": 0.0}
+    assert check_options("fedavgm", {"momentum": 0.5}) == {"server_lr": 1.5, "momentum": 0.5}
     with pytest.raises(MergeInputError, match="not a server optimizer"):
         check_options("mean", {})
 
