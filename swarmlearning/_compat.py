@@ -33,6 +33,11 @@ COMMON_KEYWORDS: dict[str, str] = {
     "totalEpochs": "total_epochs",
     "model": "model",
     "logger": "logger",
+    # openswarm's own, beyond HPE's: a server optimizer's options, FedProx, SCAFFOLD
+    "mergeOptions": "merge_options",
+    "proximalMu": "proximal_mu",
+    "controlVariates": "control_variates",
+    "localLearningRate": "local_lr",
 }
 
 # HPE keyword -> openswarm keyword, for one platform only

@@ -232,3 +232,16 @@ def test_scikit_learn_takes_the_constant_schedules_step_and_asks_for_local_lr_ot
     with pytest.raises(SwarmError, match="local_lr"):
         SklearnCallback(optimal, 2, 2, control_variates=True).on_train_begin()
     SklearnCallback(optimal, 2, 2, control_variates=True, local_lr=0.01).on_train_begin()
+
+
+def test_hpe_programs_can_ask_for_the_corrections_in_hpe_style_keywords() -> None:
+    from swarmlearning._compat import map_hpe_kwargs
+
+    options = map_hpe_kwargs(
+        {"proximalMu": 0.01, "controlVariates": True, "localLearningRate": 0.5,
+         "mergeMethod": "fedadam", "mergeOptions": {"server_lr": 0.02}},
+        "pyt",
+    )  # fmt: skip
+    assert options["proximal_mu"] == 0.01 and options["control_variates"] is True
+    assert options["local_lr"] == 0.5 and options["merge_options"] == {"server_lr": 0.02}
+    assert options["merge_method"] == "fedadam"
