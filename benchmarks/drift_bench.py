@@ -24,6 +24,8 @@ from typing import Any
 
 from openswarm.demo.run_demo import DemoTraining, run_demo
 
+SITES = 3
+
 #: name -> (merge method, merge options, proximal_mu, control_variates)
 OPTIONS: dict[str, tuple[str, dict[str, float], float, bool]] = {
     "plain": ("mean", {}, 0.0, False),
@@ -80,15 +82,16 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| option | swarm accuracy (mean, min-max spread) | gap to centralized | rounds | "
-        "swarm s | MB received |",
+        "| option | swarm accuracy (mean, ± half the min-max spread) | gap to centralized | "
+        "rounds | swarm s | MB received a round, per site |",
         "|---|---|---|---|---|---|",
     ]
     for r in rows:
+        per_round = r["received_mb"] / max(r["rounds"], 1) / SITES
         lines.append(
             f"| {r['option']} | {100 * r['swarm']:.1f} % (±{50 * r['spread']:.1f}) | "
-            f"{100 * r['gap']:+.1f} pt | {r['rounds']:.0f} | {r['seconds']:.0f} | "
-            f"{r['received_mb']:.0f} |"
+            f"{100 * r['gap']:.1f} pt | {r['rounds']:.0f} | {r['seconds']:.0f} | "
+            f"{per_round:.2f} |"
         )
     if rows:
         lines.append(
@@ -103,7 +106,14 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--options", nargs="+", default=list(OPTIONS), choices=list(OPTIONS))
     parser.add_argument("--json", type=Path, help="also write every run and the summary here")
+    parser.add_argument(
+        "--table", type=Path, nargs="+", help="only print the table of earlier --json files"
+    )
     args = parser.parse_args()
+    if args.table:
+        runs = [r for f in args.table for r in json.loads(f.read_text())["runs"]]
+        print(table(summarize(runs)))
+        return
     runs = []
     with tempfile.TemporaryDirectory(prefix="openswarm-drift-") as folder:
         for name in args.options:

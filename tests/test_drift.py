@@ -245,3 +245,20 @@ def test_hpe_programs_can_ask_for_the_corrections_in_hpe_style_keywords() -> Non
     assert options["proximal_mu"] == 0.01 and options["control_variates"] is True
     assert options["local_lr"] == 0.5 and options["merge_options"] == {"server_lr": 0.02}
     assert options["merge_method"] == "fedadam"
+
+
+def test_the_hugging_face_adapter_hooks_the_same_correction() -> None:
+    from openswarm.client.hf import HfModel
+
+    mu = 0.2
+    anchor = _numpy(_net(1))
+    hooked = _net(2)
+    drift = Drift(proximal_mu=mu)
+    assert HfModel(hooked).install_drift(drift)
+    drift.loaded(anchor)
+    got = _grads(hooked)
+    plain = _grads(_net(2))
+    weights = dict(_net(2).named_parameters())
+    for name, grad in plain.items():
+        want = grad + mu * (weights[name].detach() - torch.from_numpy(anchor[name]))
+        torch.testing.assert_close(got[name], want, rtol=1e-5, atol=1e-6)
