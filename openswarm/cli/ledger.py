@@ -10,6 +10,7 @@ from typing import Any, NoReturn
 import typer
 
 from openswarm import DEFAULT_CONTRACT
+from openswarm.cli.merge_options import MERGE_OPTION_HELP, parse_merge_options
 
 ledger_app = typer.Typer(help="Permissioned ledger replicas.", no_args_is_help=True)
 
@@ -44,6 +45,7 @@ def genesis(
     ),
     min_peers: int = typer.Option(None, help="min_peers of these contracts (default 2)."),
     merge_method: str = typer.Option(None, help="Merge method of these contracts (default mean)."),
+    merge_option: list[str] = typer.Option([], "--merge-option", help=MERGE_OPTION_HELP),
     leader_timeout: float = typer.Option(
         None, "--leader-timeout", help="Seconds before a silent round leader is replaced."
     ),
@@ -75,7 +77,12 @@ def genesis(
             ca_pem, sites = None, _site_cas(site)
             swarm = _ca_swarm(next(iter(sites.values())))
         pairs = _admitted(admit, pki_dir, dict(_site_dirs(site)))
+        try:
+            merge_options = parse_merge_options(merge_option) or None
+        except ValueError as exc:
+            _fail(str(exc))
         chosen = {"min_peers": min_peers, "merge_method": merge_method,
+                  "merge_options": merge_options,
                   "leader_timeout_s": leader_timeout, "weight_policy": weight_policy,
                   "weights": _fixed_weights(weight)}  # fmt: skip
         settings = {key: value for key, value in chosen.items() if value is not None}

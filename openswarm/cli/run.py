@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from openswarm import DEFAULT_CONTRACT
+from openswarm.cli.merge_options import MERGE_OPTION_HELP, parse_merge_options
 
 INTERRUPTED = 130
 
@@ -96,11 +97,7 @@ def demo(
         help="Merge method: mean, a robust one (coordmedian, trimmed_mean, …) or a server "
         "optimizer (fedavgm, fedadam, fedyogi, fedadagrad).",
     ),
-    merge_option: list[str] = typer.Option(
-        [],
-        "--merge-option",
-        help="KEY=NUMBER for the merge method, e.g. server_lr=0.03 (repeat for more).",
-    ),
+    merge_option: list[str] = typer.Option([], "--merge-option", help=MERGE_OPTION_HELP),
     proximal_mu: float = typer.Option(
         0.0, "--proximal-mu", help="FedProx: pull local training towards the last merge."
     ),
@@ -120,7 +117,12 @@ def demo(
 
     if epochs < 1:
         _fail(f"--epochs must be at least 1, got {epochs}")
-    training = DemoTraining(merge=merge, merge_options=_merge_options(merge_option),
+    try:
+        chosen = parse_merge_options(merge_option)
+    except ValueError as exc:
+        _fail(str(exc))
+        return
+    training = DemoTraining(merge=merge, merge_options=chosen,
                             proximal_mu=proximal_mu, control_variates=control_variates,
                             seed=seed)  # fmt: skip
     try:
@@ -136,20 +138,6 @@ def demo(
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         raise typer.Exit(INTERRUPTED) from None
-
-
-def _merge_options(pairs: list[str]) -> dict[str, float]:
-    """--merge-option KEY=NUMBER pairs as a dict (exits naming a malformed one)."""
-    options: dict[str, float] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        try:
-            options[key.strip()] = float(value)
-        except ValueError:
-            sep = ""
-        if not sep or not key.strip():
-            _fail(f"--merge-option takes KEY=NUMBER (e.g. server_lr=0.03), got {pair!r}")
-    return options
 
 
 def _hold_dashboard(url: str) -> None:
