@@ -26,6 +26,10 @@ certificate: these are the attacks of a participant, not of an outsider.
 - `lying_auditor`: as an auditor it recomputes the merge honestly, then attests the
   opposite: another digest for an honest merge, the leader's for a dishonest one (each lie
   is appended to FAULT_REPORT).
+- `zero_state_once`: the first time it leads a round whose previous merged model carries a
+  server optimizer's state, it merges honestly but publishes that state zeroed (steering
+  the optimizer: a reset of its momentum and second moments) (round and digest go to
+  FAULT_REPORT).
 - `heavy_far`: it games the weights: first it declares a weight of 1e9 with `ready` (what
   the ledger answered goes to FAULT_REPORT), then offers, every round, its model pushed
   1000 away in random directions at the largest weight allowed (100).
@@ -70,6 +74,8 @@ def install(fault: str) -> None:
         _lie_as_auditor()
     elif fault == "heavy_far":
         _game_weights()
+    elif fault == "zero_state_once":
+        _zero_state_once()
     elif fault.startswith("silent_die_under:"):
         SwarmPeer._lead = lambda self, view, local: None  # type: ignore[method-assign]
         leader = fault.partition(":")[2]
@@ -244,6 +250,32 @@ def _publish_own_once() -> None:
         self._submit("merged", local.round, {"digest": digest, "size": len(local.data)})
 
     SwarmPeer._lead = lead  # type: ignore[method-assign]
+
+
+def _zero_state_once() -> None:
+    from openswarm.merge.server_opt import is_state
+    from openswarm.node.leader import Leader, Merged
+
+    honest = Leader._optimized
+
+    def optimized(self: Leader, pulls: Any, mean: Merged) -> Merged:
+        merged = honest(self, pulls, mean)
+        previous = pulls.view["latest_merged"]
+        # a leader, not an auditor (auditors recompute with mirror_from set), after the first
+        # merge that carries state
+        if pulls.mirror_from is not None or previous is None or previous["round"] < 2:
+            return merged
+        if not _first_to_misbehave():
+            return merged
+        params = decode(merged.data)
+        for name in params:
+            if is_state(name):
+                params[name] = np.zeros_like(params[name])
+        data = encode(params)
+        _report({"leader": self.name, "round": pulls.round, "digest": digest_encoded(data)})
+        return Merged(data, digest_encoded(data), merged.used, merged.excluded)
+
+    Leader._optimized = optimized  # type: ignore[method-assign]
 
 
 def _lie_as_auditor() -> None:

@@ -88,3 +88,30 @@ def test_a_hostile_auditor_neither_passes_a_bad_merge_nor_blocks_a_good_one(
         assert h["digest"] != "f" * 64 and "site-2" in h["audit"]["contradicted"], h
     assert state["bad_auditors"] == ["site-2"]
     identical_final(swarm, swarm.names)
+
+
+def test_a_leader_resetting_the_server_optimizers_state_is_caught_by_its_auditor(
+    swarm_factory,
+) -> None:
+    # fedadam's state travels in the merged model: a leader that zeroes it (to steer the
+    # optimizer) publishes a merge its auditor, stepping from the same previous model and
+    # state, does not recompute
+    swarm = swarm_factory(3, AUDIT="1", MIN_PEERS="3", MERGE_METHOD="fedadam", **ROUNDS)
+    report = swarm.root / "zero.json"
+    marker = swarm.root / "zero.marker"
+    swarm.start("site-1", FAULT="zero_state_once", FAULT_REPORT=str(report),
+                FAULT_MARKER=str(marker))  # fmt: skip
+    swarm.start("site-2")
+    swarm.start("site-3", LEAD="0", MAY_AUDIT="0")
+    swarm.wait()
+    bad = json.loads(report.read_text())
+    state = swarm.state()
+    [record] = [h for h in state["history"] if h["round"] == bad["round"]]
+    assert record["status"] == "merged" and record["leader"] == "site-2", record
+    assert record["failed_leaders"] == ["site-1"] and record["digest"] != bad["digest"]
+    [rejected] = record["rejected_merges"]
+    assert rejected["leader"] == "site-1" and rejected["digest"] == bad["digest"]
+    # no zeroed state was ever accepted: every later merge was recomputed by its auditor
+    later = [h for h in state["history"] if h["round"] > bad["round"]]
+    assert all(h["status"] == "merged" and h["audit"]["attestations"] for h in later), later
+    identical_final(swarm, swarm.names)
