@@ -297,3 +297,14 @@ def test_scaffold_reaches_the_swarms_optimum_where_plain_averaging_drifts_away()
     assert plain > 0.04  # client drift: the local optima pull the mean off the optimum
     assert proximal < plain  # FedProx shortens each round's drift
     assert scaffold < 1e-3  # SCAFFOLD's corrections remove it
+
+
+def test_a_model_whose_tensor_names_take_the_swarms_reserved_prefixes_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SWARM_LOOPBACK", "True")
+    for prefix in ("openswarm:opt/", "openswarm:scaffold/"):
+        model = ArrayModel(1)
+        model.arrays[prefix + "w"] = model.arrays.pop("w")
+        with pytest.raises(SwarmError, match="rename it"):
+            LoopCallback(model, sync_frequency=2, min_peers=2).on_train_begin()

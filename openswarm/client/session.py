@@ -35,7 +35,13 @@ from openswarm.client.drift import Drift, without_variates
 from openswarm.codec import decode, digest, encode
 from openswarm.node.peer import RoundResult, SwarmPeer
 from openswarm.node.settings import NetworkConfig, SwarmSettings
-from openswarm.protocol import LEADER_TIMEOUT_S, MERGE_METHOD, SwarmError
+from openswarm.protocol import (
+    CONTROL_VARIATE_PREFIX,
+    LEADER_TIMEOUT_S,
+    MERGE_METHOD,
+    STATE_PREFIX,
+    SwarmError,
+)
 
 
 def swarm_loopback() -> bool:
@@ -164,6 +170,7 @@ class SwarmSession:
                 "adaptive sync decides from validation loss: give validation data "
                 "(val_data, or adsValData in the HPE API)"
             )
+        _check_names(self.model.get_params())
         if self.drift.active:
             self._start_drift()
         if self.loopback:
@@ -337,3 +344,15 @@ class SwarmSession:
             latest = self._require_peer().latest_merged()
             return self._offer() if latest is None else latest.params
         return self._last_local
+
+
+def _check_names(params: Mapping[str, Any]) -> None:
+    """SwarmError if a tensor's name takes a prefix the swarm keeps for its own tensors (a
+    server optimizer's state, SCAFFOLD's control variates): they would be taken for those."""
+    for name in params:
+        for prefix in (STATE_PREFIX, CONTROL_VARIATE_PREFIX):
+            if isinstance(name, str) and name.startswith(prefix):
+                raise SwarmError(
+                    f"tensor {name[:80]!r} starts with {prefix!r}, which the swarm keeps for its "
+                    "own tensors: rename it (e.g. a module or layer name)"
+                )
