@@ -6,6 +6,8 @@ Nothing here imports the rest of openswarm, so every layer may depend on it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 #: What a finished member gives to later rounds: nothing, its last local model, or the
 #: latest merged one.
 CONTRIBUTIONS = ("inactive", "snapshot", "active")
@@ -110,7 +112,7 @@ def server_optimizer_problem(method: str, options: object) -> str | None:
     defaults = SERVER_OPTIMIZER_DEFAULTS.get(method)
     if defaults is None:
         return f"{method!r} is not a server optimizer; use one of {', '.join(SERVER_OPTIMIZERS)}"
-    if not isinstance(options, dict):
+    if not isinstance(options, Mapping):
         return f"merge_options of {method} must be an object"
     unknown = sorted(str(k) for k in options if k not in defaults)
     if unknown:

@@ -141,6 +141,7 @@ def test_full_round_happy_path() -> None:
         "size": 42,
         "leader": ranking[0],
         "holders": [ranking[0]],
+        "first": True,
     }
     snap = d.contract.snapshot()
     assert snap["current"]["ready"] == {}

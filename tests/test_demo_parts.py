@@ -104,7 +104,7 @@ def test_report_json_shape_and_table(tmp_path: Path) -> None:
     )
     data = json.loads(json.dumps(report.to_json()))
     assert set(data) == {"peers", "centralized_accuracy", "rounds", "seconds", "ledger_dir",
-                         "compression", "received_mb", "topology"}  # fmt: skip
+                         "compression", "received_mb", "topology", "training"}  # fmt: skip
     assert [set(p) for p in data["peers"]] == [
         {"name", "local_accuracy", "swarm_accuracy", "final_digest"}
     ] * 3

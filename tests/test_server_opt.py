@@ -274,3 +274,19 @@ def test_contract_settings_refuse_what_a_server_optimizer_cannot_run(settings, f
 def test_contract_settings_refuse_a_server_optimizers_bad_options(options) -> None:
     with pytest.raises(ContractError, match=r"learning_rate|beta2"):
         ContractSettings(merge_method="fedadam", merge_options=options)
+
+
+def test_state_planted_in_the_first_merged_model_counts_as_zero() -> None:
+    # the swarm's first merged model is its leader's own snapshot: a hostile leader could
+    # send one carrying crafted state (a huge or negative v); no step made it, so none is used
+    start, mean = random_params(20), random_params(21)
+    specs = structure(start)
+    planted = initial("fedadagrad", start, specs)
+    for name in planted:
+        if name.startswith("openswarm:opt/v/"):
+            planted[name] = np.full_like(planted[name], -1e30)
+    honest = step("fedadagrad", {}, start, mean, specs)
+    neutral = step("fedadagrad", {}, planted, mean, specs, first=True)
+    assert all(honest[n].tobytes() == neutral[n].tobytes() for n in honest)
+    poisoned = step("fedadagrad", {}, planted, mean, specs)  # had it counted
+    assert any(not np.isfinite(v).all() for v in poisoned.values())

@@ -7,13 +7,16 @@ MERGE_OPTION_HELP = (
 )
 
 
-def parse_merge_options(pairs: list[str]) -> dict[str, float]:
-    """KEY=NUMBER pairs as a dict; ValueError naming a malformed one."""
-    options: dict[str, float] = {}
+def parse_merge_options(pairs: list[str]) -> dict[str, float | int]:
+    """KEY=NUMBER pairs as a dict (integers stay integers, e.g. krum's f); ValueError
+    naming a malformed one."""
+    options: dict[str, float | int] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
+        number: float | int
         try:
-            number = float(value)
+            text = value.strip()
+            number = int(text) if text.lstrip("+-").isdigit() else float(text)
         except ValueError:
             sep = ""
         if not sep or not key.strip():

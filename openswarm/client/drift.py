@@ -43,6 +43,7 @@ def variate_name(name: str) -> str:
 
 
 def is_variate(name: str) -> bool:
+    """Whether `name` is a control variate's (not the model's)."""
     return name.startswith(CONTROL_VARIATE_PREFIX)
 
 
@@ -91,8 +92,8 @@ class Drift:
         lr = self.local_lr if self.local_lr is not None else fallback
         if lr is None:
             raise SwarmError(
-                f"{why} needs local_lr=: the local optimizer's learning rate (for SGD with "
-                "momentum b, lr / (1 - b), the size of its steady steps)"
+                f"{why} needs the local step size: pass local_lr= (the optimizer's learning "
+                "rate; for SGD with momentum b, lr / (1 - b)), or with PyTorch optimizer="
             )
         return lr
 
@@ -102,7 +103,8 @@ class Drift:
                 continue
             if self.trainable is not None and name not in self.trainable:
                 continue
-            if np.issubdtype(np.asarray(value).dtype, np.floating):
+            kind = np.asarray(value).dtype
+            if kind.kind == "f" or kind.name == "bfloat16":  # ml_dtypes' is no np.floating
                 yield name
 
     # --- at a sync ------------------------------------------------------------------------
@@ -170,8 +172,9 @@ class Drift:
     def decoupled(self, params: Mapping[str, Any], lr: float) -> dict[str, Any]:
         """`params` after one corrective step ``w - lr * correction(w)`` (for platforms
         whose gradients this cannot reach)."""
-        stepped = dict(params)
-        for name, value in params.items():
+        arrays = _numpy(params)
+        stepped = dict(arrays)
+        for name, value in arrays.items():
             w = np.asarray(value)
             corr = self.correction(name, w)
             if corr is not None:

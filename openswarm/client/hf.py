@@ -82,6 +82,7 @@ class HfModel:
         require_bfloat16_support(self._state())
         self.loaded = False
         self.lr: float | None = None
+        self._hooks: list[Any] = []
 
     # --- parameters -----------------------------------------------------------------------
     def get_params(self) -> dict[str, torch.Tensor]:
@@ -111,7 +112,15 @@ class HfModel:
     def install_drift(self, drift: Drift) -> bool:
         """Add the drift correction to the synced parameters' gradients (`hook_drift`;
         PEFT adapters, synced under other names, get a step after each batch instead)."""
-        return hook_drift(self.model, self._state().keys(), drift)
+        self.remove_drift()
+        self._hooks = hook_drift(self.model, self._state().keys(), drift)
+        return bool(self._hooks)
+
+    def remove_drift(self) -> None:
+        """Take the gradient hooks off (training is over)."""
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks = []
 
     def learning_rate(self) -> float | None:
         """The Trainer's learning rate (set at the start of training)."""
@@ -208,6 +217,8 @@ class SwarmCallback(ModelMethods, TrainerCallback):
                 "proximal_mu and control_variates take one process per site for now: its "
                 "gradients must all be corrected alike, and DDP averages them across ranks"
             )
+        if self.session.drift.active:
+            _check_drift_args(args)
         rate = getattr(args, "learning_rate", None)
         self.hf.lr = float(rate) if isinstance(rate, int | float) and rate > 0 else None
         self._group_steps = 0
@@ -278,6 +289,20 @@ class SwarmCallback(ModelMethods, TrainerCallback):
                     f"rank {rank} ends with model {self.final_digest[:12]}… but rank 0 with "
                     f"{message.digest[:12]}…"
                 )
+
+
+def _check_drift_args(args: Any) -> None:
+    """SwarmError for Trainer settings under which the gradient hooks would be wrong."""
+    if (getattr(args, "gradient_accumulation_steps", 1) or 1) > 1:
+        raise SwarmError(
+            "proximal_mu and control_variates add their correction at every backward pass: "
+            "with gradient_accumulation_steps > 1 it would count several times a step; use 1"
+        )
+    if getattr(args, "fp16", False):
+        raise SwarmError(
+            "proximal_mu and control_variates with fp16 would add their correction to loss-"
+            "scaled gradients; train in bf16 or fp32"
+        )
 
 
 def _require_peft_model(model: torch.nn.Module) -> None:

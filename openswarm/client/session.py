@@ -33,6 +33,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from openswarm.client.drift import Drift, without_variates
 from openswarm.codec import decode, digest, encode
+from openswarm.codec.limits import MAX_NAME_BYTES
 from openswarm.node.peer import RoundResult, SwarmPeer
 from openswarm.node.settings import NetworkConfig, SwarmSettings
 from openswarm.protocol import (
@@ -170,7 +171,8 @@ class SwarmSession:
                 "adaptive sync decides from validation loss: give validation data "
                 "(val_data, or adsValData in the HPE API)"
             )
-        _check_names(self.model.get_params())
+        _check_names(self.model.get_params(),
+                     self.drift.control_variates or self.settings.server_optimizer)  # fmt: skip
         if self.drift.active:
             self._start_drift()
         if self.loopback:
@@ -242,12 +244,19 @@ class SwarmSession:
                 )
             self.logger.info("%s: final model %s", peer.name, self.final_digest)
         finally:
+            self._stop_drift()
             peer.close()
 
     def close(self) -> None:
         """Leave the swarm without finishing (after an error); `train_end` closes itself."""
+        self._stop_drift()
         if self.peer is not None:
             self.peer.close()
+
+    def _stop_drift(self) -> None:
+        remove = getattr(self.model, "remove_drift", None)
+        if callable(remove):
+            remove()
 
     # --- internals ------------------------------------------------------------------------
     def _check_loopback(self) -> None:
@@ -281,6 +290,7 @@ class SwarmSession:
             self._lr = self.drift.local_lr or found
 
     def _correct_drift(self) -> None:
+        """Count a local step; without gradient hooks, take the corrective step."""
         self.drift.steps += 1
         if not self._hooked and self.drift.anchor:
             assert self._lr is not None
@@ -346,13 +356,22 @@ class SwarmSession:
         return self._last_local
 
 
-def _check_names(params: Mapping[str, Any]) -> None:
+def _check_names(params: Mapping[str, Any], prefixed: bool) -> None:
     """SwarmError if a tensor's name takes a prefix the swarm keeps for its own tensors (a
-    server optimizer's state, SCAFFOLD's control variates): they would be taken for those."""
+    server optimizer's state, SCAFFOLD's control variates), which it would be taken for, or
+    (`prefixed`: the swarm adds such tensors) is too long to carry one."""
+    longest = max(len(STATE_PREFIX) + 2, len(CONTROL_VARIATE_PREFIX))  # "openswarm:opt/v/"
     for name in params:
+        if not isinstance(name, str):
+            continue
         for prefix in (STATE_PREFIX, CONTROL_VARIATE_PREFIX):
-            if isinstance(name, str) and name.startswith(prefix):
+            if name.startswith(prefix):
                 raise SwarmError(
                     f"tensor {name[:80]!r} starts with {prefix!r}, which the swarm keeps for its "
                     "own tensors: rename it (e.g. a module or layer name)"
                 )
+        if prefixed and len(name.encode("utf-8")) + longest > MAX_NAME_BYTES:
+            raise SwarmError(
+                f"tensor name {name[:40]!r}… is too long: the swarm's state and control "
+                f"variates of it add {longest} bytes to a limit of {MAX_NAME_BYTES}; shorten it"
+            )

@@ -51,13 +51,22 @@ class TorchModel:
         self.loss_fn = _loss(loss_fn, loss_args)
         self.metric_fn = metric_fn
         self.optimizer = optimizer
+        self._hooks: list[Any] = []
 
     def get_params(self) -> dict[str, torch.Tensor]:
         return host_tensors(self.module.state_dict())
 
     def install_drift(self, drift: Drift) -> bool:
         """Add the drift correction to the parameters' gradients (see `hook_drift`)."""
-        return hook_drift(self.module, self.module.state_dict().keys(), drift)
+        self.remove_drift()
+        self._hooks = hook_drift(self.module, self.module.state_dict().keys(), drift)
+        return bool(self._hooks)
+
+    def remove_drift(self) -> None:
+        """Take the gradient hooks off (training is over)."""
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks = []
 
     def learning_rate(self) -> float | None:
         """The optimizer's steady step size (lr, over 1 - momentum for SGD), if given."""
@@ -132,19 +141,19 @@ class SwarmCallback(LoopCallback):
         self.model = model
 
 
-def hook_drift(module: torch.nn.Module, synced: Iterable[str], drift: Drift) -> bool:
+def hook_drift(module: torch.nn.Module, synced: Iterable[str], drift: Drift) -> list[Any]:
     """Make backward add `drift`'s correction (``mu*(w - w_merged) + c - c_i``) to the
     gradient of each trainable parameter of `module` that is synced under its own name;
-    False (nothing hooked) if none is, e.g. PEFT adapters synced under other names."""
+    the hooks' handles (none if no parameter is, e.g. PEFT adapters synced under other
+    names). A loss scaler (fp16 `GradScaler`) or gradient accumulation would scale the
+    correction: train without them."""
     names = set(synced)
     params = [(n, p) for n, p in module.named_parameters() if p.requires_grad and n in names]
     if not params:
-        return False
+        return []
     drift.trainable = frozenset(n for n, _ in params)
     hooks = _DriftHooks(drift)
-    for name, param in params:
-        param.register_hook(hooks.for_param(name, param))
-    return True
+    return [param.register_hook(hooks.for_param(name, param)) for name, param in params]
 
 
 class _DriftHooks:

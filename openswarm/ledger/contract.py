@@ -639,6 +639,7 @@ class TrainingContract(ShardedRounds):
         audit: dict[str, Any] | None,
     ) -> list[dict[str, Any]]:
         """`leader`'s merge counts: it is the latest merged model and the round is over."""
+        first = self._latest_merged is None  # the initial sync: its leader's own model
         if self._latest_merged is not None:
             self._earlier_merges = [*self._earlier_merges, self._latest_merged][-_KEPT_MERGES:]
         self._refusals = {}
@@ -649,6 +650,8 @@ class TrainingContract(ShardedRounds):
             "round": call.round,
             "size": size,
         }
+        if first:
+            self._latest_merged["first"] = True
         self._sync_interval = self._adapted_interval(call.round)
         round = call.round
         self._close_round(call, leader=leader, digest=digest, size=size, excluded=excluded,

@@ -131,15 +131,17 @@ def initial(method: str, model: Mapping[str, Any], specs: Structure) -> Params:
 
 
 def step(method: str, options: Mapping[str, Any], previous: Mapping[str, Any],
-         mean: Mapping[str, Any], specs: Structure) -> Params:  # fmt: skip
+         mean: Mapping[str, Any], specs: Structure, *, first: bool = False) -> Params:  # fmt: skip
     """The merged model of a round: `previous` (the last merged model, with its state)
     moved by the optimizer along ``mean - previous``. `mean` holds the model's tensors
     (structure `specs`, already checked); the result is numpy, model tensors then state,
-    in `merged_structure` order. Deterministic: the same inputs give the same bits."""
+    in `merged_structure` order. Deterministic: the same inputs give the same bits.
+    `first`: `previous` is the swarm's first merged model (a leader's own snapshot), whose
+    state, if it carries any, was not made by a step: it counts as zero."""
     hyper = check_options(method, options)
     full_specs = merged_structure(method, specs)
-    if not any(is_state(name) for name in previous):  # the initial sync: zero state
-        previous = initial(method, previous, specs)
+    if first or not any(is_state(name) for name in previous):  # zero state
+        previous = initial(method, model_part(previous), specs)
     missing = [name for name in full_specs if name not in previous]
     if missing:
         raise MergeInputError(

@@ -6,6 +6,7 @@ from typing import Any
 
 from openswarm.codec.arrays import UnsupportedValueError
 from openswarm.codec.tensors import TensorSpec, spec_of, structure
+from openswarm.protocol import CONTROL_VARIATE_PREFIX
 
 Params = dict[str, Any]
 Structure = dict[str, TensorSpec]
@@ -18,7 +19,10 @@ def mismatch(reference: Structure, params: Params) -> str | None:
     missing = [n for n in reference if n not in params]
     extra = [n for n in params if n not in reference]
     if missing or extra:
-        return f"tensor names differ (missing {missing[:3]}, unexpected {extra[:3]})"
+        hint = ""
+        if any(n.startswith(CONTROL_VARIATE_PREFIX) for n in (*missing, *extra)):
+            hint = "; control_variates differ between sites: set it alike on every site"
+        return f"tensor names differ (missing {missing[:3]}, unexpected {extra[:3]}){hint}"
     if list(params) != list(reference):  # the order is part of a model (and of its digest)
         return "tensors come in another order than this site's model's"
     for name, ref in reference.items():

@@ -41,7 +41,7 @@ from openswarm.codec.transport import Transport
 from openswarm.merge import MergeInputError, NonFiniteInput, merge
 from openswarm.merge.layered import Loader, merge_layered
 from openswarm.merge.running_mean import Float64Sum, RunningMean, weight_scale
-from openswarm.merge.server_opt import step
+from openswarm.merge.server_opt import merged_structure, step
 from openswarm.node.checks import Params, Structure, mismatch, structure
 from openswarm.node.exchange import Buffer, ExchangeClient, ExchangeError
 from openswarm.node.memory import spilled
@@ -160,11 +160,17 @@ class Leader:
             return mean
         if self.prior is None:
             raise MergeInputError("no way to find the previous merged model")
-        previous = self.prior(pulls.view["latest_merged"])
+        record = pulls.view["latest_merged"]
+        previous = self.prior(record)
+        method = self.settings.merge_method
         with self.timed("merge"):
             averaged = self.transport.unpack(mean.data, pulls.reference, copy=False)
-            params = step(self.settings.merge_method, self.settings.merge_options, previous,
-                          averaged, pulls.reference)  # fmt: skip
+            params = step(method, self.settings.merge_options, previous, averaged,
+                          pulls.reference, first=bool(record.get("first")))  # fmt: skip
+            specs = list(merged_structure(method, pulls.reference).values())
+            problem = _nonfinite(params, specs)
+            if problem is not None:  # finite inputs, but the step overflowed
+                raise MergeInputError(f"the {method} step overflowed: {problem}")
         with self.timed("encode"):
             data = self.transport.pack(params)
         return Merged(data, digest_encoded(data), mean.used, mean.excluded)

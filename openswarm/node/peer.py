@@ -692,7 +692,7 @@ class SwarmPeer:
         within `leader_timeout_s` (reported to the contract, which then falls back to the
         merge before it); SwarmError if it is malformed (reported as refused)."""
         r, digest, size = merged["round"], merged["digest"], int(merged["size"])
-        cap = self._capped(size)
+        cap = self._capped(size, merged=True)
         timeout = self.settings.leader_timeout_s
         deadline = time.monotonic() + timeout
         problems: list[str] = []
@@ -798,11 +798,18 @@ class SwarmPeer:
         """What a model must look like here: the swarm's current one, else this site's."""
         return self._reference or self._own_structure
 
-    def _capped(self, size: int) -> int:
-        """A download cap: the size the ledger recorded, at most a few times this site's."""
+    def _capped(self, size: int, *, merged: bool = False) -> int:
+        """A download cap: the size the ledger recorded, at most a few times this site's
+        (for a `merged` model, times what a server optimizer's state adds to it)."""
         if self._own_size is None:
             return size
-        return min(size, _SIZE_SLACK * self._own_size + CHUNK_BYTES)
+        growth = 1.0
+        if merged and self._own_structure is not None and self.settings.server_optimizer:
+            own = sum(s.size * s.dtype.itemsize for s in self._own_structure.values())
+            full = self._merged_structure() or {}
+            with_state = sum(s.size * s.dtype.itemsize for s in full.values())
+            growth = with_state / max(own, 1)
+        return min(size, math.ceil(_SIZE_SLACK * growth * self._own_size) + CHUNK_BYTES)
 
     def _report_refused(self, r: int, digest: str, reason: str) -> None:
         """Tell the contract this site refuses merged model `digest` of round `r`."""
