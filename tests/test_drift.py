@@ -308,3 +308,33 @@ def test_a_model_whose_tensor_names_take_the_swarms_reserved_prefixes_is_refused
         model.arrays[prefix + "w"] = model.arrays.pop("w")
         with pytest.raises(SwarmError, match="rename it"):
             LoopCallback(model, sync_frequency=2, min_peers=2).on_train_begin()
+
+
+def test_with_torch_the_new_control_variate_is_the_mean_raw_gradient_since_the_merge() -> None:
+    rng = np.random.default_rng(3)
+    net = _net(4)
+    drift = Drift(control_variates=True)  # no step size: the hooks measure the gradients
+    assert TorchModel(net).install_drift(drift)
+    merged = _numpy(_net(4))
+    merged.update({variate_name(n): rng.standard_normal(v.shape).astype(np.float32)
+                   for n, v in merged.items()})  # fmt: skip
+    drift.loaded(merged)
+    reference = _net(4)
+    batches = [
+        (torch.randn(8, 4, generator=torch.Generator().manual_seed(s)), torch.arange(8) % 2)
+        for s in range(3)
+    ]
+    raw: dict[str, list[torch.Tensor]] = {}
+    for x, y in batches:
+        for model in (net, reference):
+            model.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+        for name, p in reference.named_parameters():
+            raw.setdefault(name, []).append(p.grad.clone())
+        drift.steps += 1
+    offered = drift.offer(_numpy(net))
+    for name, grads in raw.items():
+        want = torch.stack(grads).mean(0).numpy()
+        np.testing.assert_allclose(offered[variate_name(name)], want, rtol=1e-5, atol=1e-7)
+    drift.loaded(offered)  # a new merge: the sums start again
+    assert drift.gradient_means is not None and drift.gradient_means() == {}

@@ -6,10 +6,12 @@ local gradient ``g`` of every trainable tensor ``w``:
 - **FedProx** (Li et al. 2020), ``proximal_mu``: ``g + mu * (w - w_merged)``, the gradient
   of ``mu/2 * ||w - w_merged||²`` added to the loss, where ``w_merged`` is the model of the
   last merge. No extra traffic.
-- **SCAFFOLD** (Karimireddy et al. 2020, option II), ``control_variates``: ``g + c - c_i``,
-  with ``c_i`` this site's control variate and ``c`` the swarm's. At each sync the site
-  updates ``c_i <- c_i - c + (w_merged - w) / (K * local_lr)`` (``K`` local steps since
-  the last merge) and sends it with its snapshot, as tensors named
+- **SCAFFOLD** (Karimireddy et al. 2020), ``control_variates``: ``g + c - c_i``, with
+  ``c_i`` this site's control variate and ``c`` the swarm's. At each sync the site takes as
+  its new ``c_i`` the mean of its raw local gradients since the last merge: measured where
+  the binding sees them (PyTorch's hooks), else estimated from the step as option II does,
+  ``c_i - c + (w_merged - w) / (K * local_lr)`` (``K`` local steps), which assumes plain
+  SGD steps of ``local_lr``. It sends ``c_i`` with its snapshot, as tensors named
   ``CONTROL_VARIATE_PREFIX + name``; the merge averages them like any tensor, so the merged
   model carries the swarm's ``c``. Costs one extra model's worth of bytes each way per
   round.
@@ -24,7 +26,7 @@ This module holds the state as numpy arrays and never touches the network.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -79,6 +81,9 @@ class Drift:
         self.swarm_c: dict[str, np.ndarray] = {}
         self.site_c: dict[str, np.ndarray] = {}
         self._pending: dict[str, np.ndarray] = {}  # site_c as last offered
+        # set by appliers that see the raw gradients (torch hooks): their mean per tensor
+        # since the last merge, the site's new control variate (no step size needed)
+        self.gradient_means: Callable[[], dict[str, np.ndarray]] | None = None
         self.steps = 0  # local steps since the last merge
         self.version = 0  # bumped at each load, so appliers refresh their copies
 
@@ -118,7 +123,12 @@ class Drift:
         # updated from the variates of the last merge every time (offering twice before a
         # merge offers the same), and kept once a merge is loaded
         self._pending = dict(self.site_c)
-        if self.steps and self.anchor:
+        means = self.gradient_means() if self.gradient_means is not None else {}
+        if means:
+            for name in names:
+                if name in means:
+                    self._pending[name] = means[name].astype(np.float32).reshape(arrays[name].shape)
+        elif self.steps and self.anchor:
             step = self.require_lr(lr, "control_variates")
             scale = np.float32(1.0 / (self.steps * step))
             for name in names:

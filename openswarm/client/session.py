@@ -284,9 +284,7 @@ class SwarmSession:
         if not self._hooked:
             self._lr = self.drift.require_lr(found, f"proximal_mu or control_variates with "
                                              f"{type(self.model).__name__}")  # fmt: skip
-        elif self.drift.control_variates:
-            self._lr = self.drift.require_lr(found, "control_variates")
-        else:
+        else:  # the hooks measure the gradients: no step size needed
             self._lr = self.drift.local_lr or found
 
     def _correct_drift(self) -> None:

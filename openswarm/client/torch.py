@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from openswarm.client.base import LoopCallback
@@ -153,28 +154,49 @@ def hook_drift(module: torch.nn.Module, synced: Iterable[str], drift: Drift) -> 
         return []
     drift.trainable = frozenset(n for n, _ in params)
     hooks = _DriftHooks(drift)
+    if drift.control_variates:
+        drift.gradient_means = hooks.gradient_means
     return [param.register_hook(hooks.for_param(name, param)) for name, param in params]
 
 
 class _DriftHooks:
     """Gradient hooks holding the anchor and ``c - c_i`` as tensors on each parameter's
-    device, refreshed when the drift state changes (a merge was loaded)."""
+    device, refreshed when the drift state changes (a merge was loaded). With control
+    variates they also sum the raw gradients since that merge: their mean is the site's
+    new control variate (the quantity SCAFFOLD's option II estimates from the step)."""
 
     def __init__(self, drift: Drift) -> None:
         self.drift = drift
         self.version = -1
         self.anchor: dict[str, torch.Tensor] = {}
         self.shift: dict[str, torch.Tensor] = {}
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = {}
+
+    def gradient_means(self) -> dict[str, np.ndarray]:
+        """Each hooked parameter's mean raw gradient since the last merge was loaded."""
+        if self.version != self.drift.version:
+            return {}
+        return {n: (s / self.counts[n]).cpu().numpy() for n, s in self.sums.items()}
 
     def for_param(self, name: str, param: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
         def add_correction(grad: torch.Tensor) -> torch.Tensor:
             if self.version != self.drift.version:
                 self.anchor.clear()
                 self.shift.clear()
+                self.sums.clear()
+                self.counts.clear()
                 self.version = self.drift.version
             drift = self.drift
             if name not in drift.anchor:
                 return grad
+            if drift.control_variates:
+                raw = grad.detach().float()
+                if name in self.sums:
+                    self.sums[name] += raw
+                    self.counts[name] += 1
+                else:
+                    self.sums[name], self.counts[name] = raw.clone(), 1
             if name not in self.anchor:
                 self.anchor[name] = torch.from_numpy(drift.anchor[name]).to(param.device)
                 if drift.control_variates and name in drift.swarm_c:
