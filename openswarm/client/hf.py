@@ -27,15 +27,14 @@ from typing import Any
 import torch
 
 from openswarm.client.base import ModelMethods
-from openswarm.client.drift import Drift
 from openswarm.client.session import SwarmSession
 from openswarm.client.torch import (
     FAILED,
     LOADED,
     NOTHING,
+    DriftHooks,
     GroupMessage,
     SiteGroup,
-    hook_drift,
     host_tensors,
     matching_tensors,
     require_bfloat16_support,
@@ -51,7 +50,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
 DEFAULT_VAL_BATCH_SIZE = 32
 
 
-class HfModel:
+class HfModel(DriftHooks):
     """The model adapter of a transformers model: its whole state_dict (`hf_mode="full"`) or
     a PEFT model's adapter weights (`"peft"`); `evaluate()` reports the model's own loss on
     `val_data`, and accuracy when the labels are class indices. `loaded` turns True when
@@ -82,7 +81,6 @@ class HfModel:
         require_bfloat16_support(self._state())
         self.loaded = False
         self.lr: float | None = None
-        self._hooks: list[Any] = []
 
     # --- parameters -----------------------------------------------------------------------
     def get_params(self) -> dict[str, torch.Tensor]:
@@ -109,18 +107,9 @@ class HfModel:
             return get_peft_model_state_dict(self.model)
         return self.model.state_dict()
 
-    def install_drift(self, drift: Drift) -> bool:
-        """Add the drift correction to the synced parameters' gradients (`hook_drift`;
-        PEFT adapters, synced under other names, get a step after each batch instead)."""
-        self.remove_drift()
-        self._hooks = hook_drift(self.model, self._state().keys(), drift)
-        return bool(self._hooks)
-
-    def remove_drift(self) -> None:
-        """Take the gradient hooks off (training is over)."""
-        for handle in self._hooks:
-            handle.remove()
-        self._hooks = []
+    def _drift_target(self) -> tuple[torch.nn.Module, Iterable[str]]:
+        # PEFT adapters, synced under other names, get a step after each batch instead
+        return self.model, self._state().keys()
 
     def learning_rate(self) -> float | None:
         """The Trainer's learning rate (set at the start of training)."""

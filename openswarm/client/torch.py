@@ -28,7 +28,30 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 MetricFn = Callable[[torch.Tensor, torch.Tensor], float]
 
 
-class TorchModel:
+class DriftHooks:
+    """`install_drift` / `remove_drift` for the adapter of a torch module: the drift
+    correction added to the synced parameters' gradients (`hook_drift`)."""
+
+    _hooks: list[Any]
+
+    def _drift_target(self) -> tuple[torch.nn.Module, Iterable[str]]:
+        """The module and the names its synced tensors go by."""
+        raise NotImplementedError
+
+    def install_drift(self, drift: Drift) -> bool:
+        """Hook the parameters; False if none is synced under its own name."""
+        self.remove_drift()
+        self._hooks = hook_drift(*self._drift_target(), drift)
+        return bool(self._hooks)
+
+    def remove_drift(self) -> None:
+        """Take the gradient hooks off (training is over)."""
+        for handle in getattr(self, "_hooks", []):
+            handle.remove()
+        self._hooks = []
+
+
+class TorchModel(DriftHooks):
     """The model adapter of a `torch.nn.Module`: its whole state_dict (buffers included) on
     any device; `evaluate()` averages `loss_fn` (and `metric_fn`) over `val_data`'s
     `(x, y)` batches. `optimizer` (optional) tells the drift corrections the local learning
@@ -52,22 +75,12 @@ class TorchModel:
         self.loss_fn = _loss(loss_fn, loss_args)
         self.metric_fn = metric_fn
         self.optimizer = optimizer
-        self._hooks: list[Any] = []
 
     def get_params(self) -> dict[str, torch.Tensor]:
         return host_tensors(self.module.state_dict())
 
-    def install_drift(self, drift: Drift) -> bool:
-        """Add the drift correction to the parameters' gradients (see `hook_drift`)."""
-        self.remove_drift()
-        self._hooks = hook_drift(self.module, self.module.state_dict().keys(), drift)
-        return bool(self._hooks)
-
-    def remove_drift(self) -> None:
-        """Take the gradient hooks off (training is over)."""
-        for handle in self._hooks:
-            handle.remove()
-        self._hooks = []
+    def _drift_target(self) -> tuple[torch.nn.Module, Iterable[str]]:
+        return self.module, self.module.state_dict().keys()
 
     def learning_rate(self) -> float | None:
         """The optimizer's steady step size (lr, over 1 - momentum for SGD), if given."""
