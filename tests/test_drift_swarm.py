@@ -19,8 +19,13 @@ def _model_bytes() -> int:
 
 @pytest.mark.parametrize(
     ("env", "extra_models"),
-    [({"PROXIMAL_MU": "0.05"}, 0), ({"CONTROL_VARIATES": "1"}, 1)],
-    ids=["fedprox", "scaffold"],
+    [
+        ({"PROXIMAL_MU": "0.05"}, 0),
+        ({"CONTROL_VARIATES": "1"}, 1),
+        # all three at once: variates, and fedavgm's momentum state (of the model's tensors)
+        ({"CONTROL_VARIATES": "1", "PROXIMAL_MU": "0.01", "MERGE_METHOD": "fedavgm"}, 2),
+    ],
+    ids=["fedprox", "scaffold", "scaffold+fedprox+fedavgm"],
 )
 def test_three_sites_correcting_drift_end_with_one_model(
     swarm_factory, env: dict[str, str], extra_models: int
@@ -34,6 +39,7 @@ def test_three_sites_correcting_drift_end_with_one_model(
     state = swarm.state()
     assert len(state["history"]) >= 4 and all(h["status"] == "merged" for h in state["history"])
     # SCAFFOLD's variates travel with each snapshot and merged model: one model's worth more
+    # (and fedavgm's momentum one more in the merged model)
     size = _model_bytes()
     assert state["latest_merged"]["size"] == pytest.approx((1 + extra_models) * size, rel=0.05)
     if extra_models:
