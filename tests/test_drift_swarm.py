@@ -21,11 +21,10 @@ def _model_bytes() -> int:
     ("env", "extra_models"),
     [
         ({"PROXIMAL_MU": "0.05"}, 0),
-        ({"CONTROL_VARIATES": "1"}, 1),
         # all three at once: variates, and fedavgm's momentum state (of the model's tensors)
         ({"CONTROL_VARIATES": "1", "PROXIMAL_MU": "0.01", "MERGE_METHOD": "fedavgm"}, 2),
     ],
-    ids=["fedprox", "scaffold", "scaffold+fedprox+fedavgm"],
+    ids=["fedprox", "scaffold+fedprox+fedavgm"],
 )
 def test_three_sites_correcting_drift_end_with_one_model(
     swarm_factory, env: dict[str, str], extra_models: int

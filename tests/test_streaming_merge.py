@@ -245,7 +245,9 @@ def test_a_snapshot_in_another_tensor_order_is_left_out(swarm) -> None:
 def test_a_mean_that_overflows_float32_is_summed_again_in_float64(make_swarm) -> None:
     # w·x of values near the float32 limit overflows: the leader pulls the snapshots again
     # and sums "small" in float64, and its auditor, doing the same, finds the same bits
-    peers = make_swarm(replace(SETTINGS, audit=1))
+    # (four 16 MiB snapshots pulled twice by leader and auditor: on a loaded machine that
+    # takes longer than the usual timeout's share, which only bounds a stalled round)
+    peers = make_swarm(replace(SETTINGS, audit=1, leader_timeout_s=60.0))
     _round(peers, [_params(s) for s in (1, 2, 3, 4)])
     before = {p.name: p.fetcher.received.total for p in peers}
     inputs = [_params(s) for s in (71, 72, 73, 74)]
