@@ -24,12 +24,13 @@ MODEL_KINDS = ("local", "merged", "mirror", "shard")
 CALL_TYPES = frozenset(
     {"register", "ready", "seal", "merged", "leader_timeout", "loaded", "finished", "metrics",
      "leave", "heartbeat", "merge_unavailable", "merge_refused", "attest", "shard",
-     "shard_timeout"}
+     "shard_timeout", "masked", "survivors", "unmask", "secagg_abort"}
 )  # fmt: skip
 #: Calls that name a round; the others ignore the round.
 ROUND_CALLS = frozenset(
     {"ready", "seal", "merged", "leader_timeout", "loaded", "metrics", "merge_unavailable",
-     "merge_refused", "attest", "shard", "shard_timeout"}
+     "merge_refused", "attest", "shard", "shard_timeout", "masked", "survivors", "unmask",
+     "secagg_abort"}
 )  # fmt: skip
 #: Every event (in a transaction's result, `{"kind": ..., ...}`) is one of these.
 EVENT_KINDS = frozenset(
@@ -38,7 +39,8 @@ EVENT_KINDS = frozenset(
      "timeout_voted", "all_finished", "sync_interval", "admitted", "revoked", "archived",
      "contract_created", "proposed", "approved", "merge_proposed", "attested",
      "merge_rejected", "auditors_replaced", "shard_merged", "shard_timeout_voted",
-     "shard_owner_changed", "task_created", "task_assigned", "task_reset"}
+     "shard_owner_changed", "task_created", "task_assigned", "task_reset",
+     "masked", "survivors", "unmasked"}
 )  # fmt: skip
 
 #: Who merges a round: its leader, the whole model; or (sharded) every site that may lead,
@@ -78,6 +80,15 @@ SERVER_OPTIMIZER_COMPRESSIONS = ("none", "zstd", "bfloat16", "bfloat16+zstd")
 #: (``<prefix><tensor>``), which snapshots carry too.
 STATE_PREFIX = "openswarm:opt/"
 CONTROL_VARIATE_PREFIX = "openswarm:scaffold/"
+
+#: Secure aggregation (contract `secure_aggregation`): each participant masks its update so
+#: the merger learns only the sum. `threshold` t: how many participants' shares recover a
+#: dropped one's masks (and the fewest updates a merger may unmask the sum of); `bound`: each
+#: coordinate of an update (model minus the previous merged one) is clipped to ±bound before
+#: it is masked, which is all that bounds one participant's influence (nobody sees it).
+SECURE_AGGREGATION_DEFAULTS: dict[str, float] = {"threshold": 2, "bound": 1.0}
+#: Merge methods that work on the sum alone (robust ones need to see each model).
+SECURE_AGGREGATION_METHODS = ("mean",)
 
 #: How models travel between sites (codec/transport.py): as they are, zstd-compressed,
 #: or with float tensors as 16-bit floats or int8 with a scale (lossy), optionally zstd too.

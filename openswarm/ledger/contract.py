@@ -31,6 +31,12 @@ from openswarm.ledger.contract_checks import (
     json_copy,
     type_name,
 )
+from openswarm.ledger.secure_rounds import (
+    SecureRounds,
+    check_ready_secagg,
+    check_share_key,
+    secure_aggregation_setting,
+)
 from openswarm.ledger.shards import ShardedRounds
 from openswarm.ledger.weights import check_policy, member_weight
 from openswarm.protocol import (
@@ -45,6 +51,8 @@ from openswarm.protocol import (
     PRESENCE_TIMEOUT_S,
     ROUND_CALLS,
     ROUND_PHASES,
+    SECURE_AGGREGATION_DEFAULTS,
+    SECURE_AGGREGATION_METHODS,
     SERVER_OPTIMIZER_COMPRESSIONS,
     SERVER_OPTIMIZERS,
     SHARDED_COMPRESSIONS,
@@ -70,7 +78,7 @@ HISTORY_KEPT = 64
 SETTINGS_KEYS = (
     "adaptive_sync", "audit", "compression", "leader_timeout_s", "merge_method",
     "merge_options", "merge_topology", "min_peers", "presence_timeout_s", "weight_policy",
-    "weights",
+    "weights", "secure_aggregation",
 )  # fmt: skip
 #: The most auditors a contract may ask for per merge.
 MAX_AUDITORS = 15
@@ -111,6 +119,8 @@ class ContractSettings:
     audit: int = 0  # auditors who recompute each merge (odd); 0: the leader's word counts
     compression: str = "none"  # how models travel (codec/transport.py COMPRESSIONS)
     merge_topology: str = "leader"  # who merges: the leader, or every site a shard (shards.py)
+    # masked updates, the merger learns only their sum: {threshold, bound} (secure_rounds.py)
+    secure_aggregation: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.compression not in COMPRESSIONS:
@@ -149,6 +159,10 @@ class ContractSettings:
         object.__setattr__(self, "merge_options", MappingProxyType(options))
         if self.merge_method in SERVER_OPTIMIZERS:
             _check_server_optimizer(self)
+        secure = secure_aggregation_setting(self.secure_aggregation, SECURE_AGGREGATION_DEFAULTS)
+        object.__setattr__(self, "secure_aggregation", secure)
+        if secure is not None:
+            _check_secure_aggregation(self)
 
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any]) -> ContractSettings:
@@ -171,7 +185,10 @@ class ContractSettings:
             "presence_timeout_s": self.presence_timeout_s,
             "weight_policy": self.weight_policy,
             "weights": None if self.weights is None else dict(self.weights),
-        }
+        } | (
+            {} if self.secure_aggregation is None
+            else {"secure_aggregation": dict(self.secure_aggregation)}
+        )  # fmt: skip
 
 
 def leader_ranking(
@@ -200,9 +217,11 @@ class _Member:
     last_seen: float = 0.0  # timestamp of its latest accepted call (heartbeats included)
     leads: bool = True  # False: registered with lead=false, never leads a round
     audits: bool = True  # False: registered with audits=false, never audits a merge
+    share_key: str | None = None  # what secure aggregation's shares are sealed to (hex)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        extra = {} if self.share_key is None else {"share_key": self.share_key}
+        return extra | {
             "active": self.active,
             "audits": self.audits,
             "contribution": self.contribution,
@@ -215,7 +234,7 @@ class _Member:
         }
 
 
-class TrainingContract(ShardedRounds):
+class TrainingContract(ShardedRounds, SecureRounds):
     """State machine of one training contract: members, sync rounds, leaders, merges.
 
     Semantic choices beyond the call list:
@@ -275,6 +294,7 @@ class TrainingContract(ShardedRounds):
         self._audit: dict[str, Any] | None = None  # the leader's merge awaiting its auditors
         self._rejected: list[dict[str, Any]] = []  # merges of this round its audits rejected
         self._vetoers: list[str] = []  # barred from auditing again this round (see _settle_audit)
+        self._secagg: dict[str, Any] | None = None  # a masked round's phases (secure_rounds.py)
         self._reset_shards()
 
     # --- read-only views ---
@@ -363,6 +383,7 @@ class TrainingContract(ShardedRounds):
                 "ready": {n: dict(sorted(self._ready[n].items())) for n in sorted(self._ready)},
                 "sealed": self._sealed,
                 "sealed_at": self._sealed_at,
+                "secagg": self._secagg_view(),
                 "shard_excluded": json_copy(self._shard_excluded, "shard_excluded"),
                 "shards": json_copy(self._shards_view(), "shards"),
                 "timeout_votes": list(self._timeout_votes),
@@ -454,7 +475,7 @@ class TrainingContract(ShardedRounds):
     def _on_register(self, call: ContractCall) -> list[dict[str, Any]]:
         payload = call.payload
         check_fields(payload, "register", ("endpoint",),
-                     ("weight", "lead", "audits", *SETTINGS_KEYS))  # fmt: skip
+                     ("weight", "lead", "audits", "share_key", *SETTINGS_KEYS))  # fmt: skip
         endpoint = check_endpoint(payload["endpoint"], "payload.endpoint")
         leads = payload.get("lead", True)
         if not isinstance(leads, bool):
@@ -463,6 +484,9 @@ class TrainingContract(ShardedRounds):
         if not isinstance(audits, bool):
             raise ContractError(f"payload.audits must be true or false, got {type_name(audits)}")
         weight = self._weight(call.sender, payload, 1.0)
+        share_key = None
+        if "share_key" in payload:
+            share_key = check_share_key(payload["share_key"])
         try:
             offered = ContractSettings.from_payload(payload)
         except ContractError as e:
@@ -484,7 +508,7 @@ class TrainingContract(ShardedRounds):
             self._withdraw(call.sender)
         self._members[call.sender] = _Member(
             endpoint, weight, call.timestamp, last_seen=call.timestamp, leads=leads,
-            audits=audits,
+            audits=audits, share_key=share_key,
         )  # fmt: skip
         event = self._event(
             "registered",
@@ -505,7 +529,7 @@ class TrainingContract(ShardedRounds):
 
     def _on_ready(self, call: ContractCall) -> list[dict[str, Any]]:
         payload = call.payload
-        check_fields(payload, "ready", ("digest", "size"), ("weight", "root"))
+        check_fields(payload, "ready", ("digest", "size"), ("weight", "root", "secagg"))
         self._require_current(call.round)
         if self._sealed:
             raise ContractError(f"round {call.round} is already sealed")
@@ -515,6 +539,11 @@ class TrainingContract(ShardedRounds):
         entry: dict[str, Any] = {"digest": digest, "size": size, "weight": weight}
         if "root" in payload:  # the chunk root fetchers check each chunk against
             entry["root"] = check_digest(payload["root"], "payload.root")
+        if "secagg" in payload:
+            if self._settings.secure_aggregation is None:
+                raise ContractError(f"contract {self._name} does not aggregate securely: "
+                                    "send ready without payload.secagg")  # fmt: skip
+            entry["secagg"] = check_ready_secagg(payload["secagg"], self._members)
 
         replaced = call.sender in self._ready
         self._ready[call.sender] = entry
@@ -547,11 +576,24 @@ class TrainingContract(ShardedRounds):
                 "registered with lead=false): a round needs one site that may"
             )
 
+        admitted = list(self._ready)
+        if self._secagg_round():
+            admitted = self._secagg_admitted()
+            need = max(need, self._secagg_threshold())
+            if len(admitted) < need:
+                raise ContractError(
+                    f"round {call.round}: only {len(admitted)} of the {len(self._ready)} ready "
+                    f"dealt secure aggregation shares to each other, needs {need} (min_peers "
+                    "and the threshold)"
+                )
+
         self._sealed = True
         self._sealed_at = call.timestamp
         if self._started_at is None:
             self._started_at = call.timestamp
-        self._participants = sorted(self._ready)
+        self._participants = sorted(admitted)
+        if self._secagg_round():
+            self._open_secagg()
         ranking = leader_ranking(call.prev_hash, self._name, call.round, self._participants)
         # Leaders whose merges were refused by a majority lead only when nobody else can;
         # sites that opted out of leading come last and never lead.
@@ -588,6 +630,7 @@ class TrainingContract(ShardedRounds):
         size = check_int(payload["size"], "payload.size", minimum=0)
         excluded = check_excluded(payload.get("excluded", []), self._participants)
         self._shards_for_merged(call, size, excluded)
+        self._secagg_merged(call, excluded)
         if not self._settings.audit:
             return self._accept_merge(call, leader, digest, size, excluded, None)
         if self._audit is not None:
@@ -992,6 +1035,12 @@ class TrainingContract(ShardedRounds):
             "rejected_merges": list(self._rejected),
             "round": self._round,
             "sealed_at": self._sealed_at,
+            "secagg": None
+            if self._secagg is None
+            else {
+                "survivors": self._secagg["survivors"],
+                "unmasked_by": sorted(self._secagg["unmasked"]),
+            },
             "shards": self._shards_record(),
             "size": size,
             "status": "merged" if merged else "aborted",
@@ -1095,7 +1144,7 @@ class TrainingContract(ShardedRounds):
     def _on_metrics(self, call: ContractCall) -> list[dict[str, Any]]:
         payload = call.payload
         check_fields(payload, "metrics", ("loss", "epoch"),
-                     ("metric", "total_epochs", "phases", "traffic"))  # fmt: skip
+                     ("metric", "total_epochs", "phases", "traffic", "privacy"))  # fmt: skip
         if call.round > self._round:
             raise ContractError(
                 f"round {call.round} has not started; current round is {self._round}"
@@ -1119,9 +1168,32 @@ class TrainingContract(ShardedRounds):
             )
         phases = _check_phases(payload.get("phases"))
         traffic = _check_traffic(payload.get("traffic"))
+        # the site's differential-privacy spend so far (openswarm.privacy): exactly these
+        # fields, so a site can put nothing else on the ledger through them
+        privacy = payload.get("privacy")
+        if privacy is not None:
+            keys = ("epsilon", "delta", "unit", "mode", "spent")
+            if not isinstance(privacy, Mapping) or set(privacy) != set(keys):
+                raise ContractError(f"payload.privacy must be {{{', '.join(keys)}}}")
+            delta = check_number(privacy["delta"], "payload.privacy.delta")
+            if not 0 < delta < 1:
+                raise ContractError(f"payload.privacy.delta must be in (0, 1), got {delta!r}")
+            if (privacy["mode"], privacy["unit"]) not in (("site", "site"), ("sgd", "record")):
+                raise ContractError(
+                    "payload.privacy.mode and .unit must be 'site' and 'site' (site-level DP) "
+                    "or 'sgd' and 'record' (DP-SGD)"
+                )
+            if not isinstance(privacy["spent"], bool):
+                raise ContractError("payload.privacy.spent must be true or false")
+            privacy = {"epsilon": check_number(privacy["epsilon"], "payload.privacy.epsilon",
+                                               minimum=0),
+                       "delta": delta, "unit": privacy["unit"], "mode": privacy["mode"],
+                       "spent": privacy["spent"]}  # fmt: skip
 
         record = {"epoch": epoch, "loss": loss, "metric": metric, "total_epochs": total,
                   "phases": phases, "traffic": traffic}  # fmt: skip
+        if privacy is not None:
+            record["privacy"] = privacy
         self._metrics.setdefault(call.round, {})[call.sender] = record
         event = self._event("metrics", call, round=call.round, member=call.sender, **record)
         return [event]
@@ -1286,3 +1358,32 @@ def _check_adaptive(value: Any) -> dict[str, int]:
     if not low <= start <= high:
         raise ContractError(f"adaptive_sync needs min <= start <= max, got {dict(value)}")
     return {"start": start, "min": low, "max": high}
+
+
+def _check_secure_aggregation(settings: ContractSettings) -> None:
+    """What secure aggregation allows: a merge of the sum (nobody may see one update), no
+    audits of plaintext snapshots, the leader topology, enough sites for the threshold."""
+    secure = settings.secure_aggregation
+    assert secure is not None
+    if settings.merge_method not in SECURE_AGGREGATION_METHODS or settings.merge_options:
+        raise ContractError(
+            f"secure_aggregation merges the masked sum only, so merge method "
+            f"{settings.merge_method!r} (which needs each model, or options) cannot run on it; "
+            f"use {' or '.join(SECURE_AGGREGATION_METHODS)} without merge_options"
+        )
+    if settings.audit:
+        raise ContractError(
+            "secure_aggregation cannot be audited: auditors recompute merges from plaintext "
+            "snapshots, which no site hands out; set audit 0"
+        )
+    if settings.merge_topology != "leader":
+        raise ContractError(
+            "secure_aggregation runs with merge_topology leader in this version: a sharded "
+            "round would need each shard's owner to unmask its part"
+        )
+    if secure["threshold"] > settings.min_peers:
+        raise ContractError(
+            f"secure_aggregation threshold {secure['threshold']} exceeds min_peers "
+            f"{settings.min_peers}: a round could seal with too few sites to unmask it; "
+            "lower the threshold or raise min_peers"
+        )

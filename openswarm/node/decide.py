@@ -57,6 +57,8 @@ class RoundView:
     audit: Mapping[str, Any] | None = None  # the leader's merge awaiting its auditors
     shards: tuple[Mapping[str, Any], ...] = ()  # a sharded round's shards (ledger/shards.py)
     shard_excluded: tuple[str, ...] = ()  # whom its shards left out so far
+    secagg: Mapping[str, Any] | None = None  # a masked round's phases (secure_rounds.py)
+    secagg_threshold: int = 0
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> RoundView:
@@ -88,6 +90,10 @@ class RoundView:
             latest_merged=state.get("latest_merged"),
             history=tuple(state.get("history") or ()),
             leader_timeout_s=float(state["settings"]["leader_timeout_s"]),
+            secagg=current.get("secagg"),
+            secagg_threshold=int(
+                (state["settings"].get("secure_aggregation") or {}).get("threshold", 0)
+            ),
         )
 
     def record(self, round: int) -> Mapping[str, Any] | None:
@@ -118,6 +124,8 @@ class Me:
     # of those it could not fetch
     assembled: frozenset[tuple[int, tuple[str, ...]]] = frozenset()
     unfetched: frozenset[tuple[int, int, str]] = frozenset()
+    masked: frozenset[int] = frozenset()  # rounds it posted (or gave up) its masked update
+    revealed: frozenset[int] = frozenset()  # rounds it revealed its shares of
 
 
 @dataclass(frozen=True)
@@ -131,7 +139,9 @@ class Step:
     live other participants voted so, and a peer votes once per leader); left_out: the
     round was sealed without this peer (wait for its end, keep the local model); over: this
     peer finished and nobody is left training; wait: nothing to do until the state changes
-    or `until` (seconds of `now`'s clock) passes. In a sharded round: shard: merge shard
+    or `until` (seconds of `now`'s clock) passes. In a masked round (secure aggregation):
+    mask: post this site's masked update; unmask: reveal its shares for the survivors the
+    ledger fixed; secagg_abort: too few shares came in time. In a sharded round: shard: merge shard
     `index`, which this peer owns; vote_shard: that shard's owner (`leader`) has been
     silent too long; assemble: every shard is in, fetch and join them. `ready`, `waiting`
     and `absent` say who the round has, may still get, and stopped waiting for (for
@@ -159,6 +169,10 @@ def next_step(view: RoundView, me: Me, now: float) -> Step:
         if mine and (me.round, view.audit["leader"], view.audit["digest"]) not in me.audited:
             return Step("audit")
         return Step("wait", until=now + IDLE_S)
+    if view.secagg is not None and me.name in view.participants:
+        step = _secure(view, me, now)
+        if step is not None:
+            return step
     if view.shards and me.name in view.participants:
         step, wake = _sharded(view, me, now)
         if step is not None:
@@ -182,6 +196,28 @@ def _leader_step(view: RoundView, me: Me, now: float) -> Step:
     if me.name in view.timeout_votes:  # voted: the others' votes decide
         return Step("wait", until=now + IDLE_S, leader=view.leader)
     return _resend("vote_timeout", me, now, leader=view.leader)
+
+
+def _secure(view: RoundView, me: Me, now: float) -> Step | None:
+    """A masked round's own steps (None: the leader's steps, as in any round): mask once
+    sealed, reveal once the survivors are fixed, abort once the shares are overdue."""
+    secagg = view.secagg
+    assert secagg is not None
+    if secagg["survivors"] is None:
+        if me.round not in me.masked and me.name not in secagg["masked"]:
+            return Step("mask")
+        return None
+    if me.round not in me.revealed and me.name not in secagg["unmasked"]:
+        return Step("unmask")
+    if len(secagg["unmasked"]) >= view.secagg_threshold:
+        return None
+    due = float(secagg["survivors_at"]) + view.leader_timeout_s / 2
+    if now < due:
+        step = _leader_step(view, me, now)
+        if step.kind == "wait":
+            return replace(step, until=min(step.until or due, due))
+        return step
+    return _resend("secagg_abort", me, now)
 
 
 def posted_as(shard: Mapping[str, Any]) -> str:

@@ -38,7 +38,8 @@ from openswarm.merge.server_opt import is_state, merged_structure, model_part
 from openswarm.node.checks import Structure, mismatch, structure
 from openswarm.node.decide import IDLE_S, Me, RoundView, next_step, posted_as
 from openswarm.node.exchange import CHUNK_BYTES, ExchangeClient, ExchangeError, ExchangeServer
-from openswarm.node.leader import MAX_IDLE_S, Leader
+from openswarm.node.leader import MAX_IDLE_S, Leader, Merged
+from openswarm.node.masked_rounds import Facilities, MaskedRounds
 from openswarm.node.memory import release_freed_memory
 from openswarm.node.settings import NetworkConfig, SwarmSettings
 from openswarm.node.shard_merge import (
@@ -159,6 +160,13 @@ class SwarmPeer:
         self._leader.mirror = lambda r, digest, data: self.server.store.publish(
             "mirror", r, digest, data
         )
+        self._masked = MaskedRounds(
+            Facilities(self.name, self._submit, self._state, self.server.store, self.fetcher,
+                       self._previous_merged, lambda: self.transport),
+            self.contract,
+        )  # fmt: skip
+        self._masked_rounds: set[int] = set()  # rounds it masked its update in (decide.Me)
+        self._revealed: set[int] = set()  # rounds it revealed its shares in (decide.Me)
 
     # --- lifecycle ------------------------------------------------------------------------
     def register(self) -> None:
@@ -182,6 +190,8 @@ class SwarmPeer:
             payload["lead"] = False
         if not self.settings.audits:
             payload["audits"] = False
+        if state is not None and state["settings"].get("secure_aggregation"):
+            payload["share_key"] = self._masked.share_key  # what shares are sealed to
         outcome = self._submit("register", 0, payload)
         if not outcome.applied:
             raise SwarmError(
@@ -289,6 +299,7 @@ class SwarmPeer:
         *,
         phases: Mapping[str, float] | None = None,
         traffic: Mapping[str, int] | None = None,
+        privacy: Mapping[str, Any] | None = None,
     ) -> None:
         """Record this site's validation loss (and metric) after `round` on the ledger: the
         progress every site sees, and what adaptive sync decides from; with where the
@@ -305,6 +316,8 @@ class SwarmPeer:
         if traffic is not None:
             payload["traffic"] = {"sent": int(traffic["sent"]),
                                   "received": int(traffic["received"])}  # fmt: skip
+        if privacy is not None:  # this site's ε so far (openswarm.privacy)
+            payload["privacy"] = dict(privacy)
         self._submit("metrics", round, payload)
 
     def traffic(self) -> dict[str, int]:
@@ -446,7 +459,10 @@ class SwarmPeer:
             self._local = local
             if self._own_structure is None:
                 self._learn(params, data)
-            outcome = self._submit("ready", round, payload)
+            secure = self._masked.ready_part(self.view(), round)
+            outcome = self._submit(
+                "ready", round, payload if secure is None else {**payload, "secagg": secure}
+            )
             if outcome.applied:
                 self._see_applied(outcome)
                 break
@@ -495,7 +511,8 @@ class SwarmPeer:
             me = Me(self.name, r, self.settings.min_peers, self.settings.extra_window_s,
                     self.settings.presence_timeout_s, self.finished, frozenset(self._led),
                     frozenset(self._audited), quorum_since, sent, frozenset(self._sharded),
-                    frozenset(self._assembly_tried), frozenset(self._unfetched))  # fmt: skip
+                    frozenset(self._assembly_tried), frozenset(self._unfetched),
+                    frozenset(self._masked_rounds), frozenset(self._revealed))  # fmt: skip
             step = next_step(view, me, now)
             self._note_absent(step.absent, view, now)
             if step.quorum and quorum_since is None:
@@ -534,6 +551,18 @@ class SwarmPeer:
                 self._assembly_tried.add((r, tuple(map(posted_as, shards))))
                 self._led.discard(r)  # a leader proposes again what the new shards make
                 self._assembled[r] = (tuple(map(posted_as, shards)), *self._assemble(state, r))
+            elif step.kind == "mask":
+                self._masked_rounds.add(r)
+                reference = self._model_structure()
+                if reference is not None:
+                    self._masked.mask(state, r, local.data, reference)
+            elif step.kind == "unmask":
+                self._revealed.add(r)
+                self._masked.reveal(state, r)
+            elif step.kind == "secagg_abort":
+                log.warning("%s: round %d has too few shares to unmask; ending it", self.name, r)
+                sent["secagg_abort"] = now
+                self._see_applied(self._submit("secagg_abort", r))
             elif step.kind == "seal":
                 sent["seal"] = now
                 self._see_applied(self._submit("seal", r))
@@ -577,6 +606,7 @@ class SwarmPeer:
         # Nobody fetches a local snapshot once its round is over: let its memory go before
         # the merged model comes.
         self.server.store.forget("local", r)
+        self.server.store.forget("masked", r)
         local.data = b""
         assembled_from, mine, problem = self._assembled.pop(r, ((), None, None))
         self._forget_shards(r)
@@ -849,12 +879,22 @@ class SwarmPeer:
         if view["current"].get("shards"):
             self._lead_sharded(view, r)
             return
+        reference = self._model_structure()
+        if view["current"].get("secagg") is not None and reference is not None:
+            with self._timed("merge"):
+                masked = self._masked.lead(view, r, reference, self._revealed)
+            if masked is not None:
+                self._publish_merged(r, masked)
+            return
         try:
-            led = self._leader.run(view, r, local.data, self._model_structure(),
-                                   self._capped(2**62))  # fmt: skip
+            led = self._leader.run(view, r, local.data, reference, self._capped(2**62))
         except MergeInputError as exc:
             log.error("%s: merge of round %d failed: %s", self.name, r, exc)
             return
+        self._publish_merged(r, led)
+
+    def _publish_merged(self, r: int, led: Merged) -> None:
+        """Serve the merge this site led and record it on the ledger."""
         self.server.store.publish("merged", r, led.digest, led.data)
         payload: dict[str, Any] = {"digest": led.digest, "size": len(led.data)}
         if led.excluded:

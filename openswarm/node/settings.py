@@ -52,6 +52,8 @@ class SwarmSettings:
     audit: int | None = None  # auditors per merge, for a contract this site creates
     compression: str | None = None  # how models travel, for a contract this site creates
     merge_topology: str | None = None  # leader or sharded, for a contract this site creates
+    # masked updates (True, or {threshold, bound}), for a contract this site creates
+    secure_aggregation: bool | Mapping[str, Any] | None = None
     audits: bool = True  # False: this site never audits a merge (it still trains and votes)
     # "layer": merges needing every snapshot at once (all but mean) keep the snapshots in
     # temporary files and hold one layer of each at a time (HPE's SL_RAM_INTENSIVE=False)
@@ -147,6 +149,10 @@ class SwarmSettings:
             chosen["compression"] = self.compression
         if self.merge_topology is not None:
             chosen["merge_topology"] = self.merge_topology
+        if self.secure_aggregation not in (None, False):
+            chosen["secure_aggregation"] = (
+                True if self.secure_aggregation is True else dict(self.secure_aggregation)
+            )
         return chosen
 
 

@@ -30,6 +30,9 @@ certificate: these are the attacks of a participant, not of an outsider.
   server optimizer's state, it merges honestly but publishes that state zeroed (steering
   the optimizer: a reset of its momentum and second moments) (round and digest go to
   FAULT_REPORT).
+- `die_before_unmask`: in a masked round (secure aggregation) after the first, once the
+  leader has fixed the survivors, it exits before revealing its shares (not as the leader;
+  the first site to get there, FAULT_MARKER decides; round and name go to FAULT_REPORT).
 - `heavy_far`: it games the weights: first it declares a weight of 1e9 with `ready` (what
   the ledger answered goes to FAULT_REPORT), then offers, every round, its model pushed
   1000 away in random directions at the largest weight allowed (100).
@@ -76,6 +79,8 @@ def install(fault: str) -> None:
         _game_weights()
     elif fault == "zero_state_once":
         _zero_state_once()
+    elif fault == "die_before_unmask":
+        _die_before_unmask()
     elif fault.startswith("silent_die_under:"):
         SwarmPeer._lead = lambda self, view, local: None  # type: ignore[method-assign]
         leader = fault.partition(":")[2]
@@ -235,6 +240,21 @@ def _die_when_led_by(peer: SwarmPeer, leader: str) -> None:
         if sealed is not None and sealed[1] == leader and crowded:
             return  # another site died already
         time.sleep(0.01)
+
+
+def _die_before_unmask() -> None:
+    from openswarm.node.masked_rounds import MaskedRounds
+
+    honest = MaskedRounds.reveal
+
+    def reveal(self: MaskedRounds, state: dict[str, Any], round: int) -> None:
+        leads = state["current"]["leader"] == self.f.name
+        if not leads and round >= 2 and _first_to_misbehave():
+            _report({"died": self.f.name, "round": round})
+            os._exit(0)
+        honest(self, state, round)
+
+    MaskedRounds.reveal = reveal  # type: ignore[method-assign]
 
 
 def _publish_own_once() -> None:

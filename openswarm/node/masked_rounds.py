@@ -1,0 +1,250 @@
+"""Driving a masked round (secure aggregation) for one peer: post the masked update, reveal
+shares, and as leader pull the masked updates, fix the survivors on the ledger, wait for
+the shares and unmask the sum. The cryptography is openswarm.node.secure's; the contract's
+rules are openswarm.ledger.secure_rounds'.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from openswarm.codec import CodecError, decode, digest_encoded, encode
+from openswarm.codec.chunks import leaves as chunk_leaves
+from openswarm.codec.chunks import root_of
+from openswarm.codec.transport import Transport
+from openswarm.ledger.client import Outcome
+from openswarm.merge import MergeInputError
+from openswarm.node.checks import Structure
+from openswarm.node.exchange import ExchangeClient, ExchangeError, SnapshotStore
+from openswarm.node.leader import MAX_IDLE_S, Merged
+from openswarm.node.secure import (
+    MASKED_TENSOR,
+    SecureAggregation,
+    add_masked,
+    masked_size,
+    rebuilt,
+    weight_shares,
+)
+from openswarm.secagg import SecAggError
+
+log = logging.getLogger("openswarm.peer")
+
+State = dict[str, Any]
+#: submit(type, round, payload) -> outcome; state(newer_than, timeout) -> (height, state)
+Submit = Callable[[str, int, Mapping[str, Any]], Outcome]
+StateAfter = Callable[[int, float], tuple[int, State]]
+
+
+@dataclass
+class Facilities:
+    """What a masked round needs of its peer."""
+
+    name: str
+    submit: Submit
+    state: StateAfter
+    store: SnapshotStore
+    fetcher: ExchangeClient
+    previous: Callable[[Mapping[str, Any]], Mapping[str, Any]]  # the latest merged model
+    transport: Callable[[], Transport]
+
+
+class MaskedRounds:
+    """One peer's masked rounds."""
+
+    def __init__(self, facilities: Facilities, contract: str) -> None:
+        self.f = facilities
+        self.secure = SecureAggregation(facilities.name, contract)
+
+    @property
+    def share_key(self) -> str:
+        return self.secure.share_key
+
+    def ready_part(self, state: State, round: int) -> dict[str, Any] | None:
+        return self.secure.ready_part(state, round)
+
+    # --- a participant ---
+    def mask(self, state: State, round: int, own_data: bytes, reference: Structure) -> None:
+        """Post this site's masked update of `round` (served to the leader as `masked`)."""
+        name = self.f.name
+        try:
+            own = self.f.transport().unpack(own_data, reference, copy=False)
+            previous = self.f.previous(state["latest_merged"])
+            specs = list(reference.values())
+            masked = self.secure.masked(state, round, own, previous, specs)
+        except (SecAggError, MergeInputError, CodecError, KeyError) as exc:
+            log.error("%s: cannot mask its update of round %d: %s", name, round, exc)
+            return
+        data = encode({MASKED_TENSOR: masked.view(np.int64)})
+        digest, leaves = digest_encoded(data), chunk_leaves(data)
+        self.f.store.publish("masked", round, digest, data, leaves)
+        payload = {"digest": digest, "root": root_of(leaves), "size": len(data)}
+        outcome = self.f.submit("masked", round, payload)
+        if not outcome.applied:
+            log.warning("%s: masked update of round %d refused: %s", name, round, outcome.reason)
+
+    def reveal(self, state: State, round: int) -> None:
+        """Reveal this site's shares for the survivors the ledger fixed."""
+        shares = self.secure.reveal(state, round)
+        outcome = self.f.submit("unmask", round, {"shares": shares})
+        if not outcome.applied:
+            log.warning("%s: shares of round %d refused: %s", self.f.name, round, outcome.reason)
+
+    # --- the leader ---
+    def lead(self, state: State, round: int, reference: Structure,
+             revealed: set[int]) -> Merged | None:  # fmt: skip
+        """Lead masked round `round`: the merged model, or None (logged) if it cannot be
+        had; the round then times out or aborts on the ledger. `revealed` gets the round
+        once this site revealed its own shares."""
+        name = self.f.name
+        timeout = float(state["settings"]["leader_timeout_s"])
+        started = time.monotonic()
+        deadline = started + timeout * 3 / 4
+        specs = list(reference.values())
+        count = masked_size(specs)
+        expected = len(encode({MASKED_TENSOR: np.zeros(count, np.int64)}))
+        height, state = self._masked_posts(state, round, started + timeout / 4)
+        secure = state["current"]["secagg"]
+        fixed = secure["survivors"]
+        names = list(fixed) if fixed is not None else sorted(secure["masked"])
+        pulled = self._pull(state, round, names, count, expected, deadline)
+        total = None
+        got = []
+        for who, masked in zip(names, pulled, strict=True):
+            if isinstance(masked, str):
+                log.warning("%s: masked update of %s in round %d not had: %s", name, who, round,
+                            masked)  # fmt: skip
+                continue
+            total = add_masked(total, masked)
+            got.append(who)
+        if fixed is not None and got != list(fixed):
+            log.error("%s: round %d's survivors are fixed, but not all of their masked updates "
+                      "could be had", name, round)  # fmt: skip
+            return None
+        if total is None:
+            log.error("%s: no masked update of round %d could be had", name, round)
+            return None
+        if fixed is None:
+            outcome = self.f.submit("survivors", round, {"names": got})
+            if not outcome.applied:
+                log.error("%s: survivors of round %d refused: %s", name, round, outcome.reason)
+                return None
+        height, state = self._settled(round, height)
+        if state["round"] != round or state["current"]["secagg"]["survivors"] != sorted(got):
+            return None
+        if round not in revealed and name not in state["current"]["secagg"]["unmasked"]:
+            revealed.add(round)
+            self.reveal(state, round)
+        summed = self._unmask(state, round, total, height, deadline)
+        if summed is None:
+            return None
+        current = state["current"]
+        shares = weight_shares(current["ready"], list(current["participants"]))
+        mean = summed / sum(shares[n] for n in got)
+        try:
+            previous = self.f.previous(state["latest_merged"])
+        except MergeInputError as exc:
+            log.error("%s: round %d: %s", name, round, exc)
+            return None
+        params = rebuilt(previous, mean, specs)
+        data = self.f.transport().pack(params)
+        excluded = [{"name": n, "reason": "its masked update was not had"}
+                    for n in current["participants"] if n not in got]  # fmt: skip
+        return Merged(data, digest_encoded(data), got, excluded)
+
+    def _masked_posts(self, state: State, round: int, until: float) -> tuple[int, State]:
+        """The state once every participant posted its masked update (or `until`)."""
+        height = -1
+        while True:
+            secure = state["current"].get("secagg") if state["round"] == round else None
+            if secure is None or secure["survivors"] is not None:
+                return height, state
+            if set(secure["masked"]) >= set(state["current"]["participants"]):
+                return height, state
+            left = until - time.monotonic()
+            if left <= 0:
+                return height, state
+            height, state = self.f.state(height, left)
+
+    def _settled(self, round: int, height: int) -> tuple[int, State]:
+        """The state once it shows this round's survivors (or the round is over)."""
+        stop = time.monotonic() + 10.0
+        while True:
+            height, state = self.f.state(height, max(0.0, stop - time.monotonic()))
+            secure = state["current"].get("secagg") if state["round"] == round else None
+            if secure is None or secure["survivors"] is not None or time.monotonic() > stop:
+                return height, state
+
+    def _pull(self, state: State, round: int, names: list[str], count: int, expected: int,
+              deadline: float) -> list[np.ndarray | str]:  # fmt: skip
+        """Each of `names`' masked update (uint64), or why it cannot be had."""
+        secure = state["current"]["secagg"]
+        members = state["members"]
+        transport = self.f.transport()
+
+        def pull(who: str) -> np.ndarray | str:
+            entry = secure["masked"].get(who)
+            if entry is None:
+                return "posted no masked update"
+            if int(entry["size"]) != expected:
+                return f"announced {entry['size']} bytes, a masked update here has {expected}"
+            try:
+                if who == self.f.name:
+                    found = self.f.store.find("masked", round, entry["digest"])
+                    if found is None:
+                        return "this site's masked update is gone"
+                    data = found.data
+                else:
+                    data = self.f.fetcher.fetch(
+                        members[who]["endpoint"], "masked", round, entry["digest"],
+                        max_bytes=expected, size=expected, root=entry["root"],
+                        zstd=transport.zstd, idle_s=MAX_IDLE_S, peer=who,
+                        deadline_s=deadline - time.monotonic(),
+                    )  # fmt: skip
+                tensors = decode(data, copy=True)
+            except (ExchangeError, CodecError, KeyError) as exc:
+                return str(exc)
+            values = tensors.get(MASKED_TENSOR)
+            if (
+                set(tensors) != {MASKED_TENSOR}
+                or values is None
+                or values.dtype != np.int64
+                or values.shape != (count,)
+            ):
+                return f"not a masked update of {count} elements"
+            return values.view(np.uint64)
+
+        with ThreadPoolExecutor(max_workers=max(1, min(4, len(names)))) as pool:
+            return list(pool.map(pull, names))
+
+    def _unmask(self, state: State, round: int, total: np.ndarray, height: int,
+                deadline: float) -> np.ndarray | None:  # fmt: skip
+        """The survivors' weighted sum of updates once enough shares rebuild every secret;
+        None if the round ends, or the deadline passes, first."""
+        threshold = int(state["settings"]["secure_aggregation"]["threshold"])
+        tried = -1
+        while True:
+            secure = state["current"].get("secagg") if state["round"] == round else None
+            if secure is None:
+                return None
+            unmasked = len(secure["unmasked"])
+            if unmasked >= threshold and unmasked > tried:
+                tried = unmasked
+                try:
+                    return self.secure.unmask(state, round, total.copy())
+                except SecAggError as exc:  # a bogus share: wait for more
+                    log.warning("%s: round %d cannot be unmasked from %d sites' shares yet: "
+                                "%s", self.f.name, round, unmasked, exc)  # fmt: skip
+                    if unmasked == len(state["current"]["participants"]):
+                        return None
+            left = deadline - time.monotonic()
+            if left <= 0:
+                log.error("%s: round %d: too few shares to unmask in time", self.f.name, round)
+                return None
+            height, state = self.f.state(height, left)
