@@ -76,6 +76,22 @@ class BogusShares(SwarmPeer):
         self._masked.secure.reveal = bogus  # type: ignore[method-assign]
 
 
+class BadDealer(SwarmPeer):
+    """Deals shares that open to nothing (sealed garbage of the right length)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        honest = self._masked.secure.ready_part
+
+        def spoiled(state: Any, round: int) -> dict[str, Any] | None:
+            part = honest(state, round)
+            if part is not None:
+                part["shares"] = {n: "ab" * (len(v) // 2) for n, v in part["shares"].items()}
+            return part
+
+        self._masked.secure.ready_part = spoiled  # type: ignore[method-assign]
+
+
 @pytest.fixture
 def make_peer(ledger1: LocalLedger) -> Iterator[Callable[..., SwarmPeer]]:
     made: list[SwarmPeer] = []
@@ -243,3 +259,16 @@ def test_the_first_round_is_not_masked_and_peers_without_the_setting_follow_the_
     results = _round(peers, [_moved(start, seed) for seed in (19, 20, 21)])
     assert _history(peers[0])[-1]["secagg"]["survivors"] == ["p1", "p2", "p3"]
     assert len({r.digest for r in results}) == 1
+
+
+def test_a_dealer_whose_shares_open_to_nothing_gets_the_round_ended_by_its_leader(
+    make_peer,
+) -> None:
+    peers = [make_peer("p1"), make_peer("p2"), make_peer("p3", BadDealer)]
+    start = _sync_start(peers)
+    results = _round(peers, [_moved(start, seed) for seed in (22, 23, 24)])
+    record = _history(peers[0])[-1]
+    # nobody can remove its self-mask: the leader ends the round (no timeouts, no merge)
+    assert record["status"] == "aborted" and record["failed_leaders"] == [], record
+    assert record["secagg"]["unmasked_by"] == ["p1", "p2", "p3"]
+    assert all(r.params is None for r in results)

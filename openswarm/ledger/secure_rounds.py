@@ -11,7 +11,9 @@ least `threshold`), which no later leader of the round can change; every partici
 key, never both for one site. With `threshold` of them the leader can remove the masks and
 posts `merged`, leaving out exactly the participants that are not survivors. Fewer than
 `threshold` within half the leader timeout of `survivors`: any participant may post
-`secagg_abort`, and the round ends without a merge.
+`secagg_abort`, and the round ends without a merge; so may the leader at any time once the
+survivors are fixed (when the shares rebuild no secret its owner committed to: it could as
+well stay silent until voted out).
 """
 
 from __future__ import annotations
@@ -210,6 +212,8 @@ class SecureRounds:
         if state["survivors"] is None:
             raise ContractError(f"round {call.round} has no survivors yet: time out its "
                                 "leader instead")  # fmt: skip
+        if call.sender == self.leader:  # it cannot unmask (a dealer's shares open to
+            return [self._abort_round(call)]  # nothing); silent, it would be voted out
         if len(state["unmasked"]) >= threshold:
             raise ContractError(f"round {call.round} has {len(state['unmasked'])} sites' "
                                 f"shares, threshold={threshold}: it can be unmasked")  # fmt: skip

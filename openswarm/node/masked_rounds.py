@@ -142,7 +142,10 @@ class MaskedRounds:
             revealed.add(round)
             self.reveal(state, round)
         summed = self._unmask(state, round, total, height, deadline)
-        if summed is None:
+        if summed is None:  # end the round now rather than be voted out
+            outcome = self.f.submit("secagg_abort", round, {})
+            log.error("%s: round %d cannot be unmasked; ending it (%s)", name, round,
+                      "ended" if outcome.applied else outcome.reason)  # fmt: skip
             return None
         current = state["current"]
         shares = weight_shares(current["ready"], list(current["participants"]))

@@ -185,3 +185,16 @@ def test_settings_that_would_need_to_see_an_update_are_refused(
 def test_malformed_secure_aggregation_settings_are_refused(value: Any, match: str) -> None:
     with pytest.raises(ContractError, match=match):
         ContractSettings(secure_aggregation=value, min_peers=3)
+
+
+def test_the_leader_may_end_a_round_it_cannot_unmask_others_only_when_overdue() -> None:
+    d, ranking = _masked_round()
+    leader, other, _ = ranking
+    _mask(d, *PEERS)
+    d.refused("secagg_abort", leader, 2, match="no survivors yet")
+    d.ok("survivors", leader, 2, {"names": PEERS})
+    for name in PEERS:
+        d.ok("unmask", name, 2, _shares())
+    d.refused("secagg_abort", other, 2, match="it can be unmasked")
+    result = d.ok("secagg_abort", leader, 2)  # e.g. a dealer's shares open to nothing
+    assert [e["kind"] for e in result["events"]] == ["round_aborted"]
