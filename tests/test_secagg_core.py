@@ -425,3 +425,15 @@ def test_masked_sum_with_a_dropout_recovers_the_weighted_sum_of_survivors() -> N
 
     with pytest.raises(SecAggError, match="only 2 given"):
         combine({x: key_shares[dropped][x] for x in holders[:2]}, threshold)
+
+
+def test_a_mask_added_from_an_offset_is_that_slice_of_the_stream() -> None:
+    # a shard owner unmasks elements [lo, hi) of the sum: the stream must be seekable
+    seed, label = bytes(range(32)), b"shard"
+    full = expand(seed, 3000, label)
+    for lo, hi in ((0, 7), (3, 2000), (8, 9), (1001, 3000)):
+        part = np.zeros(hi - lo, dtype=np.uint64)
+        add_mask(part, seed, label, +1, offset=lo)
+        assert np.array_equal(part, full[lo:hi]), (lo, hi)
+        add_mask(part, seed, label, -1, offset=lo)
+        assert not part.any()

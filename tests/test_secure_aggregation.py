@@ -40,7 +40,7 @@ class RecordingFetcher(ExchangeClient):
 
     def fetch(self, endpoint: str, kind: str, round: int, digest: str, **options: Any) -> Any:
         data = super().fetch(endpoint, kind, round, digest, **options)
-        if kind == "masked":
+        if kind == "masked" and options.get("chunks") is None:  # (a shard owner's: a part)
             values = decode(bytes(data))[MASKED_TENSOR]
             self.masked[(round, options["peer"])] = values.view(np.uint64).copy()
         return data
@@ -272,3 +272,44 @@ def test_a_dealer_whose_shares_open_to_nothing_gets_the_round_ended_by_its_leade
     assert record["status"] == "aborted" and record["failed_leaders"] == [], record
     assert record["secagg"]["unmasked_by"] == ["p1", "p2", "p3"]
     assert all(r.params is None for r in results)
+
+
+def test_sharded_masked_rounds_merge_the_weighted_mean(make_peer) -> None:
+    sharded = replace(SETTINGS, merge_topology="sharded")
+    peers = [make_peer(n, settings=sharded) for n in ("p1", "p2", "p3")]
+    rng = np.random.default_rng(1)
+    big = {"w": rng.standard_normal(700_000).astype(np.float32),  # three 1 MiB chunks
+           "b": np.zeros(3, np.float32)}  # fmt: skip
+    first = _round(peers, [big] * 3)
+    start = {k: np.asarray(v) for k, v in first[0].params.items()}
+    sites = [_moved(start, seed) for seed in (25, 26, 27)]
+    sites[0]["w"][-5:] -= 9.0  # clipped, in the last shard
+    weights = [3.0, 1.0, 2.0]
+    results = _round(peers, sites, weights)
+    record = _history(peers[0])[-1]
+    assert record["status"] == "merged", record
+    assert len({s["owner"] for s in record["shards"]}) == 3  # each site merged a part
+    assert all(s["size"] > 0 for s in record["shards"])
+    assert record["secagg"]["survivors"] == ["p1", "p2", "p3"]
+    assert len({r.digest for r in results}) == 1
+    expected = _weighted_mean(start, sites, weights)
+    for name, want in expected.items():
+        tolerance = max_error(3) + np.spacing(np.abs(want).astype(np.float32)).astype(np.float64)
+        assert np.all(np.abs(np.asarray(results[0].params[name], np.float64) - want) <= tolerance)
+
+
+def test_a_sharded_masked_round_leaves_out_a_site_that_never_masked(make_peer) -> None:
+    sharded = replace(SETTINGS, merge_topology="sharded", leader_timeout_s=4.0)
+    peers = [make_peer("p1", settings=sharded), make_peer("p2", settings=sharded),
+             make_peer("p3", NeverMasks, settings=sharded)]  # fmt: skip
+    start = _sync_start(peers)
+    sites = [_moved(start, seed) for seed in (28, 29, 30)]
+    with ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(lambda p, x: p.sync(x), peers, sites))
+    record = _history(peers[0])[-1]
+    assert record["status"] == "merged", record
+    assert record["secagg"]["survivors"] == ["p1", "p2"]
+    assert [e["name"] for e in record["excluded"]] == ["p3"]
+    expected = _weighted_mean(start, sites[:2], [1.0, 1.0])
+    merged = next(r.params for r in results if r.params is not None)
+    assert np.allclose(merged["w"], expected["w"], atol=1e-6)

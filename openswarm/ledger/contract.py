@@ -1362,7 +1362,7 @@ def _check_adaptive(value: Any) -> dict[str, int]:
 
 def _check_secure_aggregation(settings: ContractSettings) -> None:
     """What secure aggregation allows: a merge of the sum (nobody may see one update), no
-    audits of plaintext snapshots, the leader topology, enough sites for the threshold."""
+    audits of plaintext snapshots, enough sites for the threshold."""
     secure = settings.secure_aggregation
     assert secure is not None
     if settings.merge_method not in SECURE_AGGREGATION_METHODS or settings.merge_options:
@@ -1375,11 +1375,6 @@ def _check_secure_aggregation(settings: ContractSettings) -> None:
         raise ContractError(
             "secure_aggregation cannot be audited: auditors recompute merges from plaintext "
             "snapshots, which no site hands out; set audit 0"
-        )
-    if settings.merge_topology != "leader":
-        raise ContractError(
-            "secure_aggregation runs with merge_topology leader in this version: a sharded "
-            "round would need each shard's owner to unmask its part"
         )
     if secure["threshold"] > settings.min_peers:
         raise ContractError(

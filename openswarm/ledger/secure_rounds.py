@@ -88,6 +88,8 @@ class SecureRounds:
     _participants: list[str]
     _ready: dict[str, dict[str, Any]]
     _round: int
+    _shards: list[dict[str, Any]]
+    _sealed_at: float | None
 
     def _event(self, kind: str, call: Any, **fields: Any) -> dict[str, Any]:
         raise NotImplementedError
@@ -158,7 +160,9 @@ class SecureRounds:
         payload = call.payload
         check_fields(payload, "survivors", ("names",), ())
         state = self._require_secagg(call)
-        if call.sender != self.leader:
+        if self._shards:  # nobody pulls whole updates: the ledger's record decides
+            self._check_sharded_survivors(call, state)
+        elif call.sender != self.leader:
             raise ContractError(f"{call.sender} is not the leader of round {call.round}")
         if state["survivors"] is not None:
             raise ContractError(f"round {call.round}'s survivors are fixed already: "
@@ -178,6 +182,22 @@ class SecureRounds:
         state["survivors"] = sorted(names)
         state["survivors_at"] = call.timestamp
         return [self._event("survivors", call, round=call.round, names=sorted(names))]
+
+    def _check_sharded_survivors(self, call: Any, state: dict[str, Any]) -> None:
+        """In a sharded round any participant fixes the survivors: exactly those that
+        posted their masked update, once all did or a quarter of the leader timeout after
+        the seal passed."""
+        names = call.payload["names"]
+        if not isinstance(names, list) or sorted(map(str, names)) != sorted(state["masked"]):
+            raise ContractError(
+                "in a sharded round the survivors are exactly the participants "
+                f"that posted their masked update: {sorted(state['masked'])}"
+            )
+        assert self._sealed_at is not None
+        due = self._sealed_at + self._settings.leader_timeout_s / 4
+        if len(state["masked"]) < len(self._participants) and call.timestamp < due:
+            raise ContractError(f"round {call.round} waits for masked updates another "
+                                f"{due - call.timestamp:.3f} s")  # fmt: skip
 
     def _on_unmask(self, call: Any) -> list[dict[str, Any]]:
         payload = call.payload
@@ -212,8 +232,10 @@ class SecureRounds:
         if state["survivors"] is None:
             raise ContractError(f"round {call.round} has no survivors yet: time out its "
                                 "leader instead")  # fmt: skip
-        if call.sender == self.leader:  # it cannot unmask (a dealer's shares open to
-            return [self._abort_round(call)]  # nothing); silent, it would be voted out
+        # the leader (or a shard owner) cannot unmask: a dealer's shares open to nothing;
+        # silent instead, it would be voted out
+        if call.sender == self.leader or call.sender in {s["owner"] for s in self._shards}:
+            return [self._abort_round(call)]
         if len(state["unmasked"]) >= threshold:
             raise ContractError(f"round {call.round} has {len(state['unmasked'])} sites' "
                                 f"shares, threshold={threshold}: it can be unmasked")  # fmt: skip
@@ -239,6 +261,17 @@ class SecureRounds:
         if left_out != set(self._participants) - set(state["survivors"]):
             raise ContractError("payload.excluded must name exactly the participants that "
                                 "are not survivors")  # fmt: skip
+
+    def _secagg_shard_excluded(self, call: Any, excluded: list[dict[str, str]]) -> None:
+        """A masked round's shard leaves out exactly the participants that are not
+        survivors (then it may be a majority: the survivors are at least `threshold`)."""
+        state = self._secagg
+        assert state is not None
+        if state["survivors"] is None:
+            raise ContractError(f"round {call.round}'s survivors are not fixed yet")
+        if {e["name"] for e in excluded} != set(self._participants) - set(state["survivors"]):
+            raise ContractError("a masked round's shard must leave out exactly the participants "
+                                "that are not survivors")  # fmt: skip
 
     def _secagg_view(self) -> dict[str, Any] | None:
         return json_copy(self._secagg, "secagg")

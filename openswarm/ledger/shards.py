@@ -19,6 +19,7 @@ majority names go to their next owners (the leader only joined them).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from openswarm.ledger.contract_checks import (
@@ -57,6 +58,10 @@ class ShardedRounds:
 
     def _may_lead(self, name: str) -> bool:
         raise NotImplementedError
+
+    # secure aggregation's (secure_rounds.py): a masked round's phases, its shards' rule
+    _secagg: dict[str, Any] | None
+    _secagg_shard_excluded: Callable[[Any, list[dict[str, str]]], None]
 
     def _require_sealed(self, round: int) -> None:
         raise NotImplementedError
@@ -110,7 +115,9 @@ class ShardedRounds:
         root = check_digest(payload["root"], "payload.root")
         size = check_int(payload["size"], "payload.size", minimum=0)
         excluded = check_excluded(payload.get("excluded", []), self._participants)
-        if 2 * len(excluded) >= len(self._participants):
+        if self._secagg is not None:
+            self._secagg_shard_excluded(call, excluded)
+        elif 2 * len(excluded) >= len(self._participants):
             raise ContractError(
                 f"a shard may leave out only a minority of the round's "
                 f"{len(self._participants)} participants (it left out {len(excluded)})"

@@ -59,6 +59,7 @@ class RoundView:
     shard_excluded: tuple[str, ...] = ()  # whom its shards left out so far
     secagg: Mapping[str, Any] | None = None  # a masked round's phases (secure_rounds.py)
     secagg_threshold: int = 0
+    sealed_at: float = 0.0
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> RoundView:
@@ -91,6 +92,7 @@ class RoundView:
             history=tuple(state.get("history") or ()),
             leader_timeout_s=float(state["settings"]["leader_timeout_s"]),
             secagg=current.get("secagg"),
+            sealed_at=float(current.get("sealed_at") or 0.0),
             secagg_threshold=int(
                 (state["settings"].get("secure_aggregation") or {}).get("threshold", 0)
             ),
@@ -206,12 +208,20 @@ def _secure(view: RoundView, me: Me, now: float) -> Step | None:
     if secagg["survivors"] is None:
         if me.round not in me.masked and me.name not in secagg["masked"]:
             return Step("mask")
-        return None
+        if not view.shards:  # the leader pulls them, then fixes the survivors
+            return None
+        # sharded: those that posted their masked update, once all did or time is up
+        due = view.sealed_at + view.leader_timeout_s / 4
+        if set(secagg["masked"]) >= set(view.participants) or now >= due:
+            return _resend("survivors", me, now)
+        return Step("wait", until=min(due, now + IDLE_S))
     if me.round not in me.revealed and me.name not in secagg["unmasked"]:
         return Step("unmask")
     if len(secagg["unmasked"]) >= view.secagg_threshold:
         return None
     due = float(secagg["survivors_at"]) + view.leader_timeout_s / 2
+    if now < due and view.shards:  # the shards wait for the shares
+        return Step("wait", until=min(due, now + IDLE_S))
     if now < due:
         step = _leader_step(view, me, now)
         if step.kind == "wait":

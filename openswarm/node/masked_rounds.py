@@ -6,6 +6,7 @@ rules are openswarm.ledger.secure_rounds'.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -16,8 +17,11 @@ from typing import Any
 import numpy as np
 
 from openswarm.codec import CodecError, decode, digest_encoded, encode
+from openswarm.codec.arrays import flat_storage
+from openswarm.codec.chunks import CHUNK_BYTES, root_of
 from openswarm.codec.chunks import leaves as chunk_leaves
-from openswarm.codec.chunks import root_of
+from openswarm.codec.shards import Shard, cut
+from openswarm.codec.tensors import TensorSpec
 from openswarm.codec.transport import Transport
 from openswarm.ledger.client import Outcome
 from openswarm.merge import MergeInputError
@@ -32,6 +36,7 @@ from openswarm.node.secure import (
     rebuilt,
     weight_shares,
 )
+from openswarm.node.shard_merge import MergedShard
 from openswarm.secagg import SecAggError
 
 log = logging.getLogger("openswarm.peer")
@@ -108,7 +113,7 @@ class MaskedRounds:
         deadline = started + timeout * 3 / 4
         specs = list(reference.values())
         count = masked_size(specs)
-        expected = len(encode({MASKED_TENSOR: np.zeros(count, np.int64)}))
+        expected = masked_layout(specs)[0]
         height, state = self._masked_posts(state, round, started + timeout / 4)
         secure = state["current"]["secagg"]
         fixed = secure["survivors"]
@@ -141,7 +146,7 @@ class MaskedRounds:
         if round not in revealed and name not in state["current"]["secagg"]["unmasked"]:
             revealed.add(round)
             self.reveal(state, round)
-        summed = self._unmask(state, round, total, height, deadline)
+        summed = self._unmask(state, round, total, height, deadline, 0)
         if summed is None:  # end the round now rather than be voted out
             outcome = self.f.submit("secagg_abort", round, {})
             log.error("%s: round %d cannot be unmasked; ending it (%s)", name, round,
@@ -227,9 +232,9 @@ class MaskedRounds:
             return list(pool.map(pull, names))
 
     def _unmask(self, state: State, round: int, total: np.ndarray, height: int,
-                deadline: float) -> np.ndarray | None:  # fmt: skip
-        """The survivors' weighted sum of updates once enough shares rebuild every secret;
-        None if the round ends, or the deadline passes, first."""
+                deadline: float, offset: int) -> np.ndarray | None:  # fmt: skip
+        """The survivors' weighted sum of updates (from element `offset` on) once enough
+        shares rebuild every secret; None if the round ends, or the deadline passes, first."""
         threshold = int(state["settings"]["secure_aggregation"]["threshold"])
         tried = -1
         while True:
@@ -240,7 +245,7 @@ class MaskedRounds:
             if unmasked >= threshold and unmasked > tried:
                 tried = unmasked
                 try:
-                    return self.secure.unmask(state, round, total.copy())
+                    return self.secure.unmask(state, round, total.copy(), offset)
                 except SecAggError as exc:  # a bogus share: wait for more
                     log.warning("%s: round %d cannot be unmasked from %d sites' shares yet: "
                                 "%s", self.f.name, round, unmasked, exc)  # fmt: skip
@@ -251,3 +256,115 @@ class MaskedRounds:
                 log.error("%s: round %d: too few shares to unmask in time", self.f.name, round)
                 return None
             height, state = self.f.state(height, left)
+
+    # --- a shard owner (merge_topology sharded) ---
+    def merge_shard(self, state: State, round: int, index: int,
+                    reference: Structure) -> MergedShard | None:  # fmt: skip
+        """Shard `index` of masked round `round`: its part of every survivor's masked
+        update pulled and summed, unmasked, and written as that part of the merged model's
+        encoding; None (logged) if it cannot be had (the owner is then voted out, or ends
+        the round when the shares rebuild nothing)."""
+        name = self.f.name
+        specs = list(reference.values())
+        current = state["current"]
+        survivors = list(current["secagg"]["survivors"])
+        shard = cut(specs, len(current["shards"]))[index]
+        lo, hi = element_span(specs, shard)
+        timeout = float(state["settings"]["leader_timeout_s"])
+        deadline = time.monotonic() + timeout * 3 / 4
+        total = np.zeros(hi - lo, dtype=np.uint64)
+        if hi > lo:
+            pulled = self._pull_span(state, round, survivors, specs, lo, hi, deadline)
+            for who, part in zip(survivors, pulled, strict=True):
+                if isinstance(part, str):
+                    log.error("%s: shard %d of round %d: %s's masked update not had: %s",
+                              name, index, round, who, part)  # fmt: skip
+                    return None
+                total = add_masked(total, part)
+        summed = self._unmask(state, round, total, -1, deadline, lo)
+        if summed is None:
+            self.f.submit("secagg_abort", round, {})
+            return None
+        shares = weight_shares(current["ready"], list(current["participants"]))
+        mean = summed / sum(shares[n] for n in survivors)
+        try:
+            previous = self.f.previous(state["latest_merged"])
+        except MergeInputError as exc:
+            log.error("%s: shard %d of round %d: %s", name, index, round, exc)
+            return None
+        out = bytearray(shard.size)
+        out[: len(shard.header)] = shard.header
+        start = 0
+        for piece in shard.pieces:
+            spec = specs[piece.tensor]
+            count = piece.stop - piece.first
+            base = np.asarray(previous[spec.name]).reshape(-1)[piece.first : piece.stop]
+            merged = rebuilt({spec.name: base}, mean[start : start + count],
+                             [TensorSpec(spec.name, spec.dtype, (count,))])[spec.name]  # fmt: skip
+            raw = flat_storage(merged, spec.dtype).tobytes()
+            out[piece.offset : piece.offset + len(raw)] = raw
+            start += count
+        excluded = [{"name": n, "reason": "its masked update was not posted"}
+                    for n in current["participants"] if n not in survivors]  # fmt: skip
+        digest = hashlib.sha256(out).hexdigest()
+        return MergedShard(index, out, digest, chunk_leaves(out), survivors, excluded)
+
+    def _pull_span(self, state: State, round: int, names: list[str], specs: list[TensorSpec],
+                   lo: int, hi: int, deadline: float) -> list[np.ndarray | str]:  # fmt: skip
+        """Elements [lo, hi) of each of `names`' masked updates (uint64), or why not."""
+        secure = state["current"]["secagg"]
+        members = state["members"]
+        size, header = masked_layout(specs)
+        start, end = header + 8 * lo, header + 8 * hi
+        first, stop = start // CHUNK_BYTES, -(-end // CHUNK_BYTES)
+
+        def pull(who: str) -> np.ndarray | str:
+            entry = secure["masked"].get(who)
+            if entry is None or int(entry["size"]) != size:
+                return f"no masked update of {size} bytes posted"
+            try:
+                if who == self.f.name:
+                    found = self.f.store.find("masked", round, entry["digest"])
+                    if found is None:
+                        return "this site's masked update is gone"
+                    part = memoryview(found.data)[start:end]
+                else:
+                    data = self.f.fetcher.fetch(
+                        members[who]["endpoint"], "masked", round, entry["digest"],
+                        max_bytes=size, size=size, root=entry["root"], chunks=(first, stop),
+                        idle_s=MAX_IDLE_S, peer=who, deadline_s=deadline - time.monotonic(),
+                    )  # fmt: skip
+                    skip = start - first * CHUNK_BYTES
+                    part = memoryview(data)[skip : skip + end - start]
+            except (ExchangeError, KeyError) as exc:
+                return str(exc)
+            return np.frombuffer(part, dtype="<u8").astype(np.uint64)
+
+        with ThreadPoolExecutor(max_workers=max(1, min(4, len(names)))) as pool:
+            return list(pool.map(pull, names))
+
+
+def masked_layout(specs: list[TensorSpec]) -> tuple[int, int]:
+    """The encoded size of a masked update of a model with `specs`, and its header's."""
+    count = masked_size(specs)
+    size = len(encode({MASKED_TENSOR: np.zeros(count, np.int64)}))
+    return size, size - 8 * count
+
+
+def element_span(specs: list[TensorSpec], shard: Shard) -> tuple[int, int]:
+    """The elements [lo, hi) of a masked update (the model's tensors back to back, in
+    `specs` order) that hold `shard`'s values."""
+    prefix = [0]
+    for spec in specs:
+        prefix.append(prefix[-1] + int(spec.size))
+    if not shard.pieces:
+        return 0, 0
+    first, last = shard.pieces[0], shard.pieces[-1]
+    return prefix[first.tensor] + first.first, prefix[last.tensor] + last.stop
+
+
+def masked_chunks(specs: list[TensorSpec], shard: Shard) -> tuple[int, int]:
+    """The chunks [first, stop) of a masked update that hold `shard`'s part."""
+    lo, hi = element_span(specs, shard)
+    _, header = masked_layout(specs)
+    return (header + 8 * lo) // CHUNK_BYTES, -(-(header + 8 * hi) // CHUNK_BYTES)

@@ -39,7 +39,7 @@ from openswarm.node.checks import Structure, mismatch, structure
 from openswarm.node.decide import IDLE_S, Me, RoundView, next_step, posted_as
 from openswarm.node.exchange import CHUNK_BYTES, ExchangeClient, ExchangeError, ExchangeServer
 from openswarm.node.leader import MAX_IDLE_S, Leader, Merged
-from openswarm.node.masked_rounds import Facilities, MaskedRounds
+from openswarm.node.masked_rounds import Facilities, MaskedRounds, masked_chunks
 from openswarm.node.memory import release_freed_memory
 from openswarm.node.settings import NetworkConfig, SwarmSettings
 from openswarm.node.shard_merge import (
@@ -559,6 +559,10 @@ class SwarmPeer:
             elif step.kind == "unmask":
                 self._revealed.add(r)
                 self._masked.reveal(state, r)
+            elif step.kind == "survivors":
+                sent["survivors"] = now
+                names = sorted(state["current"]["secagg"]["masked"])
+                self._see_applied(self._submit("survivors", r, {"names": names}))
             elif step.kind == "secagg_abort":
                 log.warning("%s: round %d has too few shares to unmask; ending it", self.name, r)
                 sent["secagg_abort"] = now
@@ -916,12 +920,13 @@ class SwarmPeer:
         if member is None or not member["active"]:
             return f"{caller} is not an active member of {self.contract}"
         specs = list((self._model_structure() or {}).values())
-        if (kind != "local" or not state or state["round"] != round or not specs
+        if (kind not in ("local", "masked") or not state or state["round"] != round or not specs
                 or not any(s["owner"] == caller for s in shards)):  # fmt: skip
             return (f"only the current leader of round {round}, its shard owners and the "
                     "auditors of its merge may fetch its local snapshots")  # fmt: skip
         parts = cut(specs, len(shards))
-        owned = [chunk_span(p) for p, s in zip(parts, shards, strict=True) if s["owner"] == caller]
+        span = chunk_span if kind == "local" else (lambda part: masked_chunks(specs, part))
+        owned = [span(p) for p, s in zip(parts, shards, strict=True) if s["owner"] == caller]
         if chunks not in owned:
             return f"{caller} owns no shard held by chunks {chunks[0]}-{chunks[1]} of round {round}"
         return None
@@ -972,7 +977,14 @@ class SwarmPeer:
         try:
             if not specs:
                 raise MergeInputError("this site does not know the swarm's model yet")
-            got = self._shard_merger.run(view, r, index, local.data, specs)
+            if view["current"].get("secagg") is not None:
+                with self._timed("merge"):
+                    masked = self._masked.merge_shard(view, r, index, self._model_structure())
+                if masked is None:
+                    return
+                got = masked
+            else:
+                got = self._shard_merger.run(view, r, index, local.data, specs)
         except (MergeInputError, CodecError, ValueError) as exc:  # (then others take over)
             log.error("%s: merge of shard %d of round %d failed: %s", self.name, index, r, exc)
             return

@@ -198,11 +198,13 @@ class SecureAggregation:
         return revealed
 
     # --- the leader ---
-    def unmask(self, state: Mapping[str, Any], round: int, total: np.ndarray) -> np.ndarray:
+    def unmask(self, state: Mapping[str, Any], round: int, total: np.ndarray,
+               offset: int = 0) -> np.ndarray:  # fmt: skip
         """The survivors' weighted sum of updates (float64) from the sum of their masked
-        updates `total` (uint64, changed in place): each survivor's self-mask and each
-        dropped participant's pair masks removed with the secrets their shares rebuild.
-        SecAggError if one cannot be rebuilt from the shares revealed so far."""
+        updates `total` (uint64, changed in place; elements from `offset` on, for a shard):
+        each survivor's self-mask and each dropped participant's pair masks removed with
+        the secrets their shares rebuild. SecAggError if one cannot be rebuilt from the
+        shares revealed so far."""
         current = state["current"]
         secure = current["secagg"]
         participants = list(current["participants"])
@@ -218,14 +220,15 @@ class SecureAggregation:
                 seed = combine_checked(
                     shares, threshold, lambda s, c=ctx, e=expected: commitment(s, c) == e
                 )
-                add_mask(total, seed, self._context(round, "self", dealer), -1)
+                add_mask(total, seed, self._context(round, "self", dealer), -1, offset)
                 continue
             public = bytes.fromhex(entry["pk"])
             key = combine_checked(shares, threshold, lambda s, p=public: public_of(s) == p)
             for survivor in survivors:
                 their = bytes.fromhex(ready[survivor]["secagg"]["pk"])
                 ctx = self._pair_context(round, dealer, survivor)
-                add_mask(total, pair_seed(key, their, ctx), ctx, -pair_sign(survivor, dealer))
+                seed = pair_seed(key, their, ctx)
+                add_mask(total, seed, ctx, -pair_sign(survivor, dealer), offset)
         return decode(total)
 
     @staticmethod

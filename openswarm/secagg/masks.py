@@ -25,14 +25,14 @@ _ZEROS = memoryview(bytes(_CHUNK * 8))
 _LABEL_DOMAIN = b"openswarm-secagg-mask\0"
 
 
-def _encryptor(seed: bytes, label: bytes, count: int) -> CipherContext:
+def _encryptor(seed: bytes, label: bytes, count: int, block: int = 0) -> CipherContext:
     if not isinstance(seed, bytes) or len(seed) != SEED_BYTES:
         raise SecAggError(f"a mask seed must be {SEED_BYTES} bytes: derive it with pair_seed")
     if not isinstance(label, bytes):
         raise SecAggError("a mask label must be bytes: name the round and the mask's role")
-    if not 0 <= count <= MAX_COUNT:
+    if not 0 <= count <= MAX_COUNT - 8 * block:
         raise SecAggError(f"cannot expand {count} values: a mask holds 0..{MAX_COUNT} values")
-    nonce = bytes(4) + hashlib.sha256(_LABEL_DOMAIN + label).digest()[:12]
+    nonce = block.to_bytes(4, "little") + hashlib.sha256(_LABEL_DOMAIN + label).digest()[:12]
     return Cipher(algorithms.ChaCha20(seed, nonce), mode=None).encryptor()
 
 
@@ -53,8 +53,9 @@ def expand(seed: bytes, count: int, label: bytes) -> np.ndarray:
     return out
 
 
-def add_mask(total: np.ndarray, seed: bytes, label: bytes, sign: int) -> None:
-    """In place: total += sign * expand(seed, len(total), label) modulo 2**64."""
+def add_mask(total: np.ndarray, seed: bytes, label: bytes, sign: int, offset: int = 0) -> None:
+    """In place: total += sign * expand(seed, offset + len(total), label)[offset:] modulo
+    2**64 (`offset`: where in the stream `total` begins, e.g. a shard of an update)."""
     if sign not in (1, -1):
         raise SecAggError(f"mask sign must be +1 or -1, got {sign!r}: use pair_sign")
     if (
@@ -65,7 +66,12 @@ def add_mask(total: np.ndarray, seed: bytes, label: bytes, sign: int) -> None:
         or not total.flags.writeable
     ):
         raise SecAggError("masks are added to a writable 1-D uint64 array: pass an encoding")
-    encryptor = _encryptor(seed, label, len(total))
+    if not isinstance(offset, int) or offset < 0:
+        raise SecAggError(f"a mask offset is a count of values ≥ 0, got {offset!r}")
+    block, skip = divmod(offset, 8)  # 8 uint64 to a 64-byte ChaCha20 block
+    encryptor = _encryptor(seed, label, skip + len(total), block)
+    if skip:  # the rest of the block the offset falls in
+        encryptor.update(bytes(8 * skip))
     chunk = np.empty(min(_CHUNK, len(total)), dtype=np.uint64)
     combine = np.add if sign == 1 else np.subtract
     for start in range(0, len(total), _CHUNK):

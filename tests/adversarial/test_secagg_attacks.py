@@ -161,7 +161,6 @@ def test_enough_shares_cannot_be_aborted() -> None:
         ({"merge_method": "krum"}, "merges the masked sum only"),
         ({"merge_method": "mean", "merge_options": {"x": 1}}, "merges the masked sum only"),
         ({"audit": 1, "min_peers": 3}, "cannot be audited"),
-        ({"merge_topology": "sharded"}, "merge_topology leader"),
         ({"min_peers": 1}, "exceeds min_peers"),
     ],
 )
@@ -198,3 +197,20 @@ def test_the_leader_may_end_a_round_it_cannot_unmask_others_only_when_overdue() 
     d.refused("secagg_abort", other, 2, match="it can be unmasked")
     result = d.ok("secagg_abort", leader, 2)  # e.g. a dealer's shares open to nothing
     assert [e["kind"] for e in result["events"]] == ["round_aborted"]
+
+
+def test_in_a_sharded_round_the_survivors_are_exactly_who_posted_in_time() -> None:
+    d, ranking = _masked_round(merge_topology="sharded")
+    leader, other, third = ranking
+    _mask(d, leader, other)
+    # any participant may fix them, but only as the ledger recorded the masked updates
+    d.refused("survivors", third, 2, {"names": [leader, other, third]}, match="exactly the")
+    d.refused("survivors", third, 2, {"names": sorted([leader, other])},
+              match="waits for masked updates")  # fmt: skip
+    d.now += 2.5  # a quarter of the leader timeout
+    d.ok("survivors", third, 2, {"names": sorted([leader, other])})
+    # a shard must leave out exactly the non-survivors, even a majority-sized set is fine
+    shard = {"index": 0, "digest": digest("s"), "root": digest("r"), "size": 10}
+    owner = d.contract.snapshot()["current"]["shards"][0]["owner"]
+    d.refused("shard", owner, 2, shard, match="exactly the participants that are not")
+    d.ok("shard", owner, 2, shard | {"excluded": [{"name": third, "reason": "not posted"}]})
