@@ -38,6 +38,13 @@ COMMON_KEYWORDS: dict[str, str] = {
     "proximalMu": "proximal_mu",
     "controlVariates": "control_variates",
     "localLearningRate": "local_lr",
+    # differential privacy (openswarm.privacy): mode, clip norm, noise, budget, δ, rounds
+    "dp": "dp",
+    "dpClip": "dp_clip",
+    "dpNoise": "dp_noise",
+    "dpEpsilon": "dp_epsilon",
+    "dpDelta": "dp_delta",
+    "dpRounds": "dp_rounds",
 }
 
 # HPE keyword -> openswarm keyword, for one platform only

@@ -9,7 +9,10 @@ PRESENCE_TIMEOUT (seconds a silent member counts as present), LEAD=0 (never lead
 MERGE_METHOD, MERGE_OPTIONS (JSON), PROXIMAL_MU and CONTROL_VARIATES=1 (drift
 remedies), WEIGHT_POLICY and NODE_WEIGHT (the declared weight), AUDIT (auditors per
 merge) and MAY_AUDIT=0 (never audit), COMPRESSION (how models travel),
-HOLD_FILE and HOLD_EPOCH (wait before that epoch until the test creates the file), and FAULT
+SECURE_AGGREGATION (JSON: true, or {"threshold", "bound"}),
+DP=site (differential privacy) with DP_CLIP, DP_NOISE, DP_EPSILON (the budget) and
+DP_ROUNDS, HOLD_FILE and HOLD_EPOCH (wait before that epoch until the test creates the
+file), and FAULT
 (a hostile or failing behaviour from tests/adversarial/faults.py).
 """
 
@@ -102,7 +105,13 @@ def main() -> None:
         audit=int(env["AUDIT"]) if env.get("AUDIT") else None,
         may_audit=env.get("MAY_AUDIT") != "0",
         compression=env.get("COMPRESSION") or None,
+        secure_aggregation=json.loads(env.get("SECURE_AGGREGATION") or "null"),
     )
+    if env.get("DP"):
+        number = {k: float(env[k]) if env.get(k) else None for k in ("DP_NOISE", "DP_EPSILON")}
+        options.update(dp=env["DP"], dp_clip=float(env.get("DP_CLIP", "1")),
+                       dp_noise=number["DP_NOISE"], dp_epsilon=number["DP_EPSILON"],
+                       dp_rounds=int(env.get("DP_ROUNDS") or 0) or None)  # fmt: skip
     if env.get("FAULT"):
         from adversarial.faults import install
 
@@ -138,6 +147,9 @@ def main() -> None:
     result = {"name": env["OPENSWARM_PEER_NAME"], "final_digest": cb.final_digest,
               "rounds": cb.rounds, "accuracy": accuracy, "intervals": cb.intervals,
               "largest_param": largest}  # fmt: skip
+    privacy = cb.session.privacy
+    if privacy is not None:
+        result["privacy"] = {"releases": privacy.releases, **privacy.record()}
     with open(env["OPENSWARM_RESULT"], "w") as handle:
         json.dump(result, handle)
 

@@ -107,6 +107,14 @@ def demo(
     seed: int = typer.Option(
         0, "--seed", help="Moves the data split, the initial weights and the shuffling."
     ),
+    dp: float | None = typer.Option(
+        None, "--dp", help="Differential privacy: each site's ε budget (δ = 1e-5)."
+    ),
+    dp_mode: str = typer.Option(
+        "sgd",
+        "--dp-mode",
+        help="With --dp: sgd (DP-SGD, ε per record) or site (noised updates, ε per site).",
+    ),
 ) -> None:
     """Skewed MNIST shards on N sites: local-only vs swarm vs centralized accuracy, and a
     PNG of each site's accuracy over the rounds."""
@@ -124,7 +132,7 @@ def demo(
         return
     training = DemoTraining(merge=merge, merge_options=chosen,
                             proximal_mu=proximal_mu, control_variates=control_variates,
-                            seed=seed)  # fmt: skip
+                            seed=seed, dp_epsilon=dp, dp_mode=dp_mode)  # fmt: skip
     try:
         run_demo(peers=peers, epochs=epochs, workdir=workdir, json_path=json_path,
                  echo=typer.echo, compression=compression, topology=topology,

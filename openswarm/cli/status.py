@@ -12,6 +12,7 @@ import typer
 
 from openswarm import DEFAULT_CONTRACT
 from openswarm.admin.views import eta_seconds
+from openswarm.privacy.report import describe, latest_privacy
 from openswarm.protocol import ROUND_PHASES
 
 __all__ = ["eta_seconds", "register", "render", "where_time_goes"]
@@ -61,8 +62,12 @@ def render(state: Mapping[str, Any], contract: str) -> str:
         f"contract {contract}: round {state.get('round')}, {progress.merged} merged"
         + (f", sync every {interval} batches (adaptive)" if interval else "")
     ]
+    privacy = latest_privacy(state)
     for peer in progress.peers:
-        lines.append(f"{peer.line()}  eta {_duration(etas.get(peer.name))}")
+        line = f"{peer.line()}  eta {_duration(etas.get(peer.name))}"
+        if peer.name in privacy:
+            line += f"  {describe(privacy[peer.name])}"
+        lines.append(line)
     spent = where_time_goes(state)
     if spent:
         lines.append(f"where time goes, {spent}")

@@ -32,6 +32,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol, runtime_checkable
 
 from openswarm.client.drift import Drift, without_variates
+from openswarm.client.privacy import SitePrivacy
 from openswarm.codec import decode, digest, encode
 from openswarm.codec.limits import MAX_NAME_BYTES
 from openswarm.node.peer import RoundResult, SwarmPeer
@@ -105,11 +106,18 @@ class SwarmSession:
         compression: str | None = None,
         merge_memory: str | None = None,
         merge_topology: str | None = None,
+        secure_aggregation: bool | Mapping[str, Any] | None = None,
         network: NetworkConfig | None = None,
         logger: logging.Logger | None = None,
         proximal_mu: float = 0.0,
         control_variates: bool = False,
         local_lr: float | None = None,
+        dp: str | None = None,
+        dp_clip: float = 1.0,
+        dp_noise: float | None = None,
+        dp_epsilon: float | None = None,
+        dp_delta: float = 1e-5,
+        dp_rounds: int | None = None,
     ) -> None:
         if not isinstance(model, ModelAdapter):
             raise SwarmError(
@@ -142,9 +150,16 @@ class SwarmSession:
             compression=compression,
             merge_memory=merge_memory or env_merge_memory(),
             merge_topology=merge_topology,
+            secure_aggregation=secure_aggregation,
         )
         self.drift = Drift(proximal_mu=proximal_mu, control_variates=control_variates,
                            local_lr=local_lr, merge_method=merge_method)  # fmt: skip
+        self.privacy = _site_privacy(model, dp, clip=dp_clip, noise=dp_noise,
+                                     epsilon=dp_epsilon, delta=dp_delta, rounds=dp_rounds,
+                                     control_variates=control_variates)  # fmt: skip
+        self._released: dict[str, Any] | None = None  # the last release (public already)
+        self._last_report: tuple[int, float, float | None] | None = None  # round, loss, metric
+        self._stop_reported = False  # whether the spent budget was logged and reported
         self._hooked = False  # whether the adapter corrects gradients itself
         self._lr: float | None = None  # the local learning rate the correction uses
         self.sync_frequency = sync_frequency
@@ -175,6 +190,8 @@ class SwarmSession:
                      self.drift.control_variates or self.settings.server_optimizer)  # fmt: skip
         if self.drift.active:
             self._start_drift()
+        if self.privacy is not None:  # the untrained model: what the first update starts from
+            self.privacy.loaded(self.model.get_params())
         if self.loopback:
             self._check_loopback()
             return
@@ -196,10 +213,10 @@ class SwarmSession:
         """Count a batch; every `sync_frequency` batches, merge with the swarm."""
         if self.drift.active:
             self._correct_drift()
-        if self.loopback:
+        if self.loopback or (self.privacy is not None and self.privacy.spent):
             return
         self._batches_since_sync += 1
-        if self._batches_since_sync >= self.sync_frequency:
+        if self._batches_since_sync >= self.sync_frequency and self._may_release():
             self._sync()
 
     def epoch_end(self, epoch: int | None = None) -> None:
@@ -214,10 +231,17 @@ class SwarmSession:
             return
         peer = self._require_peer()
         try:
-            # "snapshot" contributes the site's own last local weights: copy them before the
-            # final merge overwrites the model in place.
-            self._last_local = decode(encode(self._offer()))
-            if self._batches_since_sync or self.rounds == 0:
+            if self.privacy is not None:
+                # only what was released may leave: the final update if the budget allows
+                # it, and after that the last release (costs nothing more)
+                if (self._batches_since_sync or self.rounds == 0) and self._may_release():
+                    self._sync()
+                self._last_local = self._released
+            else:
+                # "snapshot" contributes the site's own last local weights: copy them before
+                # the final merge overwrites the model in place.
+                self._last_local = decode(encode(self._offer()))
+            if self.privacy is None and (self._batches_since_sync or self.rounds == 0):
                 last = self._sync()
                 if last.params is not None and peer.name not in last.participants:
                     # it caught up with the swarm rather than merging: what it offers now
@@ -225,7 +249,7 @@ class SwarmSession:
                     self._last_local = decode(encode(self._offer()))
             result = peer.finish(self._contribution)
             if result is not None and result.params is not None:
-                self.model.set_params(self.drift.loaded(result.params))
+                self._set_merged(result.params)
                 self._report(result)  # the final model, after the last epoch
             self.final_digest = digest(self.model.get_params())
             # the swarm's final parameters as they arrived (with a lossy compression their
@@ -299,6 +323,30 @@ class SwarmSession:
         params = self.model.get_params()
         return self.drift.offer(params, self._lr) if self.drift.control_variates else params
 
+    def _release(self) -> Mapping[str, Any]:
+        """What leaves the site in a round: its offer, privatised under DP (and kept)."""
+        offered = self._offer()
+        if self.privacy is None:
+            return offered
+        self._released = self.privacy.release(offered)
+        return self._released
+
+    def _may_release(self) -> bool:
+        """Whether the privacy budget allows one more release; reports the stop once."""
+        if self.privacy is None or self.privacy.may_release():
+            return True
+        if not self._stop_reported:
+            self._stop_reported = True
+            budget = self.privacy.budget
+            self.logger.warning(
+                "privacy budget spent: ε would exceed %g (δ=%g, per %s); this site stops "
+                "contributing and only receives the swarm's model", budget.epsilon,
+                budget.delta, budget.unit,
+            )  # fmt: skip
+            if self._last_report is not None:
+                self._send_metrics(*self._last_report)
+        return False
+
     def _require_peer(self) -> SwarmPeer:
         if self.peer is None:
             raise SwarmError("call train_begin() (on_train_begin) before the other steps")
@@ -307,7 +355,7 @@ class SwarmSession:
     def _sync(self) -> RoundResult:
         peer = self._require_peer()
         self._batches_since_sync = 0
-        result = peer.sync(self._offer())
+        result = peer.sync(self._release())
         self._load(result)
         if result.params is not None:
             self._report(result)
@@ -316,7 +364,7 @@ class SwarmSession:
     def _load(self, result: RoundResult) -> None:
         if result.params is not None:
             started = time.perf_counter()
-            self.model.set_params(self.drift.loaded(result.params))
+            self._set_merged(result.params)
             result.timings["load"] = time.perf_counter() - started
             self.rounds += 1
             self.round_timings.append(dict(result.timings))
@@ -327,18 +375,31 @@ class SwarmSession:
             self.sync_frequency = result.sync_interval
         self.intervals.append((result.round, self.sync_frequency))
 
+    def _set_merged(self, merged: Mapping[str, Any]) -> None:
+        """Load a merged model (and keep it as the next update's anchor under DP)."""
+        params = self.drift.loaded(merged)
+        self.model.set_params(params)
+        if self.privacy is not None:
+            self.privacy.loaded(params)
+
     def _report(self, result: RoundResult) -> None:
         """Report the validation loss after `result`'s round, with its phases and traffic."""
         loss, metric = self.model.evaluate()
         if loss is None or not math.isfinite(loss):
             return
+        self._last_report = (result.round, loss, metric)
+        self._send_metrics(result.round, loss, metric, result.timings)
+
+    def _send_metrics(self, round: int, loss: float, metric: float | None,
+                      phases: Mapping[str, float] | None = None) -> None:  # fmt: skip
         peer = self._require_peer()
         total = peer.traffic()
         traffic = {k: total[k] - self._traffic_reported.get(k, 0) for k in total}
+        privacy = None if self.privacy is None else self.privacy.record()
         try:
             peer.report_metrics(
-                result.round, loss, metric, min(self.epoch, self.total_epochs or self.epoch),
-                self.total_epochs, phases=result.timings, traffic=traffic,
+                round, loss, metric, min(self.epoch, self.total_epochs or self.epoch),
+                self.total_epochs, phases=phases, traffic=traffic, privacy=privacy,
             )  # fmt: skip
             self._traffic_reported = total
         except SwarmError as exc:
@@ -352,6 +413,34 @@ class SwarmSession:
             latest = self._require_peer().latest_merged()
             return self._offer() if latest is None else latest.params
         return self._last_local
+
+
+def _site_privacy(model: ModelAdapter, dp: str | None, *, clip: float, noise: float | None,
+                  epsilon: float | None, delta: float, rounds: int | None,
+                  control_variates: bool) -> SitePrivacy | None:  # fmt: skip
+    """The session's DP state for option `dp` (None: no DP); PrivacyError when the options
+    cannot work together."""
+    if dp is None:
+        return None
+    from openswarm.privacy import PrivacyBudget, PrivacyError
+
+    budget = PrivacyBudget(dp, clip=clip, noise=noise, delta=delta, epsilon=epsilon)
+    if control_variates:
+        raise PrivacyError(
+            "dp cannot run with control_variates: SCAFFOLD's variates are made from the raw "
+            "local gradients and would leave the site without noise; use proximal_mu instead"
+        )
+    sgd = None
+    if dp == "sgd":
+        sgd = getattr(model, "dp_sgd_steps", None)
+        if not callable(sgd) or sgd() is None:
+            raise PrivacyError(
+                f"dp='sgd' needs DP-SGD in training, which {type(model).__name__} does not "
+                "have: with PyTorch, model, optimizer, loader = openswarm.torch.make_private"
+                "(...) and SwarmCallback(model, ..., optimizer=optimizer); other platforms: "
+                "dp='site'"
+            )
+    return SitePrivacy(budget, rounds=rounds, sgd=sgd)
 
 
 def _check_names(params: Mapping[str, Any], prefixed: bool) -> None:

@@ -21,6 +21,8 @@ import torch
 
 from openswarm.client.base import LoopCallback
 from openswarm.client.drift import Drift
+from openswarm.client.privacy import SgdSteps
+from openswarm.client.torch_dp import plain_module, sgd_steps
 from openswarm.codec import CodecError, to_torch
 from openswarm.protocol import SwarmError
 
@@ -69,6 +71,7 @@ class TorchModel(DriftHooks):
     ) -> None:
         if not isinstance(model, torch.nn.Module):
             raise SwarmError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        model = plain_module(model)  # Opacus's wrapper: sync the plain model's names
         require_bfloat16_support(model.state_dict())
         self.module = model
         self.val_data = val_data
@@ -81,6 +84,11 @@ class TorchModel(DriftHooks):
 
     def _drift_target(self) -> tuple[torch.nn.Module, Iterable[str]]:
         return self.module, self.module.state_dict().keys()
+
+    def dp_sgd_steps(self) -> SgdSteps | None:
+        """DP-SGD's noise, sample rate and steps so far, if the optimizer runs it
+        (`openswarm.torch.make_private`)."""
+        return sgd_steps(self.optimizer)
 
     def learning_rate(self) -> float | None:
         """The optimizer's steady step size (lr, over 1 - momentum for SGD), if given."""

@@ -35,6 +35,7 @@ class PeerReport:
     local_accuracy: float
     swarm_accuracy: float | None
     final_digest: str | None
+    epsilon: float | None = None  # ε spent, with --dp
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class DemoReport:
                     "local_accuracy": _round(p.local_accuracy),
                     "swarm_accuracy": _round(p.swarm_accuracy),
                     "final_digest": p.final_digest,
+                    **({} if p.epsilon is None else {"epsilon": _round(p.epsilon)}),
                 }
                 for p in self.peers
             ],
@@ -84,6 +86,8 @@ class DemoTraining:
     proximal_mu: float = 0.0
     control_variates: bool = False
     seed: int = 0
+    dp_epsilon: float | None = None  # differential privacy: each site's ε budget (δ=1e-5)
+    dp_mode: str = "sgd"  # "sgd" (DP-SGD, per record) or "site" (noised updates, per site)
 
     def check(self, compression: str | None, topology: str | None) -> None:
         """SwarmError (before anything trains) if these options do not go together."""
@@ -96,6 +100,13 @@ class DemoTraining:
                       compression=compression, merge_topology=topology)  # fmt: skip
         Drift(proximal_mu=self.proximal_mu, control_variates=self.control_variates,
               local_lr=1.0, merge_method=self.merge)  # fmt: skip
+        if self.dp_epsilon is not None:
+            from openswarm.privacy import PrivacyBudget, PrivacyError
+
+            PrivacyBudget(self.dp_mode, epsilon=self.dp_epsilon, noise=1.0)
+            if self.control_variates:
+                raise PrivacyError("--dp cannot run with --control-variates: the variates "
+                                   "would leave the site without noise")  # fmt: skip
 
     def script_args(self) -> list[str]:
         """The options of openswarm.demo.train that say the same."""
@@ -106,6 +117,8 @@ class DemoTraining:
             args += ["--proximal-mu", repr(float(self.proximal_mu))]
         if self.control_variates:
             args.append("--control-variates")
+        if self.dp_epsilon is not None:
+            args += ["--dp", repr(float(self.dp_epsilon)), "--dp-mode", self.dp_mode]
         return args
 
     def describe(self) -> str:
@@ -115,13 +128,18 @@ class DemoTraining:
             parts.append(f"FedProx mu={self.proximal_mu:g}")
         if self.control_variates:
             parts.append("SCAFFOLD control variates")
+        if self.dp_epsilon is not None:
+            unit = "record" if self.dp_mode == "sgd" else "site"
+            parts.append(f"{'DP-SGD' if self.dp_mode == 'sgd' else 'site-level DP'} "
+                         f"ε={self.dp_epsilon:g} per {unit} (δ=1e-5)")  # fmt: skip
         parts.append(f"seed {self.seed}")
         return ", ".join(parts)
 
     def to_json(self) -> dict[str, Any]:
         return {"merge": self.merge, "merge_options": dict(self.merge_options),
                 "proximal_mu": self.proximal_mu, "control_variates": self.control_variates,
-                "seed": self.seed}  # fmt: skip
+                "seed": self.seed, "dp_epsilon": self.dp_epsilon,
+                "dp_mode": self.dp_mode}  # fmt: skip
 
 
 def default_demo_dir(base: Path = Path("runs")) -> Path:
@@ -253,6 +271,7 @@ def _swarm_part(
                 local_accuracy=local[p.rank],
                 swarm_accuracy=(p.result or {}).get("swarm_accuracy"),
                 final_digest=p.final_digest,
+                epsilon=((p.result or {}).get("privacy") or {}).get("epsilon"),
             )
             for p in run.peers
         ],
@@ -324,9 +343,10 @@ def format_report(report: DemoReport) -> str:
         f"{'site':<10} {'local only':>10} {'swarm':>8}  final model digest",
     ]
     for p in report.peers:
+        spent = "" if p.epsilon is None else f"  ε spent {p.epsilon:.2f}"
         rows.append(
             f"{p.name:<10} {_pct(p.local_accuracy):>10} {_pct(p.swarm_accuracy):>8}  "
-            f"{(p.final_digest or '-')[:16]}"
+            f"{(p.final_digest or '-')[:16]}{spent}"
         )
     rows.append(f"centralized, all data pooled: {_pct(report.centralized_accuracy)}")
     digests = {p.final_digest for p in report.peers}

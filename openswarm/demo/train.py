@@ -14,9 +14,12 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 DEFAULT_EPOCHS = 10
 DEFAULT_SYNC_FREQUENCY = 10
+DP_CLIP = 1.0  # per-sample gradient norm (DP-SGD), or the update's norm (site-level)
+DP_DELTA = 1e-5
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -42,6 +45,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--control-variates", action="store_true", help="SCAFFOLD's control variates"
     )
     parser.add_argument("--seed", type=int, default=0, help="moves initial weights, shuffles")
+    parser.add_argument("--dp", type=float, default=None, help="differential privacy: ε budget")
+    parser.add_argument(
+        "--dp-mode", choices=("sgd", "site"), default="sgd",
+        help="sgd: DP-SGD (per record); site: noised updates (per site)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.data_dir is None:
         parser.error("no data: pass --data-dir or set OPENSWARM_DATA_DIR (openswarm run does)")
@@ -74,6 +82,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     model = make_model(MODEL_SEED + args.seed)
     optimizer = make_optimizer(model)
+    private = None
+    if args.dp is not None:
+        model, optimizer, private, dp = private_training(model, optimizer, shard, args)
+    else:
+        dp = {}
     callback = SwarmCallback(
         model,
         sync_frequency=args.sync_frequency,
@@ -91,10 +104,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         total_epochs=args.epochs,
         compression=args.compression,
         merge_topology=args.topology,
+        **dp,
     )
     callback.on_train_begin()
     for epoch in range(args.epochs):
-        batches = loader(shard, shuffle=True, seed=shuffle_seed(rank, epoch, args.seed))
+        batches = private or loader(shard, shuffle=True, seed=shuffle_seed(rank, epoch, args.seed))
         loss = train_epoch(model, optimizer, batches, after_batch=callback.on_batch_end)
         callback.on_epoch_end(epoch)
         print(f"{name}: epoch {epoch + 1}/{args.epochs} training loss {loss:.4f}", flush=True)
@@ -108,10 +122,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         "rounds": callback.rounds,
         "traffic": None if callback.peer is None else callback.peer.traffic(),
     }
+    if callback.session.privacy is not None:
+        privacy = callback.session.privacy
+        result["privacy"] = {**privacy.record(), "noise_multiplier": privacy.noise}
     print(json.dumps(result), flush=True)
     if args.result is not None:
         args.result.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     return 0
+
+
+def private_training(model: Any, optimizer: Any, shard: Any, args: argparse.Namespace) -> tuple:
+    """The model, optimizer, DP loader (DP-SGD, else None) and the callback's DP options
+    that spend at most `args.dp` over this run's planned steps or rounds (δ = DP_DELTA)."""
+    from openswarm.demo.model import loader
+    from openswarm.torch import make_private
+
+    batches = loader(shard, shuffle=True)
+    if args.dp_mode == "sgd":
+        model, optimizer, private = make_private(
+            model, optimizer, batches, max_grad_norm=DP_CLIP, target_epsilon=args.dp,
+            steps=args.epochs * len(batches), delta=DP_DELTA,
+        )  # fmt: skip
+        return model, optimizer, private, {"dp": "sgd", "dp_epsilon": args.dp,
+                                           "dp_delta": DP_DELTA}  # fmt: skip
+    # one release per merge, and the final one
+    rounds = args.epochs * len(batches) // args.sync_frequency + 1
+    return model, optimizer, None, {"dp": "site", "dp_epsilon": args.dp, "dp_clip": DP_CLIP,
+                                    "dp_delta": DP_DELTA, "dp_rounds": rounds}  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from typing import Any
 
 from openswarm.admin.views import contract_rows, member_rows, operator_rows, perf_rows
 from openswarm.ledger.tasks import run_summary
+from openswarm.privacy.report import latest_privacy
 from openswarm.protocol import ROUND_PHASES
 from openswarm.ui.chain import ChainIndex, ContractRun
 
@@ -126,6 +127,7 @@ def contract_view(
     perf = perf_rows(state)
     members = {row["name"]: row for row in member_rows(state, now)}
     current = state.get("current") or {}
+    privacy = latest_privacy(state)
     sites = []
     for site, report in perf.items():
         epoch, total = report.get("epoch"), report.get("total_epochs")
@@ -141,6 +143,7 @@ def contract_view(
                 "present": members.get(site, {}).get("present"),
                 "finished": members.get(site, {}).get("finished"),
                 "ready": site in (current.get("ready") or {}),
+                "privacy": privacy.get(site),  # ε so far under differential privacy
             }
         )
     return {

@@ -253,7 +253,7 @@ function contractPage(name) {
       data.failed_leaders_now.length ? el("p", { class: "bad" }, "failed leaders this round: " + data.failed_leaders_now.join(", ")) : null,
       data.demoted.length ? el("p", { class: "bad" }, "demoted (may no longer lead): " + data.demoted.join(", ")) : null,
       data.bad_auditors.length ? el("p", { class: "bad" }, "auditors found lying: " + data.bad_auditors.join(", ")) : null);
-    fill("sites-section", el("h2", {}, "Sites"), table("sites", ["site", "progress", "epoch", "loss", "metric", "ETA", "state"],
+    fill("sites-section", el("h2", {}, "Sites"), table("sites", ["site", "progress", "epoch", "loss", "metric", "ε (DP)", "ETA", "state"],
       data.sites.map((s) => {
         const bar = el("div", { class: "bar" }, el("div", { class: "fill" }));
         bar.firstChild.style.width = ((s.progress || 0) * 100).toFixed(1) + "%";
@@ -261,6 +261,9 @@ function contractPage(name) {
           el("td", {}, s.name), el("td", {}, bar),
           el("td", { class: "epoch" }, s.total_epochs ? `${fmt(s.epoch)}/${s.total_epochs}` : fmt(s.epoch)),
           el("td", { class: "loss" }, fmt(s.loss, 4)), el("td", { class: "metric" }, fmt(s.metric, 4)),
+          el("td", { class: "epsilon" + (s.privacy && s.privacy.spent ? " bad" : ""),
+            title: s.privacy ? `δ ${s.privacy.delta}, per ${s.privacy.unit} (${s.privacy.mode === "sgd" ? "DP-SGD" : "site-level DP"})${s.privacy.spent ? ", budget spent" : ""}` : "no differential privacy" },
+            s.privacy ? fmt(s.privacy.epsilon, 2) : "–"),
           el("td", { class: "eta" }, s.finished ? "done" : duration(s.eta_s)),
           el("td", { class: s.present ? "ok" : "bad" }, s.finished ? "finished" : s.present ? (s.ready ? "ready" : "training") : "silent"));
       })));
