@@ -45,6 +45,7 @@ COMMON_KEYWORDS: dict[str, str] = {
     "dpEpsilon": "dp_epsilon",
     "dpDelta": "dp_delta",
     "dpRounds": "dp_rounds",
+    "secureAggregation": "secure_aggregation",  # masked updates (contract setting)
 }
 
 # HPE keyword -> openswarm keyword, for one platform only

@@ -313,3 +313,14 @@ def test_a_sharded_masked_round_leaves_out_a_site_that_never_masked(make_peer) -
     expected = _weighted_mean(start, sites[:2], [1.0, 1.0])
     merged = next(r.params for r in results if r.params is not None)
     assert np.allclose(merged["w"], expected["w"], atol=1e-6)
+
+
+def test_the_demo_refuses_secure_aggregation_with_a_merge_that_needs_each_model() -> None:
+    from openswarm.demo.run_demo import DemoTraining
+    from openswarm.protocol import SwarmError
+
+    with pytest.raises(SwarmError, match=r"--secure-aggregation: .*'krum'"):
+        DemoTraining(merge="krum", secure_aggregation=True).check(None, None)
+    training = DemoTraining(secure_aggregation=True)
+    training.check(None, "sharded")
+    assert "--secure-aggregation" in training.script_args()

@@ -110,6 +110,11 @@ def demo(
     dp: float | None = typer.Option(
         None, "--dp", help="Differential privacy: each site's ε budget (δ = 1e-5)."
     ),
+    secure_aggregation: bool = typer.Option(
+        False,
+        "--secure-aggregation",
+        help="Mask each site's update so that the merger learns only the sum.",
+    ),
     dp_mode: str = typer.Option(
         "sgd",
         "--dp-mode",
@@ -132,7 +137,8 @@ def demo(
         return
     training = DemoTraining(merge=merge, merge_options=chosen,
                             proximal_mu=proximal_mu, control_variates=control_variates,
-                            seed=seed, dp_epsilon=dp, dp_mode=dp_mode)  # fmt: skip
+                            seed=seed, dp_epsilon=dp, dp_mode=dp_mode,
+                            secure_aggregation=secure_aggregation)  # fmt: skip
     try:
         run_demo(peers=peers, epochs=epochs, workdir=workdir, json_path=json_path,
                  echo=typer.echo, compression=compression, topology=topology,

@@ -88,6 +88,7 @@ class DemoTraining:
     seed: int = 0
     dp_epsilon: float | None = None  # differential privacy: each site's ε budget (δ=1e-5)
     dp_mode: str = "sgd"  # "sgd" (DP-SGD, per record) or "site" (noised updates, per site)
+    secure_aggregation: bool = False  # masked updates: the merger learns only their sum
 
     def check(self, compression: str | None, topology: str | None) -> None:
         """SwarmError (before anything trains) if these options do not go together."""
@@ -98,6 +99,15 @@ class DemoTraining:
             raise SwarmError(f"--seed must be an integer from 0 to 9999, got {self.seed!r}")
         SwarmSettings(merge_method=self.merge, merge_options=dict(self.merge_options),
                       compression=compression, merge_topology=topology)  # fmt: skip
+        if self.secure_aggregation:
+            from openswarm.ledger.contract import ContractError, ContractSettings
+
+            try:
+                ContractSettings(merge_method=self.merge, merge_options=self.merge_options,
+                                 merge_topology=topology or "leader", secure_aggregation=True,
+                                 min_peers=2)  # fmt: skip
+            except ContractError as exc:
+                raise SwarmError(f"--secure-aggregation: {exc}") from None
         Drift(proximal_mu=self.proximal_mu, control_variates=self.control_variates,
               local_lr=1.0, merge_method=self.merge)  # fmt: skip
         if self.dp_epsilon is not None:
@@ -119,6 +129,8 @@ class DemoTraining:
             args.append("--control-variates")
         if self.dp_epsilon is not None:
             args += ["--dp", repr(float(self.dp_epsilon)), "--dp-mode", self.dp_mode]
+        if self.secure_aggregation:
+            args.append("--secure-aggregation")
         return args
 
     def describe(self) -> str:
@@ -132,6 +144,8 @@ class DemoTraining:
             unit = "record" if self.dp_mode == "sgd" else "site"
             parts.append(f"{'DP-SGD' if self.dp_mode == 'sgd' else 'site-level DP'} "
                          f"ε={self.dp_epsilon:g} per {unit} (δ=1e-5)")  # fmt: skip
+        if self.secure_aggregation:
+            parts.append("secure aggregation")
         parts.append(f"seed {self.seed}")
         return ", ".join(parts)
 
@@ -139,7 +153,8 @@ class DemoTraining:
         return {"merge": self.merge, "merge_options": dict(self.merge_options),
                 "proximal_mu": self.proximal_mu, "control_variates": self.control_variates,
                 "seed": self.seed, "dp_epsilon": self.dp_epsilon,
-                "dp_mode": self.dp_mode}  # fmt: skip
+                "dp_mode": self.dp_mode,
+                "secure_aggregation": self.secure_aggregation}  # fmt: skip
 
 
 def default_demo_dir(base: Path = Path("runs")) -> Path:

@@ -47,6 +47,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="moves initial weights, shuffles")
     parser.add_argument("--dp", type=float, default=None, help="differential privacy: ε budget")
     parser.add_argument(
+        "--secure-aggregation",
+        action="store_true",
+        help="masked updates: the merger learns only their sum (contract)",
+    )
+    parser.add_argument(
         "--dp-mode", choices=("sgd", "site"), default="sgd",
         help="sgd: DP-SGD (per record); site: noised updates (per site)",
     )  # fmt: skip
@@ -104,6 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         total_epochs=args.epochs,
         compression=args.compression,
         merge_topology=args.topology,
+        secure_aggregation=True if args.secure_aggregation else None,
         **dp,
     )
     callback.on_train_begin()
