@@ -4,8 +4,11 @@ Each cell (P, K) starts a real ledger replica (`LocalLedger`, one `openswarm led
 process) and K peer processes (spawned workers of this file, identities b1..bK) that all
 sync the default contract with `SwarmPeer.sync` over mutual-TLS gRPC on 127.0.0.1. Each
 peer holds a dict of four float32 arrays summing to P values (random, different per peer)
-and a preallocated torch copy of them. After `sync` it loads the merged model into the torch
-tensors (`tensor.copy_(torch.from_numpy(arr))`, the "load" phase). Before the rounds every
+and a preallocated torch copy of them; before each round it changes one value (as a step
+of training would), so that no round's merged model is bit for bit an earlier one's, which a
+peer still holding that one would take from its store (found by digest) instead of fetching.
+After `sync` it loads the merged model into the torch tensors
+(`tensor.copy_(torch.from_numpy(arr))`, the "load" phase). Before the rounds every
 peer opens its exchange channel to every other (as earlier rounds of a training run would
 have), then one warm-up round (the contract's initial sync: the leader hands out its own
 model, no merge) is followed by `--rounds` measured rounds (default 3); a barrier starts
@@ -78,6 +81,38 @@ round, in model sizes (the sharded target: 2(K-1)/K each way):
 which, and MB how many megabytes all peers pulled from each other in a round, as they went
 over the wire (snapshots for the leader and the auditors, the merged model for the rest):
 the cost of audits, or the saving of a compression, is the difference between rows.
+
+`--secure-aggregation off,on` likewise runs each cell once without and once with masked
+rounds; column sa says which. "on" creates the contract with secure_aggregation
+{"threshold": 2, "bound": 1.0} (min_peers is K, so the threshold fits every K >= 2; it needs
+merge method mean and audit 0, the defaults here). The warm-up round is the contract's
+initial sync, which is never masked (there is no merged model to take an update from
+yet); every measured round is a masked one: each peer posts its update
+(its model minus the previous merged one, clipped to +-bound) in Z_2^64, 8 bytes a
+parameter (twice a float32 model), the leader pulls the K-1 others, fixes the survivors on
+the ledger, every peer reveals its Shamir shares, and the leader unmasks the sum and
+publishes the merged model, which the followers fetch as usual. The cell checks on the
+ledger that the warm-up round was not masked and counts a measured round only if its
+history's `secagg` names all K peers as survivors (a round with fewer, or not masked at
+all, is listed as not counted, like a round that left a peer out). The columns then read
+(leader topology):
+- L.merge is the leader's whole masked merge: waiting until every participant posted its
+  masked update, pulling and decoding the K-1 others, posting the survivors, waiting for
+  the shares, unmasking, and rebuilding and encoding the merged model (L.xfer is empty:
+  the pulls are inside merge);
+- masking is done by every peer, the leader included, after the seal (SwarmPeer._follow's
+  step "mask"), outside any timed phase: it counts in L.ledger and F.ledger, as do the
+  revealed shares; a follower's ledger also holds the wait for the leader's merge;
+- F.xfer is fetching the merged model (float32, as without masking);
+- MB counts what went over the wire between peers, so the masked updates the leader
+  pulled (the K-1 others' 8-byte parameters) and the merged model the followers fetched;
+  the shares travel in ledger transactions (a few hundred bytes a pair of peers) and are
+  not counted.
+A masked round's update needs the previous merged model, which a peer's store must still
+hold when the next round starts, so masked cells keep at least one old round (column-less;
+`keep_rounds` in the JSON) whatever --keep-rounds says; that touches memory only.
+    .venv/bin/python benchmarks/round_bench.py --sizes 1M,10M --peers 4,8 \\
+        --secure-aggregation off,on --rounds 3 --json /tmp/secagg_bench.json
 """
 
 from __future__ import annotations
@@ -111,6 +146,8 @@ PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 MIN_AVAILABLE_BYTES = 1_500_000_000  # abort a cell below this much free memory
 PROCESS_BYTES = 300_000_000  # a peer process's own footprint (Python, torch, gRPC)
 ROUND_TIMEOUT_S = 600.0
+#: --secure-aggregation on: the contract's setting (threshold <= min_peers = K)
+SECURE_AGGREGATION = {"threshold": 2, "bound": 1.0}
 START_TIMEOUT_S = 180.0
 Message = dict[str, Any]
 
@@ -146,19 +183,24 @@ def mem_available() -> int:
     raise RuntimeError("no MemAvailable in /proc/meminfo")
 
 
-def estimate_bytes(count: int, peers: int, keep_rounds: int) -> int:
+def estimate_bytes(count: int, peers: int, keep_rounds: int, secure: bool = False) -> int:
     """Expected peak memory of one cell's peers (worst case, all peaks at once).
 
     Every peer: its process (Python, torch, gRPC). A follower: params + torch copy + the
     store's (local + merged) snapshots per kept round + a fetch's bytearray and decoded
     copy. The leader as well: its own decoded snapshot, the K-1 decoded others, up to
     min(K-1, 8) fetch buffers (bytearray + bytes) in flight, the merged model, its encoding
-    and its decoded copy.
+    and its decoded copy. Masked rounds (`secure`): every peer's masked update (8 bytes a
+    parameter, two model sizes) in its store, and as it is computed (update, masks, its
+    encoding: about 4 more); the leader as well the K-1 others' masked updates pulled and
+    decoded (two model sizes each, twice) and the sum with its unmasking (4 more).
     """
     size = count * 4
     kept = keep_rounds + 1
-    follower = (2 + 2 * kept + 2.2) * size
+    follower = (2 + 2 * kept + 2.2 + (6 if secure else 0)) * size
     leader = (2 + 2 * kept + 1 + (peers - 1) + 2.2 * min(peers - 1, 8) + 3) * size
+    if secure:
+        leader += (6 + 4 * (peers - 1) + 4) * size
     return int(leader + (peers - 1) * follower + peers * PROCESS_BYTES)
 
 
@@ -199,6 +241,7 @@ class WorkerConfig:
     memory: str = "model"
     layers: int = 0
     topology: str = "leader"
+    secure: bool = False  # the contract's secure_aggregation (SECURE_AGGREGATION)
     netns: str = ""  # with --link-mbit: the host (network namespace) this peer runs in
     listen: str = "127.0.0.1:0"
 
@@ -223,13 +266,17 @@ class RpcTimer:
 
 
 def bench_settings(peers: int, audit: int = 0, compression: str = "none", method: str = "mean",
-                   memory: str = "model", topology: str = "leader") -> Any:  # fmt: skip
-    """The swarm settings of every benchmark peer (and so of the contract)."""
+                   memory: str = "model", topology: str = "leader",
+                   secure: bool = False) -> Any:  # fmt: skip
+    """The swarm settings of every benchmark peer (and so of the contract); `secure`: masked
+    rounds (SECURE_AGGREGATION; min_peers is K >= 2, so the threshold 2 fits)."""
     from openswarm.node.settings import SwarmSettings
 
     return SwarmSettings(min_peers=peers, extra_window_s=0.0, leader_timeout_s=600.0,
                          audit=audit or None, compression=compression, merge_method=method,
-                         merge_memory=memory, merge_topology=topology)  # fmt: skip
+                         merge_memory=memory, merge_topology=topology,
+                         secure_aggregation=dict(SECURE_AGGREGATION) if secure else None,
+                         )  # fmt: skip
 
 
 def connect_all(peer: Any, timeout_s: float = 120.0) -> None:
@@ -289,7 +336,7 @@ def peer_worker(cfg: WorkerConfig, queue: MpQueue[Message], barrier: MpBarrier) 
         }
         model = {key: torch.from_numpy(value.copy()) for key, value in params.items()}
         settings = bench_settings(cfg.peers, cfg.audit, cfg.compression, cfg.method, cfg.memory,
-                                  cfg.topology)  # fmt: skip
+                                  cfg.topology, cfg.secure)  # fmt: skip
         network = NetworkConfig(ledger=cfg.endpoints, identity=Path(cfg.identity),
                                 listen=cfg.listen)  # fmt: skip
         peer = SwarmPeer(settings, network)
@@ -304,7 +351,11 @@ def peer_worker(cfg: WorkerConfig, queue: MpQueue[Message], barrier: MpBarrier) 
         connect_all(peer)
         queue.put({"kind": "connected", "peer": name})
         baseline = own_memory("VmRSS")
+        first = next(iter(params.values()))
         for round_index in range(cfg.rounds + 1):
+            # a step of training changes the model: no merged model equals an earlier one
+            # (one that did would be taken from the store, by its digest, not fetched)
+            first[0] = np.float32(0.001 * (round_index + 1))
             barrier.wait(ROUND_TIMEOUT_S)
             rpc.seconds = 0.0
             before, before_sent = received.total, sent.total
@@ -349,6 +400,8 @@ class Cell:
     method: str = "mean"
     memory: str = "model"
     topology: str = "leader"
+    secure: bool = False  # masked rounds (the contract's secure_aggregation)
+    keep_rounds: int = 0  # old rounds the peers' stores kept (masked rounds: at least 1)
     fetched_mb: float = 0.0  # MB all peers pulled in a round (median over rounds)
     most_in: float = 0.0  # the most any one peer pulled in a round, in model sizes (median)
     most_out: float = 0.0  # the most any one peer served in a round, in model sizes
@@ -360,6 +413,10 @@ class Cell:
     leader: dict[str, float] = field(default_factory=dict)
     follower: dict[str, float] = field(default_factory=dict)
     leaders: list[str] = field(default_factory=list)
+    # per measured round counted: its number, and the bytes each peer pulled and served
+    traffic: list[dict[str, Any]] = field(default_factory=list)
+    # per measured round counted: its history's secagg on the ledger (survivors, unmasked_by)
+    secagg: list[Any] = field(default_factory=list)
     rounds_used: int = 0
     left_out: list[str] = field(default_factory=list)
     rss_peak_gb: float = 0.0
@@ -441,6 +498,11 @@ def summarize(cell: Cell, rounds: list[list[Message]]) -> None:
     for messages in rounds:
         leader_name = messages[0]["leader"]
         cell.leaders.append(str(leader_name))
+        cell.traffic.append({
+            "round": messages[0]["round"],
+            "fetched": {m["peer"]: m["fetched"] for m in messages},
+            "sent": {m["peer"]: m["sent"] for m in messages},
+        })  # fmt: skip
         totals.append(max(m["timings"]["total"] + m["timings"]["load"] for m in messages))
         followers: dict[str, list[float]] = {}
         for message in messages:
@@ -480,16 +542,22 @@ def run_cell(
     layers: int = 0,
     link_mbit: int = 0,
     topology: str = "leader",
+    secure: bool = False,
 ) -> Cell:
+    # a masked update is the model minus the previous merged one, which a peer's store must
+    # still hold when the next round starts (it can no longer be fetched once every store
+    # dropped it): keep one old round at least
+    keep_rounds = max(keep_rounds, 1) if secure else keep_rounds
     cell = Cell(count, peers, audit=audit, compression=compression, method=method, memory=memory,
-                topology=topology, load1=os.getloadavg()[0])  # fmt: skip
+                topology=topology, secure=secure, keep_rounds=keep_rounds,
+                load1=os.getloadavg()[0])  # fmt: skip
     started = time.perf_counter()
     cell.floor_s = copy_floor(count, peers)
     names = [f"b{i}" for i in range(1, peers + 1)]
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="round_bench_"))
         contract = bench_settings(peers, audit, compression, method, memory,
-                                  topology).contract_settings()  # fmt: skip
+                                  topology, secure).contract_settings()  # fmt: skip
         hosts: list[Any] = []
         if link_mbit:  # the ledger on host 1, each peer behind its own link on the next
             from links import shaped_lab
@@ -514,7 +582,7 @@ def run_cell(
                 cfg = WorkerConfig(
                     index, peers, count, rounds, tuple(net.endpoints),
                     str(net.pki_dir / "identities" / names[index]), keep_rounds, audit,
-                    compression, method, memory, layers, topology,
+                    compression, method, memory, layers, topology, secure,
                     hosts[index + 1].netns if hosts else "",
                     f"{hosts[index + 1].address}:0" if hosts else "127.0.0.1:0",
                 )  # fmt: skip
@@ -527,6 +595,7 @@ def run_cell(
             collector.take("connected", peers, START_TIMEOUT_S)
             measured: list[list[Message]] = []
             walls = []
+            warmup = -1
             for index in range(rounds + 1):
                 barrier.wait(ROUND_TIMEOUT_S)
                 start = time.perf_counter()
@@ -534,11 +603,16 @@ def run_cell(
                 if index:  # round 0 is the initial sync (warm-up)
                     measured.append(messages)
                     walls.append(time.perf_counter() - start)
+                else:
+                    warmup = messages[0]["round"]
             barrier.wait(ROUND_TIMEOUT_S)
             done = collector.take("done", peers, START_TIMEOUT_S)
             for proc in procs:
                 proc.join(30)
             history = next(m["history"] for m in done if m["peer"] == "b1")
+            first = next((h for h in history if h["round"] == warmup), None)
+            if first is not None and first.get("secagg") is not None:
+                raise CellError(f"the warm-up round {warmup} was masked: {first['secagg']}")
             clean = []
             for messages, wall in zip(measured, walls, strict=True):
                 record = next((h for h in history if h["round"] == messages[0]["round"]), None)
@@ -548,10 +622,19 @@ def run_cell(
                 gaps += [f"leader {name} timed out" for name in record["failed_leaders"]]
                 if len(record["participants"]) < peers:
                     gaps.append(f"only {len(record['participants'])} participants")
+                masked = record.get("secagg")
+                if secure and masked is None:
+                    gaps.append("not masked (no secagg on the ledger)")
+                elif secure and len(masked["survivors"] or []) < peers:
+                    gaps.append(f"masked with {len(masked['survivors'] or [])} survivors "
+                                f"({', '.join(masked['survivors'] or [])})")  # fmt: skip
+                elif not secure and masked is not None:
+                    gaps.append(f"masked, though secure aggregation is off: {masked}")
                 if gaps:
                     cell.left_out.append(f"round {record['round']}: {'; '.join(gaps)}")
                 else:
                     clean.append((messages, wall))
+                    cell.secagg.append(masked)
             if not clean:
                 raise CellError("every measured round left peers out: " + " | ".join(cell.left_out))
             summarize(cell, [m for m, _ in clean])
@@ -576,7 +659,7 @@ def fmt_phase(view: dict[str, float], key: str) -> str:
 
 def print_table(cells: list[Cell]) -> None:
     head = (
-        f"{'P':>4} {'K':>2} {'aud':>3} {'compression':>13} {'method':>12} {'mem':>5} "
+        f"{'P':>4} {'K':>2} {'aud':>3} {'sa':>3} {'compression':>13} {'method':>12} {'mem':>5} "
         f"{'topo':>7} {'round':>7} {'MB':>6} {'in':>4} {'out':>4} {'floor':>7} "
         f"{'xfloor':>6} |"
         f"{'L.enc':>7} {'L.xfer':>7} {'L.merge':>7} {'L.load':>7} {'L.ledger(rpc)':>14} |"
@@ -590,7 +673,8 @@ def print_table(cells: list[Cell]) -> None:
             continue
         lead, fol = c.leader, c.follower
         print(
-            f"{label(c.count):>4} {c.peers:>2} {c.audit:>3} {c.compression:>13} {c.method:>12} "
+            f"{label(c.count):>4} {c.peers:>2} {c.audit:>3} {'on' if c.secure else 'off':>3} "
+            f"{c.compression:>13} {c.method:>12} "
             f"{c.memory:>5} {c.topology:>7} {c.round_s:7.3f} "
             f"{c.fetched_mb:6.1f} {c.most_in:4.2f} {c.most_out:4.2f} "
             f"{c.floor_s:7.4f} "
@@ -619,6 +703,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--audit", default="0", help="auditors per merge, e.g. 0,1,3")
     parser.add_argument(
+        "--secure-aggregation", default="off",
+        help="masked rounds (secure_aggregation threshold 2, bound 1.0): off,on",
+    )  # fmt: skip
+    parser.add_argument(
         "--compression", default="none", help="how models travel, e.g. none,zstd,int8+zstd"
     )
     parser.add_argument("--method", default="mean", help="merge methods, e.g. mean,geomedian")
@@ -642,6 +730,9 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [parse_count(s) for s in args.sizes.split(",") if s]
     peer_counts = [int(k) for k in args.peers.split(",") if k]
     audits = [int(a) for a in args.audit.split(",") if a]
+    secures = [{"off": False, "on": True}.get(v) for v in args.secure_aggregation.split(",") if v]
+    if None in secures:
+        parser.error("--secure-aggregation takes off, on or off,on")
     compressions = [z for z in args.compression.split(",") if z]
     methods = [m for m in args.method.split(",") if m]
     memories = [m for m in args.merge_memory.split(",") if m]
@@ -657,15 +748,18 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     cells: list[Cell] = []
-    grid = [(c, k, a, z, m, r, t) for c in sizes for k in peer_counts for a in audits
+    grid = [(c, k, a, z, m, r, t, q) for c in sizes for k in peer_counts for a in audits
             for z in compressions for m in methods for r in memories
-            for t in topologies]  # fmt: skip
-    for count, peers, audit, compression, method, memory, topology in grid:
-        variant = f"audit={audit} {compression} {method}/{memory} {topology}"
-        estimate = max(estimate_bytes(count, peers, args.keep_rounds), 2 * peers * count * 4)
+            for t in topologies for q in secures]  # fmt: skip
+    for count, peers, audit, compression, method, memory, topology, secure in grid:
+        variant = (f"audit={audit} {compression} {method}/{memory} {topology} "
+                   f"sa={'on' if secure else 'off'}")  # fmt: skip
+        keep = max(args.keep_rounds, 1) if secure else args.keep_rounds
+        estimate = max(estimate_bytes(count, peers, keep, secure), 2 * peers * count * 4)
         budget = args.mem_fraction * mem_available()
         cell = Cell(count, peers, audit=audit, compression=compression, method=method,
-                    memory=memory, topology=topology, estimate_gb=estimate / GB)  # fmt: skip
+                    memory=memory, topology=topology, secure=secure, keep_rounds=keep,
+                    estimate_gb=estimate / GB)  # fmt: skip
         if estimate > budget:
             cell.skipped = (
                 f"needs ~{estimate / GB:.1f} GB, over {args.mem_fraction:.0%} of "
@@ -675,7 +769,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 cell = run_cell(count, peers, args.rounds, args.keep_rounds, audit, compression,
                                 method, memory, args.layers, args.link_mbit,
-                                topology)  # fmt: skip
+                                topology, secure)  # fmt: skip
                 cell.estimate_gb = estimate / GB
             except (CellError, RuntimeError, OSError, TimeoutError) as exc:
                 cell.skipped = f"failed: {str(exc)[-2000:]}"
@@ -703,7 +797,8 @@ def main(argv: list[str] | None = None) -> int:
     if skipped:
         print("\nskipped cells:")
         for c in skipped:
-            print(f"  P={label(c.count)} K={c.peers}: {c.skipped}")
+            print(f"  P={label(c.count)} K={c.peers} sa={'on' if c.secure else 'off'}: "
+                  f"{c.skipped}")  # fmt: skip
     print(f"\nload average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if args.json:
         args.json.write_text(json.dumps([asdict(c) for c in cells], indent=2))
