@@ -7,9 +7,11 @@ rules are openswarm.ledger.secure_rounds'.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -190,8 +192,9 @@ class MaskedRounds:
                 return height, state
 
     def _pull(self, state: State, round: int, names: list[str], count: int, expected: int,
-              deadline: float) -> list[np.ndarray | str]:  # fmt: skip
-        """Each of `names`' masked update (uint64), or why it cannot be had."""
+              deadline: float) -> Iterator[np.ndarray | str]:  # fmt: skip
+        """Each of `names`' masked update (uint64, read-only), or why it cannot be had, in
+        order; two pulled at a time, so the leader holds the sum and two more, not all."""
         secure = state["current"]["secagg"]
         members = state["members"]
         transport = self.f.transport()
@@ -215,7 +218,7 @@ class MaskedRounds:
                         zstd=transport.zstd, idle_s=MAX_IDLE_S, peer=who,
                         deadline_s=deadline - time.monotonic(),
                     )  # fmt: skip
-                tensors = decode(data, copy=True)
+                tensors = decode(data, copy=False)
             except (ExchangeError, CodecError, KeyError) as exc:
                 return str(exc)
             values = tensors.get(MASKED_TENSOR)
@@ -228,8 +231,14 @@ class MaskedRounds:
                 return f"not a masked update of {count} elements"
             return values.view(np.uint64)
 
-        with ThreadPoolExecutor(max_workers=max(1, min(4, len(names)))) as pool:
-            return list(pool.map(pull, names))
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            queued = iter(names)
+            ahead = deque(pool.submit(pull, who) for who in itertools.islice(queued, 2))
+            while ahead:
+                got = ahead.popleft().result()
+                ahead.extend(pool.submit(pull, who) for who in itertools.islice(queued, 1))
+                yield got
+                del got  # before the next one arrives
 
     def _unmask(self, state: State, round: int, total: np.ndarray, height: int,
                 deadline: float, offset: int) -> np.ndarray | None:  # fmt: skip

@@ -40,7 +40,7 @@ def test_a_silent_leader_is_voted_out_also_when_a_participant_died(swarm_factory
     # Presence is judged in ledger time, which an idle ledger advances only every 10 s
     # (replica.IDLE_TICK_S): the first calls after the idle start are stamped up to 10 s
     # late, so a presence timeout under that would make live sites look gone.
-    swarm = swarm_factory(3, EPOCHS="3", MIN_PEERS="2", LEADER_TIMEOUT="4",
+    swarm = swarm_factory(3, EPOCHS="2", MIN_PEERS="2", LEADER_TIMEOUT="4",
                           PRESENCE_TIMEOUT="20", AWAIT_MEMBERS="3")  # fmt: skip
     marker, report = swarm.root / "died.marker", swarm.root / "died.json"
     faults = {"FAULT_MARKER": str(marker), "FAULT_REPORT": str(report)}
