@@ -7,14 +7,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
 
-from openswarm.codec import decode
+from openswarm.codec import decode, digest_encoded
 from openswarm.ledger.local import LocalLedger
-from openswarm.node.exchange import ExchangeClient
+from openswarm.node.exchange import ExchangeClient, ExchangeError
 from openswarm.node.peer import RoundResult, SwarmPeer
 from openswarm.node.secure import MASKED_TENSOR
 from openswarm.node.settings import NetworkConfig, SwarmSettings
@@ -90,6 +90,60 @@ class BadDealer(SwarmPeer):
             return part
 
         self._masked.secure.ready_part = spoiled  # type: ignore[method-assign]
+
+
+class Snooper(SwarmPeer):
+    """As leader, first tries to fetch the others' plaintext snapshots of the round."""
+
+    attempts: ClassVar[list[str]] = []  # what each try of the round's leader got
+
+    def _lead(self, view: dict[str, Any], local: Any) -> None:
+        current = view["current"]
+        for name in current["participants"]:
+            if name == self.name:
+                continue
+            try:
+                self.fetcher.fetch(view["members"][name]["endpoint"], "local", local.round,
+                                   current["ready"][name]["digest"], max_bytes=2**27,
+                                   peer=name, deadline_s=5.0)  # fmt: skip
+                self.attempts.append("fetched")
+            except ExchangeError as exc:
+                self.attempts.append(str(exc))
+        super()._lead(view, local)
+
+
+class OutOfRange(SwarmPeer):
+    """Adds 2^50 (far past any bound) to the first element of its masked update."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        honest = self._masked.secure.masked
+
+        def pushed(*args: Any) -> np.ndarray:
+            total = honest(*args)
+            total[0] += np.uint64(2**50)
+            return total
+
+        self._masked.secure.masked = pushed  # type: ignore[method-assign]
+
+
+class SteeringLeader(SwarmPeer):
+    """As leader of a masked round, publishes the honest merge moved by 10 everywhere."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        honest = self._masked.lead
+
+        def steered(state: Any, round: int, reference: Any, revealed: Any) -> Any:
+            merged = honest(state, round, reference, revealed)
+            if merged is None:
+                return None
+            params = self.transport.unpack(merged.data, reference)
+            params = {k: (v + 10).astype(v.dtype) for k, v in params.items()}
+            data = self.transport.pack(params)
+            return replace(merged, data=data, digest=digest_encoded(data))
+
+        self._masked.lead = steered  # type: ignore[method-assign]
 
 
 @pytest.fixture
@@ -324,3 +378,33 @@ def test_the_demo_refuses_secure_aggregation_with_a_merge_that_needs_each_model(
     training = DemoTraining(secure_aggregation=True)
     training.check(None, "sharded")
     assert "--secure-aggregation" in training.script_args()
+
+
+def test_a_leader_cannot_fetch_a_plaintext_snapshot_of_a_masked_round(make_peer) -> None:
+    peers = [make_peer(n, Snooper) for n in ("p1", "p2", "p3")]
+    start = _sync_start(peers)
+    Snooper.attempts.clear()
+    _round(peers, [_moved(start, seed) for seed in (31, 32, 33)])
+    assert _history(peers[0])[-1]["status"] == "merged"
+    assert len(Snooper.attempts) == 2, Snooper.attempts  # the leader's, of the two others
+    assert all("securely aggregated" in a for a in Snooper.attempts), Snooper.attempts
+
+
+def test_an_out_of_range_masked_update_ends_the_round_unmerged(make_peer) -> None:
+    peers = [make_peer("p1"), make_peer("p2"), make_peer("p3", OutOfRange)]
+    start = _sync_start(peers)
+    results = _round(peers, [_moved(start, seed) for seed in (34, 35, 36)])
+    record = _history(peers[0])[-1]
+    # the sum decodes far beyond the bound: nobody can tell whose, nothing is merged
+    assert record["status"] == "aborted" and record["failed_leaders"] == [], record
+    assert all(r.params is None for r in results)
+
+
+def test_a_leader_steering_a_masked_merge_beyond_the_bound_is_refused(make_peer) -> None:
+    peers = [make_peer(n, SteeringLeader) for n in ("p1", "p2", "p3")]
+    start = _sync_start(peers)
+    results = _round(peers, [_moved(start, seed) for seed in (37, 38, 39)])
+    record = _history(peers[0])[-1]
+    followers = [r for p, r in zip(peers, results, strict=True) if p.name != record["leader"]]
+    assert all(r.params is None for r in followers)  # neither loads it
+    assert record["status"] == "voided:refused", record  # both refused it: it is void

@@ -22,6 +22,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric import ec, x25519
+
 from openswarm.ledger.contract_checks import (
     ContractError,
     check_digest,
@@ -41,26 +43,52 @@ REVEALED_SHARE_HEX = 2 * (2 + 66)
 
 
 def check_share_key(value: Any) -> str:
-    """A member's share key as registered (hex of an uncompressed P-256 point)."""
+    """A member's share key as registered (hex of an uncompressed P-256 point on the
+    curve: an unusable one would keep every dealer from dealing it a share)."""
     if not isinstance(value, str) or not _SHARE_KEY_RE.fullmatch(value):
         raise ContractError(
             "payload.share_key must be an uncompressed P-256 public key in lowercase hex "
             f"(130 characters starting 04), got {value!r:.40}"
         )
+    try:
+        ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), bytes.fromhex(value))
+    except ValueError:
+        raise ContractError("payload.share_key is not a point on P-256") from None
     return value
 
 
+#: A fixed X25519 key to try each mask public key with: a low-order key gives an all-zero
+#: exchange, which would keep every other site from masking against it.
+_PROBE = x25519.X25519PrivateKey.from_private_bytes(bytes(range(1, 33)))
+
+
+def _check_mask_key(value: str) -> None:
+    try:
+        _PROBE.exchange(x25519.X25519PublicKey.from_public_bytes(bytes.fromhex(value)))
+    except ValueError:
+        raise ContractError("payload.secagg.pk is a low-order X25519 key: send a fresh "
+                            "key pair's public key") from None  # fmt: skip
+
+
 def check_ready_secagg(value: Any, members: Mapping[str, Any]) -> dict[str, Any]:
-    """A ready's secure-aggregation part: {pk, commit, shares: {member: sealed hex}}."""
+    """A ready's secure-aggregation part: {pk, commit, shares: {member: sealed hex}}, with
+    a share for every active member with a share key (a site that dealt to fewer could
+    keep the others out of the round's seal)."""
     if not isinstance(value, Mapping):
         raise ContractError(f"payload.secagg must be an object, got {type_name(value)}")
     check_fields(value, "ready secagg", ("pk", "commit", "shares"), ())
     for key in ("pk", "commit"):
         if not isinstance(value[key], str) or not _HEX32_RE.fullmatch(value[key]):
             raise ContractError(f"payload.secagg.{key} must be 64 lowercase hex characters")
+    _check_mask_key(value["pk"])
     shares = value["shares"]
     if not isinstance(shares, Mapping) or not shares:
         raise ContractError("payload.secagg.shares must be a non-empty object")
+    owed = sorted(n for n, m in members.items() if m.active and m.share_key)
+    missing = [n for n in owed if n not in shares]
+    if missing:
+        raise ContractError(f"payload.secagg.shares must deal a share to every active member "
+                            f"with a share key; missing: {', '.join(missing)}")  # fmt: skip
     for name, sealed in shares.items():
         member = members.get(name)
         if member is None or not member.share_key:

@@ -39,7 +39,7 @@ from openswarm.node.secure import (
     weight_shares,
 )
 from openswarm.node.shard_merge import MergedShard
-from openswarm.secagg import SecAggError
+from openswarm.secagg import SecAggError, max_error
 
 log = logging.getLogger("openswarm.peer")
 
@@ -155,8 +155,9 @@ class MaskedRounds:
                       "ended" if outcome.applied else outcome.reason)  # fmt: skip
             return None
         current = state["current"]
-        shares = weight_shares(current["ready"], list(current["participants"]))
-        mean = summed / sum(shares[n] for n in got)
+        mean = self._checked_mean(state, round, summed, got)
+        if mean is None:
+            return None
         try:
             previous = self.f.previous(state["latest_merged"])
         except MergeInputError as exc:
@@ -167,6 +168,26 @@ class MaskedRounds:
         excluded = [{"name": n, "reason": "its masked update was not had"}
                     for n in current["participants"] if n not in got]  # fmt: skip
         return Merged(data, digest_encoded(data), got, excluded)
+
+    def _checked_mean(self, state: State, round: int, summed: np.ndarray,
+                      survivors: list[str]) -> np.ndarray | None:  # fmt: skip
+        """The survivors' mean update; None, and the round ended, if it lies beyond ±bound
+        anywhere: honest updates, clipped and weighted, cannot put it there, so a survivor
+        sent an out-of-range masked update (nobody can tell which: the sum is not used)."""
+        current = state["current"]
+        shares = weight_shares(current["ready"], list(current["participants"]))
+        total = sum(shares[n] for n in survivors)
+        mean = summed / total
+        bound = float(state["settings"]["secure_aggregation"]["bound"])
+        slack = max_error(len(survivors)) / total + bound * 1e-12
+        beyond = int(np.count_nonzero(np.abs(mean) > bound + slack))
+        if not beyond:
+            return mean
+        log.error("%s: the masked sum of round %d decodes beyond ±%g in %d coordinate(s): a "
+                  "survivor sent an out-of-range update; ending the round", self.f.name, round,
+                  bound, beyond)  # fmt: skip
+        self.f.submit("secagg_abort", round, {})
+        return None
 
     def _masked_posts(self, state: State, round: int, until: float) -> tuple[int, State]:
         """The state once every participant posted its masked update (or `until`)."""
@@ -294,8 +315,9 @@ class MaskedRounds:
         if summed is None:
             self.f.submit("secagg_abort", round, {})
             return None
-        shares = weight_shares(current["ready"], list(current["participants"]))
-        mean = summed / sum(shares[n] for n in survivors)
+        mean = self._checked_mean(state, round, summed, survivors)
+        if mean is None:
+            return None
         try:
             previous = self.f.previous(state["latest_merged"])
         except MergeInputError as exc:

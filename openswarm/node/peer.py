@@ -26,6 +26,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from openswarm.codec import CodecError, check_finite, digest_encoded
 from openswarm.codec.chunks import leaves as chunk_leaves
 from openswarm.codec.chunks import root_of
@@ -67,6 +69,7 @@ _AUTHORIZE_WAIT_S = 3.0  # how long a fetch request may wait for a lagging ledge
 _NOT_YET = "cannot be declared unavailable for another"  # the contract's "too early"
 _NOT_YET_RETRY_S = 0.5
 _SEE_OWN_TX_S = 5.0  # how long to wait for the pushed state to show an applied transaction
+_DEALT_TOO_FEW = "must deal a share to every active member"  # the contract's refusal
 
 
 @dataclass(frozen=True)
@@ -454,12 +457,14 @@ class SwarmPeer:
             payload["weight"] = self.settings.weight if weight is None else weight
         while True:
             round = self.view()["round"]
-            self.server.store.publish("local", round, digest, data, leaves)
+            secure = self._masked.ready_part(self.view(), round)
+            self.server.store.forget("local", round)  # (an earlier try's, if any)
+            if secure is None:  # a masked round hands out no plaintext snapshot, ever
+                self.server.store.publish("local", round, digest, data, leaves)
             local = _Local(round, data, digest)
             self._local = local
             if self._own_structure is None:
                 self._learn(params, data)
-            secure = self._masked.ready_part(self.view(), round)
             outcome = self._submit(
                 "ready", round, payload if secure is None else {**payload, "secagg": secure}
             )
@@ -467,6 +472,8 @@ class SwarmPeer:
                 self._see_applied(outcome)
                 break
             log.info("%s: ready for round %d refused (%s)", self.name, round, outcome.reason)
+            if _DEALT_TOO_FEW in (outcome.reason or ""):  # a member joined meanwhile: deal
+                continue  # to it too, in the same round
             self._wait_round_closed(round)
             self._note_jump(round)
             if not retry:
@@ -659,6 +666,14 @@ class SwarmPeer:
                 return caught_up
             if record.get("shards") and mine is None and not self._is_the_shards(record):
                 return None
+        if record.get("secagg") and record["leader"] != self.name:
+            beyond = self._beyond_bound(view, params)
+            if beyond:  # nobody could audit the unmasked sum: this much is checked
+                why = (f"it moves {beyond} coordinate(s) further from the previous merged model "
+                       "than the secure aggregation bound allows")  # fmt: skip
+                log.error("%s: merged model of round %d refused: %s", self.name, r, why)
+                self._report_refused(r, digest, why)
+                return None
         if record["leader"] != self.name:
             with contextlib.suppress(SwarmError):  # lets others fetch it from here too
                 self._submit("loaded", r, {"digest": digest})
@@ -672,6 +687,31 @@ class SwarmPeer:
             r, params, digest, record["leader"], tuple(record["participants"]),
             record.get("sync_interval"),
         )  # fmt: skip
+
+    def _beyond_bound(self, view: Mapping[str, Any], params: Params) -> int:
+        """In how many coordinates a masked round's merged model `params` lies further than
+        the contract's bound from the merged model this site had before (the mean of
+        clipped updates cannot); 0 when that one is not held here any more."""
+        if self._last_round is None or self.current_digest is None:
+            return 0
+        found = self.server.store.find("merged", self._last_round, self.current_digest)
+        if found is None:
+            return 0
+        try:
+            previous = self.transport.unpack(found.data, self._merged_structure(), copy=False)
+        except CodecError:
+            return 0
+        bound = float(view["settings"]["secure_aggregation"]["bound"]) * (1 + 1e-6)
+        beyond = 0
+        for name, value in params.items():
+            if name in previous:
+                merged = np.asarray(value, np.float64)
+                step = merged - np.asarray(previous[name], np.float64)
+                # plus the rounding to the model's dtype: bfloat16's at most, or half a unit
+                whole = 0.5 if np.issubdtype(np.asarray(value).dtype, np.integer) else 0.0
+                slack = np.abs(merged) * 2.0**-7 + whole + 1e-9
+                beyond += int(np.count_nonzero(np.abs(step) > bound + slack))
+        return beyond
 
     def _note_slow_call(self, started: float) -> None:
         """A ledger call that took half a heartbeat or more to answer: the link stalled
@@ -920,7 +960,9 @@ class SwarmPeer:
         if member is None or not member["active"]:
             return f"{caller} is not an active member of {self.contract}"
         specs = list((self._model_structure() or {}).values())
+        masked_round = bool(state and state["current"].get("secagg") is not None)
         if (kind not in ("local", "masked") or not state or state["round"] != round or not specs
+                or (kind == "local") == masked_round
                 or not any(s["owner"] == caller for s in shards)):  # fmt: skip
             return (f"only the current leader of round {round}, its shard owners and the "
                     "auditors of its merge may fetch its local snapshots")  # fmt: skip
@@ -1159,6 +1201,8 @@ def _fetch_refusal(
     if kind in ("merged", "shard"):
         return None
     current = state["current"]
+    if current.get("secagg") is not None and kind != "masked":
+        return f"round {round} is securely aggregated: no site hands out its plaintext model"
     auditors = (current.get("audit") or {}).get("auditors", ())
     if (
         state["round"] != round

@@ -145,9 +145,15 @@ class SecureAggregation:
         """This site's masked update of sealed round `round` (uint64): its model `own` minus
         `previous` (the latest merged), clipped, weighted, encoded and masked."""
         secret = self._secrets.get(round)
-        if secret is None:
-            raise SecAggError(f"no secrets of round {round} here (this process did not deal them)")
         current = state["current"]
+        if (
+            secret is None
+            or secret.mask_public.hex() != current["ready"][self.name]["secagg"]["pk"]
+        ):
+            raise SecAggError(
+                f"this site's secrets of round {round} are not the ones its ready "
+                "on the ledger carries (a ready sent again?); not masking"
+            )
         participants = list(current["participants"])
         ready = current["ready"]
         bound = float(state["settings"]["secure_aggregation"]["bound"])
@@ -240,9 +246,9 @@ class SecureAggregation:
         order = sorted(entry["shares"])
         shares: dict[int, bytes] = {}
         for revealer, revealed in unmasked.items():
-            if revealer not in order:
-                continue
             raw = bytes.fromhex(revealed[dealer])
+            if revealer not in order or raw == _UNUSABLE:  # (it could not open its share)
+                continue
             shares[order.index(revealer) + 1] = raw[_X_BYTES:]
         return shares
 

@@ -7,12 +7,20 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from test_contract import PEERS, Driver, digest
 
 from openswarm.ledger.contract import ContractError, ContractSettings
 from openswarm.ledger.secure_rounds import REVEALED_SHARE_HEX, SEALED_SHARES_HEX
 
-SHARE_KEY = "04" + "ab" * 64
+SHARE_KEY = (
+    ec.derive_private_key(7, ec.SECP256R1())
+    .public_key()
+    .public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+    .hex()
+)
+OFF_CURVE = "04" + "ab" * 64
 SECURE = {"threshold": 2, "bound": 1.0}
 
 
@@ -49,6 +57,8 @@ def test_registration_and_ready_carry_only_well_formed_secrets() -> None:
     d = Driver(secure_aggregation=SECURE, min_peers=3)
     d.refused("register", "alice", payload={"endpoint": "10.0.0.1:1", "share_key": "04ff"},
               match="share_key must be an uncompressed P-256")  # fmt: skip
+    d.refused("register", "alice", payload={"endpoint": "10.0.0.1:1", "share_key": OFF_CURVE},
+              match="not a point on P-256")  # fmt: skip
     plain = Driver()
     plain.register("alice")
     plain.refused("ready", "alice", 1, {"digest": digest(1), "size": 1,
@@ -56,26 +66,35 @@ def test_registration_and_ready_carry_only_well_formed_secrets() -> None:
                   match="does not aggregate securely")  # fmt: skip
     d.register(*PEERS, share_key=SHARE_KEY)
     d.register("mallory")  # no share key: nobody can deal it a share
-    bad = _secagg(PEERS, 1) | {"shares": {"mallory": "cd" * (SEALED_SHARES_HEX // 2)}}
+    bad = _secagg([*PEERS, "mallory"], 1)
     d.refused("ready", "alice", 1, {"digest": digest(1), "size": 1, "secagg": bad},
               match="not a member with a share key")  # fmt: skip
-    short = _secagg(PEERS, 1) | {"shares": {"bob": "cd"}}
+    short = _secagg(PEERS, 1)
+    short["shares"]["bob"] = "cd"
     d.refused("ready", "alice", 1, {"digest": digest(1), "size": 1, "secagg": short},
               match="lowercase hex")  # fmt: skip
+    low_order = _secagg(PEERS, 1) | {"pk": "00" * 32}  # would keep everyone from masking
+    d.refused("ready", "alice", 1, {"digest": digest(1), "size": 1, "secagg": low_order},
+              match="low-order X25519 key")  # fmt: skip
 
 
-def test_the_seal_admits_only_sites_that_dealt_each_other_shares() -> None:
+def test_a_site_must_deal_to_every_member_and_the_seal_admits_who_dealt_to_each_other() -> None:
     d = Driver(secure_aggregation=SECURE, min_peers=2, leader_timeout_s=10.0)
     d.register(*PEERS, share_key=SHARE_KEY)
     ranking = d.sealed_round()
     d.ok("merged", ranking[0], 1, {"digest": digest(("ready", ranking[0])), "size": 100})
+    # mallory readies first dealing only to itself (so nobody after it would be admitted)
+    d.refused("ready", "carol", 2, {"digest": digest(3), "size": 1,
+                                    "secagg": _secagg(["carol"], 3)},
+              match="every active member with a share key; missing: alice, bob")  # fmt: skip
     d.ok("ready", "alice", 2, {"digest": digest(1), "size": 1, "secagg": _secagg(PEERS, 1)})
     d.ok("ready", "bob", 2, {"digest": digest(2), "size": 1, "secagg": _secagg(PEERS, 2)})
-    # carol deals to nobody else: masks with her could never be removed if she dropped
-    d.ok("ready", "carol", 2, {"digest": digest(3), "size": 1,
-                               "secagg": _secagg(["carol"], 3)})  # fmt: skip
+    # dave joins after they dealt: he deals to all, but nobody dealt to him yet
+    d.register("dave", share_key=SHARE_KEY)
+    d.ok("ready", "dave", 2, {"digest": digest(4), "size": 1,
+                              "secagg": _secagg([*PEERS, "dave"], 4)})  # fmt: skip
     sealed = d.ok("seal", "alice", 2)["events"][0]
-    assert sealed["participants"] == ["alice", "bob"]
+    assert sealed["participants"] == ["alice", "bob"]  # dave waits for the next round
 
 
 def test_only_the_leader_fixes_the_survivors_once_from_masked_updates() -> None:
