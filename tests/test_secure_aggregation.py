@@ -259,8 +259,13 @@ def test_a_site_that_withholds_its_shares_is_recovered_from_the_others(make_peer
     assert np.allclose(results[0].params["w"], expected["w"], atol=1e-6)
 
 
-def test_a_site_dropped_before_masking_is_left_out_and_its_masks_removed(make_peer) -> None:
-    peers = [make_peer("p1"), make_peer("p2"), make_peer("p3", NeverMasks)]
+@pytest.mark.parametrize("topology", ["leader", "sharded"])
+def test_a_site_dropped_before_masking_is_left_out_and_its_masks_removed(
+    make_peer, topology: str
+) -> None:
+    settings = replace(SETTINGS, merge_topology=topology, leader_timeout_s=4.0)
+    peers = [make_peer("p1", settings=settings), make_peer("p2", settings=settings),
+             make_peer("p3", NeverMasks, settings=settings)]  # fmt: skip
     start = _sync_start(peers)
     sites = [_moved(start, seed) for seed in (7, 8, 9)]
     with ThreadPoolExecutor(3) as pool:
@@ -269,6 +274,7 @@ def test_a_site_dropped_before_masking_is_left_out_and_its_masks_removed(make_pe
     assert record["status"] == "merged", record
     assert record["secagg"]["survivors"] == ["p1", "p2"]
     assert [e["name"] for e in record["excluded"]] == ["p3"]
+    assert bool(record["shards"]) == (topology == "sharded")
     # the two survivors' mean, their pair masks with p3 removed via p3's rebuilt key
     expected = _weighted_mean(start, sites[:2], [1.0, 1.0])
     merged = next(r.params for r in results if r.params is not None)
@@ -350,23 +356,6 @@ def test_sharded_masked_rounds_merge_the_weighted_mean(make_peer) -> None:
     for name, want in expected.items():
         tolerance = max_error(3) + np.spacing(np.abs(want).astype(np.float32)).astype(np.float64)
         assert np.all(np.abs(np.asarray(results[0].params[name], np.float64) - want) <= tolerance)
-
-
-def test_a_sharded_masked_round_leaves_out_a_site_that_never_masked(make_peer) -> None:
-    sharded = replace(SETTINGS, merge_topology="sharded", leader_timeout_s=4.0)
-    peers = [make_peer("p1", settings=sharded), make_peer("p2", settings=sharded),
-             make_peer("p3", NeverMasks, settings=sharded)]  # fmt: skip
-    start = _sync_start(peers)
-    sites = [_moved(start, seed) for seed in (28, 29, 30)]
-    with ThreadPoolExecutor(3) as pool:
-        results = list(pool.map(lambda p, x: p.sync(x), peers, sites))
-    record = _history(peers[0])[-1]
-    assert record["status"] == "merged", record
-    assert record["secagg"]["survivors"] == ["p1", "p2"]
-    assert [e["name"] for e in record["excluded"]] == ["p3"]
-    expected = _weighted_mean(start, sites[:2], [1.0, 1.0])
-    merged = next(r.params for r in results if r.params is not None)
-    assert np.allclose(merged["w"], expected["w"], atol=1e-6)
 
 
 def test_the_demo_refuses_secure_aggregation_with_a_merge_that_needs_each_model() -> None:
