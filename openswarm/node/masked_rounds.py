@@ -148,26 +148,38 @@ class MaskedRounds:
         if round not in revealed and name not in state["current"]["secagg"]["unmasked"]:
             revealed.add(round)
             self.reveal(state, round)
-        summed = self._unmask(state, round, total, height, deadline, 0)
-        if summed is None:  # end the round now rather than be voted out
-            outcome = self.f.submit("secagg_abort", round, {})
-            log.error("%s: round %d cannot be unmasked; ending it (%s)", name, round,
-                      "ended" if outcome.applied else outcome.reason)  # fmt: skip
+        found = self._mean_update(state, round, total, height, deadline, 0, got)
+        if found is None:
             return None
+        mean, previous = found
         current = state["current"]
-        mean = self._checked_mean(state, round, summed, got)
-        if mean is None:
-            return None
-        try:
-            previous = self.f.previous(state["latest_merged"])
-        except MergeInputError as exc:
-            log.error("%s: round %d: %s", name, round, exc)
-            return None
         params = rebuilt(previous, mean, specs)
         data = self.f.transport().pack(params)
         excluded = [{"name": n, "reason": "its masked update was not had"}
                     for n in current["participants"] if n not in got]  # fmt: skip
         return Merged(data, digest_encoded(data), got, excluded)
+
+    def _mean_update(self, state: State, round: int, total: np.ndarray, height: int,
+                     deadline: float, offset: int, survivors: list[str],
+                     ) -> tuple[np.ndarray, Mapping[str, Any]] | None:  # fmt: skip
+        """The survivors' mean update (from element `offset` on) and the previous merged
+        model it applies to; None (logged) if it cannot be had: then a round that cannot be
+        unmasked, or whose sum lies beyond the bound, is ended at once rather than left to
+        time out."""
+        summed = self._unmask(state, round, total, height, deadline, offset)
+        if summed is None:
+            outcome = self.f.submit("secagg_abort", round, {})
+            log.error("%s: round %d cannot be unmasked; ending it (%s)", self.f.name, round,
+                      "ended" if outcome.applied else outcome.reason)  # fmt: skip
+            return None
+        mean = self._checked_mean(state, round, summed, survivors)
+        if mean is None:
+            return None
+        try:
+            return mean, self.f.previous(state["latest_merged"])
+        except MergeInputError as exc:
+            log.error("%s: round %d: %s", self.f.name, round, exc)
+            return None
 
     def _checked_mean(self, state: State, round: int, summed: np.ndarray,
                       survivors: list[str]) -> np.ndarray | None:  # fmt: skip
@@ -311,18 +323,10 @@ class MaskedRounds:
                               name, index, round, who, part)  # fmt: skip
                     return None
                 total = add_masked(total, part)
-        summed = self._unmask(state, round, total, -1, deadline, lo)
-        if summed is None:
-            self.f.submit("secagg_abort", round, {})
+        found = self._mean_update(state, round, total, -1, deadline, lo, survivors)
+        if found is None:
             return None
-        mean = self._checked_mean(state, round, summed, survivors)
-        if mean is None:
-            return None
-        try:
-            previous = self.f.previous(state["latest_merged"])
-        except MergeInputError as exc:
-            log.error("%s: shard %d of round %d: %s", name, index, round, exc)
-            return None
+        mean, previous = found
         out = bytearray(shard.size)
         out[: len(shard.header)] = shard.header
         start = 0
